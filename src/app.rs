@@ -1,0 +1,122 @@
+//! Wires the pieces together for `cutover serve`: datastores, route, gRPC server, admin API.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::admin::{self, AdminState};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::route::Router;
+use crate::server::{self, Context, Listener};
+use crate::upstream::{Datastore, UpstreamError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Serve(#[from] server::ServeError),
+    #[error("admin API: cannot listen on {addr}: {source}")]
+    AdminBind { addr: String, source: std::io::Error },
+    #[error("admin API: {0}")]
+    Admin(std::io::Error),
+    #[error("{0}")]
+    Route(#[from] crate::route::UnknownDatastore),
+}
+
+/// How often each datastore endpoint is probed.
+const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(2);
+
+pub async fn serve(config: Config) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::new());
+    let mut datastores = BTreeMap::new();
+    for (name, ds) in &config.data_stores {
+        datastores.insert(name.clone(), Datastore::new(ds, metrics.clone())?);
+    }
+    let router = Arc::new(Router::new(datastores, &config.data_store)?);
+
+    let listener = Listener::bind(&config.listen).await?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|source| RunError::AdminBind {
+            addr: config.admin_listen.to_string(),
+            source,
+        })?;
+
+    for ds in router.datastores().values() {
+        ds.spawn_health_probe(HEALTH_PROBE_EVERY);
+    }
+
+    let ctx = Arc::new(Context {
+        router: router.clone(),
+        metrics: metrics.clone(),
+        max_recv_bytes: config.max_recv_message_bytes(),
+    });
+    let admin_state = Arc::new(AdminState {
+        router: router.clone(),
+        metrics,
+        token: config.admin_token.clone(),
+        started: Instant::now(),
+    });
+
+    tracing::info!(
+        listen = %listener.local_addr(),
+        admin = %config.admin_listen,
+        data_store = %config.data_store,
+        tls = config.tls.is_some(),
+        "cutover is serving"
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin = {
+        let mut stop = stop_rx.clone();
+        let app = admin::routes(admin_state);
+        tokio::spawn(async move {
+            axum::serve(admin_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    let grpc = {
+        let mut stop = stop_rx.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            server::serve(&config, ctx, listener, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    };
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    // Streams (watches) may stay open; do not wait for them for ever.
+    let grace = Duration::from_secs(5);
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(grace, grpc).await {
+        return Err(e.into());
+    }
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(grace, admin).await {
+        return Err(RunError::Admin(e));
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM; stopping only on Ctrl-C");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,628 @@
+//! The sidecar's configuration: a YAML file in the shape of a Kamaji DataStore, where every
+//! key can also be set by a command-line flag or a `CUTOVER_*` environment variable.
+//!
+//! Flags are applied onto the parsed YAML document before it is turned into [`Config`], so a
+//! value from either source goes through the same checks and errors name the same key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_norway::{Mapping, Value};
+
+/// etcd's default `--max-request-bytes`.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// etcd adds this much to `--max-request-bytes` for its gRPC receive limit.
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config: {key}: {message}")]
+    Invalid { key: String, message: String },
+}
+
+impl ConfigError {
+    fn invalid(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Where the etcd gRPC service listens: a TCP address or a unix socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+impl ListenAddr {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix://").or_else(|| s.strip_prefix("unix:")) {
+            if path.is_empty() {
+                return Err("unix socket path is empty".into());
+            }
+            return Ok(ListenAddr::Unix(PathBuf::from(path)));
+        }
+        parse_socket_addr(s).map(ListenAddr::Tcp)
+    }
+}
+
+/// Accepts `ip:port` and `localhost:port` (which means 127.0.0.1, never a name lookup).
+fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
+    let s = s
+        .strip_prefix("http://")
+        .or_else(|| s.strip_prefix("https://"))
+        .unwrap_or(s);
+    if let Some(port) = s.strip_prefix("localhost:") {
+        let port: u16 = port
+            .parse()
+            .map_err(|_| format!("{s:?} is not a valid host:port (bad port)"))?;
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse()
+        .map_err(|_| format!("{s:?} is not a valid ip:port address"))
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RawConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    pub data_store: String,
+    pub data_stores: BTreeMap<String, DataStoreConfig>,
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:2379".into()
+}
+fn default_max_request_bytes() -> usize {
+    DEFAULT_MAX_REQUEST_BYTES
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ServerTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// When set, clients must present a certificate signed by this CA.
+    #[serde(default, rename = "clientCAFile")]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AdminConfig {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// File holding the bearer token needed for calls that change state.
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: default_admin_listen(),
+            token_file: None,
+        }
+    }
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9180".into()
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DataStoreConfig {
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub tls: Option<UpstreamTls>,
+    #[serde(default)]
+    pub basic_auth: Option<BasicAuth>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct UpstreamTls {
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct BasicAuth {
+    pub username: String,
+    pub password_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter, e.g. `info` or `cutover=debug,h2=warn`.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: default_log_level(),
+        }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+/// A datastore password: read from a file, never printed.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The checked configuration the proxy runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: ListenAddr,
+    pub tls: Option<ServerTls>,
+    pub admin_listen: SocketAddr,
+    pub admin_token: Option<Secret>,
+    pub data_store: String,
+    pub data_stores: BTreeMap<String, DataStore>,
+    pub max_request_bytes: usize,
+    pub log: LogConfig,
+}
+
+impl Config {
+    /// The largest gRPC message accepted from a client, as etcd computes it.
+    pub fn max_recv_message_bytes(&self) -> usize {
+        self.max_request_bytes + GRPC_OVERHEAD_BYTES
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DataStore {
+    pub name: String,
+    /// Endpoint URIs with their scheme (`http://` or `https://`).
+    pub endpoints: Vec<String>,
+    pub tls: Option<UpstreamTls>,
+    pub basic_auth: Option<(String, Secret)>,
+}
+
+/// Flags and environment variables that override keys of the file.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// Config file (YAML). Optional when the flags below give dataStore and dataStores.
+    #[arg(long, short = 'c', env = "CUTOVER_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// `listen`: where clients connect, ip:port or unix:///path/to.sock [default: 127.0.0.1:2379]
+    #[arg(long, env = "CUTOVER_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// `tls.certFile`: serve TLS with this certificate (PEM)
+    #[arg(long, env = "CUTOVER_TLS_CERT_FILE", value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// `tls.keyFile`: the key of tls.certFile (PEM)
+    #[arg(long, env = "CUTOVER_TLS_KEY_FILE", value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// `tls.clientCAFile`: require client certificates signed by this CA
+    #[arg(long, env = "CUTOVER_TLS_CLIENT_CA_FILE", value_name = "FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// `admin.listen`: the admin HTTP address [default: 127.0.0.1:9180]
+    #[arg(long, env = "CUTOVER_ADMIN_LISTEN", value_name = "ADDR")]
+    pub admin_listen: Option<String>,
+    /// `admin.tokenFile`: bearer token needed for admin calls that change state
+    #[arg(long, env = "CUTOVER_ADMIN_TOKEN_FILE", value_name = "FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// `dataStore`: the name of the active datastore
+    #[arg(long, env = "CUTOVER_DATA_STORE", value_name = "NAME")]
+    pub data_store: Option<String>,
+    /// `dataStores.NAME.endpoints`, as NAME=HOST:PORT[,HOST:PORT...]; repeat per datastore
+    /// (environment: entries separated by ';')
+    #[arg(long, env = "CUTOVER_DATA_STORE_ENDPOINTS", value_name = "NAME=EPS", value_delimiter = ';')]
+    pub data_store_endpoints: Vec<String>,
+    /// `dataStores.NAME.tls.caFile`, as NAME=FILE
+    #[arg(long, env = "CUTOVER_DATA_STORE_CA_FILE", value_name = "NAME=FILE", value_delimiter = ';')]
+    pub data_store_ca_file: Vec<String>,
+    /// `dataStores.NAME.tls.certFile`, as NAME=FILE
+    #[arg(long, env = "CUTOVER_DATA_STORE_CERT_FILE", value_name = "NAME=FILE", value_delimiter = ';')]
+    pub data_store_cert_file: Vec<String>,
+    /// `dataStores.NAME.tls.keyFile`, as NAME=FILE
+    #[arg(long, env = "CUTOVER_DATA_STORE_KEY_FILE", value_name = "NAME=FILE", value_delimiter = ';')]
+    pub data_store_key_file: Vec<String>,
+    /// `dataStores.NAME.basicAuth.username`, as NAME=USER
+    #[arg(long, env = "CUTOVER_DATA_STORE_USERNAME", value_name = "NAME=USER", value_delimiter = ';')]
+    pub data_store_username: Vec<String>,
+    /// `dataStores.NAME.basicAuth.passwordFile`, as NAME=FILE
+    #[arg(long, env = "CUTOVER_DATA_STORE_PASSWORD_FILE", value_name = "NAME=FILE", value_delimiter = ';')]
+    pub data_store_password_file: Vec<String>,
+    /// `maxRequestBytes`: largest request accepted, as etcd's --max-request-bytes [default: 1572864]
+    #[arg(long, env = "CUTOVER_MAX_REQUEST_BYTES", value_name = "BYTES")]
+    pub max_request_bytes: Option<usize>,
+    /// `log.format`: text or json
+    #[arg(long, env = "CUTOVER_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// `log.level`: a tracing filter such as info or cutover=debug
+    #[arg(long, env = "CUTOVER_LOG_LEVEL", value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+fn set_path(doc: &mut Value, path: &[&str], value: Value) {
+    let mut cur = doc;
+    for (i, key) in path.iter().enumerate() {
+        if !cur.is_mapping() {
+            *cur = Value::Mapping(Mapping::new());
+        }
+        let map = match cur {
+            Value::Mapping(m) => m,
+            _ => unreachable!("just made a mapping"),
+        };
+        let k = Value::String((*key).to_string());
+        if i + 1 == path.len() {
+            map.insert(k, value);
+            return;
+        }
+        if !map.contains_key(&k) {
+            map.insert(k.clone(), Value::Mapping(Mapping::new()));
+        }
+        cur = map.get_mut(&k).expect("inserted above");
+    }
+}
+
+fn split_named<'a>(flag: &str, entry: &'a str) -> Result<(&'a str, &'a str), ConfigError> {
+    entry
+        .split_once('=')
+        .filter(|(n, v)| !n.is_empty() && !v.is_empty())
+        .ok_or_else(|| ConfigError::invalid(flag, format!("{entry:?} is not of the form NAME=VALUE")))
+}
+
+impl Overrides {
+    fn apply(&self, doc: &mut Value) -> Result<(), ConfigError> {
+        let s = |v: &str| Value::String(v.to_string());
+        let p = |v: &Path| Value::String(v.display().to_string());
+        if let Some(v) = &self.listen {
+            set_path(doc, &["listen"], s(v));
+        }
+        if let Some(v) = &self.tls_cert_file {
+            set_path(doc, &["tls", "certFile"], p(v));
+        }
+        if let Some(v) = &self.tls_key_file {
+            set_path(doc, &["tls", "keyFile"], p(v));
+        }
+        if let Some(v) = &self.tls_client_ca_file {
+            set_path(doc, &["tls", "clientCAFile"], p(v));
+        }
+        if let Some(v) = &self.admin_listen {
+            set_path(doc, &["admin", "listen"], s(v));
+        }
+        if let Some(v) = &self.admin_token_file {
+            set_path(doc, &["admin", "tokenFile"], p(v));
+        }
+        if let Some(v) = &self.data_store {
+            set_path(doc, &["dataStore"], s(v));
+        }
+        for e in &self.data_store_endpoints {
+            let (name, eps) = split_named("--data-store-endpoints", e)?;
+            let list = eps.split(',').map(|e| s(e.trim())).collect();
+            set_path(doc, &["dataStores", name, "endpoints"], Value::Sequence(list));
+        }
+        let named: [(&str, &Vec<String>, &[&str]); 5] = [
+            ("--data-store-ca-file", &self.data_store_ca_file, &["tls", "caFile"]),
+            ("--data-store-cert-file", &self.data_store_cert_file, &["tls", "certFile"]),
+            ("--data-store-key-file", &self.data_store_key_file, &["tls", "keyFile"]),
+            ("--data-store-username", &self.data_store_username, &["basicAuth", "username"]),
+            ("--data-store-password-file", &self.data_store_password_file, &["basicAuth", "passwordFile"]),
+        ];
+        for (flag, entries, sub) in named {
+            for e in entries {
+                let (name, value) = split_named(flag, e)?;
+                let mut path = vec!["dataStores", name];
+                path.extend_from_slice(sub);
+                set_path(doc, &path, s(value));
+            }
+        }
+        if let Some(v) = self.max_request_bytes {
+            set_path(doc, &["maxRequestBytes"], Value::Number(v.into()));
+        }
+        if let Some(v) = self.log_format {
+            let f = match v {
+                LogFormat::Text => "text",
+                LogFormat::Json => "json",
+            };
+            set_path(doc, &["log", "format"], s(f));
+        }
+        if let Some(v) = &self.log_level {
+            set_path(doc, &["log", "level"], s(v));
+        }
+        Ok(())
+    }
+
+    /// Reads the file (if any), applies the flags and checks the result.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let mut doc = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                parse_yaml(&text)?
+            }
+            None => Value::Mapping(Mapping::new()),
+        };
+        self.apply(&mut doc)?;
+        let raw = from_value(doc)?;
+        validate(raw)
+    }
+}
+
+/// Parses YAML text into a document; an empty file is an empty mapping.
+pub fn parse_yaml(text: &str) -> Result<Value, ConfigError> {
+    let doc: Value = serde_norway::from_str(text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!("line {} column {}", l.line(), l.column()))
+            .unwrap_or_else(|| "document".into());
+        ConfigError::invalid(at, format!("not valid YAML: {e}"))
+    })?;
+    Ok(match doc {
+        Value::Null => Value::Mapping(Mapping::new()),
+        other => other,
+    })
+}
+
+fn from_value(doc: Value) -> Result<RawConfig, ConfigError> {
+    serde_path_to_error::deserialize(doc).map_err(|e| {
+        let path = e.path().to_string();
+        let key = if path == "." { "(top level)".to_string() } else { path };
+        ConfigError::invalid(key, e.into_inner().to_string())
+    })
+}
+
+/// Parses and checks a whole config text (used by tests and `cutover check-config`).
+pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+    validate(from_value(parse_yaml(text)?)?)
+}
+
+fn check_readable(key: &str, path: &Path) -> Result<(), ConfigError> {
+    std::fs::File::open(path)
+        .map(|_| ())
+        .map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))
+}
+
+fn read_secret(key: &str, path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))?;
+    let value = text.trim_end_matches(['\r', '\n']).to_string();
+    if value.is_empty() {
+        return Err(ConfigError::invalid(key, format!("{} is empty", path.display())));
+    }
+    Ok(Secret(value))
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let listen = ListenAddr::parse(&raw.listen).map_err(|m| ConfigError::invalid("listen", m))?;
+    if let Some(tls) = &raw.tls {
+        check_readable("tls.certFile", &tls.cert_file)?;
+        check_readable("tls.keyFile", &tls.key_file)?;
+        if let Some(ca) = &tls.client_ca_file {
+            check_readable("tls.clientCAFile", ca)?;
+        }
+    }
+    let admin_listen =
+        parse_socket_addr(&raw.admin.listen).map_err(|m| ConfigError::invalid("admin.listen", m))?;
+    let admin_token = match &raw.admin.token_file {
+        Some(p) => Some(read_secret("admin.tokenFile", p)?),
+        None => None,
+    };
+    if raw.data_stores.is_empty() {
+        return Err(ConfigError::invalid("dataStores", "at least one datastore is needed"));
+    }
+    if raw.data_store.is_empty() {
+        return Err(ConfigError::invalid("dataStore", "must name the active datastore"));
+    }
+    if !raw.data_stores.contains_key(&raw.data_store) {
+        let known: Vec<&str> = raw.data_stores.keys().map(String::as_str).collect();
+        return Err(ConfigError::invalid(
+            "dataStore",
+            format!("{:?} is not one of dataStores ({})", raw.data_store, known.join(", ")),
+        ));
+    }
+    if raw.max_request_bytes == 0 {
+        return Err(ConfigError::invalid("maxRequestBytes", "must be greater than zero"));
+    }
+    let mut data_stores = BTreeMap::new();
+    for (name, ds) in &raw.data_stores {
+        let key = |k: &str| format!("dataStores.{name}.{k}");
+        if ds.endpoints.is_empty() {
+            return Err(ConfigError::invalid(key("endpoints"), "at least one endpoint is needed"));
+        }
+        let scheme = if ds.tls.is_some() { "https" } else { "http" };
+        let mut endpoints = Vec::new();
+        for (i, ep) in ds.endpoints.iter().enumerate() {
+            endpoints.push(normalize_endpoint(ep, scheme).map_err(|m| ConfigError::invalid(key(&format!("endpoints[{i}]")), m))?);
+        }
+        if let Some(tls) = &ds.tls {
+            for (k, f) in [("tls.caFile", &tls.ca_file), ("tls.certFile", &tls.cert_file), ("tls.keyFile", &tls.key_file)] {
+                if let Some(f) = f {
+                    check_readable(&key(k), f)?;
+                }
+            }
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(ConfigError::invalid(key("tls"), "certFile and keyFile go together"));
+            }
+        }
+        let basic_auth = match &ds.basic_auth {
+            Some(b) => {
+                if b.username.is_empty() {
+                    return Err(ConfigError::invalid(key("basicAuth.username"), "must not be empty"));
+                }
+                Some((b.username.clone(), read_secret(&key("basicAuth.passwordFile"), &b.password_file)?))
+            }
+            None => None,
+        };
+        data_stores.insert(
+            name.clone(),
+            DataStore {
+                name: name.clone(),
+                endpoints,
+                tls: ds.tls.clone(),
+                basic_auth,
+            },
+        );
+    }
+    Ok(Config {
+        listen,
+        tls: raw.tls,
+        admin_listen,
+        admin_token,
+        data_store: raw.data_store,
+        data_stores,
+        max_request_bytes: raw.max_request_bytes,
+        log: raw.log,
+    })
+}
+
+/// `127.0.0.1:2379` -> `http://127.0.0.1:2379`; an explicit scheme must match the TLS setting.
+fn normalize_endpoint(ep: &str, scheme: &str) -> Result<String, String> {
+    let (given, rest) = match ep.split_once("://") {
+        Some((s, r)) => (Some(s), r),
+        None => (None, ep),
+    };
+    if let Some(s) = given {
+        if s != "http" && s != "https" {
+            return Err(format!("{ep:?}: scheme must be http or https"));
+        }
+        if s != scheme {
+            return Err(format!("{ep:?}: scheme {s} does not match the datastore's tls setting ({scheme})"));
+        }
+    }
+    let uri: http::Uri = format!("{scheme}://{rest}")
+        .parse()
+        .map_err(|e| format!("{ep:?} is not a valid host:port ({e})"))?;
+    match (uri.host(), uri.port_u16()) {
+        (Some(h), Some(p)) if !h.is_empty() => Ok(format!("{scheme}://{h}:{p}")),
+        _ => Err(format!("{ep:?} must be host:port")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "dataStore: default\ndataStores:\n  default:\n    endpoints: [127.0.0.1:2379]\n";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = from_yaml(MINIMAL).expect("valid");
+        assert_eq!(c.listen, ListenAddr::Tcp("127.0.0.1:2379".parse().unwrap()));
+        assert_eq!(c.admin_listen, "127.0.0.1:9180".parse().unwrap());
+        assert_eq!(c.data_stores["default"].endpoints, vec!["http://127.0.0.1:2379"]);
+        assert_eq!(c.max_recv_message_bytes(), 2 * 1024 * 1024);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_its_path() {
+        let text = format!("{MINIMAL}    tlss: {{}}\n");
+        let err = from_yaml(&text).unwrap_err().to_string();
+        assert!(err.starts_with("config: dataStores.default: unknown field `tlss`"), "{err}");
+    }
+
+    #[test]
+    fn unknown_active_datastore_is_rejected() {
+        let text = MINIMAL.replace("dataStore: default", "dataStore: other");
+        let err = from_yaml(&text).unwrap_err().to_string();
+        assert!(err.contains("config: dataStore: \"other\" is not one of dataStores (default)"), "{err}");
+    }
+
+    #[test]
+    fn bad_addresses_are_rejected() {
+        let err = from_yaml(&format!("listen: nowhere\n{MINIMAL}")).unwrap_err().to_string();
+        assert!(err.starts_with("config: listen:"), "{err}");
+        let err = from_yaml(&MINIMAL.replace("127.0.0.1:2379", "ftp://x:1")).unwrap_err().to_string();
+        assert!(err.starts_with("config: dataStores.default.endpoints[0]:"), "{err}");
+    }
+
+    #[test]
+    fn missing_files_are_named() {
+        let text = format!("{MINIMAL}    tls: {{caFile: /nonexistent/ca.pem}}\n");
+        let err = from_yaml(&text).unwrap_err().to_string();
+        assert!(err.starts_with("config: dataStores.default.tls.caFile: cannot read /nonexistent/ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn unix_listen_is_parsed() {
+        let c = from_yaml(&format!("listen: unix:///run/etcd.sock\n{MINIMAL}")).unwrap();
+        assert_eq!(c.listen, ListenAddr::Unix("/run/etcd.sock".into()));
+    }
+
+    #[test]
+    fn flags_override_the_file_and_build_datastores() {
+        let o = Overrides {
+            data_store: Some("b".into()),
+            data_store_endpoints: vec!["b=127.0.0.1:1,127.0.0.1:2".into()],
+            listen: Some("unix:/tmp/x.sock".into()),
+            ..Default::default()
+        };
+        let c = o.load().expect("flags alone are a config");
+        assert_eq!(c.data_store, "b");
+        assert_eq!(c.data_stores["b"].endpoints.len(), 2);
+        assert_eq!(c.listen, ListenAddr::Unix("/tmp/x.sock".into()));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        assert_eq!(format!("{:?}", Secret("hunter2".into())), "<redacted>");
+    }
+}

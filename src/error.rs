@@ -1,0 +1,160 @@
+//! Every error the proxy can hand to a client, and the one table that turns each into the
+//! gRPC status etcd itself would send in that situation.
+//!
+//! Clients (clientv3, kube-apiserver) match on codes and message strings, so a status that
+//! came from the datastore is passed through untouched, and one the proxy makes itself
+//! reuses etcd's or grpc-go's exact wording. Each error also says who is to blame and
+//! whether the client may safely send the request again.
+
+use tonic::{Code, Status};
+
+/// etcd's and grpc-go's own messages, byte for byte.
+pub mod messages {
+    pub const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
+    pub const FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
+    pub const REQUEST_TIMED_OUT: &str = "etcdserver: request timed out";
+    pub const PERMISSION_DENIED: &str = "etcdserver: permission denied";
+    pub const NOT_CAPABLE: &str = "etcdserver: not capable";
+    /// grpc-go's load-balancer message when no connection exists: clientv3 treats it as
+    /// "never sent" and retries even writes.
+    pub const NO_CONNECTION: &str = "there is no connection available";
+}
+
+/// Who caused an error (after pingora): the datastore, the client, or the proxy itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Blame {
+    Upstream,
+    Downstream,
+    Proxy,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The datastore answered with this status; it goes to the client as it is.
+    #[error("datastore answered {}: {}", .0.code(), .0.message())]
+    Etcd(Status),
+    /// No endpoint of the datastore could be reached; the request was never sent.
+    #[error("datastore {datastore:?}: no endpoint reachable: {detail}")]
+    NoEndpoint { datastore: String, detail: String },
+    /// The connection broke after the request went out: it may or may not have been applied.
+    #[error("datastore {datastore:?}: connection to {endpoint} lost after sending: {detail}")]
+    OutcomeUnknown {
+        datastore: String,
+        endpoint: String,
+        detail: String,
+    },
+    /// The client sent a message larger than the configured limit.
+    #[error("request of {size} bytes is larger than the limit of {limit} bytes")]
+    RequestTooLarge { size: usize, limit: usize },
+}
+
+impl ProxyError {
+    pub fn blame(&self) -> Blame {
+        match self {
+            ProxyError::Etcd(_) => Blame::Upstream,
+            ProxyError::NoEndpoint { .. } | ProxyError::OutcomeUnknown { .. } => Blame::Upstream,
+            ProxyError::RequestTooLarge { .. } => Blame::Downstream,
+        }
+    }
+
+    /// Whether sending the same request again cannot apply it twice.
+    pub fn retry_safe(&self) -> bool {
+        match self {
+            ProxyError::NoEndpoint { .. } => true,
+            ProxyError::OutcomeUnknown { .. } => false,
+            ProxyError::RequestTooLarge { .. } => false,
+            ProxyError::Etcd(s) => s.code() == Code::Unavailable && s.message() == messages::NO_CONNECTION,
+        }
+    }
+
+    /// The table: what the client receives for each error.
+    pub fn to_status(&self) -> Status {
+        match self {
+            ProxyError::Etcd(s) => Status::with_details_and_metadata(
+                s.code(),
+                s.message().to_string(),
+                s.details().to_vec().into(),
+                s.metadata().clone(),
+            ),
+            ProxyError::NoEndpoint { .. } => Status::unavailable(messages::NO_CONNECTION),
+            // What etcd says when it cannot tell whether a proposal was applied.
+            ProxyError::OutcomeUnknown { .. } => Status::unavailable(messages::REQUEST_TIMED_OUT),
+            // grpc-go's wording, which etcd's server produces for an oversized message.
+            ProxyError::RequestTooLarge { size, limit } => Status::resource_exhausted(format!(
+                "grpc: received message larger than max ({size} vs. {limit})"
+            )),
+        }
+    }
+}
+
+impl From<ProxyError> for Status {
+    fn from(e: ProxyError) -> Status {
+        e.to_status()
+    }
+}
+
+/// gRPC code names as grpc-go spells them (used in metrics labels and logs).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etcd_status_passes_through_unchanged() {
+        let s = Status::out_of_range(messages::COMPACTED);
+        let out = ProxyError::Etcd(s).to_status();
+        assert_eq!(out.code(), Code::OutOfRange);
+        assert_eq!(out.message(), messages::COMPACTED);
+    }
+
+    #[test]
+    fn unsent_requests_are_safe_to_retry_and_say_so_in_clientv3_terms() {
+        let e = ProxyError::NoEndpoint {
+            datastore: "default".into(),
+            detail: "connection refused".into(),
+        };
+        assert!(e.retry_safe());
+        assert_eq!(e.blame(), Blame::Upstream);
+        let s = e.to_status();
+        assert_eq!((s.code(), s.message()), (Code::Unavailable, messages::NO_CONNECTION));
+    }
+
+    #[test]
+    fn lost_responses_are_not_safe_to_retry() {
+        let e = ProxyError::OutcomeUnknown {
+            datastore: "default".into(),
+            endpoint: "http://127.0.0.1:1".into(),
+            detail: "reset".into(),
+        };
+        assert!(!e.retry_safe());
+        assert_eq!(e.to_status().message(), messages::REQUEST_TIMED_OUT);
+    }
+
+    #[test]
+    fn oversized_requests_use_grpc_go_wording() {
+        let s = ProxyError::RequestTooLarge { size: 3, limit: 2 }.to_status();
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert_eq!(s.message(), "grpc: received message larger than max (3 vs. 2)");
+    }
+}

@@ -1,0 +1,14 @@
+//! cutover: an etcd v3 gRPC proxy that runs as a sidecar next to kube-apiserver.
+//!
+//! The data path follows the module tree: a request enters [`server`], asks [`route`]
+//! where to go, and is sent by [`upstream`]; [`admin`] serves health, metrics and status.
+
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod proto;
+pub mod route;
+pub mod server;
+pub mod upstream;

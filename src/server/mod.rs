@@ -1,0 +1,402 @@
+//! The etcd v3 gRPC services that clients (kube-apiserver, etcdctl, ...) call.
+//!
+//! Each request takes the current route once, is sent to that route's datastore by
+//! `upstream`, and its answer (or etcd's exact error) goes back unchanged.
+
+mod auth;
+mod cluster;
+mod kv;
+mod lease;
+mod maintenance;
+mod stream;
+mod watch;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use futures::future::Either;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::metadata::{AsciiMetadataValue, KeyAndValueRef, MetadataMap};
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Channel, Identity, ServerTlsConfig};
+use tonic::{Code, Request, Response, Status};
+
+use crate::config::{Config, ListenAddr};
+use crate::error::{Blame, ProxyError};
+use crate::metrics::Metrics;
+use crate::proto::etcdserverpb::auth_server::AuthServer;
+use crate::proto::etcdserverpb::cluster_server::ClusterServer;
+use crate::proto::etcdserverpb::kv_server::KvServer;
+use crate::proto::etcdserverpb::lease_server::LeaseServer;
+use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
+use crate::proto::etcdserverpb::watch_server::WatchServer;
+use crate::route::Router;
+use crate::upstream::Retry;
+
+/// What every service needs: where to send requests, limits, metrics.
+pub struct Context {
+    pub router: Arc<Router>,
+    pub metrics: Arc<Metrics>,
+    /// Largest request message accepted (etcd's --max-request-bytes + gRPC overhead).
+    pub max_recv_bytes: usize,
+}
+
+/// Client metadata that reaches the datastore (`token`, `hasleader`, ...), and the client's
+/// deadline.
+#[derive(Clone)]
+pub(crate) struct Forwarded {
+    metadata: MetadataMap,
+    timeout: Option<Duration>,
+}
+
+/// Headers that belong to one hop of HTTP/2 or gRPC, not to the request.
+fn hop_by_hop(key: &str) -> bool {
+    matches!(
+        key,
+        "content-type" | "te" | "user-agent" | "host" | "content-length" | "accept-encoding"
+    ) || key.starts_with("grpc-")
+}
+
+/// Parses gRPC's `grpc-timeout` header (an integer and a unit letter).
+fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 {
+        return None;
+    }
+    let (n, unit) = v.split_at(v.len() - 1);
+    let n: u64 = n.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+impl Forwarded {
+    pub(crate) fn from_incoming(incoming: &MetadataMap) -> Self {
+        let mut metadata = MetadataMap::new();
+        for entry in incoming.iter() {
+            match entry {
+                KeyAndValueRef::Ascii(k, v) if !hop_by_hop(k.as_str()) => {
+                    metadata.append(k.clone(), v.clone());
+                }
+                KeyAndValueRef::Binary(k, v) if !hop_by_hop(k.as_str()) => {
+                    metadata.append_bin(k.clone(), v.clone());
+                }
+                _ => {}
+            }
+        }
+        let timeout = incoming
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_grpc_timeout);
+        Forwarded { metadata, timeout }
+    }
+
+    /// The outgoing request: the client's metadata, and the proxy's token if the client
+    /// sent none.
+    pub(crate) fn request<T>(&self, msg: T, token: Option<AsciiMetadataValue>) -> Request<T> {
+        let mut req = Request::new(msg);
+        *req.metadata_mut() = self.metadata.clone();
+        if let Some(t) = token {
+            if !self.metadata.contains_key("token") {
+                req.metadata_mut().insert("token", t);
+            }
+        }
+        if let Some(t) = self.timeout {
+            req.set_timeout(t);
+        }
+        req
+    }
+}
+
+impl Context {
+    /// Forwards one unary request to the authoritative datastore and records it.
+    pub(crate) async fn unary<Req, Resp, F, Fut>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        retry: Retry,
+        request: Request<Req>,
+        call: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: prost::Message + Clone,
+        F: Fn(Channel, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let started = Instant::now();
+        let result = self.forward_unary(retry, request, call).await;
+        let code = match &result {
+            Ok(_) => Code::Ok,
+            Err(e) => {
+                if !matches!(e, ProxyError::Etcd(_)) {
+                    let who = match e.blame() {
+                        Blame::Upstream => "datastore",
+                        Blame::Downstream => "client",
+                        Blame::Proxy => "proxy",
+                    };
+                    tracing::warn!(service, method, blame = who, retry_safe = e.retry_safe(), error = %e, "request failed");
+                }
+                e.to_status().code()
+            }
+        };
+        self.metrics.observe_unary(service, method, code, started.elapsed());
+        result.map_err(Status::from)
+    }
+
+    async fn forward_unary<Req, Resp, F, Fut>(
+        &self,
+        retry: Retry,
+        request: Request<Req>,
+        call: F,
+    ) -> Result<Response<Resp>, ProxyError>
+    where
+        Req: prost::Message + Clone,
+        F: Fn(Channel, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let (metadata, _, msg) = request.into_parts();
+        let size = msg.encoded_len();
+        if size > self.max_recv_bytes {
+            return Err(ProxyError::RequestTooLarge {
+                size,
+                limit: self.max_recv_bytes,
+            });
+        }
+        let fwd = Forwarded::from_incoming(&metadata);
+        let route = self.router.route();
+        let resp = route
+            .datastore
+            .unary(retry, |ch, token| call(ch, fwd.request(msg.clone(), token)))
+            .await?;
+        // Only the message goes back: response headers belong to the datastore's hop.
+        Ok(Response::new(resp.into_inner()))
+    }
+}
+
+/// Builds a generated client with no limit on what the datastore may send back.
+macro_rules! client {
+    ($client:ident, $channel:expr) => {
+        $client::new($channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    };
+}
+pub(crate) use client;
+
+/// Implements a unary method by forwarding it unchanged. Written in the shape
+/// `#[tonic::async_trait]` gives trait methods, since that attribute does not look inside
+/// macro calls.
+macro_rules! forward {
+    ($name:ident, $req:ty, $resp:ty, $svc:literal, $method:literal, $retry:expr, $client:ident) => {
+        fn $name<'life0, 'async_trait>(
+            &'life0 self,
+            request: tonic::Request<$req>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<tonic::Response<$resp>, tonic::Status>> + Send + 'async_trait>,
+        >
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(async move {
+                self.ctx
+                    .unary($svc, $method, $retry, request, |ch, req| async move {
+                        crate::server::client!($client, ch).$name(req).await
+                    })
+                    .await
+            })
+        }
+    };
+}
+pub(crate) use forward;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A bound listener, so that bind errors surface before anything else starts.
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener, std::path::PathBuf),
+}
+
+impl Listener {
+    pub async fn bind(addr: &ListenAddr) -> Result<Self, ServeError> {
+        let bind_err = |source| ServeError::Bind {
+            addr: addr.to_string(),
+            source,
+        };
+        match addr {
+            ListenAddr::Tcp(a) => Ok(Listener::Tcp(TcpListener::bind(a).await.map_err(bind_err)?)),
+            ListenAddr::Unix(path) => {
+                // A socket file left by an earlier run would make bind fail.
+                if let Ok(meta) = std::fs::symlink_metadata(path) {
+                    use std::os::unix::fs::FileTypeExt;
+                    if meta.file_type().is_socket() {
+                        let _ = std::fs::remove_file(path);
+                    }
+                }
+                Ok(Listener::Unix(UnixListener::bind(path).map_err(bind_err)?, path.clone()))
+            }
+        }
+    }
+
+    pub fn local_addr(&self) -> String {
+        match self {
+            Listener::Tcp(l) => l.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            Listener::Unix(_, p) => format!("unix://{}", p.display()),
+        }
+    }
+}
+
+fn tls_config(cfg: &Config) -> Result<Option<ServerTlsConfig>, ServeError> {
+    let Some(tls) = &cfg.tls else { return Ok(None) };
+    let read = |key: &str, p: &std::path::Path| {
+        std::fs::read(p).map_err(|e| ServeError::Tls(format!("{key} {}: {e}", p.display())))
+    };
+    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
+        read("tls.certFile", &tls.cert_file)?,
+        read("tls.keyFile", &tls.key_file)?,
+    ));
+    if let Some(ca) = &tls.client_ca_file {
+        config = config.client_ca_root(Certificate::from_pem(read("tls.clientCAFile", ca)?));
+    }
+    Ok(Some(config))
+}
+
+/// Serves every etcd service on `listener` until `shutdown` completes.
+pub async fn serve(
+    cfg: &Config,
+    ctx: Arc<Context>,
+    listener: Listener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let decode_cap = ctx.max_recv_bytes.saturating_mul(4);
+    let mut builder = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(8 << 20))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .accept_http1(true);
+    if let Some(tls) = tls_config(cfg)? {
+        builder = builder.tls_config(tls)?;
+    }
+    // Unary handlers check sizes against the exact limit themselves, to answer with the
+    // wording etcd uses; the decoder's own cap only bounds memory.
+    macro_rules! svc {
+        ($server:ident, $impl:expr) => {
+            $server::new($impl)
+                .max_decoding_message_size(decode_cap)
+                .max_encoding_message_size(usize::MAX)
+        };
+    }
+    let router = builder
+        .layer(tower::layer::layer_fn(|inner| NotGrpc { inner }))
+        .add_service(svc!(KvServer, kv::KvService::new(ctx.clone())))
+        .add_service(svc!(WatchServer, watch::WatchService::new(ctx.clone())))
+        .add_service(svc!(LeaseServer, lease::LeaseService::new(ctx.clone())))
+        .add_service(svc!(ClusterServer, cluster::ClusterService::new(ctx.clone())))
+        .add_service(svc!(MaintenanceServer, maintenance::MaintenanceService::new(ctx.clone())))
+        .add_service(svc!(AuthServer, auth::AuthService::new(ctx.clone())));
+    match listener {
+        Listener::Tcp(l) => {
+            let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+            router.serve_with_incoming_shutdown(incoming, shutdown).await?;
+        }
+        Listener::Unix(l, path) => {
+            let result = router
+                .serve_with_incoming_shutdown(UnixListenerStream::new(l), shutdown)
+                .await;
+            let _ = std::fs::remove_file(&path);
+            result?;
+        }
+    }
+    Ok(())
+}
+
+/// Answers anything that is not gRPC over HTTP/2 (a browser, curl, an HTTP/1 health check)
+/// with a plain HTTP error instead of feeding it to the gRPC services.
+#[derive(Clone)]
+struct NotGrpc<S> {
+    inner: S,
+}
+
+impl<S, B> tower::Service<http::Request<B>> for NotGrpc<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = Either<S::Future, std::future::Ready<Result<Self::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let grpc = req.version() == http::Version::HTTP_2
+            && req
+                .headers()
+                .get(http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.starts_with("application/grpc"));
+        if grpc {
+            return Either::Left(self.inner.call(req));
+        }
+        let mut resp = http::Response::new(tonic::body::Body::new(http_body_util::Full::new(
+            bytes::Bytes::from_static(
+                b"cutover: this port serves the etcd v3 gRPC API over HTTP/2; the admin API is on its own port\n",
+            ),
+        )));
+        *resp.status_mut() = http::StatusCode::BAD_REQUEST;
+        resp.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        Either::Right(std::future::ready(Ok(resp)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("5S"), Some(Duration::from_secs(5)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("x"), None);
+        assert_eq!(parse_grpc_timeout("10q"), None);
+    }
+
+    #[test]
+    fn only_request_metadata_is_forwarded() {
+        let mut m = MetadataMap::new();
+        m.insert("token", "abc".parse().unwrap());
+        m.insert("hasleader", "true".parse().unwrap());
+        m.insert("content-type", "application/grpc".parse().unwrap());
+        m.insert("grpc-timeout", "3S".parse().unwrap());
+        let f = Forwarded::from_incoming(&m);
+        let req = f.request((), Some("proxy".parse().unwrap()));
+        assert_eq!(req.metadata().get("token").unwrap(), "abc");
+        assert_eq!(req.metadata().get("hasleader").unwrap(), "true");
+        assert!(req.metadata().get("content-type").is_none());
+        assert_eq!(f.timeout, Some(Duration::from_secs(3)));
+    }
+}

@@ -1,0 +1,118 @@
+//! The upstream half of a bidirectional stream (Watch, LeaseKeepAlive), and the policy for
+//! opening it again elsewhere when its connection breaks.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::Forwarded;
+use crate::upstream::Datastore;
+
+type Opening<Resp> = Pin<Box<dyn Future<Output = Result<Response<Streaming<Resp>>, Status>> + Send>>;
+
+enum State<Resp> {
+    Opening(Opening<Resp>),
+    Open(Streaming<Resp>),
+    Closed,
+}
+
+/// A stream to one endpoint of a datastore. Requests are queued without a bound: the
+/// datastore's reading of requests must never wait on our reading of its responses, or
+/// the two ends could block each other.
+pub(crate) struct UpstreamStream<Req, Resp> {
+    tx: mpsc::UnboundedSender<Req>,
+    state: State<Resp>,
+    /// Index of the endpoint in the datastore.
+    pub endpoint: usize,
+}
+
+impl<Req: Send + 'static, Resp: Send + 'static> UpstreamStream<Req, Resp> {
+    /// Starts opening the stream; nothing waits here. `open` makes the call on a channel.
+    pub fn open<F, Fut>(datastore: &Arc<Datastore>, fwd: &Forwarded, open: F) -> Self
+    where
+        F: FnOnce(Channel, Request<UnboundedReceiverStream<Req>>) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Response<Streaming<Resp>>, Status>> + Send + 'static,
+    {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (endpoint, channel) = datastore.pick();
+        let ds = Arc::clone(datastore);
+        let fwd = fwd.clone();
+        let fut = async move {
+            let token = ds.token(&channel).await?;
+            let mut req = fwd.request(UnboundedReceiverStream::new(rx), token);
+            // A stream lives as long as the client wants it; the client's deadline, if
+            // any, is its own business.
+            req.metadata_mut().remove("grpc-timeout");
+            open(channel, req).await
+        };
+        UpstreamStream {
+            tx,
+            state: State::Opening(Box::pin(fut)),
+            endpoint,
+        }
+    }
+
+    pub fn send(&self, req: Req) {
+        // A failed send means the stream is gone; `next` reports why.
+        let _ = self.tx.send(req);
+    }
+
+    /// The next response. Safe to use in `select!`: progress is kept in `self`.
+    pub async fn next(&mut self) -> Option<Result<Resp, Status>> {
+        loop {
+            match &mut self.state {
+                State::Opening(fut) => match fut.await {
+                    Ok(resp) => self.state = State::Open(resp.into_inner()),
+                    Err(status) => {
+                        self.state = State::Closed;
+                        return Some(Err(status));
+                    }
+                },
+                State::Open(stream) => {
+                    let item = stream.message().await.transpose();
+                    if item.is_none() {
+                        self.state = State::Closed;
+                    }
+                    return item;
+                }
+                State::Closed => return None,
+            }
+        }
+    }
+}
+
+/// Backoff for opening a broken stream again: quick at first, giving up after a while so a
+/// client is told instead of waiting forever.
+pub(crate) struct Reconnect {
+    attempts: u32,
+}
+
+impl Reconnect {
+    const MAX_ATTEMPTS: u32 = 12;
+
+    pub fn new() -> Self {
+        Reconnect { attempts: 0 }
+    }
+
+    /// Waits before the next attempt; `false` when it is time to give up.
+    pub async fn wait(&mut self) -> bool {
+        if self.attempts >= Self::MAX_ATTEMPTS {
+            return false;
+        }
+        let delay = Duration::from_millis(50u64 << self.attempts.min(5)).min(Duration::from_secs(2));
+        self.attempts += 1;
+        tokio::time::sleep(delay).await;
+        true
+    }
+
+    /// A response arrived: the stream works again.
+    pub fn reset(&mut self) {
+        self.attempts = 0;
+    }
+}

@@ -1,0 +1,281 @@
+//! Watch: each client stream gets one stream to the datastore, and the proxy keeps its own
+//! table of the watches on it (what each asked for and the next revision it has not seen).
+//!
+//! That table is what lets a watch outlive its upstream stream: when the connection to an
+//! endpoint breaks, every watch is created again on another endpoint with the same
+//! watch_id, starting at the first revision its client has not received, so the client
+//! sees neither a gap nor a duplicate, and no cancel.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Code, Request, Response, Status, Streaming};
+
+use super::stream::{Reconnect, UpstreamStream};
+use super::{client, Context, Forwarded};
+use crate::error::messages;
+use crate::proto::etcdserverpb::watch_client::WatchClient;
+use crate::proto::etcdserverpb::watch_request::RequestUnion;
+use crate::proto::etcdserverpb::watch_server::Watch;
+use crate::proto::etcdserverpb::*;
+use crate::upstream::{classify, Datastore, Failure};
+
+pub struct WatchService {
+    ctx: Arc<Context>,
+}
+
+impl WatchService {
+    pub fn new(ctx: Arc<Context>) -> Self {
+        WatchService { ctx }
+    }
+}
+
+#[tonic::async_trait]
+impl Watch for WatchService {
+    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+
+    async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
+        let (metadata, _, inbound) = request.into_parts();
+        let (down, rx) = mpsc::channel(64);
+        let session = WatchSession::new(self.ctx.clone(), Forwarded::from_incoming(&metadata), down);
+        tokio::spawn(session.run(inbound));
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
+
+/// One watch as the client created it, and how far its client has got.
+#[derive(Debug, Clone)]
+pub(crate) struct WatchState {
+    pub create: WatchCreateRequest,
+    /// The first revision whose events the client has not received yet.
+    pub next_rev: i64,
+    /// The client asked to cancel it and waits for the answer.
+    pub cancel_requested: bool,
+}
+
+/// A create request sent upstream and not yet answered, in the order etcd answers them.
+#[derive(Debug)]
+enum Pending {
+    /// The client's own create: its answer goes to the client.
+    Client(WatchCreateRequest),
+    /// The proxy re-creating a known watch: its answer is the proxy's business.
+    Reattach(i64),
+}
+
+type Upstream = UpstreamStream<WatchRequest, WatchResponse>;
+
+struct WatchSession {
+    ctx: Arc<Context>,
+    fwd: Forwarded,
+    down: mpsc::Sender<Result<WatchResponse, Status>>,
+    datastore: Arc<Datastore>,
+    watches: HashMap<i64, WatchState>,
+    pending: VecDeque<Pending>,
+    last_header: Option<ResponseHeader>,
+}
+
+/// The client went away; the session ends.
+struct ClientGone;
+
+impl WatchSession {
+    fn new(ctx: Arc<Context>, fwd: Forwarded, down: mpsc::Sender<Result<WatchResponse, Status>>) -> Self {
+        let datastore = ctx.router.route().datastore.clone();
+        WatchSession {
+            ctx,
+            fwd,
+            down,
+            datastore,
+            watches: HashMap::new(),
+            pending: VecDeque::new(),
+            last_header: None,
+        }
+    }
+
+    fn open_upstream(&self) -> Upstream {
+        UpstreamStream::open(&self.datastore, &self.fwd, |ch, req| async move {
+            client!(WatchClient, ch).watch(req).await
+        })
+    }
+
+    async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
+        let _open = self.ctx.metrics.stream_guard("watch");
+        let mut upstream = self.open_upstream();
+        let mut reconnect = Reconnect::new();
+        let mut inbound_open = true;
+        let code = loop {
+            tokio::select! {
+                msg = inbound.message(), if inbound_open => match msg {
+                    Ok(Some(req)) => self.on_client(&upstream, req),
+                    // etcd keeps sending after the client half-closes; so does the proxy.
+                    Ok(None) => inbound_open = false,
+                    Err(_) => break Code::Cancelled,
+                },
+                resp = upstream.next() => match resp {
+                    Some(Ok(r)) => {
+                        reconnect.reset();
+                        if self.on_upstream(r).await.is_err() {
+                            break Code::Cancelled;
+                        }
+                    }
+                    Some(Err(status)) if classify(&status) == Failure::Answered => {
+                        // etcd ended the stream itself (e.g. no leader with `hasleader`).
+                        let code = status.code();
+                        let _ = self.down.send(Err(status)).await;
+                        break code;
+                    }
+                    failure => {
+                        let why = match failure {
+                            Some(Err(s)) => s.message().to_string(),
+                            _ => "stream ended".to_string(),
+                        };
+                        tracing::warn!(datastore = %self.datastore.name, endpoint = %self.datastore.endpoint_url(upstream.endpoint), error = %why, watches = self.watches.len(), "watch stream to the datastore broke; re-attaching");
+                        self.datastore.mark_failed(upstream.endpoint);
+                        if !reconnect.wait().await {
+                            let _ = self.down.send(Err(Status::unavailable(messages::NO_CONNECTION))).await;
+                            break Code::Unavailable;
+                        }
+                        upstream = self.open_upstream();
+                        if self.reattach(&mut upstream).await.is_err() {
+                            break Code::Cancelled;
+                        }
+                    }
+                },
+            }
+        };
+        self.ctx.metrics.open_watches.dec_by(self.watches.len() as i64);
+        self.ctx.metrics.observe_stream_end("Watch", "Watch", code);
+    }
+
+    fn on_client(&mut self, upstream: &Upstream, req: WatchRequest) {
+        match &req.request_union {
+            Some(RequestUnion::CreateRequest(c)) => self.pending.push_back(Pending::Client(c.clone())),
+            Some(RequestUnion::CancelRequest(c)) => {
+                if let Some(w) = self.watches.get_mut(&c.watch_id) {
+                    w.cancel_requested = true;
+                }
+            }
+            _ => {}
+        }
+        upstream.send(req);
+    }
+
+    async fn send_down(&self, r: WatchResponse) -> Result<(), ClientGone> {
+        self.down.send(Ok(r)).await.map_err(|_| ClientGone)
+    }
+
+    async fn on_upstream(&mut self, r: WatchResponse) -> Result<(), ClientGone> {
+        let rev = r.header.as_ref().map_or(0, |h| h.revision);
+        if r.header.is_some() {
+            self.last_header = r.header.clone();
+        }
+        if r.created {
+            match self.pending.pop_front() {
+                Some(Pending::Client(create)) => {
+                    if !r.canceled {
+                        let next_rev = if create.start_revision > 0 { create.start_revision } else { rev + 1 };
+                        self.watches.insert(
+                            r.watch_id,
+                            WatchState {
+                                create,
+                                next_rev,
+                                cancel_requested: false,
+                            },
+                        );
+                        self.ctx.metrics.open_watches.inc();
+                    }
+                    self.send_down(r).await
+                }
+                Some(Pending::Reattach(id)) => {
+                    if r.canceled {
+                        // The datastore refused to resume it: the client learns as etcd
+                        // would tell it, by a cancel on its watch.
+                        self.remove(id);
+                        self.send_down(WatchResponse { created: false, ..r }).await
+                    } else {
+                        Ok(())
+                    }
+                }
+                None => self.send_down(r).await,
+            }
+        } else if r.canceled {
+            self.remove(r.watch_id);
+            self.send_down(r).await
+        } else if !r.events.is_empty() {
+            if let Some(w) = self.watches.get_mut(&r.watch_id) {
+                // A fragmented response's last piece carries fragment=false; resume only at
+                // a whole revision.
+                if !r.fragment {
+                    if let Some(last) = r.events.last().and_then(|e| e.kv.as_ref()) {
+                        w.next_rev = w.next_rev.max(last.mod_revision + 1);
+                    }
+                }
+            }
+            self.send_down(r).await
+        } else {
+            // A progress notification: every event up to `rev` has been delivered.
+            if r.watch_id == -1 {
+                for w in self.watches.values_mut() {
+                    w.next_rev = w.next_rev.max(rev + 1);
+                }
+            } else if let Some(w) = self.watches.get_mut(&r.watch_id) {
+                w.next_rev = w.next_rev.max(rev + 1);
+            }
+            self.send_down(r).await
+        }
+    }
+
+    fn remove(&mut self, id: i64) {
+        if self.watches.remove(&id).is_some() {
+            self.ctx.metrics.open_watches.dec();
+        }
+    }
+
+    /// Creates every known watch again on a new upstream stream, with its own watch_id and
+    /// from its next revision; resends creates that were never answered.
+    async fn reattach(&mut self, upstream: &mut Upstream) -> Result<(), ClientGone> {
+        let unanswered: Vec<WatchCreateRequest> = self
+            .pending
+            .drain(..)
+            .filter_map(|p| match p {
+                Pending::Client(c) => Some(c),
+                Pending::Reattach(_) => None,
+            })
+            .collect();
+        let mut ids: Vec<i64> = self.watches.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let w = &self.watches[&id];
+            if w.cancel_requested {
+                // The cancel may have been lost with the old stream; it is done either way.
+                let header = self.last_header.clone();
+                self.remove(id);
+                self.send_down(WatchResponse {
+                    header,
+                    watch_id: id,
+                    canceled: true,
+                    ..Default::default()
+                })
+                .await?;
+                continue;
+            }
+            let create = WatchCreateRequest {
+                watch_id: id,
+                start_revision: w.next_rev,
+                ..w.create.clone()
+            };
+            self.pending.push_back(Pending::Reattach(id));
+            upstream.send(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(create)),
+            });
+        }
+        for c in unanswered {
+            self.pending.push_back(Pending::Client(c.clone()));
+            upstream.send(WatchRequest {
+                request_union: Some(RequestUnion::CreateRequest(c)),
+            });
+        }
+        Ok(())
+    }
+}
