@@ -576,7 +576,7 @@ mod tests {
     fn unknown_key_is_named_with_its_path() {
         let text = format!("{MINIMAL}    tlss: {{}}\n");
         let err = from_yaml(&text).unwrap_err().to_string();
-        assert!(err.starts_with("config: dataStores.default: unknown field `tlss`"), "{err}");
+        assert!(err.starts_with("config: dataStores.default.tlss: unknown field `tlss`"), "{err}");
     }
 
     #[test]
