@@ -1,0 +1,11 @@
+//! Integration tests: real etcd 3.4 members on 127.0.0.1, the real cutover binary, and
+//! real clients (etcdctl, the `etcd-client` crate). One test binary, one module per area.
+
+mod support;
+
+mod bad_input;
+mod client;
+mod errors;
+mod etcdctl;
+mod failover;
+mod tls;

@@ -1,0 +1,407 @@
+//! Real servers on loopback for the integration tests: etcd members and clusters, the
+//! cutover binary, and the etcdctl client. Every process gets its own ports and temp dir
+//! and is killed when its handle is dropped (also when a test fails), or when the test
+//! process itself dies (PR_SET_PDEATHSIG).
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// A port on 127.0.0.1 that nothing listens on now. Ports are handed out from a range
+/// chosen by process id so that concurrent test processes rarely collide, and each is
+/// checked by binding it.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(0, 20000 + (std::process::id() % 2000) as u16 * 10, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::SeqCst);
+        if p > 60000 {
+            NEXT.store(20000, Ordering::SeqCst);
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() {
+            return p;
+        }
+    }
+}
+
+/// Polls `check` until it returns true, failing the test after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn spawn(cmd: &mut Command, log: &Path) -> Child {
+    let out = std::fs::File::create(log).expect("log file");
+    let err = out.try_clone().expect("log file");
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err);
+    // SAFETY: prctl is async-signal-safe; it only asks the kernel to kill the child when
+    // the test process dies.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()))
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// TLS material for a test: a CA, a server certificate for 127.0.0.1/localhost and a
+/// client certificate, as PEM files.
+pub struct TlsFiles {
+    pub dir: TempDir,
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn generate() -> TlsFiles {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, SanType};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca_key = KeyPair::generate().expect("key");
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(DnType::CommonName, "cutover test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("ca");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+
+        let server_key = KeyPair::generate().expect("key");
+        let mut sp = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+        sp.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        sp.distinguished_name.push(DnType::CommonName, "127.0.0.1");
+        sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let server = sp.signed_by(&server_key, &issuer).expect("server cert");
+
+        let client_key = KeyPair::generate().expect("key");
+        let mut cp = CertificateParams::new(Vec::<String>::new()).expect("params");
+        cp.distinguished_name.push(DnType::CommonName, "root");
+        cp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let client = cp.signed_by(&client_key, &issuer).expect("client cert");
+
+        let write = |name: &str, pem: String| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, pem).expect("write pem");
+            p
+        };
+        TlsFiles {
+            ca: write("ca.pem", ca.pem()),
+            server_cert: write("server.pem", server.pem()),
+            server_key: write("server-key.pem", server_key.serialize_pem()),
+            client_cert: write("client.pem", client.pem()),
+            client_key: write("client-key.pem", client_key.serialize_pem()),
+            dir,
+        }
+    }
+}
+
+/// One etcd member (Debian's etcd 3.4) on loopback.
+pub struct Etcd {
+    pub name: String,
+    /// `127.0.0.1:PORT`
+    pub endpoint: String,
+    /// `http://127.0.0.1:PORT` or `https://...`
+    pub client_url: String,
+    pub peer_url: String,
+    dir: TempDir,
+    child: Option<Child>,
+    args: Vec<String>,
+}
+
+#[derive(Default, Clone)]
+pub struct EtcdOptions {
+    /// Serve clients over TLS with these files; require client certificates if `client_auth`.
+    pub tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    pub client_auth: bool,
+}
+
+impl Etcd {
+    pub async fn start() -> Etcd {
+        Self::start_with(EtcdOptions::default()).await
+    }
+
+    pub async fn start_with(opts: EtcdOptions) -> Etcd {
+        let client = free_port();
+        let peer = free_port();
+        let name = format!("m{client}");
+        let peer_url = format!("http://127.0.0.1:{peer}");
+        let cluster = format!("{name}={peer_url}");
+        let mut e = Self::prepare(&name, client, &peer_url, &cluster, "new", &opts);
+        e.launch();
+        e.wait_ready().await;
+        e
+    }
+
+    /// A cluster of `n` members on loopback.
+    pub async fn cluster(n: usize) -> Vec<Etcd> {
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let cluster = ports
+            .iter()
+            .map(|(c, p)| format!("m{c}=http://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<Etcd> = ports
+            .iter()
+            .map(|(c, p)| Self::prepare(&format!("m{c}"), *c, &format!("http://127.0.0.1:{p}"), &cluster, "new", &EtcdOptions::default()))
+            .collect();
+        for m in &mut members {
+            m.launch();
+        }
+        for m in &members {
+            m.wait_ready().await;
+        }
+        members
+    }
+
+    fn prepare(name: &str, client: u16, peer_url: &str, cluster: &str, state: &str, opts: &EtcdOptions) -> Etcd {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let scheme = if opts.tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{client}");
+        let mut args = vec![
+            format!("--name={name}"),
+            format!("--data-dir={}", dir.path().join("data").display()),
+            format!("--listen-client-urls={client_url}"),
+            format!("--advertise-client-urls={client_url}"),
+            format!("--listen-peer-urls={peer_url}"),
+            format!("--initial-advertise-peer-urls={peer_url}"),
+            format!("--initial-cluster={cluster}"),
+            format!("--initial-cluster-state={state}"),
+            "--initial-cluster-token=cutover-test".to_string(),
+            "--logger=zap".to_string(),
+            "--log-level=warn".to_string(),
+            "--quota-backend-bytes=1073741824".to_string(),
+        ];
+        if let Some((cert, key, ca)) = &opts.tls {
+            args.push(format!("--cert-file={}", cert.display()));
+            args.push(format!("--key-file={}", key.display()));
+            args.push(format!("--trusted-ca-file={}", ca.display()));
+            if opts.client_auth {
+                args.push("--client-cert-auth=true".to_string());
+            }
+        }
+        Etcd {
+            name: name.to_string(),
+            endpoint: format!("127.0.0.1:{client}"),
+            client_url,
+            peer_url: peer_url.to_string(),
+            dir,
+            child: None,
+            args,
+        }
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("etcd.log")
+    }
+
+    fn launch(&mut self) {
+        let mut cmd = Command::new("etcd");
+        cmd.args(&self.args).env("ETCD_UNSUPPORTED_ARCH", "");
+        self.child = Some(spawn(&mut cmd, &self.log_path()));
+    }
+
+    /// Waits until the member answers `etcdctl endpoint health`.
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", &self.client_url, "--command-timeout=2s", "endpoint", "health"])
+                .args(self.tls_client_args())
+                .output()
+                .expect("etcdctl");
+            if out.status.success() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("etcd {} did not become healthy; log:\n{}", self.name, tail(&self.log_path()));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn tls_client_args(&self) -> Vec<String> {
+        let a = &self.args;
+        let get = |flag: &str| a.iter().find_map(|x| x.strip_prefix(flag).map(str::to_string));
+        match (get("--trusted-ca-file="), get("--cert-file="), get("--key-file=")) {
+            (Some(ca), Some(cert), Some(key)) => vec![format!("--cacert={ca}"), format!("--cert={cert}"), format!("--key={key}")],
+            _ => vec![],
+        }
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- etcd {} log ---\n{}", self.name, tail(&self.log_path()));
+        }
+        self.kill();
+    }
+}
+
+/// The cutover binary, started with a config file.
+pub struct Proxy {
+    /// `127.0.0.1:PORT` of the etcd API.
+    pub endpoint: String,
+    /// `http://127.0.0.1:PORT` of the admin API.
+    pub admin: String,
+    pub dir: TempDir,
+    child: Option<Child>,
+}
+
+impl Proxy {
+    /// A proxy in front of these etcd members (plain HTTP).
+    pub async fn start_for(etcds: &[&Etcd]) -> Proxy {
+        let eps: Vec<String> = etcds.iter().map(|e| format!("\"{}\"", e.endpoint)).collect();
+        Self::start(&format!("dataStore: default\ndataStores:\n  default:\n    endpoints: [{}]\n", eps.join(", "))).await
+    }
+
+    /// A proxy with `body` as its config; `listen` and `admin.listen` are added unless given.
+    pub async fn start(body: &str) -> Proxy {
+        let p = Self::launch(body, &[]);
+        p.wait_ready().await;
+        p
+    }
+
+    /// Starts the binary without waiting for it to be ready.
+    pub fn launch(body: &str, extra_args: &[&str]) -> Proxy {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let admin_port = free_port();
+        let mut config = String::new();
+        if !body.contains("listen:") {
+            config.push_str(&format!("listen: 127.0.0.1:{port}\n"));
+        }
+        if !body.contains("admin:") {
+            config.push_str(&format!("admin:\n  listen: 127.0.0.1:{admin_port}\n"));
+        }
+        config.push_str(body);
+        let path = dir.path().join("cutover.yaml");
+        std::fs::write(&path, &config).expect("write config");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_cutover"));
+        cmd.arg("serve").arg("--config").arg(&path).args(extra_args).env("RUST_LOG", "cutover=debug,info");
+        let child = spawn(&mut cmd, &dir.path().join("cutover.log"));
+        Proxy {
+            endpoint: format!("127.0.0.1:{port}"),
+            admin: format!("http://127.0.0.1:{admin_port}"),
+            dir,
+            child: Some(child),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("cutover.log")).unwrap_or_default()
+    }
+
+    /// Waits until /readyz answers 200.
+    pub async fn wait_ready(&self) {
+        let url = format!("{}/readyz", self.admin);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("cutover did not become ready; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The exit status, if the process has ended.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("--- cutover log ---\n{}", lines[lines.len().saturating_sub(60)..].join("\n"));
+        }
+        self.kill();
+    }
+}
+
+/// Runs etcdctl (API v3) against `endpoint` with a short command timeout.
+pub fn etcdctl(endpoint: &str, args: &[&str]) -> Output {
+    Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoint}"))
+        .arg("--command-timeout=10s")
+        .args(args)
+        .output()
+        .expect("etcdctl runs")
+}
+
+/// etcdctl's stdout, failing the test if the command failed.
+pub fn etcdctl_ok(endpoint: &str, args: &[&str]) -> String {
+    let out = etcdctl(endpoint, args);
+    assert!(
+        out.status.success(),
+        "etcdctl {args:?} against {endpoint} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An etcd-client connection to `endpoint`.
+pub async fn client(endpoint: &str) -> etcd_client::Client {
+    etcd_client::Client::connect([endpoint], None).await.expect("etcd-client connects")
+}
