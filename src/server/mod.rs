@@ -306,7 +306,10 @@ pub async fn serve(
         };
     }
     let router = builder
-        .layer(tower::layer::layer_fn(|inner| NotGrpc { inner }))
+        .layer(tower::layer::layer_fn(|inner| NotGrpc {
+            inner,
+            limit: ctx.max_recv_bytes,
+        }))
         .add_service(svc!(KvServer, kv::KvService::new(ctx.clone())))
         .add_service(svc!(WatchServer, watch::WatchService::new(ctx.clone())))
         .add_service(svc!(LeaseServer, lease::LeaseService::new(ctx.clone())))
@@ -329,11 +332,55 @@ pub async fn serve(
     Ok(())
 }
 
-/// Answers anything that is not gRPC over HTTP/2 (a browser, curl, an HTTP/1 health check)
-/// with a plain HTTP error instead of feeding it to the gRPC services.
+/// Guards the gRPC services: answers anything that is not gRPC over HTTP/2 (a browser,
+/// curl, an HTTP/1 health check) with a plain HTTP error, answers unknown methods as etcd
+/// does, and words the decoder's refusal of an oversized message as etcd does.
 #[derive(Clone)]
 struct NotGrpc<S> {
     inner: S,
+    /// The configured receive limit, quoted in the oversized-message error.
+    limit: usize,
+}
+
+pin_project_lite::pin_project! {
+    /// The inner service's response, with tonic's "message too large" status reworded.
+    struct Reworded<F> {
+        #[pin]
+        inner: F,
+        limit: usize,
+    }
+}
+
+impl<F, E> Future for Reworded<F>
+where
+    F: Future<Output = Result<http::Response<tonic::body::Body>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let limit = *this.limit;
+        this.inner.poll(cx).map_ok(|resp| reword_too_large(resp, limit))
+    }
+}
+
+/// tonic refuses a message over its decoding cap with OutOfRange and words of its own;
+/// etcd (grpc-go) uses ResourceExhausted and "grpc: received message larger than max".
+fn reword_too_large(resp: http::Response<tonic::body::Body>, limit: usize) -> http::Response<tonic::body::Body> {
+    let h = resp.headers();
+    if h.get("grpc-status").map(|v| v.as_bytes()) != Some(b"11") {
+        return resp;
+    }
+    let Some(found) = h
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|m| m.strip_prefix("Error,%20decoded%20message%20length%20too%20large:%20found%20"))
+        .and_then(|rest| rest.split("%20").next())
+        .and_then(|n| n.parse::<usize>().ok())
+    else {
+        return resp;
+    };
+    ProxyError::RequestTooLarge { size: found, limit }.to_status().into_http()
 }
 
 impl<S, B> tower::Service<http::Request<B>> for NotGrpc<S>
@@ -342,7 +389,7 @@ where
 {
     type Response = http::Response<tonic::body::Body>;
     type Error = S::Error;
-    type Future = Either<S::Future, std::future::Ready<Result<Self::Response, S::Error>>>;
+    type Future = Either<Reworded<S::Future>, std::future::Ready<Result<Self::Response, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -356,7 +403,13 @@ where
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|ct| ct.starts_with("application/grpc"));
         if grpc {
-            return Either::Left(self.inner.call(req));
+            if let Some(refusal) = unknown_method(req.uri().path()) {
+                return Either::Right(std::future::ready(Ok(refusal.into_http())));
+            }
+            return Either::Left(Reworded {
+                inner: self.inner.call(req),
+                limit: self.limit,
+            });
         }
         let mut resp = http::Response::new(tonic::body::Body::new(http_body_util::Full::new(
             bytes::Bytes::from_static(
@@ -372,8 +425,48 @@ where
     }
 }
 
+/// Every method the proxy serves, by service, for answering unknown ones as grpc-go does.
+const SERVICES: &[(&str, &[&str])] = &[
+    ("etcdserverpb.KV", &["Range", "Put", "DeleteRange", "Txn", "Compact"]),
+    ("etcdserverpb.Watch", &["Watch"]),
+    ("etcdserverpb.Lease", &["LeaseGrant", "LeaseRevoke", "LeaseKeepAlive", "LeaseTimeToLive", "LeaseLeases"]),
+    ("etcdserverpb.Cluster", &["MemberAdd", "MemberRemove", "MemberUpdate", "MemberList", "MemberPromote"]),
+    (
+        "etcdserverpb.Maintenance",
+        &["Alarm", "Status", "Defragment", "Hash", "HashKV", "Snapshot", "MoveLeader", "Downgrade"],
+    ),
+    (
+        "etcdserverpb.Auth",
+        &[
+            "AuthEnable", "AuthDisable", "AuthStatus", "Authenticate", "UserAdd", "UserGet", "UserList", "UserDelete",
+            "UserChangePassword", "UserGrantRole", "UserRevokeRole", "RoleAdd", "RoleGet", "RoleList", "RoleDelete",
+            "RoleGrantPermission", "RoleRevokePermission",
+        ],
+    ),
+];
+
+/// The Unimplemented status etcd (grpc-go) gives for a path it does not serve.
+fn unknown_method(path: &str) -> Option<Status> {
+    let rest = path.strip_prefix('/').unwrap_or(path);
+    let (service, method) = rest.rsplit_once('/').unwrap_or((rest, ""));
+    match SERVICES.iter().find(|(s, _)| *s == service) {
+        None => Some(Status::unimplemented(format!("unknown service {service}"))),
+        Some((_, methods)) if !methods.contains(&method) => {
+            Some(Status::unimplemented(format!("unknown method {method} for service {service}")))
+        }
+        Some(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn unknown_paths_are_named_as_grpc_go_names_them() {
+        assert!(unknown_method("/etcdserverpb.KV/Range").is_none());
+        assert_eq!(unknown_method("/etcdserverpb.KV/Nope").unwrap().message(), "unknown method Nope for service etcdserverpb.KV");
+        assert_eq!(unknown_method("/x.Y/Z").unwrap().message(), "unknown service x.Y");
+    }
+
     use super::*;
 
     #[test]

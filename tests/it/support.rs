@@ -224,7 +224,7 @@ impl Etcd {
 
     fn launch(&mut self) {
         let mut cmd = Command::new("etcd");
-        cmd.args(&self.args).env("ETCD_UNSUPPORTED_ARCH", "");
+        cmd.args(&self.args);
         self.child = Some(spawn(&mut cmd, &self.log_path()));
     }
 

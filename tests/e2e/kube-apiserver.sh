@@ -1,0 +1,422 @@
+#!/usr/bin/env bash
+# End-to-end test: a real kube-apiserver (v1.20, built by
+# scripts/build-kube-apiserver.sh) storing its data through cutover into a
+# real etcd, all on 127.0.0.1.
+#
+# Usage:
+#   tests/e2e/kube-apiserver.sh PATH_TO_CUTOVER_BINARY
+#   CUTOVER_BIN=target/debug/cutover tests/e2e/kube-apiserver.sh
+#   tests/e2e/kube-apiserver.sh --direct      # baseline: kube-apiserver -> etcd,
+#                                             # no cutover (same as CUTOVER_BIN=none)
+#
+# Environment:
+#   CUTOVER_BIN        cutover binary (when no argument is given); "none" = --direct
+#   KUBE_APISERVER     use this kube-apiserver binary instead of building one
+#   CUTOVER_CACHE      cache root handed to the build script
+#   CUTOVER_E2E_KEEP=1 keep the temp dir (logs, certs, data) for debugging
+#   ETCD               etcd binary (default: etcd from PATH, Debian etcd-server)
+#
+# Needs: etcd (etcd-server), openssl, curl, jq. The last line of output is
+# "N passed, M failed"; the exit status is non-zero if anything failed.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+PASSED=0
+FAILED=0
+PIDS=()        # every background process we start, killed on exit
+TMP=""
+
+log() { printf '[e2e] %s\n' "$*" >&2; }
+
+usage() {
+	sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
+	exit 2
+}
+
+# ---------------------------------------------------------------- arguments
+
+MODE=cutover
+CUTOVER="${CUTOVER_BIN:-}"
+while [[ $# -gt 0 ]]; do
+	case $1 in
+	--direct) MODE=direct ;;
+	-h | --help) usage ;;
+	-*) log "unknown option: $1"; usage ;;
+	*) CUTOVER=$1 ;;
+	esac
+	shift
+done
+[[ $CUTOVER == none ]] && MODE=direct
+if [[ $MODE == cutover ]]; then
+	[[ -n $CUTOVER ]] || { log "no cutover binary given (argument or CUTOVER_BIN), or use --direct"; usage; }
+	[[ -x $CUTOVER ]] || { log "cutover binary not executable: $CUTOVER"; exit 2; }
+	CUTOVER=$(cd "$(dirname "$CUTOVER")" && pwd)/$(basename "$CUTOVER")
+fi
+ETCD="${ETCD:-etcd}"
+for tool in "$ETCD" openssl curl jq; do
+	command -v "$tool" >/dev/null || { log "missing required tool: $tool"; exit 2; }
+done
+
+# ---------------------------------------------------------------- bookkeeping
+
+pass() { PASSED=$((PASSED + 1)); printf 'PASS: %s\n' "$*"; }
+fail() { FAILED=$((FAILED + 1)); printf 'FAIL: %s\n' "$*"; }
+# check DESCRIPTION COMMAND...: run COMMAND, record pass/fail, never abort.
+check() {
+	local desc=$1
+	shift
+	if "$@"; then pass "$desc"; else fail "$desc"; fi
+}
+
+dump_logs() {
+	local f
+	for f in "$TMP"/*.log; do
+		[[ -f $f ]] || continue
+		printf -- '----- last 40 lines of %s -----\n' "$(basename "$f")" >&2
+		tail -n 40 "$f" >&2 || true
+	done
+}
+
+# Setup failures are fatal: count one failure and exit (the trap cleans up).
+fatal() {
+	fail "$*"
+	dump_logs
+	exit 1
+}
+
+cleanup() {
+	local status=$? pid i
+	trap - EXIT INT TERM
+	set +e
+	for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
+	# Give processes a few seconds to stop, then force them.
+	for pid in "${PIDS[@]}"; do
+		for ((i = 0; i < 50; i++)); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$pid" 2>/dev/null
+		wait "$pid" 2>/dev/null
+	done
+	# An unexpected error (set -e) counts as a failure too.
+	if [[ $status -ne 0 && $FAILED -eq 0 ]]; then
+		FAILED=1
+		printf 'FAIL: script aborted with status %s\n' "$status"
+		dump_logs
+	fi
+	if [[ -n $TMP ]]; then
+		if [[ ${CUTOVER_E2E_KEEP:-0} == 1 ]]; then
+			log "keeping $TMP"
+		else
+			rm -rf "$TMP"
+		fi
+	fi
+	echo "$PASSED passed, $FAILED failed"
+	[[ $FAILED -eq 0 ]] && exit 0
+	exit 1
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Poll COMMAND every 0.2s until it succeeds or TIMEOUT seconds pass; also give
+# up early when the process PID (if non-empty) has exited.
+wait_for() {
+	local desc=$1 timeout=$2 pid=$3
+	shift 3
+	local deadline=$((SECONDS + timeout))
+	while ! "$@" 2>/dev/null; do
+		if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+			log "process $pid exited while waiting for: $desc"
+			return 1
+		fi
+		if ((SECONDS >= deadline)); then
+			log "timed out after ${timeout}s waiting for: $desc"
+			return 1
+		fi
+		sleep 0.2
+	done
+}
+
+# Pick an unused 127.0.0.1 TCP port below the Linux ephemeral range: nothing
+# must accept a connection on it. Sets the variable named by $1.
+USED_PORTS=" "
+free_port() {
+	local p _
+	for _ in {1..200}; do
+		p=$((20000 + RANDOM % 12000))
+		[[ $USED_PORTS == *" $p "* ]] && continue
+		if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+			USED_PORTS+="$p "
+			printf -v "$1" %s "$p"
+			return 0
+		fi
+	done
+	fatal "no free port found"
+}
+
+# start NAME COMMAND...: run in the background, output to $TMP/NAME.log.
+start() {
+	local name=$1
+	shift
+	"$@" >"$TMP/$name.log" 2>&1 &
+	PIDS+=("$!")
+	LAST_PID=$!
+	log "started $name (pid $LAST_PID): $*"
+}
+
+# ---------------------------------------------------------------- binaries
+
+if [[ -n ${KUBE_APISERVER:-} ]]; then
+	APISERVER=$KUBE_APISERVER
+else
+	log "locating/building kube-apiserver via scripts/build-kube-apiserver.sh"
+	APISERVER=$("$ROOT/scripts/build-kube-apiserver.sh" | tail -n 1)
+fi
+[[ -x $APISERVER ]] || { log "kube-apiserver not executable: $APISERVER"; exit 2; }
+KUBECTL=$(dirname "$APISERVER")/kubectl
+[[ -x $KUBECTL ]] || KUBECTL=""
+log "kube-apiserver: $APISERVER ($("$APISERVER" --version))"
+log "mode: $MODE${CUTOVER:+ ($CUTOVER)}"
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/cutover-e2e-kube.XXXXXX")
+
+# ---------------------------------------------------------------- PKI
+
+# Throwaway CA + serving cert for 127.0.0.1 (so curl verifies TLS properly),
+# a service-account key pair, and a static bearer token in system:masters.
+pki() {
+	cd "$TMP"
+	openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj "/CN=cutover-e2e-ca" \
+		-keyout ca.key -out ca.crt
+	openssl req -newkey rsa:2048 -nodes -subj "/CN=kube-apiserver" \
+		-keyout serving.key -out serving.csr
+	printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n' >serving.ext
+	openssl x509 -req -in serving.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+		-days 1 -extfile serving.ext -out serving.crt
+	openssl genrsa -out sa.key 2048
+	openssl rsa -in sa.key -pubout -out sa.pub
+}
+pki >"$TMP/openssl.log" 2>&1 || fatal "generate certificates and keys with openssl"
+TOKEN=$(openssl rand -hex 24)
+echo "$TOKEN,e2e-admin,e2e-admin,system:masters" >"$TMP/tokens.csv"
+
+# ---------------------------------------------------------------- etcd
+
+free_port ETCD_PORT
+free_port ETCD_PEER_PORT
+start etcd "$ETCD" --name e2e --data-dir "$TMP/etcd-data" \
+	--listen-client-urls "http://127.0.0.1:$ETCD_PORT" \
+	--advertise-client-urls "http://127.0.0.1:$ETCD_PORT" \
+	--listen-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+	--initial-advertise-peer-urls "http://127.0.0.1:$ETCD_PEER_PORT" \
+	--initial-cluster "e2e=http://127.0.0.1:$ETCD_PEER_PORT" \
+	--initial-cluster-state new
+ETCD_PID=$LAST_PID
+etcd_healthy() { curl -fsS "http://127.0.0.1:$ETCD_PORT/health" | grep -q '"health":"true"'; }
+wait_for "etcd /health" 30 "$ETCD_PID" etcd_healthy || fatal "etcd became healthy on 127.0.0.1:$ETCD_PORT"
+pass "etcd healthy on 127.0.0.1:$ETCD_PORT"
+
+# ---------------------------------------------------------------- cutover
+
+if [[ $MODE == cutover ]]; then
+	free_port CUTOVER_PORT
+	free_port CUTOVER_ADMIN_PORT
+	cat >"$TMP/cutover.yaml" <<EOF
+listen: 127.0.0.1:$CUTOVER_PORT
+admin: {listen: 127.0.0.1:$CUTOVER_ADMIN_PORT}
+dataStore: default
+dataStores:
+  default:
+    endpoints: ["127.0.0.1:$ETCD_PORT"]
+EOF
+	start cutover env RUST_BACKTRACE=1 "$CUTOVER" serve --config "$TMP/cutover.yaml"
+	CUTOVER_PID=$LAST_PID
+	cutover_ready() { curl -fsS -o /dev/null "http://127.0.0.1:$CUTOVER_ADMIN_PORT/readyz"; }
+	wait_for "cutover admin /readyz" 30 "$CUTOVER_PID" cutover_ready ||
+		fatal "cutover admin /readyz returned 200 on 127.0.0.1:$CUTOVER_ADMIN_PORT"
+	pass "cutover ready (GET /readyz on admin 127.0.0.1:$CUTOVER_ADMIN_PORT -> 200)"
+	STORAGE_PORT=$CUTOVER_PORT
+else
+	STORAGE_PORT=$ETCD_PORT
+fi
+
+# ---------------------------------------------------------------- kube-apiserver
+
+free_port API_PORT
+# Minimal standalone flags: serve TLS on loopback only, no insecure port,
+# static token auth + RBAC (the token's group system:masters may do anything;
+# RBAC also makes the apiserver bootstrap its policy objects through storage),
+# no endpoint reconciler (it would try to publish 127.0.0.1, which Endpoints
+# validation rejects).
+start kube-apiserver "$APISERVER" \
+	--etcd-servers="http://127.0.0.1:$STORAGE_PORT" \
+	--bind-address=127.0.0.1 \
+	--advertise-address=127.0.0.1 \
+	--secure-port="$API_PORT" \
+	--insecure-port=0 \
+	--cert-dir="$TMP/apiserver-certs" \
+	--tls-cert-file="$TMP/serving.crt" \
+	--tls-private-key-file="$TMP/serving.key" \
+	--token-auth-file="$TMP/tokens.csv" \
+	--authorization-mode=RBAC \
+	--service-account-issuer=https://kubernetes.default.svc.cluster.local \
+	--service-account-key-file="$TMP/sa.pub" \
+	--service-account-signing-key-file="$TMP/sa.key" \
+	--service-cluster-ip-range=10.96.0.0/24 \
+	--endpoint-reconciler-type=none \
+	--profiling=false \
+	--v=1
+API_PID=$LAST_PID
+API="https://127.0.0.1:$API_PORT"
+
+# req METHOD PATH [JSON-BODY]: sets STATUS (HTTP code) and BODY.
+req() {
+	local method=$1 path=$2 data=${3:-}
+	local args=(-sS --cacert "$TMP/ca.crt" -H "Authorization: Bearer $TOKEN"
+		-H "Accept: application/json" -o "$TMP/resp" -w '%{http_code}' -X "$method")
+	if [[ -n $data ]]; then
+		args+=(-H "Content-Type: application/json" --data-binary "$data")
+	fi
+	STATUS=$(curl "${args[@]}" "$API$path") || STATUS=000
+	BODY=$(cat "$TMP/resp" 2>/dev/null || true)
+}
+# expect DESCRIPTION CODE: assert on the last req.
+expect() {
+	local desc=$1 code=$2
+	if [[ $STATUS == "$code" ]]; then
+		pass "$desc -> HTTP $STATUS"
+	else
+		fail "$desc -> expected HTTP $code, got $STATUS: $(head -c 600 <<<"$BODY")"
+	fi
+}
+
+api_ready() { req GET /readyz && [[ $STATUS == 200 && $BODY == ok ]]; }
+wait_for "kube-apiserver /readyz" 180 "$API_PID" api_ready || {
+	req GET '/readyz?verbose'
+	log "last /readyz?verbose: HTTP $STATUS"
+	printf '%s\n' "$BODY" >&2
+	fatal "kube-apiserver /readyz returned ok on $API"
+}
+pass "kube-apiserver ready (GET /readyz -> 200 ok)"
+
+# ---------------------------------------------------------------- REST checks
+
+NS="cutover-e2e-$RANDOM"
+CM="/api/v1/namespaces/$NS/configmaps"
+cm_json() { # name key value [resourceVersion]
+	jq -cn --arg ns "$NS" --arg n "$1" --arg k "$2" --arg v "$3" --arg rv "${4:-}" \
+		'{apiVersion:"v1",kind:"ConfigMap",metadata:({name:$n,namespace:$ns,labels:{suite:"cutover-e2e"}}
+		 + (if $rv == "" then {} else {resourceVersion:$rv} end)),data:{($k):$v}}'
+}
+
+req POST /api/v1/namespaces "$(jq -cn --arg n "$NS" '{apiVersion:"v1",kind:"Namespace",metadata:{name:$n}}')"
+expect "create namespace $NS" 201
+
+for name in cm-a cm-b cm-c; do
+	req POST "$CM" "$(cm_json "$name" greeting "hello from $name")"
+	expect "create configmap $NS/$name" 201
+done
+
+req POST "$CM" "$(cm_json cm-a greeting duplicate)"
+expect "create configmap $NS/cm-a again is rejected as AlreadyExists" 409
+check "duplicate create reports reason AlreadyExists" \
+	test "$(jq -r .reason <<<"$BODY" 2>/dev/null)" = AlreadyExists
+
+req GET "$CM"
+expect "list configmaps in $NS" 200
+names=$(jq -r '[.items[].metadata.name] | sort | join(",")' <<<"$BODY" 2>/dev/null || true)
+check "list returns exactly cm-a,cm-b,cm-c (got: ${names:-none})" test "$names" = cm-a,cm-b,cm-c
+LIST_RV=$(jq -r '.metadata.resourceVersion // empty' <<<"$BODY" 2>/dev/null || true)
+check "list carries a resourceVersion (${LIST_RV:-none})" test -n "$LIST_RV"
+
+# Paginated list (limit/continue): served from storage as ranged reads.
+req GET "$CM?limit=2"
+expect "list configmaps with limit=2" 200
+page1=$(jq -r '[.items[].metadata.name] | join(",")' <<<"$BODY" 2>/dev/null || true)
+cont=$(jq -r '.metadata.continue // empty' <<<"$BODY" 2>/dev/null || true)
+check "first page has 2 items (${page1:-none}) and a continue token" \
+	test "$page1" = cm-a,cm-b -a -n "$cont"
+req GET "$CM?limit=2&continue=$(jq -rn --arg c "$cont" '$c|@uri')"
+expect "list configmaps, second page" 200
+page2=$(jq -r '[.items[].metadata.name] | join(",")' <<<"$BODY" 2>/dev/null || true)
+cont2=$(jq -r '.metadata.continue // empty' <<<"$BODY" 2>/dev/null || true)
+check "second page is cm-c (${page2:-none}) with no further continue token" \
+	test "$page2" = cm-c -a -z "$cont2"
+
+req GET "$CM?labelSelector=suite%3Dcutover-e2e"
+expect "list configmaps by label selector" 200
+check "label selector matches 3 configmaps" test "$(jq '.items | length' <<<"$BODY" 2>/dev/null)" = 3
+
+# Watch from the list's resourceVersion: every change after the list must be
+# delivered, regardless of when the connection is established.
+curl -sS -N --max-time 120 --cacert "$TMP/ca.crt" -H "Authorization: Bearer $TOKEN" \
+	"$API$CM?watch=1&resourceVersion=$LIST_RV&timeoutSeconds=110" >"$TMP/watch.out" 2>"$TMP/watch.log" &
+PIDS+=("$!")
+WATCH_PID=$!
+
+req GET "$CM/cm-a"
+expect "get configmap cm-a" 200
+OLD_RV=$(jq -r .metadata.resourceVersion <<<"$BODY" 2>/dev/null || true)
+
+req PUT "$CM/cm-a" "$(cm_json cm-a greeting updated "$OLD_RV")"
+expect "update configmap cm-a at resourceVersion $OLD_RV" 200
+NEW_RV=$(jq -r .metadata.resourceVersion <<<"$BODY" 2>/dev/null || true)
+check "update returns the new data and a new resourceVersion ($OLD_RV -> ${NEW_RV:-none})" \
+	test "$(jq -r .data.greeting <<<"$BODY" 2>/dev/null)" = updated -a -n "$NEW_RV" -a "$NEW_RV" != "$OLD_RV"
+
+req GET "$CM/cm-a"
+expect "get configmap cm-a after update" 200
+check "get sees the update (greeting=updated, resourceVersion $NEW_RV)" \
+	test "$(jq -r '.data.greeting + " " + .metadata.resourceVersion' <<<"$BODY" 2>/dev/null)" = "updated $NEW_RV"
+
+req PUT "$CM/cm-a" "$(cm_json cm-a greeting stale "$OLD_RV")"
+expect "update configmap cm-a with stale resourceVersion $OLD_RV is rejected" 409
+check "stale update reports reason Conflict" test "$(jq -r .reason <<<"$BODY" 2>/dev/null)" = Conflict
+
+req DELETE "$CM/cm-b"
+expect "delete configmap cm-b" 200
+
+req GET "$CM/cm-b"
+expect "get deleted configmap cm-b" 404
+
+# Wait (bounded) until the watch has delivered both events.
+watch_has() { # type name
+	jq -e --arg t "$1" --arg n "$2" 'select(.type == $t and .object.metadata.name == $n)' \
+		"$TMP/watch.out" >/dev/null 2>&1
+}
+watch_done() { watch_has MODIFIED cm-a && watch_has DELETED cm-b; }
+wait_for "watch events MODIFIED cm-a and DELETED cm-b" 30 "$WATCH_PID" watch_done || true
+check "watch delivered MODIFIED cm-a" watch_has MODIFIED cm-a
+check "watch MODIFIED cm-a carries greeting=updated at resourceVersion $NEW_RV" \
+	test "$(jq -r 'select(.type == "MODIFIED" and .object.metadata.name == "cm-a")
+		| .object.data.greeting + " " + .object.metadata.resourceVersion' "$TMP/watch.out" 2>/dev/null)" = "updated $NEW_RV"
+check "watch delivered DELETED cm-b" watch_has DELETED cm-b
+events=$(jq -r '.type + " " + .object.metadata.name' "$TMP/watch.out" 2>/dev/null | paste -sd, - || true)
+check "watch saw exactly [MODIFIED cm-a, DELETED cm-b] in order (got: ${events:-nothing})" \
+	test "$events" = "MODIFIED cm-a,DELETED cm-b"
+if [[ $events != "MODIFIED cm-a,DELETED cm-b" ]]; then
+	log "watch output:"
+	head -c 4000 "$TMP/watch.out" >&2 || true
+	cat "$TMP/watch.log" >&2 || true
+fi
+
+req GET "$CM"
+names=$(jq -r '[.items[].metadata.name] | sort | join(",")' <<<"$BODY" 2>/dev/null || true)
+check "final list is cm-a,cm-c (got: ${names:-none})" test "$names" = cm-a,cm-c
+
+if [[ -n $KUBECTL ]]; then
+	kc_names=$("$KUBECTL" --server="$API" --certificate-authority="$TMP/ca.crt" --token="$TOKEN" \
+		get configmaps -n "$NS" -o name 2>"$TMP/kubectl.log" | sort | paste -sd, - || true)
+	check "kubectl get configmaps -n $NS lists cm-a,cm-c (got: ${kc_names:-none})" \
+		test "$kc_names" = configmap/cm-a,configmap/cm-c
+fi
+
+req GET /readyz
+check "kube-apiserver /readyz still ok at the end (HTTP $STATUS: $BODY)" test "$STATUS" = 200 -a "$BODY" = ok
+if [[ $MODE == cutover ]]; then
+	check "cutover admin /readyz still 200 at the end" cutover_ready
+fi
+check "all processes still running" kill -0 "$ETCD_PID" "$API_PID" ${CUTOVER_PID:+"$CUTOVER_PID"}
+
+[[ $FAILED -eq 0 ]] || dump_logs
