@@ -1,0 +1,49 @@
+# cutover: the two commands that matter are `make demo` and `make test`.
+# Both install what is missing first (Debian packages, via scripts/install-deps.sh).
+
+CARGO ?= cargo
+# Tests start real etcd servers: two at a time fit this size of machine.
+TEST_THREADS ?= 2
+
+.PHONY: all deps build release demo test unit it e2e bench fmt clippy clean
+
+all: build
+
+deps:
+	@scripts/install-deps.sh
+
+build:
+	$(CARGO) build --bin cutover
+
+release:
+	$(CARGO) build --release --bin cutover
+
+## demo: local etcd, cutover in front of it, traffic through it, and what cutover saw.
+demo: deps release
+	scripts/demo.sh target/release/cutover
+
+## test: every tier (unit, integration against real etcd, kube-apiserver end to end).
+test: deps unit it e2e
+
+unit:
+	$(CARGO) test --lib --bins
+
+it:
+	$(CARGO) test --test it -- --test-threads=$(TEST_THREADS)
+
+## e2e: kube-apiserver (built offline from Debian's source package, cached) through cutover.
+e2e: deps build
+	tests/e2e/kube-apiserver.sh target/debug/cutover
+
+## bench: latency/throughput against direct etcd and etcd's grpc-proxy.
+bench: deps
+	$(CARGO) bench --bench overhead
+
+fmt:
+	$(CARGO) fmt
+
+clippy:
+	$(CARGO) clippy --all-targets
+
+clean:
+	$(CARGO) clean

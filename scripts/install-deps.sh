@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs what cutover's demo and tests need and the machine lacks, from Debian's
+# packages: etcd 3.4 (server and etcdctl), protoc (the etcd-client test dependency
+# compiles its protos with it), curl and openssl (the end-to-end tier).
+set -euo pipefail
+
+need=()
+command -v etcd >/dev/null || need+=(etcd-server)
+command -v etcdctl >/dev/null || need+=(etcd-client)
+command -v protoc >/dev/null || need+=(protobuf-compiler)
+command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
+
+if [ ${#need[@]} -eq 0 ]; then
+  exit 0
+fi
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  sudo="sudo"
+fi
+echo "installing: ${need[*]}"
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
