@@ -450,6 +450,10 @@ fn unknown_method(path: &str) -> Option<Status> {
     let rest = path.strip_prefix('/').unwrap_or(path);
     let (service, method) = rest.rsplit_once('/').unwrap_or((rest, ""));
     match SERVICES.iter().find(|(s, _)| *s == service) {
+        // etcd serves these helpers; cutover does not (yet), and says so plainly.
+        None if service == "v3lockpb.Lock" || service == "v3electionpb.Election" => Some(Status::unimplemented(format!(
+            "cutover does not proxy the {service} service; lock and elect with KV, Lease and Watch (clientv3/concurrency)"
+        ))),
         None => Some(Status::unimplemented(format!("unknown service {service}"))),
         Some((_, methods)) if !methods.contains(&method) => {
             Some(Status::unimplemented(format!("unknown method {method} for service {service}")))
