@@ -27,6 +27,13 @@ JOBS="${CUTOVER_BUILD_JOBS:-2}"
 SUITE="${CUTOVER_K8S_SUITE:-bookworm}"
 GO_PKG=golang-1.19-go
 GO_ROOT=/usr/lib/go-1.19
+# Debian-packaged Go source for the one vendored library that must be newer
+# (see patch_vendor).
+REFLECT2_PKG=golang-github-modern-go-reflect2-dev
+REFLECT2_SRC=/usr/share/gocode/src/github.com/modern-go/reflect2
+# Bump when the build recipe changes so stale cached binaries are rebuilt.
+RECIPE="k8s-1.20/go1.19/reflect2-1.0.2"
+STAMP="$BIN_DIR/.recipe"
 # Everything except the final path goes to stderr so callers can capture stdout.
 exec 3>&1 1>&2
 
@@ -34,14 +41,16 @@ log() { printf '[build-kube-apiserver] %s\n' "$*"; }
 die() { log "ERROR: $*"; exit 1; }
 done_path() { echo "$APISERVER" >&3; exit 0; }
 
+cached() { [[ -x $APISERVER && -f $STAMP && $(<"$STAMP") == "$RECIPE" ]]; }
+
 # Fast path: nothing to do when the binary is cached.
-[[ -x $APISERVER ]] && done_path
+cached && done_path
 
 mkdir -p "$BIN_DIR" "$SRC_DIR"
 # Serialise concurrent invocations (e.g. two e2e runs) on the same cache.
 exec 9>"$CACHE/.build.lock"
 flock 9
-[[ -x $APISERVER ]] && done_path
+cached && done_path
 
 # apt operations need root; use sudo when we are not root.
 as_root() {
@@ -74,10 +83,10 @@ pkg_installed() {
 
 # Build tools: Debian's Go 1.19 (the toolchain bookworm builds this package
 # with), rsync and make (used by the kubernetes build scripts), dpkg-dev
-# (dpkg-source, needed by `apt-get source`).
+# (dpkg-source, needed by `apt-get source`), and reflect2 (see patch_vendor).
 ensure_build_deps() {
 	local missing=() p
-	for p in "$GO_PKG" rsync make dpkg-dev ca-certificates; do
+	for p in "$GO_PKG" "$REFLECT2_PKG" rsync make dpkg-dev ca-certificates; do
 		pkg_installed "$p" || missing+=("$p")
 	done
 	[[ ${#missing[@]} -eq 0 ]] && return 0
@@ -178,6 +187,25 @@ fetch_source() {
 	touch "$KROOT/.cutover-extracted"
 }
 
+# Kubernetes 1.20 vendors github.com/modern-go/reflect2 v1.0.1, which relies
+# on runtime internals that changed in Go 1.18: built with Go 1.19 the
+# apiserver panics (nil pointer in reflect2.Type2 via json-iterator) on the
+# first request whose JSON decodes into a map, e.g. creating a ConfigMap.
+# reflect2 v1.0.2 fixes this with the same API; bookworm ships it as a Debian
+# package, so swap the vendored copy for it. Idempotent.
+patch_vendor() {
+	local dst="$KROOT/vendor/github.com/modern-go/reflect2" f
+	[[ -f $REFLECT2_SRC/go_above_118.go ]] || die "$REFLECT2_SRC lacks go_above_118.go (need reflect2 >= 1.0.2)"
+	if [[ -f $dst/go_above_118.go ]]; then
+		return 0
+	fi
+	log "replacing vendored reflect2 v1.0.1 with Debian's $REFLECT2_PKG (Go >= 1.18 support)"
+	rm -f "$dst"/*.go "$dst"/*.s
+	for f in "$REFLECT2_SRC"/*.go "$REFLECT2_SRC"/*.s; do
+		[[ $f == *_test.go ]] || cp "$f" "$dst/"
+	done
+}
+
 build() {
 	cd "$KROOT"
 	# The upstream build scripts force GOPATH mode (GO111MODULE=off) and set
@@ -210,8 +238,9 @@ build() {
 	else
 		log "WARNING: kubectl build failed; continuing without it"
 	fi
-	# kube-apiserver is installed last: its presence means "build complete".
+	# kube-apiserver and the stamp go last: together they mean "complete".
 	mv -f "$APISERVER.tmp" "$APISERVER"
+	echo "$RECIPE" >"$STAMP"
 }
 
 install_bin() {
@@ -222,6 +251,7 @@ install_bin() {
 
 ensure_build_deps
 fetch_source
+patch_vendor
 build
 version=$("$APISERVER" --version)
 log "built $version"

@@ -28,9 +28,9 @@ TMP=""
 
 log() { printf '[e2e] %s\n' "$*" >&2; }
 
-usage() {
+usage() { # [exit status]
 	sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed -e '/^set -euo/d' -e 's/^# \{0,1\}//' >&2
-	exit 2
+	exit "${1:-2}"
 }
 
 # ---------------------------------------------------------------- arguments
@@ -40,7 +40,7 @@ CUTOVER="${CUTOVER_BIN:-}"
 while [[ $# -gt 0 ]]; do
 	case $1 in
 	--direct) MODE=direct ;;
-	-h | --help) usage ;;
+	-h | --help) usage 0 ;;
 	-*) log "unknown option: $1"; usage ;;
 	*) CUTOVER=$1 ;;
 	esac
@@ -71,7 +71,8 @@ check() {
 dump_logs() {
 	local f
 	for f in "$TMP"/*.log; do
-		[[ -f $f ]] || continue
+		# openssl's log is only interesting when key generation failed.
+		[[ -f $f && ($f != */openssl.log || ! -f $TMP/sa.pub) ]] || continue
 		printf -- '----- last 40 lines of %s -----\n' "$(basename "$f")" >&2
 		tail -n 40 "$f" >&2 || true
 	done
@@ -85,13 +86,15 @@ fatal() {
 }
 
 cleanup() {
-	local status=$? pid i
+	local status=$? pid i t
 	trap - EXIT INT TERM
 	set +e
-	for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null; done
-	# Give processes a few seconds to stop, then force them.
-	for pid in "${PIDS[@]}"; do
-		for ((i = 0; i < 50; i++)); do
+	# Stop in reverse start order (watch, kube-apiserver, cutover, etcd) so each
+	# process loses its clients before its backend; force after 5s.
+	for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+		pid=${PIDS[i]}
+		kill -TERM "$pid" 2>/dev/null || continue
+		for ((t = 0; t < 50; t++)); do
 			kill -0 "$pid" 2>/dev/null || break
 			sleep 0.1
 		done
@@ -154,6 +157,8 @@ free_port() {
 	done
 	fatal "no free port found"
 }
+
+not_in_log() { ! grep -q -- "$1" "$TMP/$2"; }
 
 # start NAME COMMAND...: run in the background, output to $TMP/NAME.log.
 start() {
@@ -230,7 +235,7 @@ dataStores:
   default:
     endpoints: ["127.0.0.1:$ETCD_PORT"]
 EOF
-	start cutover env RUST_BACKTRACE=1 "$CUTOVER" serve --config "$TMP/cutover.yaml"
+	start cutover env RUST_BACKTRACE=1 NO_COLOR=1 "$CUTOVER" serve --config "$TMP/cutover.yaml"
 	CUTOVER_PID=$LAST_PID
 	cutover_ready() { curl -fsS -o /dev/null "http://127.0.0.1:$CUTOVER_ADMIN_PORT/readyz"; }
 	wait_for "cutover admin /readyz" 30 "$CUTOVER_PID" cutover_ready ||
@@ -278,6 +283,7 @@ req() {
 	if [[ -n $data ]]; then
 		args+=(-H "Content-Type: application/json" --data-binary "$data")
 	fi
+	rm -f "$TMP/resp" # never report a previous request's body
 	STATUS=$(curl "${args[@]}" "$API$path") || STATUS=000
 	BODY=$(cat "$TMP/resp" 2>/dev/null || true)
 }
@@ -381,8 +387,8 @@ req GET "$CM/cm-b"
 expect "get deleted configmap cm-b" 404
 
 # Wait (bounded) until the watch has delivered both events.
-watch_has() { # type name
-	jq -e --arg t "$1" --arg n "$2" 'select(.type == $t and .object.metadata.name == $n)' \
+watch_has() { # type name; slurp so an empty stream is a plain "false"
+	jq -s -e --arg t "$1" --arg n "$2" 'any(.[]; .type == $t and .object.metadata.name == $n)' \
 		"$TMP/watch.out" >/dev/null 2>&1
 }
 watch_done() { watch_has MODIFIED cm-a && watch_has DELETED cm-b; }
@@ -416,6 +422,10 @@ req GET /readyz
 check "kube-apiserver /readyz still ok at the end (HTTP $STATUS: $BODY)" test "$STATUS" = 200 -a "$BODY" = ok
 if [[ $MODE == cutover ]]; then
 	check "cutover admin /readyz still 200 at the end" cutover_ready
+fi
+check "kube-apiserver log has no 'Observed a panic'" not_in_log "Observed a panic" kube-apiserver.log
+if [[ $MODE == cutover ]]; then
+	check "cutover log has no panic" not_in_log "panicked" cutover.log
 fi
 check "all processes still running" kill -0 "$ETCD_PID" "$API_PID" ${CUTOVER_PID:+"$CUTOVER_PID"}
 
