@@ -65,9 +65,22 @@ pub(crate) fn classify(status: &Status) -> Failure {
         return Failure::Answered;
     };
     loop {
+        // Anything that failed while connecting (TCP, or a TLS handshake the proxy refused,
+        // e.g. an untrusted server certificate) never carried the request.
+        if err.downcast_ref::<tonic::ConnectError>().is_some() {
+            return Failure::NotSent;
+        }
+        // hyper cancels a request it never handed to the connection ("connection closed",
+        // "connection was not ready") and gives it back unsent.
+        if err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {
+            return Failure::NotSent;
+        }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
             if matches!(io.kind(), ConnectionRefused | AddrNotAvailable | NotConnected | TimedOut) {
+                return Failure::NotSent;
+            }
+            if is_handshake_refusal(io) {
                 return Failure::NotSent;
             }
         }
@@ -81,6 +94,44 @@ pub(crate) fn classify(status: &Status) -> Failure {
             None => return Failure::Lost,
         }
     }
+}
+
+/// With TLS 1.3 the client finishes its handshake before the server has checked the
+/// client's certificate, so a refusal (no certificate, unknown CA, ...) arrives as a fatal
+/// alert on what looks like an open connection. The server sends these alerts only while
+/// checking the handshake, before it reads any request, so nothing was applied.
+fn is_handshake_refusal(io: &std::io::Error) -> bool {
+    if io.kind() != std::io::ErrorKind::InvalidData {
+        return false;
+    }
+    let Some(inner) = io.get_ref() else { return false };
+    // rustls words it "received fatal alert: <AlertDescription>".
+    let text = inner.to_string();
+    let Some(alert) = text.strip_prefix("received fatal alert: ") else {
+        return false;
+    };
+    alert.contains("Certificate")
+        || matches!(alert, "UnknownCA" | "AccessDenied" | "HandshakeFailure" | "InsufficientSecurity" | "ProtocolVersion" | "NoApplicationProtocol")
+}
+
+/// A status from a failed call, with the transport error behind it when there is one
+/// (tonic's own message for those is often just "transport error").
+pub(crate) fn describe(status: &Status) -> String {
+    use std::error::Error as _;
+    let mut text = status.message().to_string();
+    let mut cause = status.source();
+    let mut innermost = None;
+    while let Some(e) = cause {
+        innermost = Some(e);
+        cause = e.source();
+    }
+    if let Some(e) = innermost {
+        let inner = e.to_string();
+        if !inner.is_empty() && !text.contains(&inner) {
+            text = format!("{text}: {inner}");
+        }
+    }
+    text
 }
 
 pub struct UpstreamEndpoint {
@@ -235,7 +286,7 @@ impl Datastore {
                 Err(status) => match classify(&status) {
                     Failure::Answered => return Err(ProxyError::Etcd(status)),
                     _ => {
-                        last_detail = status.message().to_string();
+                        last_detail = format!("{}: {}", self.endpoints[idx].url, describe(&status));
                         self.mark_failed(idx);
                         continue;
                     }
@@ -257,8 +308,9 @@ impl Datastore {
                         return Err(ProxyError::Etcd(status));
                     }
                     Failure::NotSent => {
-                        tracing::warn!(datastore = %self.name, endpoint = %self.endpoints[idx].url, error = %status.message(), "endpoint unreachable; trying the next one");
-                        last_detail = format!("{}: {}", self.endpoints[idx].url, status.message());
+                        let why = describe(&status);
+                        tracing::warn!(datastore = %self.name, endpoint = %self.endpoints[idx].url, error = %why, "endpoint unreachable; trying the next one");
+                        last_detail = format!("{}: {}", self.endpoints[idx].url, why);
                         self.mark_failed(idx);
                     }
                     Failure::Lost => {
@@ -267,11 +319,12 @@ impl Datastore {
                             return Err(ProxyError::OutcomeUnknown {
                                 datastore: self.name.clone(),
                                 endpoint: self.endpoints[idx].url.clone(),
-                                detail: status.message().to_string(),
+                                detail: describe(&status),
                             });
                         }
-                        tracing::warn!(datastore = %self.name, endpoint = %self.endpoints[idx].url, error = %status.message(), "connection lost; resending the idempotent request elsewhere");
-                        last_detail = format!("{}: {}", self.endpoints[idx].url, status.message());
+                        let why = describe(&status);
+                        tracing::warn!(datastore = %self.name, endpoint = %self.endpoints[idx].url, error = %why, "connection lost; resending the idempotent request elsewhere");
+                        last_detail = format!("{}: {}", self.endpoints[idx].url, why);
                     }
                 },
             }
@@ -304,27 +357,76 @@ impl Datastore {
             if let Ok(Some(t)) = self.token(&ep.channel).await {
                 req.metadata_mut().insert("token", t);
             }
-            let ok = match client.status(req).await {
-                Ok(_) => true,
+            let result = match client.status(req).await {
+                Ok(_) => Ok(()),
                 // An answer, even an error such as an auth failure, shows the member is up.
-                Err(s) => classify(&s) == Failure::Answered,
+                Err(s) if classify(&s) == Failure::Answered => Ok(()),
+                Err(s) => Err(describe(&s)),
             };
-            (idx, ok)
+            (idx, result)
         });
         let results = futures::future::join_all(probes).await;
         let mut any = false;
-        for (idx, ok) in results {
+        for (idx, result) in results {
+            let ok = result.is_ok();
             let was = self.endpoints[idx].healthy.swap(ok, Ordering::Relaxed);
             if was != ok {
-                if ok {
-                    tracing::info!(datastore = %self.name, endpoint = %self.endpoints[idx].url, "endpoint is healthy again");
-                } else {
-                    tracing::warn!(datastore = %self.name, endpoint = %self.endpoints[idx].url, "endpoint failed its health probe");
+                match &result {
+                    Ok(()) => tracing::info!(datastore = %self.name, endpoint = %self.endpoints[idx].url, "endpoint is healthy again"),
+                    Err(why) => tracing::warn!(datastore = %self.name, endpoint = %self.endpoints[idx].url, error = %why, "endpoint failed its health probe"),
                 }
             }
             self.set_up_gauge(idx, ok);
             any |= ok;
         }
         any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_source(message: &str, source: impl std::error::Error + Send + Sync + 'static) -> Status {
+        let mut s = Status::unavailable(message);
+        s.set_source(Arc::new(source));
+        s
+    }
+
+    /// A stand-in for the TLS library's error, worded as rustls words its alerts.
+    #[derive(Debug)]
+    struct Alert(&'static str);
+    impl std::fmt::Display for Alert {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "received fatal alert: {}", self.0)
+        }
+    }
+    impl std::error::Error for Alert {}
+
+    #[test]
+    fn an_answer_from_etcd_has_no_source() {
+        assert_eq!(classify(&Status::unavailable("etcdserver: leader changed")), Failure::Answered);
+    }
+
+    #[test]
+    fn connect_failures_and_refused_handshakes_were_not_sent() {
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, "invalid peer certificate: UnknownIssuer");
+        let s = with_source("transport error", tonic::ConnectError(Box::new(io)));
+        assert_eq!(classify(&s), Failure::NotSent);
+        for alert in ["BadCertificate", "CertificateRequired", "UnknownCA"] {
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, Alert(alert));
+            let s = with_source("transport error", io);
+            assert_eq!(classify(&s), Failure::NotSent, "{alert}");
+            assert_eq!(describe(&s), format!("transport error: received fatal alert: {alert}"));
+        }
+    }
+
+    #[test]
+    fn a_broken_connection_may_have_carried_the_request() {
+        let io = std::io::Error::new(std::io::ErrorKind::BrokenPipe, "broken pipe");
+        assert_eq!(classify(&with_source("transport error", io)), Failure::Lost);
+        // Any other alert is not a handshake refusal.
+        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, Alert("BadRecordMac"));
+        assert_eq!(classify(&with_source("transport error", io)), Failure::Lost);
     }
 }

@@ -405,3 +405,13 @@ pub fn etcdctl_ok(endpoint: &str, args: &[&str]) -> String {
 pub async fn client(endpoint: &str) -> etcd_client::Client {
     etcd_client::Client::connect([endpoint], None).await.expect("etcd-client connects")
 }
+
+impl Etcd {
+    /// Starts a member again after [`Etcd::kill`], with the same data dir, ports and
+    /// flags, as a restart after a crash would. Does not wait: a member of a cluster whose
+    /// quorum is down only becomes healthy once enough of its peers are back.
+    pub fn relaunch(&mut self) {
+        assert!(self.child.is_none(), "etcd {} is still running", self.name);
+        self.launch();
+    }
+}
