@@ -161,3 +161,31 @@ async fn permission_denied_with_auth_on_matches_etcd() {
     let mut anon = pair.clients().await;
     same_error!(anon, Code::InvalidArgument, "etcdserver: user name is empty", |c| c.get("pub/x", None).await);
 }
+
+#[tokio::test]
+async fn request_limit_is_configurable_and_responses_have_no_limit() {
+    let etcd = Etcd::start().await;
+    let proxy = Proxy::start(&format!(
+        "maxRequestBytes: 100000\ndataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\"]\n",
+        etcd.endpoint
+    ))
+    .await;
+    let mut c = client(&proxy.endpoint).await;
+    let value = vec![b'v'; 700_000];
+    let limit = 100_000 + 512 * 1024;
+    match c.put("k", value, None).await {
+        Err(e) => assert_eq!(
+            status_of(e),
+            (Code::ResourceExhausted, format!("grpc: received message larger than max ({} vs. {limit})", 700_000 + 7))
+        ),
+        Ok(_) => panic!("a request over maxRequestBytes + 512 KiB must be refused"),
+    }
+    // Responses: 12 values of 1.4 MiB come back in one Range (about 17 MiB), through etcdctl,
+    // whose client accepts any size, as kube-apiserver's does.
+    let mut direct = client(&etcd.endpoint).await;
+    for i in 0..12 {
+        direct.put(format!("big/{i:02}"), vec![b'a' + i as u8; 1_400_000], None).await.unwrap();
+    }
+    let out = crate::support::etcdctl_ok(&proxy.endpoint, &["get", "--prefix", "big/", "--print-value-only"]);
+    assert!(out.len() > 12 * 1_400_000, "got {} bytes", out.len());
+}
