@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+pub mod revision;
+
 use crate::upstream::Datastore;
 
 /// One consistent view of where requests go.
