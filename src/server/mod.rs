@@ -9,6 +9,7 @@ mod kv;
 mod lease;
 mod maintenance;
 mod stream;
+mod uds;
 mod watch;
 
 use std::future::Future;
@@ -322,9 +323,11 @@ pub async fn serve(
             router.serve_with_incoming_shutdown(incoming, shutdown).await?;
         }
         Listener::Unix(l, path) => {
-            let result = router
-                .serve_with_incoming_shutdown(UnixListenerStream::new(l), shutdown)
-                .await;
+            // Older grpc-go clients send the socket path as :authority; see uds.rs.
+            let incoming = tokio_stream::StreamExt::map(UnixListenerStream::new(l), |conn| {
+                conn.map(uds::FixAuthority::new)
+            });
+            let result = router.serve_with_incoming_shutdown(incoming, shutdown).await;
             let _ = std::fs::remove_file(&path);
             result?;
         }

@@ -14,6 +14,16 @@
 #   KUBE_APISERVER     use this kube-apiserver binary instead of building one
 #   CUTOVER_CACHE      cache root handed to the build script
 #   CUTOVER_E2E_KEEP=1 keep the temp dir (logs, certs, data) for debugging
+#   CUTOVER_E2E_UNIX=1 cutover listens on a unix socket (cutover mode only):
+#                      unix://$TMP/NAME, and kube-apiserver, started in $TMP, uses
+#                      --etcd-servers=unix://NAME. kube-apiserver 1.20 cannot use
+#                      unix:///abs/path: its startup check dials the URL's host part
+#                      (empty there) and gives up with "error waiting for etcd
+#                      connection". Its etcd client sends NAME as the HTTP/2
+#                      :authority.
+#   CUTOVER_E2E_UNIX_NAME  NAME above (default cutover.sock; no '/'). A name that is
+#                      not a valid authority, e.g. etcd:0:0, exercises cutover's
+#                      :authority rewriting (src/server/uds.rs).
 #   ETCD               etcd binary (default: etcd from PATH, Debian etcd-server)
 #
 # Needs: etcd (etcd-server), openssl, curl, jq. The last line of output is
@@ -47,6 +57,16 @@ while [[ $# -gt 0 ]]; do
 	shift
 done
 [[ $CUTOVER == none ]] && MODE=direct
+UNIX=${CUTOVER_E2E_UNIX:-0}
+SOCK_NAME=${CUTOVER_E2E_UNIX_NAME:-cutover.sock}
+if [[ $UNIX == 1 && $MODE == direct ]]; then
+	log "CUTOVER_E2E_UNIX=1 needs cutover (etcd here listens on TCP only)"
+	exit 2
+fi
+if [[ $UNIX == 1 && ($SOCK_NAME == */* || -z $SOCK_NAME) ]]; then
+	log "CUTOVER_E2E_UNIX_NAME must be a file name without '/': $SOCK_NAME"
+	exit 2
+fi
 if [[ $MODE == cutover ]]; then
 	[[ -n $CUTOVER ]] || { log "no cutover binary given (argument or CUTOVER_BIN), or use --direct"; usage; }
 	[[ -x $CUTOVER ]] || { log "cutover binary not executable: $CUTOVER"; exit 2; }
@@ -182,7 +202,7 @@ fi
 KUBECTL=$(dirname "$APISERVER")/kubectl
 [[ -x $KUBECTL ]] || KUBECTL=""
 log "kube-apiserver: $APISERVER ($("$APISERVER" --version))"
-log "mode: $MODE${CUTOVER:+ ($CUTOVER)}"
+log "mode: $MODE${CUTOVER:+ ($CUTOVER)}$([[ $UNIX == 1 ]] && echo ", over a unix socket")"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/cutover-e2e-kube.XXXXXX")
 
@@ -227,8 +247,13 @@ pass "etcd healthy on 127.0.0.1:$ETCD_PORT"
 if [[ $MODE == cutover ]]; then
 	free_port CUTOVER_PORT
 	free_port CUTOVER_ADMIN_PORT
+	if [[ $UNIX == 1 ]]; then
+		CUTOVER_LISTEN=unix://$TMP/$SOCK_NAME
+	else
+		CUTOVER_LISTEN=127.0.0.1:$CUTOVER_PORT
+	fi
 	cat >"$TMP/cutover.yaml" <<EOF
-listen: 127.0.0.1:$CUTOVER_PORT
+listen: $CUTOVER_LISTEN
 admin: {listen: 127.0.0.1:$CUTOVER_ADMIN_PORT}
 dataStore: default
 dataStores:
@@ -241,21 +266,27 @@ EOF
 	wait_for "cutover admin /readyz" 30 "$CUTOVER_PID" cutover_ready ||
 		fatal "cutover admin /readyz returned 200 on 127.0.0.1:$CUTOVER_ADMIN_PORT"
 	pass "cutover ready (GET /readyz on admin 127.0.0.1:$CUTOVER_ADMIN_PORT -> 200)"
-	STORAGE_PORT=$CUTOVER_PORT
+	if [[ $UNIX == 1 ]]; then
+		STORAGE_URL=unix://$SOCK_NAME # relative to kube-apiserver's directory, $TMP
+	else
+		STORAGE_URL=http://127.0.0.1:$CUTOVER_PORT
+	fi
 else
-	STORAGE_PORT=$ETCD_PORT
+	STORAGE_URL=http://127.0.0.1:$ETCD_PORT
 fi
+log "kube-apiserver storage: $STORAGE_URL"
 
 # ---------------------------------------------------------------- kube-apiserver
 
 free_port API_PORT
+cd "$TMP" # where a relative unix socket name is looked up
 # Minimal standalone flags: serve TLS on loopback only, no insecure port,
 # static token auth + RBAC (the token's group system:masters may do anything;
 # RBAC also makes the apiserver bootstrap its policy objects through storage),
 # no endpoint reconciler (it would try to publish 127.0.0.1, which Endpoints
 # validation rejects).
 start kube-apiserver "$APISERVER" \
-	--etcd-servers="http://127.0.0.1:$STORAGE_PORT" \
+	--etcd-servers="$STORAGE_URL" \
 	--bind-address=127.0.0.1 \
 	--advertise-address=127.0.0.1 \
 	--secure-port="$API_PORT" \
@@ -416,6 +447,15 @@ if [[ -n $KUBECTL ]]; then
 		get configmaps -n "$NS" -o name 2>"$TMP/kubectl.log" | sort | paste -sd, - || true)
 	check "kubectl get configmaps -n $NS lists cm-a,cm-c (got: ${kc_names:-none})" \
 		test "$kc_names" = configmap/cm-a,configmap/cm-c
+fi
+
+if [[ $UNIX == 1 ]]; then
+	# kube-apiserver polls each endpoint's Maintenance.Status for this metric on a
+	# connection of its own whose :authority is "unix://NAME"; -1 means the call failed.
+	req GET /metrics
+	db_size=$(grep -E '^etcd_db_total_size_in_bytes\{' <<<"$BODY" | head -n 1 || true)
+	check "kube-apiserver read the datastore's size over the socket (${db_size:-no etcd_db_total_size_in_bytes})" \
+		awk '{ exit !($NF > 0) }' <<<"${db_size:-x -1}"
 fi
 
 req GET /readyz
