@@ -42,9 +42,15 @@
 //!   process (this program in another mode), i.e. the cost of one more process and
 //!   loopback hop with no HTTP/2 or protobuf work at all.
 //!
-//! The children inherit this environment, so e.g. `TOKIO_WORKER_THREADS=1` tunes cutover's
-//! runtime (this program's own runtime always has one worker per CPU) and `GOMAXPROCS`
-//! tunes etcd and grpc-proxy.
+//! * `BENCH_CUTOVER_ENV="K=V ..."`: extra environment for the cutover process only, e.g.
+//!   `BENCH_CUTOVER_ENV=TOKIO_WORKER_THREADS=1`;
+//! * `BENCH_PIN="etcd=0;client=0;proxy=1"`: bind etcd, this program and the proxies to CPU
+//!   lists (`0`, `0,2`, `1-3`). Unset, everything shares every CPU, so on a small machine a
+//!   proxy's CPU time is taken from etcd and the client and the throughput ratio mostly
+//!   measures CPU per op; pinning models a proxy with its own CPU, as a sidecar has.
+//!
+//! The children inherit this environment (this program's own runtime always has one worker
+//! per CPU, whatever TOKIO_WORKER_THREADS says; `GOMAXPROCS` tunes etcd and grpc-proxy).
 //!
 //! Every child process is killed when this program ends, panics (drop guards), or dies
 //! (PR_SET_PDEATHSIG).
@@ -169,15 +175,20 @@ struct Proc {
 impl Proc {
     /// Starts `cmd` with its output in `log`. Must be called on the main thread: the
     /// parent-death signal fires when the *thread* that forked the child ends.
-    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Proc {
+    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf, cpus: Option<CpuSet>) -> Proc {
         let out = std::fs::File::create(&log).expect("create log file");
         let err = out.try_clone().expect("clone log file");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        // SAFETY: only prctl runs between fork and exec; it is async-signal-safe.
+        // SAFETY: only prctl and sched_setaffinity (plain system calls, async-signal-safe)
+        // run between fork and exec. The affinity is set before exec so that the Go and
+        // tokio runtimes size themselves to it.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                     return Err(std::io::Error::last_os_error());
+                }
+                if let Some(set) = &cpus {
+                    set.apply()?;
                 }
                 Ok(())
             });
@@ -215,12 +226,94 @@ impl Drop for Proc {
     }
 }
 
+/// A set of CPUs a process is bound to.
+#[derive(Clone, Copy)]
+struct CpuSet(libc::cpu_set_t);
+
+impl CpuSet {
+    /// `0`, `0,1`, `2-3`...
+    fn parse(list: &str) -> CpuSet {
+        // SAFETY: an all-zero cpu_set_t is the empty set.
+        let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+        for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let bad = || panic!("BENCH_PIN: {list:?} is not a CPU list");
+            let (a, b): (usize, usize) = (a.parse().unwrap_or_else(|_| bad()), b.parse().unwrap_or_else(|_| bad()));
+            for cpu in a..=b {
+                assert!(
+                    cpu < 8 * std::mem::size_of::<libc::cpu_set_t>(),
+                    "BENCH_PIN: CPU {cpu} out of range"
+                );
+                // SAFETY: cpu is inside the set (checked above).
+                unsafe { libc::CPU_SET(cpu, &mut set) };
+            }
+        }
+        CpuSet(set)
+    }
+
+    /// Binds the calling thread (and what it starts later) to the set.
+    fn apply(&self) -> std::io::Result<()> {
+        // SAFETY: a valid cpu_set_t of the size given.
+        let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &self.0) };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    }
+}
+
+/// `BENCH_PIN="etcd=0;client=0;proxy=1"`: the CPUs of etcd, of this program and of every
+/// proxy (they are measured one at a time, so they may share CPUs).
+#[derive(Default)]
+struct Pinning {
+    etcd: Option<CpuSet>,
+    client: Option<CpuSet>,
+    proxy: Option<CpuSet>,
+    text: String,
+}
+
+impl Pinning {
+    fn from_env() -> Pinning {
+        let text = std::env::var("BENCH_PIN").unwrap_or_default();
+        let mut pin = Pinning::default();
+        for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+            let (role, cpus) = entry
+                .split_once('=')
+                .unwrap_or_else(|| panic!("BENCH_PIN: {entry:?} is not ROLE=CPUS"));
+            let set = Some(CpuSet::parse(cpus));
+            match role.trim() {
+                "etcd" => pin.etcd = set,
+                "client" => pin.client = set,
+                "proxy" => pin.proxy = set,
+                other => panic!("BENCH_PIN: unknown role {other:?} (etcd, client, proxy)"),
+            }
+        }
+        pin.text = text;
+        pin
+    }
+}
+
 /// A loopback port nothing listens on right now.
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind an ephemeral port")
         .port()
+}
+
+/// `BENCH_CUTOVER_ENV="K=V K2=V2"`: extra environment for the cutover process only.
+fn cutover_env() -> Vec<(String, String)> {
+    std::env::var("BENCH_CUTOVER_ENV")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(|kv| {
+            let (k, v) = kv
+                .split_once('=')
+                .unwrap_or_else(|| panic!("BENCH_CUTOVER_ENV: {kv:?} is not K=V"));
+            (k.to_string(), v.to_string())
+        })
+        .collect()
 }
 
 fn cutover_binary() -> PathBuf {
@@ -257,7 +350,9 @@ fn cpu_time(pid: Option<u32>) -> Duration {
         Some(p) => format!("/proc/{p}/stat"),
         None => "/proc/self/stat".to_string(),
     };
-    let Ok(text) = std::fs::read_to_string(path) else { return Duration::ZERO };
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Duration::ZERO;
+    };
     // Fields after the command name (which may contain spaces) start at `state`, field 3;
     // utime and stime are fields 14 and 15.
     let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
@@ -272,10 +367,18 @@ fn cpu_time(pid: Option<u32>) -> Duration {
 /// Busy CPU time of the whole machine (all CPUs), from /proc/stat.
 fn machine_busy() -> Duration {
     let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else { return Duration::ZERO };
+    let Some(line) = text.lines().find(|l| l.starts_with("cpu ")) else {
+        return Duration::ZERO;
+    };
     // user nice system idle iowait irq softirq steal ...: everything but idle and iowait.
     let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
-    let busy: u64 = v.iter().take(8).enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, x)| x).sum();
+    let busy: u64 = v
+        .iter()
+        .take(8)
+        .enumerate()
+        .filter(|(i, _)| *i != 3 && *i != 4)
+        .map(|(_, x)| x)
+        .sum();
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
     Duration::from_nanos(busy * 1_000_000_000 / hz)
@@ -303,7 +406,12 @@ impl CpuSnapshot {
     fn since(&self, before: &CpuSnapshot) -> CpuSnapshot {
         CpuSnapshot {
             etcd: self.etcd.saturating_sub(before.etcd),
-            proxies: self.proxies.iter().zip(&before.proxies).map(|(a, b)| a.saturating_sub(*b)).collect(),
+            proxies: self
+                .proxies
+                .iter()
+                .zip(&before.proxies)
+                .map(|(a, b)| a.saturating_sub(*b))
+                .collect(),
             client: self.client.saturating_sub(before.client),
             machine: self.machine.saturating_sub(before.machine),
         }
@@ -329,19 +437,27 @@ fn invocation() -> String {
     };
     let env: Vec<String> = std::env::vars()
         .filter(|(k, _)| {
-            k.starts_with("BENCH_") || ["CUTOVER_BIN", "ETCD_BIN", "TOKIO_WORKER_THREADS", "GOMAXPROCS"].contains(&k.as_str())
+            k.starts_with("BENCH_")
+                || ["CUTOVER_BIN", "ETCD_BIN", "TOKIO_WORKER_THREADS", "GOMAXPROCS"].contains(&k.as_str())
         })
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    let env = if env.is_empty() { String::new() } else { format!("{} ", env.join(" ")) };
+    let env = if env.is_empty() {
+        String::new()
+    } else {
+        format!("{} ", env.join(" "))
+    };
     let me = argv("self").unwrap_or_default();
-    let ppid = std::fs::read_to_string("/proc/self/stat")
-        .ok()
-        .and_then(|s| s.rsplit_once(')').and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_string)));
+    let ppid = std::fs::read_to_string("/proc/self/stat").ok().and_then(|s| {
+        s.rsplit_once(')')
+            .and_then(|(_, r)| r.split_whitespace().nth(1).map(str::to_string))
+    });
     match ppid.and_then(|p| argv(&p)) {
         Some(parent) if parent.contains("cargo") => {
             // cargo runs as `.../cargo bench ...` or via rustup as `cargo bench ...`.
-            let parent = parent.split_once("cargo").map_or(parent.clone(), |(_, r)| format!("cargo{r}"));
+            let parent = parent
+                .split_once("cargo")
+                .map_or(parent.clone(), |(_, r)| format!("cargo{r}"));
             format!("{env}{parent}   (bench binary: {me})")
         }
         _ => format!("{env}{me}"),
@@ -593,7 +709,8 @@ async fn unary_task(op: Op, channel: Channel, idx: usize, value: Bytes, start: A
                         known_rev = r.header.map_or(known_rev, |h| h.revision);
                     } else {
                         out.conflicts += 1;
-                        if let Some(OpResp::ResponseRange(rr)) = r.responses.into_iter().next().and_then(|o| o.response) {
+                        if let Some(OpResp::ResponseRange(rr)) = r.responses.into_iter().next().and_then(|o| o.response)
+                        {
                             known_rev = rr.kvs.first().map_or(0, |kv| kv.mod_revision);
                         }
                     }
@@ -612,7 +729,11 @@ async fn unary_task(op: Op, channel: Channel, idx: usize, value: Bytes, start: A
 type Slots = Arc<Vec<Mutex<Option<oneshot::Sender<Instant>>>>>;
 
 /// Reads the watch stream and hands each event's arrival time to the task that wrote it.
-async fn watch_reader(mut stream: tonic::Streaming<cutover::proto::etcdserverpb::WatchResponse>, slots: Slots, prefix_len: usize) -> Result<(), String> {
+async fn watch_reader(
+    mut stream: tonic::Streaming<cutover::proto::etcdserverpb::WatchResponse>,
+    slots: Slots,
+    prefix_len: usize,
+) -> Result<(), String> {
     loop {
         let resp = match stream.message().await {
             Ok(Some(r)) => r,
@@ -625,7 +746,9 @@ async fn watch_reader(mut stream: tonic::Streaming<cutover::proto::etcdserverpb:
         }
         for ev in &resp.events {
             let Some(kv) = &ev.kv else { continue };
-            let idx = std::str::from_utf8(&kv.key[prefix_len..]).ok().and_then(|s| s.parse::<usize>().ok());
+            let idx = std::str::from_utf8(&kv.key[prefix_len..])
+                .ok()
+                .and_then(|s| s.parse::<usize>().ok());
             if let Some(tx) = idx.and_then(|i| slots.get(i)).and_then(|s| s.lock().unwrap().take()) {
                 let _ = tx.send(now);
             }
@@ -634,7 +757,14 @@ async fn watch_reader(mut stream: tonic::Streaming<cutover::proto::etcdserverpb:
 }
 
 /// One writer of the watch op: put own key, wait for the put's answer and for its event.
-async fn watch_writer(channel: Channel, idx: usize, value: Bytes, slots: Slots, start: Arc<Barrier>, dur: Duration) -> TaskOut {
+async fn watch_writer(
+    channel: Channel,
+    idx: usize,
+    value: Bytes,
+    slots: Slots,
+    start: Arc<Barrier>,
+    dur: Duration,
+) -> TaskOut {
     let mut kv = KvClient::new(channel);
     let mut out = TaskOut {
         lat_ns: Vec::with_capacity(16 * 1024),
@@ -709,16 +839,33 @@ async fn run(op: Op, channel: &Channel, conc: usize, dur: Duration, value: &Byte
             .expect("open the watch stream")
             .into_inner();
         let created = timed(stream.message()).await.expect("watch created");
-        assert!(created.is_some_and(|r| r.created && !r.canceled), "the watch was not created");
+        assert!(
+            created.is_some_and(|r| r.created && !r.canceled),
+            "the watch was not created"
+        );
         let reader = tokio::spawn(watch_reader(stream, slots.clone(), prefix.len()));
         for i in 0..conc {
-            handles.push(tokio::spawn(watch_writer(channel.clone(), i, value.clone(), slots.clone(), start.clone(), dur)));
+            handles.push(tokio::spawn(watch_writer(
+                channel.clone(),
+                i,
+                value.clone(),
+                slots.clone(),
+                start.clone(),
+                dur,
+            )));
         }
         // Keep the request side open until the writers are done.
         watch = Some((reader, req_tx));
     } else {
         for i in 0..conc {
-            handles.push(tokio::spawn(unary_task(op, channel.clone(), i, value.clone(), start.clone(), dur)));
+            handles.push(tokio::spawn(unary_task(
+                op,
+                channel.clone(),
+                i,
+                value.clone(),
+                start.clone(),
+                dur,
+            )));
         }
     }
     start.wait().await;
@@ -793,11 +940,15 @@ fn relay_main(spec: &str) -> ! {
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen).await.expect("relay bind");
         loop {
-            let Ok((mut down, _)) = listener.accept().await else { continue };
+            let Ok((mut down, _)) = listener.accept().await else {
+                continue;
+            };
             let upstream = upstream.clone();
             tokio::spawn(async move {
                 let _ = down.set_nodelay(true);
-                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else { return };
+                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
                 let _ = up.set_nodelay(true);
                 let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
             });
@@ -815,7 +966,11 @@ fn main() {
     let command = invocation();
     let cutover_bin = cutover_binary();
     let etcd_bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
-    let dir = tempfile::Builder::new().prefix("cutover-bench-").tempdir().expect("temp dir");
+    let dir = tempfile::Builder::new()
+        .prefix("cutover-bench-")
+        .tempdir()
+        .expect("temp dir");
+    let pin = Pinning::from_env();
 
     // Declared after `dir`, so they are dropped (killed) before it is removed.
     let etcd_port = free_port();
@@ -839,7 +994,7 @@ fn main() {
             "--quota-backend-bytes=8589934592".to_string(),
         ])
         .env("ETCD_UNSUPPORTED_ARCH", "");
-        Proc::spawn("etcd", cmd, dir.path().join("etcd.log"))
+        Proc::spawn("etcd", cmd, dir.path().join("etcd.log"), pin.etcd)
     };
 
     // The proxies, each with the port clients use.
@@ -856,7 +1011,11 @@ fn main() {
             format!("--data-dir={}", dir.path().join("grpc-proxy").display()),
         ])
         .env("ETCD_UNSUPPORTED_ARCH", "");
-        proxies.push((Kind::GrpcProxy, port, Proc::spawn("etcd grpc-proxy", cmd, dir.path().join("grpc-proxy.log"))));
+        proxies.push((
+            Kind::GrpcProxy,
+            port,
+            Proc::spawn("etcd grpc-proxy", cmd, dir.path().join("grpc-proxy.log"), pin.proxy),
+        ));
     }
     {
         let port = free_port();
@@ -873,15 +1032,31 @@ fn main() {
         .expect("write the cutover config");
         let mut cmd = Command::new(&cutover_bin);
         cmd.arg("serve").arg("--config").arg(&config).env_remove("RUST_LOG");
-        proxies.push((Kind::Cutover, port, Proc::spawn("cutover", cmd, dir.path().join("cutover.log"))));
+        for (k, v) in cutover_env() {
+            cmd.env(k, v);
+        }
+        proxies.push((
+            Kind::Cutover,
+            port,
+            Proc::spawn("cutover", cmd, dir.path().join("cutover.log"), pin.proxy),
+        ));
     }
     if with_relay {
         let port = free_port();
         let mut cmd = Command::new(std::env::current_exe().expect("own path"));
         cmd.env(RELAY_ENV, format!("127.0.0.1:{port},127.0.0.1:{etcd_port}"));
-        proxies.push((Kind::TcpRelay, port, Proc::spawn("tcp-relay", cmd, dir.path().join("tcp-relay.log"))));
+        proxies.push((
+            Kind::TcpRelay,
+            port,
+            Proc::spawn("tcp-relay", cmd, dir.path().join("tcp-relay.log"), pin.proxy),
+        ));
     }
 
+    if let Some(set) = &pin.client {
+        // After the children started (they must not inherit it), before the runtime
+        // exists (its threads must).
+        set.apply().expect("BENCH_PIN: bind this program");
+    }
     // The worker count is set explicitly so that TOKIO_WORKER_THREADS, which the children
     // inherit, tunes cutover without changing the client.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -922,9 +1097,18 @@ fn main() {
 
     println!("cutover overhead bench");
     println!("command: {command}");
-    println!("etcd: {} (pid {}, {})", targets[0].addr, etcd.pid(), etcd_version(&etcd_bin));
+    println!(
+        "etcd: {} (pid {}, {})",
+        targets[0].addr,
+        etcd.pid(),
+        etcd_version(&etcd_bin)
+    );
     for (t, (_, _, p)) in targets[1..].iter().zip(&proxies) {
-        let extra = if t.kind == Kind::Cutover { format!(", {}", cutover_bin.display()) } else { String::new() };
+        let extra = if t.kind == Kind::Cutover {
+            format!(", {}", cutover_bin.display())
+        } else {
+            String::new()
+        };
         println!("{}: {} (pid {}{extra})", t.kind.name(), t.addr, p.pid());
     }
     println!(
@@ -938,6 +1122,9 @@ fn main() {
         worker_threads,
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
+    if !pin.text.is_empty() {
+        println!("CPU pinning (BENCH_PIN): {}", pin.text);
+    }
     println!("watch latency = from issuing the Put to the watcher receiving its event");
     println!("load average at start: {}", loadavg());
     println!();
@@ -992,7 +1179,12 @@ fn main() {
                 }
             }
             check_alive(&mut etcd, &mut proxies);
-            eprintln!("  done: {} x{} ({:.0}s so far)", op.name(), conc, began.elapsed().as_secs_f64());
+            eprintln!(
+                "  done: {} x{} ({:.0}s so far)",
+                op.name(),
+                conc,
+                began.elapsed().as_secs_f64()
+            );
         }
     }
 
@@ -1013,7 +1205,21 @@ fn main() {
     let _ = writeln!(
         out,
         "{:<6} {:>4} {:<11} {:>10} {:>10} {:>9} | {:>8} {:>8} | {:>8} {:>8} | {:>9} {:>9} {:>9} {:>6} | {:>6}",
-        "op", "conc", "target", "p50", "p99", "ops/s", "thr/dir", "p50/dir", "thr/gp", "p50/gp", "etcd cpu", "proxy cpu", "clnt cpu", "other", "errors"
+        "op",
+        "conc",
+        "target",
+        "p50",
+        "p99",
+        "ops/s",
+        "thr/dir",
+        "p50/dir",
+        "thr/gp",
+        "p50/gp",
+        "etcd cpu",
+        "proxy cpu",
+        "clnt cpu",
+        "other",
+        "errors"
     );
     let _ = writeln!(out, "{}", "-".repeat(158));
     for &op in &settings.ops {
@@ -1049,14 +1255,19 @@ fn main() {
     let _ = writeln!(
         out,
         "(thr = throughput, dir = direct, gp = grpc-proxy; cpu = CPU time per op of etcd, of the proxy under test and of this client;\n \
-         other = CPU used meanwhile by unrelated processes, in % of one CPU: high values mean noisy numbers)"
+         other = CPU used meanwhile by unrelated processes or stolen by the hypervisor, in % of one CPU: high = noisy row)"
     );
     print!("{out}");
 
     // Extra facts that explain the numbers.
     for ((op, conc, kind), s) in &results {
         if let Some(e) = &s.first_error {
-            println!("errors {} x{conc} {}: {} (first: {e})", op.name(), kind.name(), s.errors);
+            println!(
+                "errors {} x{conc} {}: {} (first: {e})",
+                op.name(),
+                kind.name(),
+                s.errors
+            );
         }
         if s.conflicts > 0 {
             println!("note: txn x{conc} {}: {} compares failed", kind.name(), s.conflicts);
@@ -1079,8 +1290,15 @@ fn main() {
     // --- the targets of the issue
     println!();
     println!("added p50 latency over direct (target: cutover's at most half of grpc-proxy's)");
-    let relay_hdr = if with_relay { format!("{:>12}", "tcp-relay") } else { String::new() };
-    println!("{:<6} {:>4} {:>12} {:>12} {:>14}  verdict{relay_hdr}", "op", "conc", "grpc-proxy", "cutover", "cutover/gp");
+    let relay_hdr = if with_relay {
+        format!("{:>12}", "tcp-relay")
+    } else {
+        String::new()
+    };
+    println!(
+        "{:<6} {:>4} {:>12} {:>12} {:>14}  verdict{relay_hdr}",
+        "op", "conc", "grpc-proxy", "cutover", "cutover/gp"
+    );
     let mut misses = Vec::new();
     for &op in &settings.ops {
         for &conc in &settings.concurrency {
@@ -1108,6 +1326,13 @@ fn main() {
     }
     println!();
     println!("throughput at concurrency {max_conc} (target: cutover at least 95% of direct)");
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    if pin.text.is_empty() && cpus < 4 {
+        println!(
+            "  note: etcd, the proxy and this client share {cpus} CPUs, so at this load throughput is bound by the \
+             CPU time per op of all three\n  (cpu columns above); BENCH_PIN gives the proxy a CPU of its own"
+        );
+    }
     for &op in &settings.ops {
         let d = rows[&(op, max_conc, Kind::Direct)].ops_s;
         let g = rows[&(op, max_conc, Kind::GrpcProxy)].ops_s;
@@ -1142,9 +1367,17 @@ fn main() {
         let per_op: Vec<String> = settings
             .ops
             .iter()
-            .filter_map(|&op| hwm.get(&(op, kind)).map(|k| format!("{} {:.1}", op.name(), *k as f64 / 1024.0)))
+            .filter_map(|&op| {
+                hwm.get(&(op, kind))
+                    .map(|k| format!("{} {:.1}", op.name(), *k as f64 / 1024.0))
+            })
             .collect();
-        let peak = settings.ops.iter().filter_map(|&op| hwm.get(&(op, kind))).max().copied();
+        let peak = settings
+            .ops
+            .iter()
+            .filter_map(|&op| hwm.get(&(op, kind)))
+            .max()
+            .copied();
         let verdict = if kind == Kind::Cutover {
             let ok = peak.is_some_and(|k| k as f64 * 1024.0 <= 32.0 * MIB);
             if !ok {
