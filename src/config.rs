@@ -94,8 +94,15 @@ pub struct RawConfig {
     pub data_stores: BTreeMap<String, DataStoreConfig>,
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
+    /// Threads serving requests: 1 runs everything on one thread (the least CPU per request).
+    #[serde(default = "default_worker_threads")]
+    pub worker_threads: usize,
     #[serde(default)]
     pub log: LogConfig,
+}
+
+fn default_worker_threads() -> usize {
+    1
 }
 
 fn default_listen() -> String {
@@ -223,6 +230,7 @@ pub struct Config {
     pub data_store: String,
     pub data_stores: BTreeMap<String, DataStore>,
     pub max_request_bytes: usize,
+    pub worker_threads: usize,
     pub log: LogConfig,
 }
 
@@ -291,6 +299,9 @@ pub struct Overrides {
     /// `maxRequestBytes`: largest request accepted, as etcd's --max-request-bytes [default: 1572864]
     #[arg(long, env = "CUTOVER_MAX_REQUEST_BYTES", value_name = "BYTES")]
     pub max_request_bytes: Option<usize>,
+    /// `workerThreads`: threads serving requests; 1 = a single-threaded runtime [default: 1]
+    #[arg(long, env = "CUTOVER_WORKER_THREADS", value_name = "N")]
+    pub worker_threads: Option<usize>,
     /// `log.format`: text or json
     #[arg(long, env = "CUTOVER_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -375,6 +386,9 @@ impl Overrides {
         }
         if let Some(v) = self.max_request_bytes {
             set_path(doc, &["maxRequestBytes"], Value::Number(v.into()));
+        }
+        if let Some(v) = self.worker_threads {
+            set_path(doc, &["workerThreads"], Value::Number(v.into()));
         }
         if let Some(v) = self.log_format {
             let f = match v {
@@ -479,6 +493,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             format!("{:?} is not one of dataStores ({})", raw.data_store, known.join(", ")),
         ));
     }
+    if raw.worker_threads == 0 || raw.worker_threads > 64 {
+        return Err(ConfigError::invalid("workerThreads", "must be between 1 and 64"));
+    }
     if raw.max_request_bytes == 0 {
         return Err(ConfigError::invalid("maxRequestBytes", "must be greater than zero"));
     }
@@ -530,6 +547,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         data_store: raw.data_store,
         data_stores,
         max_request_bytes: raw.max_request_bytes,
+        worker_threads: raw.worker_threads,
         log: raw.log,
     })
 }

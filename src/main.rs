@@ -52,7 +52,16 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            // One thread (no work stealing, no cross-thread wake-ups) costs the least CPU
+            // per request; more threads are for sidecars with CPU to spare.
+            let mut builder = if config.worker_threads <= 1 {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(config.worker_threads);
+                b
+            };
+            let runtime = match builder.enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("error: cannot start the runtime: {e}");
@@ -84,6 +93,7 @@ fn main() -> ExitCode {
                     );
                 }
                 println!("maxRequestBytes: {}", c.max_request_bytes);
+                println!("workerThreads: {}", c.worker_threads);
                 ExitCode::SUCCESS
             }
             Err(e) => {
