@@ -20,10 +20,7 @@ pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config: {key}: {message}")]
     Invalid { key: String, message: String },
 }
@@ -77,8 +74,7 @@ fn parse_socket_addr(s: &str) -> Result<SocketAddr, String> {
             .map_err(|_| format!("{s:?} is not a valid host:port (bad port)"))?;
         return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
     }
-    s.parse()
-        .map_err(|_| format!("{s:?} is not a valid ip:port address"))
+    s.parse().map_err(|_| format!("{s:?} is not a valid ip:port address"))
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -279,22 +275,52 @@ pub struct Overrides {
     pub data_store: Option<String>,
     /// `dataStores.NAME.endpoints`, as NAME=HOST:PORT[,HOST:PORT...]; repeat per datastore
     /// (environment: entries separated by ';')
-    #[arg(long, env = "CUTOVER_DATA_STORE_ENDPOINTS", value_name = "NAME=EPS", value_delimiter = ';')]
+    #[arg(
+        long,
+        env = "CUTOVER_DATA_STORE_ENDPOINTS",
+        value_name = "NAME=EPS",
+        value_delimiter = ';'
+    )]
     pub data_store_endpoints: Vec<String>,
     /// `dataStores.NAME.tls.caFile`, as NAME=FILE
-    #[arg(long, env = "CUTOVER_DATA_STORE_CA_FILE", value_name = "NAME=FILE", value_delimiter = ';')]
+    #[arg(
+        long,
+        env = "CUTOVER_DATA_STORE_CA_FILE",
+        value_name = "NAME=FILE",
+        value_delimiter = ';'
+    )]
     pub data_store_ca_file: Vec<String>,
     /// `dataStores.NAME.tls.certFile`, as NAME=FILE
-    #[arg(long, env = "CUTOVER_DATA_STORE_CERT_FILE", value_name = "NAME=FILE", value_delimiter = ';')]
+    #[arg(
+        long,
+        env = "CUTOVER_DATA_STORE_CERT_FILE",
+        value_name = "NAME=FILE",
+        value_delimiter = ';'
+    )]
     pub data_store_cert_file: Vec<String>,
     /// `dataStores.NAME.tls.keyFile`, as NAME=FILE
-    #[arg(long, env = "CUTOVER_DATA_STORE_KEY_FILE", value_name = "NAME=FILE", value_delimiter = ';')]
+    #[arg(
+        long,
+        env = "CUTOVER_DATA_STORE_KEY_FILE",
+        value_name = "NAME=FILE",
+        value_delimiter = ';'
+    )]
     pub data_store_key_file: Vec<String>,
     /// `dataStores.NAME.basicAuth.username`, as NAME=USER
-    #[arg(long, env = "CUTOVER_DATA_STORE_USERNAME", value_name = "NAME=USER", value_delimiter = ';')]
+    #[arg(
+        long,
+        env = "CUTOVER_DATA_STORE_USERNAME",
+        value_name = "NAME=USER",
+        value_delimiter = ';'
+    )]
     pub data_store_username: Vec<String>,
     /// `dataStores.NAME.basicAuth.passwordFile`, as NAME=FILE
-    #[arg(long, env = "CUTOVER_DATA_STORE_PASSWORD_FILE", value_name = "NAME=FILE", value_delimiter = ';')]
+    #[arg(
+        long,
+        env = "CUTOVER_DATA_STORE_PASSWORD_FILE",
+        value_name = "NAME=FILE",
+        value_delimiter = ';'
+    )]
     pub data_store_password_file: Vec<String>,
     /// `maxRequestBytes`: largest request accepted, as etcd's --max-request-bytes [default: 1572864]
     #[arg(long, env = "CUTOVER_MAX_REQUEST_BYTES", value_name = "BYTES")]
@@ -371,10 +397,22 @@ impl Overrides {
         }
         let named: [(&str, &Vec<String>, &[&str]); 5] = [
             ("--data-store-ca-file", &self.data_store_ca_file, &["tls", "caFile"]),
-            ("--data-store-cert-file", &self.data_store_cert_file, &["tls", "certFile"]),
+            (
+                "--data-store-cert-file",
+                &self.data_store_cert_file,
+                &["tls", "certFile"],
+            ),
             ("--data-store-key-file", &self.data_store_key_file, &["tls", "keyFile"]),
-            ("--data-store-username", &self.data_store_username, &["basicAuth", "username"]),
-            ("--data-store-password-file", &self.data_store_password_file, &["basicAuth", "passwordFile"]),
+            (
+                "--data-store-username",
+                &self.data_store_username,
+                &["basicAuth", "username"],
+            ),
+            (
+                "--data-store-password-file",
+                &self.data_store_password_file,
+                &["basicAuth", "passwordFile"],
+            ),
         ];
         for (flag, entries, sub) in named {
             for e in entries {
@@ -474,8 +512,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             check_readable("tls.clientCAFile", ca)?;
         }
     }
-    let admin_listen =
-        parse_socket_addr(&raw.admin.listen).map_err(|m| ConfigError::invalid("admin.listen", m))?;
+    let admin_listen = parse_socket_addr(&raw.admin.listen).map_err(|m| ConfigError::invalid("admin.listen", m))?;
     let admin_token = match &raw.admin.token_file {
         Some(p) => Some(read_secret("admin.tokenFile", p)?),
         None => None,
@@ -503,15 +540,24 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     for (name, ds) in &raw.data_stores {
         let key = |k: &str| format!("dataStores.{name}.{k}");
         if ds.endpoints.is_empty() {
-            return Err(ConfigError::invalid(key("endpoints"), "at least one endpoint is needed"));
+            return Err(ConfigError::invalid(
+                key("endpoints"),
+                "at least one endpoint is needed",
+            ));
         }
         let scheme = if ds.tls.is_some() { "https" } else { "http" };
         let mut endpoints = Vec::new();
         for (i, ep) in ds.endpoints.iter().enumerate() {
-            endpoints.push(normalize_endpoint(ep, scheme).map_err(|m| ConfigError::invalid(key(&format!("endpoints[{i}]")), m))?);
+            endpoints.push(
+                normalize_endpoint(ep, scheme).map_err(|m| ConfigError::invalid(key(&format!("endpoints[{i}]")), m))?,
+            );
         }
         if let Some(tls) = &ds.tls {
-            for (k, f) in [("tls.caFile", &tls.ca_file), ("tls.certFile", &tls.cert_file), ("tls.keyFile", &tls.key_file)] {
+            for (k, f) in [
+                ("tls.caFile", &tls.ca_file),
+                ("tls.certFile", &tls.cert_file),
+                ("tls.keyFile", &tls.key_file),
+            ] {
                 if let Some(f) = f {
                     check_readable(&key(k), f)?;
                 }
@@ -525,7 +571,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 if b.username.is_empty() {
                     return Err(ConfigError::invalid(key("basicAuth.username"), "must not be empty"));
                 }
-                Some((b.username.clone(), read_secret(&key("basicAuth.passwordFile"), &b.password_file)?))
+                Some((
+                    b.username.clone(),
+                    read_secret(&key("basicAuth.passwordFile"), &b.password_file)?,
+                ))
             }
             None => None,
         };
@@ -563,7 +612,9 @@ fn normalize_endpoint(ep: &str, scheme: &str) -> Result<String, String> {
             return Err(format!("{ep:?}: scheme must be http or https"));
         }
         if s != scheme {
-            return Err(format!("{ep:?}: scheme {s} does not match the datastore's tls setting ({scheme})"));
+            return Err(format!(
+                "{ep:?}: scheme {s} does not match the datastore's tls setting ({scheme})"
+            ));
         }
     }
     let uri: http::Uri = format!("{scheme}://{rest}")
@@ -594,21 +645,31 @@ mod tests {
     fn unknown_key_is_named_with_its_path() {
         let text = format!("{MINIMAL}    tlss: {{}}\n");
         let err = from_yaml(&text).unwrap_err().to_string();
-        assert!(err.starts_with("config: dataStores.default.tlss: unknown field `tlss`"), "{err}");
+        assert!(
+            err.starts_with("config: dataStores.default.tlss: unknown field `tlss`"),
+            "{err}"
+        );
     }
 
     #[test]
     fn unknown_active_datastore_is_rejected() {
         let text = MINIMAL.replace("dataStore: default", "dataStore: other");
         let err = from_yaml(&text).unwrap_err().to_string();
-        assert!(err.contains("config: dataStore: \"other\" is not one of dataStores (default)"), "{err}");
+        assert!(
+            err.contains("config: dataStore: \"other\" is not one of dataStores (default)"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_addresses_are_rejected() {
-        let err = from_yaml(&format!("listen: nowhere\n{MINIMAL}")).unwrap_err().to_string();
+        let err = from_yaml(&format!("listen: nowhere\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("config: listen:"), "{err}");
-        let err = from_yaml(&MINIMAL.replace("127.0.0.1:2379", "ftp://x:1")).unwrap_err().to_string();
+        let err = from_yaml(&MINIMAL.replace("127.0.0.1:2379", "ftp://x:1"))
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("config: dataStores.default.endpoints[0]:"), "{err}");
     }
 
@@ -616,7 +677,10 @@ mod tests {
     fn missing_files_are_named() {
         let text = format!("{MINIMAL}    tls: {{caFile: /nonexistent/ca.pem}}\n");
         let err = from_yaml(&text).unwrap_err().to_string();
-        assert!(err.starts_with("config: dataStores.default.tls.caFile: cannot read /nonexistent/ca.pem"), "{err}");
+        assert!(
+            err.starts_with("config: dataStores.default.tls.caFile: cannot read /nonexistent/ca.pem"),
+            "{err}"
+        );
     }
 
     #[test]

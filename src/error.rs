@@ -80,9 +80,9 @@ impl ProxyError {
             // What etcd says when it cannot tell whether a proposal was applied.
             ProxyError::OutcomeUnknown { .. } => Status::unavailable(messages::REQUEST_TIMED_OUT),
             // grpc-go's wording, which etcd's server produces for an oversized message.
-            ProxyError::RequestTooLarge { size, limit } => Status::resource_exhausted(format!(
-                "grpc: received message larger than max ({size} vs. {limit})"
-            )),
+            ProxyError::RequestTooLarge { size, limit } => {
+                Status::resource_exhausted(format!("grpc: received message larger than max ({size} vs. {limit})"))
+            }
         }
     }
 }

@@ -52,7 +52,10 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
     (
-        [(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
         s.metrics.encode(),
     )
         .into_response()

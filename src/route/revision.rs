@@ -89,7 +89,10 @@ impl Translation {
             // The tenant did not change between `l` and `s`: the target at `t` holds it.
             Ok(self.t)
         } else {
-            Err(Compacted { requested: virt, last: self.l })
+            Err(Compacted {
+                requested: virt,
+                last: self.l,
+            })
         }
     }
 
@@ -102,7 +105,10 @@ impl Translation {
         } else if virt > self.l {
             Ok(self.t + 1)
         } else {
-            Err(Compacted { requested: virt, last: self.l })
+            Err(Compacted {
+                requested: virt,
+                last: self.l,
+            })
         }
     }
 
@@ -223,7 +229,12 @@ mod tests {
                 source_version: 7,
             },
         );
-        Translation { s: 1100, t: 50, l: 90, keys }
+        Translation {
+            s: 1100,
+            t: 50,
+            l: 90,
+            keys,
+        }
     }
 
     #[test]
@@ -233,10 +244,22 @@ mod tests {
         assert_eq!(tr.to_target(1105), Ok(55));
         assert_eq!(tr.to_target(1100), Ok(50));
         assert_eq!(tr.to_target(90), Ok(50));
-        assert_eq!(tr.to_target(89), Err(Compacted { requested: 89, last: 90 }));
+        assert_eq!(
+            tr.to_target(89),
+            Err(Compacted {
+                requested: 89,
+                last: 90
+            })
+        );
         assert_eq!(tr.watch_start(91), Ok(51));
         assert_eq!(tr.watch_start(1101), Ok(51));
-        assert_eq!(tr.watch_start(90), Err(Compacted { requested: 90, last: 90 }));
+        assert_eq!(
+            tr.watch_start(90),
+            Err(Compacted {
+                requested: 90,
+                last: 90
+            })
+        );
     }
 
     #[test]
@@ -249,15 +272,52 @@ mod tests {
     #[test]
     fn copied_keys_keep_their_source_revisions() {
         let tr = translation();
-        let unchanged = Revisions { create: 12, modified: 30, version: 2 };
-        assert_eq!(tr.kv_to_virtual(b"a", unchanged), Revisions { create: 5, modified: 40, version: 7 });
-        let updated_after_commit = Revisions { create: 12, modified: 60, version: 3 };
-        assert_eq!(tr.kv_to_virtual(b"a", updated_after_commit), Revisions { create: 5, modified: 1110, version: 8 });
+        let unchanged = Revisions {
+            create: 12,
+            modified: 30,
+            version: 2,
+        };
+        assert_eq!(
+            tr.kv_to_virtual(b"a", unchanged),
+            Revisions {
+                create: 5,
+                modified: 40,
+                version: 7
+            }
+        );
+        let updated_after_commit = Revisions {
+            create: 12,
+            modified: 60,
+            version: 3,
+        };
+        assert_eq!(
+            tr.kv_to_virtual(b"a", updated_after_commit),
+            Revisions {
+                create: 5,
+                modified: 1110,
+                version: 8
+            }
+        );
         // Deleted and created again after the commit: a new incarnation, shifted.
-        let recreated = Revisions { create: 70, modified: 70, version: 1 };
-        assert_eq!(tr.kv_to_virtual(b"a", recreated), Revisions { create: 1120, modified: 1120, version: 1 });
+        let recreated = Revisions {
+            create: 70,
+            modified: 70,
+            version: 1,
+        };
+        assert_eq!(
+            tr.kv_to_virtual(b"a", recreated),
+            Revisions {
+                create: 1120,
+                modified: 1120,
+                version: 1
+            }
+        );
         // A key of another tenant sharing the target is never in K.
-        let other = Revisions { create: 12, modified: 12, version: 1 };
+        let other = Revisions {
+            create: 12,
+            modified: 12,
+            version: 1,
+        };
         assert_eq!(tr.kv_to_virtual(b"zz", other).modified, tr.to_virtual(12));
     }
 
@@ -267,9 +327,21 @@ mod tests {
     fn copied_key_compares_agree_with_virtual_ones() {
         let tr = translation();
         let states = [
-            Revisions { create: 12, modified: 30, version: 2 },
-            Revisions { create: 12, modified: 51, version: 3 },
-            Revisions { create: 12, modified: 80, version: 9 },
+            Revisions {
+                create: 12,
+                modified: 30,
+                version: 2,
+            },
+            Revisions {
+                create: 12,
+                modified: 51,
+                version: 3,
+            },
+            Revisions {
+                create: 12,
+                modified: 80,
+                version: 9,
+            },
         ];
         let relations = [Relation::Equal, Relation::NotEqual, Relation::Greater, Relation::Less];
         for st in states {
@@ -277,11 +349,23 @@ mod tests {
             for virt in (0..=1200).step_by(1) {
                 for rel in relations {
                     let m = tr.compare_mod_copied(b"a", virt).unwrap();
-                    assert_eq!(holds(st.modified, rel, m), holds(v.modified, rel, virt), "mod {st:?} {rel:?} {virt}");
+                    assert_eq!(
+                        holds(st.modified, rel, m),
+                        holds(v.modified, rel, virt),
+                        "mod {st:?} {rel:?} {virt}"
+                    );
                     let c = tr.compare_create_copied(b"a", virt).unwrap();
-                    assert_eq!(holds(st.create, rel, c), holds(v.create, rel, virt), "create {st:?} {rel:?} {virt}");
+                    assert_eq!(
+                        holds(st.create, rel, c),
+                        holds(v.create, rel, virt),
+                        "create {st:?} {rel:?} {virt}"
+                    );
                     let ver = tr.compare_version_copied(b"a", virt).unwrap();
-                    assert_eq!(holds(st.version, rel, ver), holds(v.version, rel, virt), "version {st:?} {rel:?} {virt}");
+                    assert_eq!(
+                        holds(st.version, rel, ver),
+                        holds(v.version, rel, virt),
+                        "version {st:?} {rel:?} {virt}"
+                    );
                 }
             }
         }
@@ -296,7 +380,11 @@ mod tests {
             for virt in 0..=1200 {
                 for rel in [Relation::Equal, Relation::NotEqual, Relation::Greater, Relation::Less] {
                     let value = tr.compare_value_new(virt);
-                    assert_eq!(holds(target, rel, value), holds(virt_actual, rel, virt), "{target} {rel:?} {virt}");
+                    assert_eq!(
+                        holds(target, rel, value),
+                        holds(virt_actual, rel, virt),
+                        "{target} {rel:?} {virt}"
+                    );
                 }
             }
         }

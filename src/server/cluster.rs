@@ -20,9 +20,49 @@ impl ClusterService {
 
 #[tonic::async_trait]
 impl Cluster for ClusterService {
-    forward!(member_add, MemberAddRequest, MemberAddResponse, "Cluster", "MemberAdd", Retry::IfNotSent, ClusterClient);
-    forward!(member_remove, MemberRemoveRequest, MemberRemoveResponse, "Cluster", "MemberRemove", Retry::IfNotSent, ClusterClient);
-    forward!(member_update, MemberUpdateRequest, MemberUpdateResponse, "Cluster", "MemberUpdate", Retry::IfNotSent, ClusterClient);
-    forward!(member_list, MemberListRequest, MemberListResponse, "Cluster", "MemberList", Retry::Idempotent, ClusterClient);
-    forward!(member_promote, MemberPromoteRequest, MemberPromoteResponse, "Cluster", "MemberPromote", Retry::IfNotSent, ClusterClient);
+    forward!(
+        member_add,
+        MemberAddRequest,
+        MemberAddResponse,
+        "Cluster",
+        "MemberAdd",
+        Retry::IfNotSent,
+        ClusterClient
+    );
+    forward!(
+        member_remove,
+        MemberRemoveRequest,
+        MemberRemoveResponse,
+        "Cluster",
+        "MemberRemove",
+        Retry::IfNotSent,
+        ClusterClient
+    );
+    forward!(
+        member_update,
+        MemberUpdateRequest,
+        MemberUpdateResponse,
+        "Cluster",
+        "MemberUpdate",
+        Retry::IfNotSent,
+        ClusterClient
+    );
+    forward!(
+        member_list,
+        MemberListRequest,
+        MemberListResponse,
+        "Cluster",
+        "MemberList",
+        Retry::Idempotent,
+        ClusterClient
+    );
+    forward!(
+        member_promote,
+        MemberPromoteRequest,
+        MemberPromoteResponse,
+        "Cluster",
+        "MemberPromote",
+        Retry::IfNotSent,
+        ClusterClient
+    );
 }

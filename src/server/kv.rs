@@ -20,9 +20,33 @@ impl KvService {
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    forward!(range, RangeRequest, RangeResponse, "KV", "Range", Retry::Idempotent, KvClient);
+    forward!(
+        range,
+        RangeRequest,
+        RangeResponse,
+        "KV",
+        "Range",
+        Retry::Idempotent,
+        KvClient
+    );
     forward!(put, PutRequest, PutResponse, "KV", "Put", Retry::IfNotSent, KvClient);
-    forward!(delete_range, DeleteRangeRequest, DeleteRangeResponse, "KV", "DeleteRange", Retry::IfNotSent, KvClient);
+    forward!(
+        delete_range,
+        DeleteRangeRequest,
+        DeleteRangeResponse,
+        "KV",
+        "DeleteRange",
+        Retry::IfNotSent,
+        KvClient
+    );
     forward!(txn, TxnRequest, TxnResponse, "KV", "Txn", Retry::IfNotSent, KvClient);
-    forward!(compact, CompactionRequest, CompactionResponse, "KV", "Compact", Retry::IfNotSent, KvClient);
+    forward!(
+        compact,
+        CompactionRequest,
+        CompactionResponse,
+        "KV",
+        "Compact",
+        Retry::IfNotSent,
+        KvClient
+    );
 }

@@ -30,10 +30,42 @@ impl LeaseService {
 impl Lease for LeaseService {
     type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, Status>>;
 
-    forward!(lease_grant, LeaseGrantRequest, LeaseGrantResponse, "Lease", "LeaseGrant", Retry::IfNotSent, LeaseClient);
-    forward!(lease_revoke, LeaseRevokeRequest, LeaseRevokeResponse, "Lease", "LeaseRevoke", Retry::IfNotSent, LeaseClient);
-    forward!(lease_time_to_live, LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, "Lease", "LeaseTimeToLive", Retry::Idempotent, LeaseClient);
-    forward!(lease_leases, LeaseLeasesRequest, LeaseLeasesResponse, "Lease", "LeaseLeases", Retry::Idempotent, LeaseClient);
+    forward!(
+        lease_grant,
+        LeaseGrantRequest,
+        LeaseGrantResponse,
+        "Lease",
+        "LeaseGrant",
+        Retry::IfNotSent,
+        LeaseClient
+    );
+    forward!(
+        lease_revoke,
+        LeaseRevokeRequest,
+        LeaseRevokeResponse,
+        "Lease",
+        "LeaseRevoke",
+        Retry::IfNotSent,
+        LeaseClient
+    );
+    forward!(
+        lease_time_to_live,
+        LeaseTimeToLiveRequest,
+        LeaseTimeToLiveResponse,
+        "Lease",
+        "LeaseTimeToLive",
+        Retry::Idempotent,
+        LeaseClient
+    );
+    forward!(
+        lease_leases,
+        LeaseLeasesRequest,
+        LeaseLeasesResponse,
+        "Lease",
+        "LeaseLeases",
+        Retry::Idempotent,
+        LeaseClient
+    );
 
     async fn lease_keep_alive(
         &self,

@@ -29,21 +29,81 @@ type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>
 impl Maintenance for MaintenanceService {
     type SnapshotStream = SnapshotStream;
 
-    forward!(alarm, AlarmRequest, AlarmResponse, "Maintenance", "Alarm", Retry::IfNotSent, MaintenanceClient);
-    forward!(status, StatusRequest, StatusResponse, "Maintenance", "Status", Retry::Idempotent, MaintenanceClient);
-    forward!(defragment, DefragmentRequest, DefragmentResponse, "Maintenance", "Defragment", Retry::IfNotSent, MaintenanceClient);
-    forward!(hash, HashRequest, HashResponse, "Maintenance", "Hash", Retry::Idempotent, MaintenanceClient);
-    forward!(hash_kv, HashKvRequest, HashKvResponse, "Maintenance", "HashKV", Retry::Idempotent, MaintenanceClient);
-    forward!(move_leader, MoveLeaderRequest, MoveLeaderResponse, "Maintenance", "MoveLeader", Retry::IfNotSent, MaintenanceClient);
-    forward!(downgrade, DowngradeRequest, DowngradeResponse, "Maintenance", "Downgrade", Retry::IfNotSent, MaintenanceClient);
+    forward!(
+        alarm,
+        AlarmRequest,
+        AlarmResponse,
+        "Maintenance",
+        "Alarm",
+        Retry::IfNotSent,
+        MaintenanceClient
+    );
+    forward!(
+        status,
+        StatusRequest,
+        StatusResponse,
+        "Maintenance",
+        "Status",
+        Retry::Idempotent,
+        MaintenanceClient
+    );
+    forward!(
+        defragment,
+        DefragmentRequest,
+        DefragmentResponse,
+        "Maintenance",
+        "Defragment",
+        Retry::IfNotSent,
+        MaintenanceClient
+    );
+    forward!(
+        hash,
+        HashRequest,
+        HashResponse,
+        "Maintenance",
+        "Hash",
+        Retry::Idempotent,
+        MaintenanceClient
+    );
+    forward!(
+        hash_kv,
+        HashKvRequest,
+        HashKvResponse,
+        "Maintenance",
+        "HashKV",
+        Retry::Idempotent,
+        MaintenanceClient
+    );
+    forward!(
+        move_leader,
+        MoveLeaderRequest,
+        MoveLeaderResponse,
+        "Maintenance",
+        "MoveLeader",
+        Retry::IfNotSent,
+        MaintenanceClient
+    );
+    forward!(
+        downgrade,
+        DowngradeRequest,
+        DowngradeResponse,
+        "Maintenance",
+        "Downgrade",
+        Retry::IfNotSent,
+        MaintenanceClient
+    );
 
     async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
         let guard = self.ctx.metrics.stream_guard("snapshot");
         let upstream = self
             .ctx
-            .unary("Maintenance", "Snapshot", Retry::Idempotent, request, |ch, req| async move {
-                client!(MaintenanceClient, ch).snapshot(req).await
-            })
+            .unary(
+                "Maintenance",
+                "Snapshot",
+                Retry::Idempotent,
+                request,
+                |ch, req| async move { client!(MaintenanceClient, ch).snapshot(req).await },
+            )
             .await?
             .into_inner();
         // The guard lives as long as the stream does.

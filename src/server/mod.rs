@@ -251,7 +251,10 @@ impl Listener {
                         let _ = std::fs::remove_file(path);
                     }
                 }
-                Ok(Listener::Unix(UnixListener::bind(path).map_err(bind_err)?, path.clone()))
+                Ok(Listener::Unix(
+                    UnixListener::bind(path).map_err(bind_err)?,
+                    path.clone(),
+                ))
             }
         }
     }
@@ -315,7 +318,10 @@ pub async fn serve(
         .add_service(svc!(WatchServer, watch::WatchService::new(ctx.clone())))
         .add_service(svc!(LeaseServer, lease::LeaseService::new(ctx.clone())))
         .add_service(svc!(ClusterServer, cluster::ClusterService::new(ctx.clone())))
-        .add_service(svc!(MaintenanceServer, maintenance::MaintenanceService::new(ctx.clone())))
+        .add_service(svc!(
+            MaintenanceServer,
+            maintenance::MaintenanceService::new(ctx.clone())
+        ))
         .add_service(svc!(AuthServer, auth::AuthService::new(ctx.clone())));
     match listener {
         Listener::Tcp(l) => {
@@ -324,9 +330,8 @@ pub async fn serve(
         }
         Listener::Unix(l, path) => {
             // Older grpc-go clients send the socket path as :authority; see uds.rs.
-            let incoming = tokio_stream::StreamExt::map(UnixListenerStream::new(l), |conn| {
-                conn.map(uds::FixAuthority::new)
-            });
+            let incoming =
+                tokio_stream::StreamExt::map(UnixListenerStream::new(l), |conn| conn.map(uds::FixAuthority::new));
             let result = router.serve_with_incoming_shutdown(incoming, shutdown).await;
             let _ = std::fs::remove_file(&path);
             result?;
@@ -383,7 +388,9 @@ fn reword_too_large(resp: http::Response<tonic::body::Body>, limit: usize) -> ht
     else {
         return resp;
     };
-    ProxyError::RequestTooLarge { size: found, limit }.to_status().into_http()
+    ProxyError::RequestTooLarge { size: found, limit }
+        .to_status()
+        .into_http()
 }
 
 impl<S, B> tower::Service<http::Request<B>> for NotGrpc<S>
@@ -432,18 +439,59 @@ where
 const SERVICES: &[(&str, &[&str])] = &[
     ("etcdserverpb.KV", &["Range", "Put", "DeleteRange", "Txn", "Compact"]),
     ("etcdserverpb.Watch", &["Watch"]),
-    ("etcdserverpb.Lease", &["LeaseGrant", "LeaseRevoke", "LeaseKeepAlive", "LeaseTimeToLive", "LeaseLeases"]),
-    ("etcdserverpb.Cluster", &["MemberAdd", "MemberRemove", "MemberUpdate", "MemberList", "MemberPromote"]),
+    (
+        "etcdserverpb.Lease",
+        &[
+            "LeaseGrant",
+            "LeaseRevoke",
+            "LeaseKeepAlive",
+            "LeaseTimeToLive",
+            "LeaseLeases",
+        ],
+    ),
+    (
+        "etcdserverpb.Cluster",
+        &[
+            "MemberAdd",
+            "MemberRemove",
+            "MemberUpdate",
+            "MemberList",
+            "MemberPromote",
+        ],
+    ),
     (
         "etcdserverpb.Maintenance",
-        &["Alarm", "Status", "Defragment", "Hash", "HashKV", "Snapshot", "MoveLeader", "Downgrade"],
+        &[
+            "Alarm",
+            "Status",
+            "Defragment",
+            "Hash",
+            "HashKV",
+            "Snapshot",
+            "MoveLeader",
+            "Downgrade",
+        ],
     ),
     (
         "etcdserverpb.Auth",
         &[
-            "AuthEnable", "AuthDisable", "AuthStatus", "Authenticate", "UserAdd", "UserGet", "UserList", "UserDelete",
-            "UserChangePassword", "UserGrantRole", "UserRevokeRole", "RoleAdd", "RoleGet", "RoleList", "RoleDelete",
-            "RoleGrantPermission", "RoleRevokePermission",
+            "AuthEnable",
+            "AuthDisable",
+            "AuthStatus",
+            "Authenticate",
+            "UserAdd",
+            "UserGet",
+            "UserList",
+            "UserDelete",
+            "UserChangePassword",
+            "UserGrantRole",
+            "UserRevokeRole",
+            "RoleAdd",
+            "RoleGet",
+            "RoleList",
+            "RoleDelete",
+            "RoleGrantPermission",
+            "RoleRevokePermission",
         ],
     ),
 ];
@@ -470,7 +518,10 @@ mod tests {
     #[test]
     fn unknown_paths_are_named_as_grpc_go_names_them() {
         assert!(unknown_method("/etcdserverpb.KV/Range").is_none());
-        assert_eq!(unknown_method("/etcdserverpb.KV/Nope").unwrap().message(), "unknown method Nope for service etcdserverpb.KV");
+        assert_eq!(
+            unknown_method("/etcdserverpb.KV/Nope").unwrap().message(),
+            "unknown method Nope for service etcdserverpb.KV"
+        );
         assert_eq!(unknown_method("/x.Y/Z").unwrap().message(), "unknown service x.Y");
     }
 

@@ -18,7 +18,8 @@ type Opening<Resp> = Pin<Box<dyn Future<Output = Result<Response<Streaming<Resp>
 
 enum State<Resp> {
     Opening(Opening<Resp>),
-    Open(Streaming<Resp>),
+    // Boxed: a Streaming is large, and a state is made once per stream.
+    Open(Box<Streaming<Resp>>),
     Closed,
 }
 
@@ -68,7 +69,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> UpstreamStream<Req, Resp> {
         loop {
             match &mut self.state {
                 State::Opening(fut) => match fut.await {
-                    Ok(resp) => self.state = State::Open(resp.into_inner()),
+                    Ok(resp) => self.state = State::Open(Box::new(resp.into_inner())),
                     Err(status) => {
                         self.state = State::Closed;
                         return Some(Err(status));

@@ -217,7 +217,11 @@ impl Rewriter {
                     }
                     out.extend_from_slice(&input[..n]);
                     input = &input[n..];
-                    self.state = if seen + n == PREFACE.len() { State::Head } else { State::Preface(seen + n) };
+                    self.state = if seen + n == PREFACE.len() {
+                        State::Head
+                    } else {
+                        State::Preface(seen + n)
+                    };
                 }
                 State::Skip(0) => self.state = State::Head,
                 State::Skip(left) => {
@@ -442,7 +446,10 @@ struct StringRef {
 fn read_string(block: &[u8], pos: &mut usize) -> Result<StringRef, Malformed> {
     let huffman = *block.get(*pos).ok_or(Malformed)? & 0x80 != 0;
     let len = read_int(block, pos, 7)?;
-    let end = pos.checked_add(len).filter(|&end| end <= block.len()).ok_or(Malformed)?;
+    let end = pos
+        .checked_add(len)
+        .filter(|&end| end <= block.len())
+        .ok_or(Malformed)?;
     let range = *pos..end;
     *pos = end;
     Ok(StringRef { range, huffman })
@@ -536,15 +543,67 @@ fn replace(value: &mut [u8], huffman: bool, decoded: &[u8], same_len: bool) -> b
 /// The names of HPACK's static table (RFC 7541 Appendix A); only their lengths matter
 /// here, for the sizes of dynamic-table entries that reuse them.
 const STATIC_NAMES: [&str; 61] = [
-    ":authority", ":method", ":method", ":path", ":path", ":scheme", ":scheme", ":status", ":status",
-    ":status", ":status", ":status", ":status", ":status", "accept-charset", "accept-encoding",
-    "accept-language", "accept-ranges", "accept", "access-control-allow-origin", "age", "allow",
-    "authorization", "cache-control", "content-disposition", "content-encoding", "content-language",
-    "content-length", "content-location", "content-range", "content-type", "cookie", "date", "etag",
-    "expect", "expires", "from", "host", "if-match", "if-modified-since", "if-none-match", "if-range",
-    "if-unmodified-since", "last-modified", "link", "location", "max-forwards", "proxy-authenticate",
-    "proxy-authorization", "range", "referer", "refresh", "retry-after", "server", "set-cookie",
-    "strict-transport-security", "transfer-encoding", "user-agent", "vary", "via", "www-authenticate",
+    ":authority",
+    ":method",
+    ":method",
+    ":path",
+    ":path",
+    ":scheme",
+    ":scheme",
+    ":status",
+    ":status",
+    ":status",
+    ":status",
+    ":status",
+    ":status",
+    ":status",
+    "accept-charset",
+    "accept-encoding",
+    "accept-language",
+    "accept-ranges",
+    "accept",
+    "access-control-allow-origin",
+    "age",
+    "allow",
+    "authorization",
+    "cache-control",
+    "content-disposition",
+    "content-encoding",
+    "content-language",
+    "content-length",
+    "content-location",
+    "content-range",
+    "content-type",
+    "cookie",
+    "date",
+    "etag",
+    "expect",
+    "expires",
+    "from",
+    "host",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "last-modified",
+    "link",
+    "location",
+    "max-forwards",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "range",
+    "referer",
+    "refresh",
+    "retry-after",
+    "server",
+    "set-cookie",
+    "strict-transport-security",
+    "transfer-encoding",
+    "user-agent",
+    "vary",
+    "via",
+    "www-authenticate",
 ];
 
 /// What is known of one dynamic-table entry.
@@ -578,7 +637,11 @@ impl Table {
         match index {
             0 => Err(Malformed),
             1..=61 => Ok((STATIC_NAMES[index - 1].len(), index == 1)),
-            _ => self.entries.get(index - 62).map(|e| (e.name_len, e.authority)).ok_or(Malformed),
+            _ => self
+                .entries
+                .get(index - 62)
+                .map(|e| (e.name_len, e.authority))
+                .ok_or(Malformed),
         }
     }
 
@@ -847,7 +910,9 @@ mod tests {
         let accepted = tokio::spawn(async move {
             async fn run<T: AsyncRead + AsyncWrite + Unpin>(io: T) -> Vec<(u32, Seen)> {
                 let mut seen = Vec::new();
-                let Ok(mut conn) = h2::server::handshake(io).await else { return seen };
+                let Ok(mut conn) = h2::server::handshake(io).await else {
+                    return seen;
+                };
                 while let Some(Ok((req, mut respond))) = conn.accept().await {
                     let id = respond.stream_id().as_u32();
                     seen.push((id, Seen::Authority(req.uri().authority().map(|a| a.to_string()))));
@@ -876,7 +941,10 @@ mod tests {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         'read: loop {
             let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout_at(deadline, client.read(&mut chunk)).await.expect("no PING ACK").unwrap();
+            let n = tokio::time::timeout_at(deadline, client.read(&mut chunk))
+                .await
+                .expect("no PING ACK")
+                .unwrap();
             assert!(n > 0, "server closed before the PING ACK");
             got.extend_from_slice(&chunk[..n]);
             while got.len() >= at + FRAME_HEAD {
@@ -953,8 +1021,17 @@ mod tests {
     #[tokio::test]
     async fn a_literal_authority_name_is_recognised() {
         for (name_huffman, value_huffman) in [(false, false), (true, true), (false, true), (true, false)] {
-            let block = with_authority(literal(0x10, 0, Some((b":authority", name_huffman)), PATH, value_huffman));
-            assert_eq!(all_ways(&headers(1, &block)).await, vec![(1, authority("-tmp-x-etcd.sock"))]);
+            let block = with_authority(literal(
+                0x10,
+                0,
+                Some((b":authority", name_huffman)),
+                PATH,
+                value_huffman,
+            ));
+            assert_eq!(
+                all_ways(&headers(1, &block)).await,
+                vec![(1, authority("-tmp-x-etcd.sock"))]
+            );
         }
     }
 
@@ -983,7 +1060,11 @@ mod tests {
         for (value, raw_result) in cases {
             for kind in [0x40, 0x00] {
                 let block = with_authority(literal(kind, 1, None, value, false));
-                assert_eq!(all_ways(&headers(1, &block)).await, vec![(1, authority(raw_result))], "{value:?}");
+                assert_eq!(
+                    all_ways(&headers(1, &block)).await,
+                    vec![(1, authority(raw_result))],
+                    "{value:?}"
+                );
             }
         }
         // Huffman: the same decoded length when the field is indexed; ASCII can always be
@@ -991,18 +1072,29 @@ mod tests {
         for (value, _) in &cases[..4] {
             let block = with_authority(literal(0x40, 1, None, value, true));
             let seen = all_ways(&headers(1, &block)).await;
-            let Seen::Authority(Some(got)) = &seen[0].1 else { panic!("{value:?}: {seen:?}") };
+            let Seen::Authority(Some(got)) = &seen[0].1 else {
+                panic!("{value:?}: {seen:?}")
+            };
             assert_eq!(got.len(), value.len(), "{value:?} became {got:?}");
         }
         // Mostly long codes cannot be matched with the same length: an indexed field is
         // left for h2 to refuse, one that is not indexed gets a longer stand-in.
         for (value, _) in &cases[4..] {
             let block = with_authority(literal(0x40, 1, None, value, true));
-            assert_eq!(all_ways(&headers(1, &block)).await, vec![(1, Seen::Reset(1))], "{value:?}");
+            assert_eq!(
+                all_ways(&headers(1, &block)).await,
+                vec![(1, Seen::Reset(1))],
+                "{value:?}"
+            );
             let block = with_authority(literal(0x10, 1, None, value, true));
             let seen = all_ways(&headers(1, &block)).await;
-            let Seen::Authority(Some(got)) = &seen[0].1 else { panic!("{value:?}: {seen:?}") };
-            assert!(got.bytes().all(|b| b == b'0') && got.len() > value.len(), "{value:?} became {got:?}");
+            let Seen::Authority(Some(got)) = &seen[0].1 else {
+                panic!("{value:?}: {seen:?}")
+            };
+            assert!(
+                got.bytes().all(|b| b == b'0') && got.len() > value.len(),
+                "{value:?} became {got:?}"
+            );
         }
     }
 
@@ -1022,7 +1114,11 @@ mod tests {
                 payload.extend([0, 0, 0]);
             }
             let frames = frame(HEADERS, END_HEADERS | 0x1 | flags, 1, &payload);
-            assert_eq!(all_ways(&frames).await, vec![(1, authority("-tmp-x-etcd.sock"))], "flags {flags:#x}");
+            assert_eq!(
+                all_ways(&frames).await,
+                vec![(1, authority("-tmp-x-etcd.sock"))],
+                "flags {flags:#x}"
+            );
         }
     }
 
@@ -1055,7 +1151,13 @@ mod tests {
         let mut fourth = request_fields();
         fourth.push(0x80 | 62);
         for i in 0..40 {
-            fourth.extend(literal(0x40, 0, Some((format!("x-{i}").as_bytes(), true)), &[b'v'; 100], true));
+            fourth.extend(literal(
+                0x40,
+                0,
+                Some((format!("x-{i}").as_bytes(), true)),
+                &[b'v'; 100],
+                true,
+            ));
         }
         frames.extend(headers(7, &fourth));
         let mut fifth = request_fields();
@@ -1094,13 +1196,23 @@ mod tests {
         frames.extend(headers(7, &[0x83, 0x86, 0x84, 0x80 | 63]));
         assert_eq!(
             all_ways(&frames).await,
-            vec![(1, authority("-one")), (3, authority("-two")), (5, authority("-three")), (7, authority("-two"))]
+            vec![
+                (1, authority("-one")),
+                (3, authority("-two")),
+                (5, authority("-three")),
+                (7, authority("-two"))
+            ]
         );
     }
 
     #[tokio::test]
     async fn other_frames_pass_between_requests() {
-        let mut frames = frame(HEADERS, END_HEADERS, 1, &with_authority(literal(0x40, 1, None, PATH, true)));
+        let mut frames = frame(
+            HEADERS,
+            END_HEADERS,
+            1,
+            &with_authority(literal(0x40, 1, None, PATH, true)),
+        );
         frames.extend(frame(0x0, 0, 1, &[7; 3000]));
         frames.extend(frame(0x8, 0, 0, &[0, 1, 0, 0]));
         frames.extend(frame(0x0, 0x1, 1, &[]));
@@ -1158,11 +1270,11 @@ mod tests {
     #[test]
     fn malformed_blocks_pass_untouched_and_stop_rewriting() {
         let bad_blocks: [Vec<u8>; 5] = [
-            vec![0x80],                                  // index 0
-            vec![0x80 | 70],                             // no such dynamic entry
+            vec![0x80],                                     // index 0
+            vec![0x80 | 70],                                // no such dynamic entry
             vec![0x41, 0x85, 0xff, 0xff, 0xff, 0xff, 0xff], // Huffman: EOS / over-long padding
-            vec![0x41, 0x0a, b'/'],                      // string runs past the block
-            vec![0x7f, 0xff, 0xff, 0xff, 0xff, 0xff],    // integer too long
+            vec![0x41, 0x0a, b'/'],                         // string runs past the block
+            vec![0x7f, 0xff, 0xff, 0xff, 0xff, 0xff],       // integer too long
         ];
         for bad in bad_blocks {
             let mut input = connection_start();
@@ -1181,7 +1293,12 @@ mod tests {
         assert_eq!(feed_all(&input).0, input);
         // A frame other than CONTINUATION inside a block.
         let mut input = connection_start();
-        input.extend(frame(HEADERS, 0, 1, &with_authority(literal(0x40, 1, None, PATH, false))));
+        input.extend(frame(
+            HEADERS,
+            0,
+            1,
+            &with_authority(literal(0x40, 1, None, PATH, false)),
+        ));
         input.extend(frame(0x0, 0, 1, b"x"));
         assert_eq!(feed_all(&input).0, input);
     }
@@ -1199,7 +1316,12 @@ mod tests {
 
         // The client closes in the middle of a header block: the held bytes go out.
         let mut input = connection_start();
-        input.extend(frame(HEADERS, 0, 1, &with_authority(literal(0x40, 1, None, PATH, false))));
+        input.extend(frame(
+            HEADERS,
+            0,
+            1,
+            &with_authority(literal(0x40, 1, None, PATH, false)),
+        ));
         let (out, mut r) = feed_all(&input);
         assert!(out.len() < input.len());
         let mut out = out;
@@ -1225,7 +1347,9 @@ mod tests {
                 let flags = next(256) as u8;
                 let mut payload = match next(3) {
                     0 => with_authority(literal(0x40, 1, None, PATH, next(2) == 1)),
-                    1 => (0..next(40)).map(|_| [0x80 | 62, 0x41, 0x0f, 0x1f, 0xff, b'/'][next(6)]).collect(),
+                    1 => (0..next(40))
+                        .map(|_| [0x80 | 62, 0x41, 0x0f, 0x1f, 0xff, b'/'][next(6)])
+                        .collect(),
                     _ => (0..next(60)).map(|_| next(256) as u8).collect(),
                 };
                 if next(4) == 0 {
@@ -1276,7 +1400,7 @@ mod tests {
         // Every code is used exactly once and the last one is all ones: the lengths
         // form a complete prefix code.
         assert_eq!(code(256), ((1 << 30) - 1, 30)); // EOS
-        // RFC 7541 C.4.1: "www.example.com".
+                                                    // RFC 7541 C.4.1: "www.example.com".
         assert_eq!(
             huffman_encode(b"www.example.com"),
             [0xf1, 0xe3, 0xc2, 0xe5, 0xf2, 0x3a, 0x6b, 0xa0, 0xab, 0x90, 0xf4, 0xff]

@@ -168,13 +168,17 @@ impl WatchSession {
     async fn on_upstream(&mut self, r: WatchResponse) -> Result<(), ClientGone> {
         let rev = r.header.as_ref().map_or(0, |h| h.revision);
         if r.header.is_some() {
-            self.last_header = r.header.clone();
+            self.last_header = r.header;
         }
         if r.created {
             match self.pending.pop_front() {
                 Some(Pending::Client(create)) => {
                     if !r.canceled {
-                        let next_rev = if create.start_revision > 0 { create.start_revision } else { rev + 1 };
+                        let next_rev = if create.start_revision > 0 {
+                            create.start_revision
+                        } else {
+                            rev + 1
+                        };
                         self.watches.insert(
                             r.watch_id,
                             WatchState {
@@ -249,7 +253,7 @@ impl WatchSession {
             let w = &self.watches[&id];
             if w.cancel_requested {
                 // The cancel may have been lost with the old stream; it is done either way.
-                let header = self.last_header.clone();
+                let header = self.last_header;
                 self.remove(id);
                 self.send_down(WatchResponse {
                     header,

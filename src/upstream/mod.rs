@@ -72,12 +72,18 @@ pub(crate) fn classify(status: &Status) -> Failure {
         }
         // hyper cancels a request it never handed to the connection ("connection closed",
         // "connection was not ready") and gives it back unsent.
-        if err.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
             return Failure::NotSent;
         }
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
             use std::io::ErrorKind::*;
-            if matches!(io.kind(), ConnectionRefused | AddrNotAvailable | NotConnected | TimedOut) {
+            if matches!(
+                io.kind(),
+                ConnectionRefused | AddrNotAvailable | NotConnected | TimedOut
+            ) {
                 return Failure::NotSent;
             }
             if is_handshake_refusal(io) {
@@ -111,7 +117,15 @@ fn is_handshake_refusal(io: &std::io::Error) -> bool {
         return false;
     };
     alert.contains("Certificate")
-        || matches!(alert, "UnknownCA" | "AccessDenied" | "HandshakeFailure" | "InsufficientSecurity" | "ProtocolVersion" | "NoApplicationProtocol")
+        || matches!(
+            alert,
+            "UnknownCA"
+                | "AccessDenied"
+                | "HandshakeFailure"
+                | "InsufficientSecurity"
+                | "ProtocolVersion"
+                | "NoApplicationProtocol"
+        )
 }
 
 /// A status from a failed call, with the transport error behind it when there is one
@@ -372,8 +386,12 @@ impl Datastore {
             let was = self.endpoints[idx].healthy.swap(ok, Ordering::Relaxed);
             if was != ok {
                 match &result {
-                    Ok(()) => tracing::info!(datastore = %self.name, endpoint = %self.endpoints[idx].url, "endpoint is healthy again"),
-                    Err(why) => tracing::warn!(datastore = %self.name, endpoint = %self.endpoints[idx].url, error = %why, "endpoint failed its health probe"),
+                    Ok(()) => {
+                        tracing::info!(datastore = %self.name, endpoint = %self.endpoints[idx].url, "endpoint is healthy again")
+                    }
+                    Err(why) => {
+                        tracing::warn!(datastore = %self.name, endpoint = %self.endpoints[idx].url, error = %why, "endpoint failed its health probe")
+                    }
                 }
             }
             self.set_up_gauge(idx, ok);
@@ -405,12 +423,18 @@ mod tests {
 
     #[test]
     fn an_answer_from_etcd_has_no_source() {
-        assert_eq!(classify(&Status::unavailable("etcdserver: leader changed")), Failure::Answered);
+        assert_eq!(
+            classify(&Status::unavailable("etcdserver: leader changed")),
+            Failure::Answered
+        );
     }
 
     #[test]
     fn connect_failures_and_refused_handshakes_were_not_sent() {
-        let io = std::io::Error::new(std::io::ErrorKind::InvalidData, "invalid peer certificate: UnknownIssuer");
+        let io = std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "invalid peer certificate: UnknownIssuer",
+        );
         let s = with_source("transport error", tonic::ConnectError(Box::new(io)));
         assert_eq!(classify(&s), Failure::NotSent);
         for alert in ["BadCertificate", "CertificateRequired", "UnknownCA"] {

@@ -15,14 +15,24 @@ async fn admin_endpoints_report_health_status_and_metrics() {
     let mut c = client(&proxy.endpoint).await;
     c.put("k", "v", None).await.unwrap();
     c.get("k", None).await.unwrap();
-    let _ = c.get("k", Some(etcd_client::GetOptions::new().with_revision(999))).await;
+    let _ = c
+        .get("k", Some(etcd_client::GetOptions::new().with_revision(999)))
+        .await;
     let (_watcher, _stream) = c.watch("k", None).await.unwrap();
 
-    let status: serde_json::Value = reqwest::get(format!("{}/v1/status", proxy.admin)).await.unwrap().json().await.unwrap();
+    let status: serde_json::Value = reqwest::get(format!("{}/v1/status", proxy.admin))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(status["dataStore"], "default");
     assert_eq!(status["phase"], "Ready");
     assert_eq!(status["ready"], true);
-    assert_eq!(status["dataStores"][0]["endpoints"][0]["url"], format!("http://{}", etcd.endpoint));
+    assert_eq!(
+        status["dataStores"][0]["endpoints"][0]["url"],
+        format!("http://{}", etcd.endpoint)
+    );
     assert_eq!(status["dataStores"][0]["endpoints"][0]["healthy"], true);
 
     let m = proxy.metrics().await;
@@ -32,11 +42,17 @@ async fn admin_endpoints_report_health_status_and_metrics() {
         "cutover_grpc_requests_total{service=\"KV\",method=\"Range\",code=\"OutOfRange\"} 1",
         "cutover_open_watches 1",
         "cutover_open_streams{kind=\"watch\"} 1",
-        &format!("cutover_upstream_endpoint_up{{datastore=\"default\",endpoint=\"http://{}\"}} 1", etcd.endpoint),
+        &format!(
+            "cutover_upstream_endpoint_up{{datastore=\"default\",endpoint=\"http://{}\"}} 1",
+            etcd.endpoint
+        ),
     ] {
         assert!(m.lines().any(|l| l == line), "missing {line:?} in:\n{m}");
     }
-    assert!(m.contains("cutover_grpc_request_duration_seconds_bucket{le=\"0.0032\",service=\"KV\",method=\"Put\"}"), "{m}");
+    assert!(
+        m.contains("cutover_grpc_request_duration_seconds_bucket{le=\"0.0032\",service=\"KV\",method=\"Put\"}"),
+        "{m}"
+    );
 }
 
 #[tokio::test]
@@ -45,18 +61,32 @@ async fn readyz_follows_the_datastore() {
     let proxy = Proxy::start_for(&[&etcd]).await;
     etcd.kill();
     crate::support::eventually("readyz turns 503", std::time::Duration::from_secs(15), || async {
-        reqwest::get(format!("{}/readyz", proxy.admin)).await.map(|r| r.status() == 503).unwrap_or(false)
+        reqwest::get(format!("{}/readyz", proxy.admin))
+            .await
+            .map(|r| r.status() == 503)
+            .unwrap_or(false)
     })
     .await;
-    let body = reqwest::get(format!("{}/readyz", proxy.admin)).await.unwrap().text().await.unwrap();
-    assert!(body.contains("datastore \"default\" has no endpoint that answers"), "{body}");
+    let body = reqwest::get(format!("{}/readyz", proxy.admin))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        body.contains("datastore \"default\" has no endpoint that answers"),
+        "{body}"
+    );
 }
 
 #[tokio::test]
 async fn json_logs_are_json_lines() {
     let etcd = Etcd::start().await;
     let proxy = Proxy::launch(
-        &format!("dataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\"]\n", etcd.endpoint),
+        &format!(
+            "dataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\"]\n",
+            etcd.endpoint
+        ),
         &["--log-format", "json"],
     );
     proxy.wait_ready().await;
@@ -68,7 +98,10 @@ async fn json_logs_are_json_lines() {
 }
 
 fn cutover(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_cutover")).args(args).output().expect("cutover runs")
+    Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .output()
+        .expect("cutover runs")
 }
 
 #[test]
@@ -88,7 +121,10 @@ fn bad_config_is_refused_at_start_naming_the_key() {
         let out = cutover(&["serve", "--config", path.to_str().unwrap()]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "case {i}: {stderr}");
-        assert!(stderr.contains(expected), "case {i}: expected {expected:?} in {stderr:?}");
+        assert!(
+            stderr.contains(expected),
+            "case {i}: expected {expected:?} in {stderr:?}"
+        );
     }
     let out = cutover(&["serve", "--config", "/nonexistent/cutover.yaml"]);
     assert_eq!(out.status.code(), Some(2));
@@ -98,21 +134,38 @@ fn bad_config_is_refused_at_start_naming_the_key() {
 #[test]
 fn flags_and_environment_override_the_file() {
     let out = Command::new(env!("CARGO_BIN_EXE_cutover"))
-        .args(["check-config", "--data-store", "b", "--data-store-endpoints", "b=127.0.0.1:1,127.0.0.1:2"])
+        .args([
+            "check-config",
+            "--data-store",
+            "b",
+            "--data-store-endpoints",
+            "b=127.0.0.1:1,127.0.0.1:2",
+        ])
         .env("CUTOVER_LISTEN", "unix:///tmp/x.sock")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("listen: unix:///tmp/x.sock"), "{stdout}");
-    assert!(stdout.contains("dataStores.b: http://127.0.0.1:1, http://127.0.0.1:2"), "{stdout}");
+    assert!(
+        stdout.contains("dataStores.b: http://127.0.0.1:1, http://127.0.0.1:2"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn help_explains_every_flag() {
     let out = cutover(&["serve", "--help"]);
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--config", "--listen", "--tls-client-ca-file", "--admin-token-file", "--data-store-endpoints", "--max-request-bytes", "CUTOVER_LISTEN"] {
+    for flag in [
+        "--config",
+        "--listen",
+        "--tls-client-ca-file",
+        "--admin-token-file",
+        "--data-store-endpoints",
+        "--max-request-bytes",
+        "CUTOVER_LISTEN",
+    ] {
         assert!(help.contains(flag), "{flag} missing from --help:\n{help}");
     }
 }
@@ -121,11 +174,18 @@ fn help_explains_every_flag() {
 async fn an_unreachable_admin_address_is_a_clear_start_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
-    let mut proxy = Proxy::launch(&format!("admin:\n  listen: {addr}\ndataStore: d\ndataStores:\n  d:\n    endpoints: [127.0.0.1:1]\n"), &[]);
+    let mut proxy = Proxy::launch(
+        &format!("admin:\n  listen: {addr}\ndataStore: d\ndataStores:\n  d:\n    endpoints: [127.0.0.1:1]\n"),
+        &[],
+    );
     crate::support::eventually("cutover exits", std::time::Duration::from_secs(10), || {
         let exited = proxy.try_exit().is_some();
         async move { exited }
     })
     .await;
-    assert!(proxy.log().contains(&format!("admin API: cannot listen on {addr}")), "{}", proxy.log());
+    assert!(
+        proxy.log().contains(&format!("admin API: cannot listen on {addr}")),
+        "{}",
+        proxy.log()
+    );
 }

@@ -52,9 +52,13 @@ async fn raw_call(endpoint: &str, path: &'static str, payload: Bytes) -> Result<
         .expect("connects");
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.expect("ready");
-    grpc.unary(tonic::Request::new(payload), http::uri::PathAndQuery::from_static(path), RawCodec)
-        .await
-        .map(|r| r.into_inner())
+    grpc.unary(
+        tonic::Request::new(payload),
+        http::uri::PathAndQuery::from_static(path),
+        RawCodec,
+    )
+    .await
+    .map(|r| r.into_inner())
 }
 
 async fn still_serving(proxy: &Proxy) {
@@ -72,7 +76,11 @@ async fn garbage_bytes_close_the_connection_and_others_are_served() {
     let mut bystander = client(&proxy.endpoint).await;
     bystander.put("before", "1", None).await.unwrap();
 
-    for garbage in [&b"\x00\x01\x02garbage\xff\xfe not a preface"[..], &[0xffu8; 4096][..], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff"] {
+    for garbage in [
+        &b"\x00\x01\x02garbage\xff\xfe not a preface"[..],
+        &[0xffu8; 4096][..],
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xff\xff\xff\xff\xff",
+    ] {
         let mut s = tokio::net::TcpStream::connect(&proxy.endpoint).await.unwrap();
         s.write_all(garbage).await.unwrap();
         let mut buf = vec![0u8; 1024];
@@ -97,7 +105,9 @@ async fn garbage_bytes_close_the_connection_and_others_are_served() {
 async fn http1_requests_get_a_plain_http_error() {
     let etcd = Etcd::start().await;
     let proxy = Proxy::start_for(&[&etcd]).await;
-    let r = reqwest::get(format!("http://{}/v3/kv/range", proxy.endpoint)).await.expect("an HTTP answer");
+    let r = reqwest::get(format!("http://{}/v3/kv/range", proxy.endpoint))
+        .await
+        .expect("an HTTP answer");
     assert_eq!(r.status(), reqwest::StatusCode::BAD_REQUEST);
     let body = r.text().await.unwrap();
     assert!(body.contains("etcd v3 gRPC API over HTTP/2"), "{body}");
@@ -108,9 +118,17 @@ async fn http1_requests_get_a_plain_http_error() {
 async fn unknown_services_and_methods_are_unimplemented_as_in_etcd() {
     let etcd = Etcd::start().await;
     let proxy = Proxy::start_for(&[&etcd]).await;
-    for path in ["/etcdserverpb.KV/NoSuchMethod", "/no.such.Service/Call", "/etcdserverpb.Lease/LeaseCheckpoint"] {
-        let direct = raw_call(&etcd.endpoint, path, Bytes::new()).await.expect_err("etcd refuses");
-        let proxied = raw_call(&proxy.endpoint, path, Bytes::new()).await.expect_err("cutover refuses");
+    for path in [
+        "/etcdserverpb.KV/NoSuchMethod",
+        "/no.such.Service/Call",
+        "/etcdserverpb.Lease/LeaseCheckpoint",
+    ] {
+        let direct = raw_call(&etcd.endpoint, path, Bytes::new())
+            .await
+            .expect_err("etcd refuses");
+        let proxied = raw_call(&proxy.endpoint, path, Bytes::new())
+            .await
+            .expect_err("cutover refuses");
         assert_eq!(proxied.code(), Code::Unimplemented, "{path}: {proxied:?}");
         assert_eq!(
             (direct.code(), direct.message()),
@@ -127,8 +145,12 @@ async fn malformed_and_oversized_messages_get_clean_errors() {
     let proxy = Proxy::start_for(&[&etcd]).await;
     // Not a protobuf message: a field header that promises more bytes than there are.
     let bad = Bytes::from_static(b"\x0a\xff\xff\xff\x0fabc");
-    let direct = raw_call(&etcd.endpoint, "/etcdserverpb.KV/Range", bad.clone()).await.expect_err("etcd refuses");
-    let proxied = raw_call(&proxy.endpoint, "/etcdserverpb.KV/Range", bad).await.expect_err("cutover refuses");
+    let direct = raw_call(&etcd.endpoint, "/etcdserverpb.KV/Range", bad.clone())
+        .await
+        .expect_err("etcd refuses");
+    let proxied = raw_call(&proxy.endpoint, "/etcdserverpb.KV/Range", bad)
+        .await
+        .expect_err("cutover refuses");
     // Both refuse as Internal; the wording is each decoder's own (Go's vs prost's).
     assert_eq!(direct.code(), Code::Internal, "{direct:?}");
     assert_eq!(proxied.code(), Code::Internal, "{proxied:?}");

@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, KeyValue, LeaseGrantOptions, LeaseTimeToLiveOptions,
-    Permission, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
+    Client, Compare, CompareOp, DeleteOptions, EventType, GetOptions, KeyValue, LeaseGrantOptions,
+    LeaseTimeToLiveOptions, Permission, PutOptions, SortOrder, SortTarget, Txn, TxnOp, TxnOpResponse, WatchOptions,
 };
 
 use crate::support::{client, Etcd, Proxy};
@@ -28,7 +28,11 @@ async fn run_kv_script(c: &mut Client) -> Vec<String> {
     let mut out = Vec::new();
     for (k, v) in [("a/1", "x"), ("a/2", "yy"), ("a/3", "z"), ("b/1", "w"), ("a/2", "y2")] {
         let r = c.put(k, v, Some(PutOptions::new().with_prev_key())).await.unwrap();
-        out.push(format!("put {k} rev={} prev={:?}", r.header().unwrap().revision(), r.prev_key().map(kv)));
+        out.push(format!(
+            "put {k} rev={} prev={:?}",
+            r.header().unwrap().revision(),
+            r.prev_key().map(kv)
+        ));
     }
     let cases: Vec<(&str, GetOptions)> = vec![
         ("prefix", GetOptions::new().with_prefix()),
@@ -36,15 +40,29 @@ async fn run_kv_script(c: &mut Client) -> Vec<String> {
         ("rev", GetOptions::new().with_prefix().with_revision(3)),
         ("keys-only", GetOptions::new().with_prefix().with_keys_only()),
         ("count-only", GetOptions::new().with_prefix().with_count_only()),
-        ("sort", GetOptions::new().with_prefix().with_sort(SortTarget::Value, SortOrder::Descend)),
-        ("sort-mod", GetOptions::new().with_prefix().with_sort(SortTarget::Mod, SortOrder::Ascend)),
+        (
+            "sort",
+            GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Value, SortOrder::Descend),
+        ),
+        (
+            "sort-mod",
+            GetOptions::new()
+                .with_prefix()
+                .with_sort(SortTarget::Mod, SortOrder::Ascend),
+        ),
         ("from-key", GetOptions::new().with_from_key()),
         ("range", GetOptions::new().with_range("a/3")),
         ("min-mod", GetOptions::new().with_prefix().with_min_mod_revision(4)),
         ("serializable", GetOptions::new().with_prefix().with_serializable()),
     ];
     for (name, opts) in cases {
-        let key = if name == "from-key" || name == "range" { "a/1" } else { "a/" };
+        let key = if name == "from-key" || name == "range" {
+            "a/1"
+        } else {
+            "a/"
+        };
         let r = c.get(key, Some(opts)).await.unwrap();
         out.push(format!(
             "get {name} rev={} count={} more={} kvs={:?}",
@@ -54,8 +72,15 @@ async fn run_kv_script(c: &mut Client) -> Vec<String> {
             r.kvs().iter().map(kv).collect::<Vec<_>>()
         ));
     }
-    let r = c.delete("a/", Some(DeleteOptions::new().with_prefix().with_prev_key())).await.unwrap();
-    out.push(format!("del deleted={} prev={:?}", r.deleted(), r.prev_kvs().iter().map(kv).collect::<Vec<_>>()));
+    let r = c
+        .delete("a/", Some(DeleteOptions::new().with_prefix().with_prev_key()))
+        .await
+        .unwrap();
+    out.push(format!(
+        "del deleted={} prev={:?}",
+        r.deleted(),
+        r.prev_kvs().iter().map(kv).collect::<Vec<_>>()
+    ));
 
     // A kube-style update: compare mod_revision, put, else read.
     let cur = c.get("b/1", None).await.unwrap().kvs()[0].mod_revision();
@@ -79,10 +104,21 @@ async fn run_kv_script(c: &mut Client) -> Vec<String> {
     }
     // A nested Txn, and compares on value, version and create revision.
     let nested = Txn::new()
-        .when([Compare::value("b/1", CompareOp::NotEqual, "nope"), Compare::version("b/1", CompareOp::Greater, 0)])
-        .and_then([TxnOp::txn(Txn::new().when([Compare::create_revision("zz", CompareOp::Equal, 0)]).and_then([TxnOp::put("zz", "1", None)]))]);
+        .when([
+            Compare::value("b/1", CompareOp::NotEqual, "nope"),
+            Compare::version("b/1", CompareOp::Greater, 0),
+        ])
+        .and_then([TxnOp::txn(
+            Txn::new()
+                .when([Compare::create_revision("zz", CompareOp::Equal, 0)])
+                .and_then([TxnOp::put("zz", "1", None)]),
+        )]);
     let r = c.txn(nested).await.unwrap();
-    out.push(format!("nested succeeded={} n={}", r.succeeded(), r.op_responses().len()));
+    out.push(format!(
+        "nested succeeded={} n={}",
+        r.succeeded(),
+        r.op_responses().len()
+    ));
     let r = c.compact(3, None).await.unwrap();
     out.push(format!("compact rev={}", r.header().unwrap().revision()));
     out
@@ -109,7 +145,16 @@ async fn run_watch_script(c: &mut Client) -> Vec<String> {
     }
     // From revision 2: replays history, with previous values.
     let (mut watcher, mut stream) = c
-        .watch("w/", Some(WatchOptions::new().with_prefix().with_prev_key().with_start_revision(2).with_progress_notify()))
+        .watch(
+            "w/",
+            Some(
+                WatchOptions::new()
+                    .with_prefix()
+                    .with_prev_key()
+                    .with_start_revision(2)
+                    .with_progress_notify(),
+            ),
+        )
         .await
         .unwrap();
     // etcd-client has already read the "created" answer.
@@ -118,7 +163,11 @@ async fn run_watch_script(c: &mut Client) -> Vec<String> {
     c.delete("w/0", None).await.unwrap();
     let mut events = Vec::new();
     while events.len() < 5 {
-        let r = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("events arrive").unwrap().unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("events arrive")
+            .unwrap()
+            .unwrap();
         for e in r.events() {
             events.push(format!(
                 "{:?} {:?} prev={:?}",
@@ -131,10 +180,22 @@ async fn run_watch_script(c: &mut Client) -> Vec<String> {
     }
     out.extend(events);
     watcher.request_progress().await.unwrap();
-    let p = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("progress").unwrap().unwrap();
-    out.push(format!("progress events={} rev={}", p.events().len(), p.header().unwrap().revision()));
+    let p = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("progress")
+        .unwrap()
+        .unwrap();
+    out.push(format!(
+        "progress events={} rev={}",
+        p.events().len(),
+        p.header().unwrap().revision()
+    ));
     watcher.cancel().await.unwrap();
-    let cancel = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("cancel").unwrap().unwrap();
+    let cancel = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("cancel")
+        .unwrap()
+        .unwrap();
     out.push(format!("canceled={}", cancel.canceled()));
     out
 }
@@ -155,7 +216,10 @@ async fn run_lease_script(c: &mut Client) -> Vec<String> {
     let g = c.lease_grant(60, None).await.unwrap();
     out.push(format!("grant ttl={} err={:?}", g.ttl(), g.error()));
     let id = g.id();
-    let fixed = c.lease_grant(30, Some(LeaseGrantOptions::new().with_id(0x1000))).await.unwrap();
+    let fixed = c
+        .lease_grant(30, Some(LeaseGrantOptions::new().with_id(0x1000)))
+        .await
+        .unwrap();
     out.push(format!("grant fixed id={:x} ttl={}", fixed.id(), fixed.ttl()));
     c.put("l/1", "v", Some(PutOptions::new().with_lease(id))).await.unwrap();
     let (mut keeper, mut stream) = c.lease_keep_alive(id).await.unwrap();
@@ -164,9 +228,24 @@ async fn run_lease_script(c: &mut Client) -> Vec<String> {
         let r = stream.message().await.unwrap().unwrap();
         out.push(format!("keepalive same-id={} ttl={}", r.id() == id, r.ttl()));
     }
-    let t = c.lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys())).await.unwrap();
-    out.push(format!("ttl granted={} keys={:?} ttl-positive={}", t.granted_ttl(), t.keys(), t.ttl() > 0));
-    let mut leases: Vec<bool> = c.leases().await.unwrap().leases().iter().map(|l| l.id() == id).collect();
+    let t = c
+        .lease_time_to_live(id, Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .unwrap();
+    out.push(format!(
+        "ttl granted={} keys={:?} ttl-positive={}",
+        t.granted_ttl(),
+        t.keys(),
+        t.ttl() > 0
+    ));
+    let mut leases: Vec<bool> = c
+        .leases()
+        .await
+        .unwrap()
+        .leases()
+        .iter()
+        .map(|l| l.id() == id)
+        .collect();
     leases.sort();
     out.push(format!("leases {leases:?}"));
     c.lease_revoke(id).await.unwrap();
@@ -192,12 +271,20 @@ async fn run_cluster_and_maintenance(c: &mut Client, member_url: &str) -> Vec<St
     out.push(format!("members={}", members.members().len()));
     assert!(members.members()[0].client_urls().iter().any(|u| u == member_url));
     let s = c.status().await.unwrap();
-    out.push(format!("status version={} leader-is-self={} raft-index>0={}", s.version(), s.leader() == s.header().unwrap().member_id(), s.raft_index() > 0));
+    out.push(format!(
+        "status version={} leader-is-self={} raft-index>0={}",
+        s.version(),
+        s.leader() == s.header().unwrap().member_id(),
+        s.raft_index() > 0
+    ));
     let h = c.hash_kv(0).await.unwrap();
     out.push(format!("hashkv compact={}", h.compact_version()));
     c.defragment().await.unwrap();
     out.push("defrag ok".into());
-    let alarms = c.alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None).await.unwrap();
+    let alarms = c
+        .alarm(etcd_client::AlarmAction::Get, etcd_client::AlarmType::None, None)
+        .await
+        .unwrap();
     out.push(format!("alarms={}", alarms.alarms().len()));
     let mut snap = c.snapshot().await.unwrap();
     let mut bytes = 0usize;
@@ -223,7 +310,9 @@ async fn run_auth_script(c: &mut Client) -> Vec<String> {
     c.user_add("root", "rootpw", None).await.unwrap();
     c.user_grant_role("root", "root").await.unwrap();
     c.role_add("app").await.unwrap();
-    c.role_grant_permission("app", Permission::read_write("app/").with_prefix()).await.unwrap();
+    c.role_grant_permission("app", Permission::read_write("app/").with_prefix())
+        .await
+        .unwrap();
     c.user_add("bob", "bobpw", None).await.unwrap();
     c.user_grant_role("bob", "app").await.unwrap();
     out.push(format!("user get {:?}", c.user_get("bob").await.unwrap().roles()));
@@ -232,7 +321,11 @@ async fn run_auth_script(c: &mut Client) -> Vec<String> {
     let perms = c.role_get("app").await.unwrap();
     out.push(format!(
         "role get {:?}",
-        perms.permissions().iter().map(|p| (p.key().to_vec(), p.range_end().to_vec())).collect::<Vec<_>>()
+        perms
+            .permissions()
+            .iter()
+            .map(|p| (p.key().to_vec(), p.range_end().to_vec()))
+            .collect::<Vec<_>>()
     ));
     c.auth_enable().await.unwrap();
     out
@@ -252,10 +345,18 @@ async fn auth_matches_direct_etcd_and_tokens_pass_through() {
     bob.put("app/x", "1", None).await.expect("bob may write app/");
     assert_eq!(bob.get("app/x", None).await.unwrap().kvs()[0].value(), b"1");
     let root_opts = etcd_client::ConnectOptions::new().with_user("root", "rootpw");
-    let mut root = Client::connect([proxy.endpoint.as_str()], Some(root_opts)).await.unwrap();
+    let mut root = Client::connect([proxy.endpoint.as_str()], Some(root_opts))
+        .await
+        .unwrap();
     root.user_change_password("bob", "newpw").await.unwrap();
     root.user_revoke_role("bob", "app").await.unwrap();
-    root.role_revoke_permission("app", "app/", Some(etcd_client::RoleRevokePermissionOptions::new().with_prefix())).await.unwrap();
+    root.role_revoke_permission(
+        "app",
+        "app/",
+        Some(etcd_client::RoleRevokePermissionOptions::new().with_prefix()),
+    )
+    .await
+    .unwrap();
     root.role_delete("app").await.unwrap();
     root.user_delete("bob").await.unwrap();
     root.auth_disable().await.unwrap();

@@ -67,36 +67,67 @@ async fn kv_errors_match_etcd() {
         c.compact(4, None).await.unwrap();
     }
 
-    same_error!(cs, Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted", |c| c
-        .get("k", Some(GetOptions::new().with_revision(2)))
-        .await);
-    same_error!(cs, Code::OutOfRange, "etcdserver: mvcc: required revision is a future revision", |c| c
-        .get("k", Some(GetOptions::new().with_revision(1000)))
-        .await);
-    same_error!(cs, Code::OutOfRange, "etcdserver: mvcc: required revision has been compacted", |c| c
-        .compact(3, None)
-        .await);
+    same_error!(
+        cs,
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision has been compacted",
+        |c| c.get("k", Some(GetOptions::new().with_revision(2))).await
+    );
+    same_error!(
+        cs,
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision is a future revision",
+        |c| c.get("k", Some(GetOptions::new().with_revision(1000))).await
+    );
+    same_error!(
+        cs,
+        Code::OutOfRange,
+        "etcdserver: mvcc: required revision has been compacted",
+        |c| c.compact(3, None).await
+    );
 
     let many: Vec<TxnOp> = (0..129).map(|i| TxnOp::put(format!("m{i}"), "x", None)).collect();
-    same_error!(cs, Code::InvalidArgument, "etcdserver: too many operations in txn request", |c| c
-        .txn(Txn::new().and_then(many.clone()))
-        .await);
+    same_error!(
+        cs,
+        Code::InvalidArgument,
+        "etcdserver: too many operations in txn request",
+        |c| c.txn(Txn::new().and_then(many.clone())).await
+    );
 
     let dup = vec![TxnOp::put("d", "1", None), TxnOp::put("d", "2", None)];
-    same_error!(cs, Code::InvalidArgument, "etcdserver: duplicate key given in txn request", |c| c
-        .txn(Txn::new().when([Compare::version("d", CompareOp::Equal, 0)]).and_then(dup.clone()))
-        .await);
+    same_error!(
+        cs,
+        Code::InvalidArgument,
+        "etcdserver: duplicate key given in txn request",
+        |c| c
+            .txn(
+                Txn::new()
+                    .when([Compare::version("d", CompareOp::Equal, 0)])
+                    .and_then(dup.clone())
+            )
+            .await
+    );
 
     // Between etcd's request limit (1.5 MiB) and its gRPC limit (2 MiB): refused by etcd.
     let big = vec![b'x'; 1_600_000];
-    same_error!(cs, Code::InvalidArgument, "etcdserver: request is too large", |c| c.put("big", big.clone(), None).await);
+    same_error!(cs, Code::InvalidArgument, "etcdserver: request is too large", |c| c
+        .put("big", big.clone(), None)
+        .await);
 
     // Over the gRPC limit: refused before etcd (or the proxy) decodes it, in grpc-go's words.
     let huge = vec![b'x'; 3 * 1024 * 1024];
-    let expected = format!("grpc: received message larger than max ({} vs. {})", huge.len() + 11, 2 * 1024 * 1024);
-    same_error!(cs, Code::ResourceExhausted, expected, |c| c.put("huge", huge.clone(), None).await);
+    let expected = format!(
+        "grpc: received message larger than max ({} vs. {})",
+        huge.len() + 11,
+        2 * 1024 * 1024
+    );
+    same_error!(cs, Code::ResourceExhausted, expected, |c| c
+        .put("huge", huge.clone(), None)
+        .await);
 
-    same_error!(cs, Code::InvalidArgument, "etcdserver: key is not provided", |c| c.put("", "v", None).await);
+    same_error!(cs, Code::InvalidArgument, "etcdserver: key is not provided", |c| c
+        .put("", "v", None)
+        .await);
 
     same_error!(cs, Code::NotFound, "etcdserver: requested lease not found", |c| c
         .put("leased", "v", Some(PutOptions::new().with_lease(0x1234)))
@@ -107,7 +138,9 @@ async fn kv_errors_match_etcd() {
 async fn lease_errors_match_etcd() {
     let pair = Pair::start().await;
     let mut cs = pair.clients().await;
-    same_error!(cs, Code::NotFound, "etcdserver: requested lease not found", |c| c.lease_revoke(0x4242).await);
+    same_error!(cs, Code::NotFound, "etcdserver: requested lease not found", |c| c
+        .lease_revoke(0x4242)
+        .await);
     // Keep-alive of an unknown lease: etcd answers TTL 0 on the stream, which etcd-client
     // turns into "lease not found"; both sides must look the same.
     let mut seen = Vec::new();
@@ -118,7 +151,9 @@ async fn lease_errors_match_etcd() {
     assert!(seen[1].contains("lease not found"), "{}", seen[1]);
     // Granting an ID that exists.
     for c in cs.iter_mut() {
-        c.lease_grant(60, Some(etcd_client::LeaseGrantOptions::new().with_id(77))).await.unwrap();
+        c.lease_grant(60, Some(etcd_client::LeaseGrantOptions::new().with_id(77)))
+            .await
+            .unwrap();
     }
     same_error!(cs, Code::FailedPrecondition, "etcdserver: lease already exists", |c| c
         .lease_grant(60, Some(etcd_client::LeaseGrantOptions::new().with_id(77)))
@@ -134,7 +169,9 @@ async fn permission_denied_with_auth_on_matches_etcd() {
         c.user_grant_role("root", "root").await.unwrap();
         c.user_add("alice", "alicepw", None).await.unwrap();
         c.role_add("reader").await.unwrap();
-        c.role_grant_permission("reader", Permission::read("pub/").with_prefix()).await.unwrap();
+        c.role_grant_permission("reader", Permission::read("pub/").with_prefix())
+            .await
+            .unwrap();
         c.user_grant_role("alice", "reader").await.unwrap();
         c.auth_enable().await.unwrap();
     }
@@ -147,19 +184,36 @@ async fn permission_denied_with_auth_on_matches_etcd() {
     for c in alices.iter_mut() {
         c.get("pub/x", None).await.expect("alice may read pub/");
     }
-    same_error!(alices, Code::PermissionDenied, "etcdserver: permission denied", |c| c.get("secret", None).await);
-    same_error!(alices, Code::PermissionDenied, "etcdserver: permission denied", |c| c.put("pub/x", "v", None).await);
+    same_error!(alices, Code::PermissionDenied, "etcdserver: permission denied", |c| c
+        .get("secret", None)
+        .await);
+    same_error!(alices, Code::PermissionDenied, "etcdserver: permission denied", |c| c
+        .put("pub/x", "v", None)
+        .await);
 
     // Wrong password, and a request with no credentials while auth is on.
     let mut wrong = Vec::new();
     for ep in [&pair.direct, &pair.proxy.endpoint] {
         let opts = ConnectOptions::new().with_user("alice", "nope");
-        wrong.push(status_of(Client::connect([ep.as_str()], Some(opts)).await.err().expect("bad password")));
+        wrong.push(status_of(
+            Client::connect([ep.as_str()], Some(opts))
+                .await
+                .err()
+                .expect("bad password"),
+        ));
     }
     assert_eq!(wrong[0], wrong[1]);
-    assert_eq!(wrong[1], (Code::InvalidArgument, "etcdserver: authentication failed, invalid user ID or password".to_string()));
+    assert_eq!(
+        wrong[1],
+        (
+            Code::InvalidArgument,
+            "etcdserver: authentication failed, invalid user ID or password".to_string()
+        )
+    );
     let mut anon = pair.clients().await;
-    same_error!(anon, Code::InvalidArgument, "etcdserver: user name is empty", |c| c.get("pub/x", None).await);
+    same_error!(anon, Code::InvalidArgument, "etcdserver: user name is empty", |c| c
+        .get("pub/x", None)
+        .await);
 }
 
 #[tokio::test]
@@ -176,7 +230,10 @@ async fn request_limit_is_configurable_and_responses_have_no_limit() {
     match c.put("k", value, None).await {
         Err(e) => assert_eq!(
             status_of(e),
-            (Code::ResourceExhausted, format!("grpc: received message larger than max ({} vs. {limit})", 700_000 + 7))
+            (
+                Code::ResourceExhausted,
+                format!("grpc: received message larger than max ({} vs. {limit})", 700_000 + 7)
+            )
         ),
         Ok(_) => panic!("a request over maxRequestBytes + 512 KiB must be refused"),
     }
@@ -184,7 +241,10 @@ async fn request_limit_is_configurable_and_responses_have_no_limit() {
     // whose client accepts any size, as kube-apiserver's does.
     let mut direct = client(&etcd.endpoint).await;
     for i in 0..12 {
-        direct.put(format!("big/{i:02}"), vec![b'a' + i as u8; 1_400_000], None).await.unwrap();
+        direct
+            .put(format!("big/{i:02}"), vec![b'a' + i as u8; 1_400_000], None)
+            .await
+            .unwrap();
     }
     let out = crate::support::etcdctl_ok(&proxy.endpoint, &["get", "--prefix", "big/", "--print-value-only"]);
     assert!(out.len() > 12 * 1_400_000, "got {} bytes", out.len());

@@ -385,7 +385,9 @@ impl Side {
         let id = if let Some(rest) = stdout.strip_prefix("lease ") {
             rest.split(' ').next().and_then(|hex| u64::from_str_radix(hex, 16).ok())
         } else {
-            serde_json::from_str::<serde_json::Value>(stdout).ok().and_then(|v| v["ID"].as_u64())
+            serde_json::from_str::<serde_json::Value>(stdout)
+                .ok()
+                .and_then(|v| v["ID"].as_u64())
         };
         match id {
             Some(id) => {
@@ -571,7 +573,12 @@ impl Pair {
                     // A side that prints no lease ID simply captures nothing; its output
                     // then differs from the other side's and the comparison says so.
                     let ok = side.capture_lease(var, &out.stdout);
-                    assert!(ok || !side.direct, "step {i} `{}`: no lease ID in {:?}", step.name, out.stdout);
+                    assert!(
+                        ok || !side.direct,
+                        "step {i} `{}`: no lease ID in {:?}",
+                        step.name,
+                        out.stdout
+                    );
                 }
                 let text = side.normalise(&out.render(), step.blank);
                 (out, text)
@@ -592,7 +599,11 @@ impl Pair {
 
 /// Fails if the step did not do against etcd itself what the script says it does.
 fn check_script(what: &str, step: &Step, out: &Outcome, text: &str) {
-    if out.notes.iter().any(|n| n.starts_with("gave up") || n.starts_with("etcdctl did not exit")) {
+    if out
+        .notes
+        .iter()
+        .any(|n| n.starts_with("gave up") || n.starts_with("etcdctl did not exit"))
+    {
         panic!("script error: {what} did not go as planned against etcd directly:\n{text}");
     }
     let judged = !matches!(step.kind, Kind::Session { end: End::Kill, .. });
@@ -637,16 +648,49 @@ async fn etcdctl_kv_txn_and_compaction_match_etcd() {
         cmd("put json", &["put", "d", "4", "-w", "json"]),         // 9
         cmd("get json", &["get", "a", "-w", "json"]),
         cmd("get prefix", &["get", "a", "--prefix"]),
-        cmd("get prefix with limit", &["get", "a", "--prefix", "--limit=2", "-w", "json"]),
+        cmd(
+            "get prefix with limit",
+            &["get", "a", "--prefix", "--limit=2", "-w", "json"],
+        ),
         cmd("get at an old revision", &["get", "a", "--rev=2"]),
-        cmd("get at an old revision, json", &["get", "a", "--prefix", "--rev=5", "-w", "json"]),
+        cmd(
+            "get at an old revision, json",
+            &["get", "a", "--prefix", "--rev=5", "-w", "json"],
+        ),
         cmd("keys only", &["get", "", "--prefix", "--keys-only"]),
         cmd("keys only json", &["get", "a", "--prefix", "--keys-only", "-w", "json"]),
         // etcdctl 3.4 has no --count-only; the count is in the JSON of a limited range.
-        cmd("count with limit 1", &["get", "a", "--prefix", "--limit=1", "--keys-only", "-w", "json"]),
-        cmd("from key sorted by mod revision", &["get", "b", "--from-key", "--sort-by=MODIFY", "--order=DESCEND"]),
-        cmd("sorted by value", &["get", "", "--prefix", "--sort-by=VALUE", "--order=ASCEND", "--print-value-only"]),
-        cmd("sorted by create revision, json", &["get", "a", "--prefix", "--sort-by=CREATE", "--order=DESCEND", "-w", "json"]),
+        cmd(
+            "count with limit 1",
+            &["get", "a", "--prefix", "--limit=1", "--keys-only", "-w", "json"],
+        ),
+        cmd(
+            "from key sorted by mod revision",
+            &["get", "b", "--from-key", "--sort-by=MODIFY", "--order=DESCEND"],
+        ),
+        cmd(
+            "sorted by value",
+            &[
+                "get",
+                "",
+                "--prefix",
+                "--sort-by=VALUE",
+                "--order=ASCEND",
+                "--print-value-only",
+            ],
+        ),
+        cmd(
+            "sorted by create revision, json",
+            &[
+                "get",
+                "a",
+                "--prefix",
+                "--sort-by=CREATE",
+                "--order=DESCEND",
+                "-w",
+                "json",
+            ],
+        ),
         cmd("range [a, c)", &["get", "a", "c"]),
         cmd("serializable get", &["get", "a", "--consistency=s", "-w", "json"]),
         cmd("hex", &["get", "a", "--hex"]),
@@ -659,10 +703,18 @@ async fn etcdctl_kv_txn_and_compaction_match_etcd() {
         cmd("empty key", &["put", "", "v"]).fails(),
         cmd("delete with prev-kv", &["del", "b", "--prev-kv"]), // 11
         cmd("delete a missing key", &["del", "nope"]),
-        cmd("delete prefix with prev-kv, json", &["del", "a", "--prefix", "--prev-kv", "-w", "json"]), // 12
+        cmd(
+            "delete prefix with prev-kv, json",
+            &["del", "a", "--prefix", "--prev-kv", "-w", "json"],
+        ), // 12
         cmd("get after delete", &["get", "", "--from-key", "-w", "json"]),
         cmd("txn, then branch, json", &["txn", "-w", "json"]).stdin(&txn_input(
-            &[r#"value("c") = "3""#, r#"mod("c") = "4""#, r#"create("c") > "0""#, r#"version("c") = "1""#],
+            &[
+                r#"value("c") = "3""#,
+                r#"mod("c") = "4""#,
+                r#"create("c") > "0""#,
+                r#"version("c") = "1""#,
+            ],
             &["put c 33", "get c"],
             &["put c never"],
         )), // 13
@@ -687,7 +739,11 @@ async fn etcdctl_kv_txn_and_compaction_match_etcd() {
         cmd("compaction below the compacted revision", &["compaction", "4"]).fails(),
         cmd("compaction of a future revision", &["compaction", "1000"]).fails(),
         cmd("physical compaction", &["compaction", "8", "--physical"]),
-        cmd("get below the compacted revision again", &["get", "a", "--rev=7", "-w", "json"]).fails(),
+        cmd(
+            "get below the compacted revision again",
+            &["get", "a", "--rev=7", "-w", "json"],
+        )
+        .fails(),
         cmd("kv hash after compaction", &["endpoint", "hashkv", "-w", "json"]),
         cmd("everything", &["get", "", "--from-key", "-w", "json"]),
     ]);
@@ -798,12 +854,22 @@ async fn etcdctl_lease_matches_etcd() {
         cmd("time to live", &["lease", "timetolive", "{l1}"]),
         // etcd lists a lease's keys in Go map order: ask only about a lease with one key.
         cmd("time to live with keys", &["lease", "timetolive", "{l2}", "--keys"]),
-        cmd("time to live with keys, json", &["lease", "timetolive", "{l2}", "--keys", "-w", "json"]),
+        cmd(
+            "time to live with keys, json",
+            &["lease", "timetolive", "{l2}", "--keys", "-w", "json"],
+        ),
         cmd("list", &["lease", "list"]),
         cmd("list, json", &["lease", "list", "-w", "json"]),
         cmd("keep-alive once", &["lease", "keep-alive", "--once", "{l1}"]),
-        cmd("keep-alive once, json", &["lease", "keep-alive", "--once", "{l2}", "-w", "json"]),
-        cmd("keep-alive once of an unknown lease", &["lease", "keep-alive", "--once", "1234"]).fails(),
+        cmd(
+            "keep-alive once, json",
+            &["lease", "keep-alive", "--once", "{l2}", "-w", "json"],
+        ),
+        cmd(
+            "keep-alive once of an unknown lease",
+            &["lease", "keep-alive", "--once", "1234"],
+        )
+        .fails(),
         session(
             "keep-alive stream",
             &["lease", "keep-alive", "{l2}"],
@@ -811,10 +877,17 @@ async fn etcdctl_lease_matches_etcd() {
             End::Kill,
         ),
         cmd("revoke", &["lease", "revoke", "{l1}"]),
-        cmd("keys of a revoked lease are gone", &["get", "lk", "--prefix", "-w", "json"]),
+        cmd(
+            "keys of a revoked lease are gone",
+            &["get", "lk", "--prefix", "-w", "json"],
+        ),
         cmd("time to live of a revoked lease", &["lease", "timetolive", "{l1}"]),
         cmd("revoke again", &["lease", "revoke", "{l1}"]).fails(),
-        cmd("keep-alive once of a revoked lease", &["lease", "keep-alive", "--once", "{l1}"]).fails(),
+        cmd(
+            "keep-alive once of a revoked lease",
+            &["lease", "keep-alive", "--once", "{l1}"],
+        )
+        .fails(),
         cmd("put with a revoked lease", &["put", "lk4", "v", "--lease={l1}"]).fails(),
         cmd("grant a third", &["lease", "grant", "300"]).capture_lease("l3"),
         cmd("list after revoke", &["lease", "list"]),
@@ -839,14 +912,31 @@ async fn etcdctl_auth_matches_etcd() {
         cmd("put", &["put", "a1", "x"]),
         cmd("add root", &["user", "add", "root", "--new-user-password=rootpw"]),
         cmd("add a user", &["user", "add", "alice", "--new-user-password=alicepw"]),
-        cmd("add a user, password on stdin", &["user", "add", "bob", "--interactive=false"]).stdin("bobpw\n"),
+        cmd(
+            "add a user, password on stdin",
+            &["user", "add", "bob", "--interactive=false"],
+        )
+        .stdin("bobpw\n"),
         cmd("add a user twice", &["user", "add", "alice", "--new-user-password=x"]).fails(),
         cmd("add a role", &["role", "add", "reader"]),
         cmd("add a role twice", &["role", "add", "reader"]).fails(),
-        cmd("grant a prefix", &["role", "grant-permission", "reader", "read", "k", "--prefix"]),
-        cmd("grant a range", &["role", "grant-permission", "reader", "readwrite", "a", "b"]),
-        cmd("grant from a key", &["role", "grant-permission", "reader", "write", "z", "--from-key"]),
-        cmd("grant to a missing role", &["role", "grant-permission", "nope", "read", "k"]).fails(),
+        cmd(
+            "grant a prefix",
+            &["role", "grant-permission", "reader", "read", "k", "--prefix"],
+        ),
+        cmd(
+            "grant a range",
+            &["role", "grant-permission", "reader", "readwrite", "a", "b"],
+        ),
+        cmd(
+            "grant from a key",
+            &["role", "grant-permission", "reader", "write", "z", "--from-key"],
+        ),
+        cmd(
+            "grant to a missing role",
+            &["role", "grant-permission", "nope", "read", "k"],
+        )
+        .fails(),
         cmd("root role", &["user", "grant-role", "root", "root"]),
         cmd("grant a role", &["user", "grant-role", "alice", "reader"]),
         cmd("grant a role", &["user", "grant-role", "bob", "reader"]),
@@ -865,7 +955,10 @@ async fn etcdctl_auth_matches_etcd() {
         cmd("get without a user", &["get", "k1"]).fails(),
         cmd("get as root", &["get", "k1", root]),
         cmd("get as a reader", &["get", "k1", "--user=alice:alicepw", "-w", "json"]),
-        cmd("get as a reader, password flag", &["get", "k", "--prefix", "--user=alice", "--password=alicepw"]),
+        cmd(
+            "get as a reader, password flag",
+            &["get", "k", "--prefix", "--user=alice", "--password=alicepw"],
+        ),
         cmd("write without permission", &["put", "k1", "z", "--user=alice:alicepw"]).fails(),
         cmd("read without permission", &["get", "z", "--user=alice:alicepw"]).fails(),
         cmd("write with permission", &["put", "a1", "y", "--user=alice:alicepw"]),
@@ -877,10 +970,17 @@ async fn etcdctl_auth_matches_etcd() {
         cmd("health with auth on", &["endpoint", "health"]).fails(),
         cmd("health with auth on, as root", &["endpoint", "health", root]),
         cmd("status with auth on", &["endpoint", "status", "-w", "json"]),
-        cmd("change a password", &["user", "passwd", "bob", "--interactive=false", root]).stdin("bobpw2\n"),
+        cmd(
+            "change a password",
+            &["user", "passwd", "bob", "--interactive=false", root],
+        )
+        .stdin("bobpw2\n"),
         cmd("old password", &["get", "k1", "--user=bob:bobpw"]).fails(),
         cmd("new password", &["get", "k1", "--user=bob:bobpw2"]),
-        cmd("revoke a permission", &["role", "revoke-permission", "reader", "k", "--prefix", root]),
+        cmd(
+            "revoke a permission",
+            &["role", "revoke-permission", "reader", "k", "--prefix", root],
+        ),
         cmd("read after revoke", &["get", "k1", "--user=bob:bobpw2"]).fails(),
         cmd("revoke a role", &["user", "revoke-role", "bob", "reader", root]),
         cmd("delete a user", &["user", "delete", "bob", root]),
@@ -912,20 +1012,31 @@ async fn etcdctl_cluster_and_maintenance_match_etcd() {
         cmd("put", &["put", "m2", "2"]),
         cmd("delete", &["del", "m1"]),
         cmd("kv hash", &["endpoint", "hashkv", "-w", "json"]),
-        cmd("kv hash at a revision", &["endpoint", "hashkv", "--rev=2", "-w", "json"]),
+        cmd(
+            "kv hash at a revision",
+            &["endpoint", "hashkv", "--rev=2", "-w", "json"],
+        ),
         cmd("alarms", &["alarm", "list"]),
         cmd("disarm", &["alarm", "disarm"]),
         cmd("snapshot", &["snapshot", "save", "{dir}/snap.db"]),
         // Read back locally: a valid snapshot of the same revision and number of keys.
         // The file's hash and size are the bbolt file's, which differ by nature.
-        cmd("snapshot status", &["snapshot", "status", "{dir}/snap.db", "-w", "json"]).blank(&["hash", "totalSize"]),
+        cmd(
+            "snapshot status",
+            &["snapshot", "status", "{dir}/snap.db", "-w", "json"],
+        )
+        .blank(&["hash", "totalSize"]),
         cmd("defrag", &["defrag"]),
         cmd("status after defrag", &["endpoint", "status", "-w", "json"]),
         cmd("physical compaction", &["compaction", "3", "--physical"]),
         cmd("defrag after compaction", &["defrag"]),
         cmd("kv hash after compaction", &["endpoint", "hashkv", "-w", "json"]),
         cmd("remove an unknown member", &["member", "remove", "1234"]).fails(),
-        cmd("update an unknown member", &["member", "update", "1234", "--peer-urls=http://127.0.0.1:1"]).fails(),
+        cmd(
+            "update an unknown member",
+            &["member", "update", "1234", "--peer-urls=http://127.0.0.1:1"],
+        )
+        .fails(),
         cmd("promote an unknown member", &["member", "promote", "1234"]).fails(),
         cmd("move leadership to an unknown member", &["move-leader", "1234"]).fails(),
         cmd("status at the end", &["endpoint", "status", "-w", "json"]),
@@ -940,12 +1051,18 @@ fn normalisers_touch_only_what_they_should() {
         r#"{"ts":"<ts>","took":"<took>","ttl":"<ttl>","granted-ttl":60,"dbSize":"<dbSize>","x":1}"#
     );
     assert_eq!(
-        blank_timings("h is healthy: took = 1.7ms\nremaining(97s)\nendpoint://client-1a-2b/h", &[]),
+        blank_timings(
+            "h is healthy: took = 1.7ms\nremaining(97s)\nendpoint://client-1a-2b/h",
+            &[]
+        ),
         "h is healthy: took = <took>\nremaining(<ttl>)\nendpoint://client-<uuid>/h"
     );
     let names = vec![
         ("127.0.0.1:2379".to_string(), "<endpoint>".to_string()),
         ("http://127.0.0.1:2379".to_string(), "<client-url>".to_string()),
     ];
-    assert_eq!(replace_all("http://127.0.0.1:2379 127.0.0.1:2379", &names), "<client-url> <endpoint>");
+    assert_eq!(
+        replace_all("http://127.0.0.1:2379 127.0.0.1:2379", &names),
+        "<client-url> <endpoint>"
+    );
 }

@@ -37,7 +37,9 @@ async fn leader_of(members: &[Etcd]) -> usize {
         }
     }
     let leader_id = leader_id.expect("members");
-    ids.iter().position(|&id| id == leader_id).expect("the leader is a member")
+    ids.iter()
+        .position(|&id| id == leader_id)
+        .expect("the leader is a member")
 }
 
 async fn setup() -> Setup {
@@ -102,7 +104,10 @@ async fn writes_and_reads_continue_when_the_used_member_dies() {
     let mut s = setup().await;
     let mut c = client(&s.proxy.endpoint).await;
     let health = endpoint_health(&s.proxy).await;
-    assert!(health.iter().all(|(_, h)| *h), "all endpoints healthy at the start: {health:?}");
+    assert!(
+        health.iter().all(|(_, h)| *h),
+        "all endpoints healthy at the start: {health:?}"
+    );
 
     const N: usize = 30;
     const KILL_AT: usize = 10;
@@ -149,13 +154,25 @@ async fn writes_and_reads_continue_when_the_used_member_dies() {
             Err(e) => get_errors.push(format!("get {key}: {e}")),
         }
     }
-    assert!(get_errors.is_empty(), "reads failed across the failover: {get_errors:?}");
-    assert!(put_errors.len() <= 1, "writes failed across the failover: {put_errors:?}");
+    assert!(
+        get_errors.is_empty(),
+        "reads failed across the failover: {get_errors:?}"
+    );
+    assert!(
+        put_errors.len() <= 1,
+        "writes failed across the failover: {put_errors:?}"
+    );
 
     // Everything is there, read through the proxy and straight from the leader.
-    let through = c.get("f/", Some(GetOptions::new().with_prefix())).await.expect("get through the proxy");
+    let through = c
+        .get("f/", Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("get through the proxy");
     let mut leader = client(&s.members[s.leader].endpoint).await;
-    let direct = leader.get("f/", Some(GetOptions::new().with_prefix())).await.expect("get from the leader");
+    let direct = leader
+        .get("f/", Some(GetOptions::new().with_prefix()))
+        .await
+        .expect("get from the leader");
     for r in [&through, &direct] {
         assert_eq!(r.kvs().len(), N);
         for (i, kv) in r.kvs().iter().enumerate() {
@@ -173,7 +190,9 @@ async fn writes_and_reads_continue_when_the_used_member_dies() {
     for (i, m) in s.members.iter().enumerate() {
         let line = metrics
             .lines()
-            .find(|l| l.starts_with("cutover_upstream_endpoint_up{") && l.contains(&format!("\"http://{}\"", m.endpoint)))
+            .find(|l| {
+                l.starts_with("cutover_upstream_endpoint_up{") && l.contains(&format!("\"http://{}\"", m.endpoint))
+            })
             .unwrap_or_else(|| panic!("no endpoint_up for {}: {metrics}", m.endpoint));
         let want = if i == s.victim { " 0" } else { " 1" };
         assert!(line.ends_with(want), "{line}");
@@ -197,7 +216,11 @@ async fn collect_events(stream: &mut WatchStream, id: i64, want: usize, out: &mu
         for ev in resp.events() {
             assert_eq!(ev.event_type(), EventType::Put);
             let kv = ev.kv().expect("kv");
-            out.push((kv.key_str().unwrap().to_string(), kv.value_str().unwrap().to_string(), kv.mod_revision()));
+            out.push((
+                kv.key_str().unwrap().to_string(),
+                kv.value_str().unwrap().to_string(),
+                kv.mod_revision(),
+            ));
         }
     }
 }
@@ -257,7 +280,9 @@ async fn a_lease_keep_alive_stream_survives_the_death_of_its_member() {
     let mut c = client(&s.proxy.endpoint).await;
     const TTL: i64 = 3;
     let lease = c.lease_grant(TTL, None).await.expect("lease grant").id();
-    c.put("l/key", "v", Some(PutOptions::new().with_lease(lease))).await.expect("put with lease");
+    c.put("l/key", "v", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .expect("put with lease");
     // etcd-client sends the first keep-alive and waits for its answer here.
     let (mut keeper, mut answers) = c.lease_keep_alive(lease).await.expect("keep-alive stream");
 
@@ -284,9 +309,15 @@ async fn a_lease_keep_alive_stream_survives_the_death_of_its_member() {
     let ttl = c.lease_time_to_live(lease, None).await.expect("time to live").ttl();
     assert!(ttl > 0, "lease TTL after the failover: {ttl}");
     let mut leader = client(&s.members[s.leader].endpoint).await;
-    assert_eq!(leader.get("l/key", None).await.unwrap().count(), 1, "the leased key is gone");
+    assert_eq!(
+        leader.get("l/key", None).await.unwrap().count(),
+        1,
+        "the leased key is gone"
+    );
     assert!(
-        s.proxy.log().contains("keep-alive stream to the datastore broke; reopening"),
+        s.proxy
+            .log()
+            .contains("keep-alive stream to the datastore broke; reopening"),
         "the keep-alive stream was not on the killed member"
     );
 }
@@ -308,7 +339,11 @@ async fn with_every_member_down_requests_fail_fast_and_recover() {
             .expect("a get with every member down hung")
             .expect_err("a get succeeded with every member down");
         assert_eq!(status_code(&err), Some(Code::Unavailable), "{err}");
-        assert!(started.elapsed() < Duration::from_secs(5), "the get took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the get took {:?}",
+            started.elapsed()
+        );
 
         let started = Instant::now();
         let err = tokio::time::timeout(CALL, c.put("d/new", "x", None))
@@ -322,9 +357,16 @@ async fn with_every_member_down_requests_fail_fast_and_recover() {
             }
             other => panic!("put: {other}"),
         }
-        assert!(started.elapsed() < Duration::from_secs(5), "the put took {:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the put took {:?}",
+            started.elapsed()
+        );
     }
-    eventually("readyz turns 503", Duration::from_secs(10), || async { readyz(&proxy).await == 503 }).await;
+    eventually("readyz turns 503", Duration::from_secs(10), || async {
+        readyz(&proxy).await == 503
+    })
+    .await;
     let health = endpoint_health(&proxy).await;
     assert!(health.iter().all(|(_, h)| !h), "{health:?}");
     assert!(proxy.try_exit().is_none(), "the proxy exited");
@@ -336,15 +378,26 @@ async fn with_every_member_down_requests_fail_fast_and_recover() {
     for m in &members {
         m.wait_ready().await;
     }
-    eventually("readyz turns 200 again", Duration::from_secs(15), || async { readyz(&proxy).await == 200 }).await;
-    eventually("a get through the proxy succeeds again", Duration::from_secs(15), || {
-        let mut c = c.clone();
-        async move { c.get("d/kept", None).await.is_ok() }
+    eventually("readyz turns 200 again", Duration::from_secs(15), || async {
+        readyz(&proxy).await == 200
     })
+    .await;
+    eventually(
+        "a get through the proxy succeeds again",
+        Duration::from_secs(15),
+        || {
+            let mut c = c.clone();
+            async move { c.get("d/kept", None).await.is_ok() }
+        },
+    )
     .await;
     let r = c.get("d/kept", None).await.expect("get after the recovery");
     assert_eq!(r.kvs()[0].value(), b"1", "the data written before the outage");
-    assert_eq!(c.get("d/new", None).await.unwrap().count(), 0, "a refused put was applied");
+    assert_eq!(
+        c.get("d/new", None).await.unwrap().count(),
+        0,
+        "a refused put was applied"
+    );
     c.put("d/after", "2", None).await.expect("put after the recovery");
     eventually("every endpoint is healthy again", Duration::from_secs(10), || {
         let p = &proxy;

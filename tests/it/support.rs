@@ -20,7 +20,12 @@ use tempfile::TempDir;
 /// checked by binding it.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(0, 20000 + (std::process::id() % 2000) as u16 * 10, Ordering::SeqCst, Ordering::SeqCst);
+    let _ = NEXT.compare_exchange(
+        0,
+        20000 + (std::process::id() % 2000) as u16 * 10,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
     loop {
         let p = NEXT.fetch_add(1, Ordering::SeqCst);
         if p > 60000 {
@@ -63,7 +68,8 @@ fn spawn(cmd: &mut Command, log: &Path) -> Child {
             Ok(())
         });
     }
-    cmd.spawn().unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()))
+    cmd.spawn()
+        .unwrap_or_else(|e| panic!("cannot start {:?}: {e}", cmd.get_program()))
 }
 
 fn tail(path: &Path) -> String {
@@ -96,7 +102,8 @@ impl TlsFiles {
 
         let server_key = KeyPair::generate().expect("key");
         let mut sp = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-        sp.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        sp.subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
         sp.distinguished_name.push(DnType::CommonName, "127.0.0.1");
         sp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let server = sp.signed_by(&server_key, &issuer).expect("server cert");
@@ -170,7 +177,16 @@ impl Etcd {
             .join(",");
         let mut members: Vec<Etcd> = ports
             .iter()
-            .map(|(c, p)| Self::prepare(&format!("m{c}"), *c, &format!("http://127.0.0.1:{p}"), &cluster, "new", &EtcdOptions::default()))
+            .map(|(c, p)| {
+                Self::prepare(
+                    &format!("m{c}"),
+                    *c,
+                    &format!("http://127.0.0.1:{p}"),
+                    &cluster,
+                    "new",
+                    &EtcdOptions::default(),
+                )
+            })
             .collect();
         for m in &mut members {
             m.launch();
@@ -234,7 +250,13 @@ impl Etcd {
         loop {
             let out = Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
-                .args(["--endpoints", &self.client_url, "--command-timeout=2s", "endpoint", "health"])
+                .args([
+                    "--endpoints",
+                    &self.client_url,
+                    "--command-timeout=2s",
+                    "endpoint",
+                    "health",
+                ])
                 .args(self.tls_client_args())
                 .output()
                 .expect("etcdctl");
@@ -242,7 +264,11 @@ impl Etcd {
                 return;
             }
             if Instant::now() > deadline {
-                panic!("etcd {} did not become healthy; log:\n{}", self.name, tail(&self.log_path()));
+                panic!(
+                    "etcd {} did not become healthy; log:\n{}",
+                    self.name,
+                    tail(&self.log_path())
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -252,7 +278,11 @@ impl Etcd {
         let a = &self.args;
         let get = |flag: &str| a.iter().find_map(|x| x.strip_prefix(flag).map(str::to_string));
         match (get("--trusted-ca-file="), get("--cert-file="), get("--key-file=")) {
-            (Some(ca), Some(cert), Some(key)) => vec![format!("--cacert={ca}"), format!("--cert={cert}"), format!("--key={key}")],
+            (Some(ca), Some(cert), Some(key)) => vec![
+                format!("--cacert={ca}"),
+                format!("--cert={cert}"),
+                format!("--key={key}"),
+            ],
             _ => vec![],
         }
     }
@@ -289,7 +319,11 @@ impl Proxy {
     /// A proxy in front of these etcd members (plain HTTP).
     pub async fn start_for(etcds: &[&Etcd]) -> Proxy {
         let eps: Vec<String> = etcds.iter().map(|e| format!("\"{}\"", e.endpoint)).collect();
-        Self::start(&format!("dataStore: default\ndataStores:\n  default:\n    endpoints: [{}]\n", eps.join(", "))).await
+        Self::start(&format!(
+            "dataStore: default\ndataStores:\n  default:\n    endpoints: [{}]\n",
+            eps.join(", ")
+        ))
+        .await
     }
 
     /// A proxy with `body` as its config; `listen` and `admin.listen` are added unless given.
@@ -315,7 +349,11 @@ impl Proxy {
         let path = dir.path().join("cutover.yaml");
         std::fs::write(&path, &config).expect("write config");
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cutover"));
-        cmd.arg("serve").arg("--config").arg(&path).args(extra_args).env("RUST_LOG", "cutover=debug,info");
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&path)
+            .args(extra_args)
+            .env("RUST_LOG", "cutover=debug,info");
         let child = spawn(&mut cmd, &dir.path().join("cutover.log"));
         Proxy {
             endpoint: format!("127.0.0.1:{port}"),
@@ -373,7 +411,10 @@ impl Drop for Proxy {
         if std::thread::panicking() {
             let log = self.log();
             let lines: Vec<&str> = log.lines().collect();
-            eprintln!("--- cutover log ---\n{}", lines[lines.len().saturating_sub(60)..].join("\n"));
+            eprintln!(
+                "--- cutover log ---\n{}",
+                lines[lines.len().saturating_sub(60)..].join("\n")
+            );
         }
         self.kill();
     }
@@ -403,7 +444,9 @@ pub fn etcdctl_ok(endpoint: &str, args: &[&str]) -> String {
 
 /// An etcd-client connection to `endpoint`.
 pub async fn client(endpoint: &str) -> etcd_client::Client {
-    etcd_client::Client::connect([endpoint], None).await.expect("etcd-client connects")
+    etcd_client::Client::connect([endpoint], None)
+        .await
+        .expect("etcd-client connects")
 }
 
 impl Etcd {

@@ -4,11 +4,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use cutover::error::messages::{NO_CONNECTION, REQUEST_TIMED_OUT};
 use cutover::proto::etcdserverpb::kv_client::KvClient;
 use cutover::proto::etcdserverpb::{PutRequest, RangeRequest};
 use etcd_client::{Certificate, ConnectOptions, EventType, Identity, TlsOptions};
 use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
-use cutover::error::messages::{NO_CONNECTION, REQUEST_TIMED_OUT};
 use tonic::Code;
 
 use crate::support::{client, etcdctl, eventually, Etcd, EtcdOptions, Proxy, TlsFiles};
@@ -25,7 +25,10 @@ fn pem(path: &Path) -> Vec<u8> {
 async fn tls_channel(addr: &str, tls: &TlsFiles, with_cert: bool) -> Result<Channel, String> {
     let mut cfg = ClientTlsConfig::new().ca_certificate(tonic::transport::Certificate::from_pem(pem(&tls.ca)));
     if with_cert {
-        cfg = cfg.identity(tonic::transport::Identity::from_pem(pem(&tls.client_cert), pem(&tls.client_key)));
+        cfg = cfg.identity(tonic::transport::Identity::from_pem(
+            pem(&tls.client_cert),
+            pem(&tls.client_key),
+        ));
     }
     let ep = Endpoint::from_shared(format!("https://{addr}"))
         .unwrap()
@@ -46,8 +49,15 @@ async fn raw_get(channel: Channel, key: &str) -> Result<Vec<u8>, tonic::Status> 
         key: key.as_bytes().to_vec().into(),
         ..Default::default()
     });
-    let resp = tokio::time::timeout(PROMPT, call).await.expect("a Range through the proxy hung")?;
-    Ok(resp.into_inner().kvs.first().map(|kv| kv.value.to_vec()).unwrap_or_default())
+    let resp = tokio::time::timeout(PROMPT, call)
+        .await
+        .expect("a Range through the proxy hung")?;
+    Ok(resp
+        .into_inner()
+        .kvs
+        .first()
+        .map(|kv| kv.value.to_vec())
+        .unwrap_or_default())
 }
 
 async fn raw_put(channel: Channel, key: &str, value: &str) -> Result<(), tonic::Status> {
@@ -57,7 +67,9 @@ async fn raw_put(channel: Channel, key: &str, value: &str) -> Result<(), tonic::
         value: value.as_bytes().to_vec().into(),
         ..Default::default()
     });
-    tokio::time::timeout(PROMPT, call).await.expect("a Put through the proxy hung")?;
+    tokio::time::timeout(PROMPT, call)
+        .await
+        .expect("a Put through the proxy hung")?;
     Ok(())
 }
 
@@ -132,28 +144,45 @@ async fn proxy_serves_tls_and_requires_client_certificates() {
     assert_eq!(r.kvs()[0].value(), b"1");
     // ... and etcdctl (grpc-go, what kube-apiserver uses).
     let out = etcdctl_with(&https, &tls_args(&tls, true), &["put", "tls/b", "2"]);
-    assert!(out.status.success(), "etcdctl put over mTLS: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "etcdctl put over mTLS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = etcdctl_with(&https, &tls_args(&tls, true), &["get", "tls/b", "--print-value-only"]);
-    assert!(out.status.success(), "etcdctl get over mTLS: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "etcdctl get over mTLS: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
 
     // Without a client certificate the handshake is refused: no request gets through.
     // With TLS 1.3 the client's side of the handshake completes first, so the refusal
     // shows at connect or at the first call, and as "connection closed" or as the alert.
     if let Ok(ch) = tls_channel(&proxy.endpoint, &tls, false).await {
-        raw_put(ch, "tls/nocert", "x").await.expect_err("a client without a certificate could write");
+        raw_put(ch, "tls/nocert", "x")
+            .await
+            .expect_err("a client without a certificate could write");
     }
     let out = etcdctl_with(&https, &tls_args(&tls, false), &["put", "tls/nocert", "x"]);
     assert!(!out.status.success(), "etcdctl without a client certificate succeeded");
 
     // A plaintext client on the TLS port gets nothing either.
-    let plain = match Endpoint::from_shared(format!("http://{}", proxy.endpoint)).unwrap().connect().await {
+    let plain = match Endpoint::from_shared(format!("http://{}", proxy.endpoint))
+        .unwrap()
+        .connect()
+        .await
+    {
         Err(e) => Err(format!("{e:?}")),
         Ok(ch) => raw_put(ch, "tls/plain", "x").await.map_err(|s| format!("{s:?}")),
     };
     assert!(plain.is_err(), "a plaintext client could write to the TLS port");
     let out = etcdctl_with(&format!("http://{}", proxy.endpoint), &[], &["put", "tls/plain", "x"]);
-    assert!(!out.status.success(), "plaintext etcdctl succeeded against the TLS port");
+    assert!(
+        !out.status.success(),
+        "plaintext etcdctl succeeded against the TLS port"
+    );
 
     // None of the refused writes reached etcd (read directly from it).
     let mut direct = client(&etcd.endpoint).await;
@@ -165,7 +194,9 @@ async fn proxy_serves_tls_and_requires_client_certificates() {
     assert!(proxy.try_exit().is_none(), "the proxy exited");
     good.put("tls/a", "3", None).await.expect("put after refusals");
     assert_eq!(good.get("tls/a", None).await.unwrap().kvs()[0].value(), b"3");
-    let ch = tls_channel(&proxy.endpoint, &tls, true).await.expect("a new mTLS connection");
+    let ch = tls_channel(&proxy.endpoint, &tls, true)
+        .await
+        .expect("a new mTLS connection");
     assert_eq!(raw_get(ch, "tls/b").await.expect("raw get over mTLS"), b"2");
 }
 
@@ -224,13 +255,21 @@ async fn proxy_reaches_an_etcd_that_requires_client_certificates() {
         .expect("plaintext connect to the proxy");
     for _ in 0..3 {
         let started = Instant::now();
-        let err = raw_get(ch.clone(), "mtls/a").await.expect_err("a Range succeeded without a client certificate");
+        let err = raw_get(ch.clone(), "mtls/a")
+            .await
+            .expect_err("a Range succeeded without a client certificate");
         // A read is resent until no endpoint is left, and then reported as never sent.
-        assert_eq!((err.code(), err.message()), (Code::Unavailable, NO_CONNECTION), "Range: {err:?}");
+        assert_eq!(
+            (err.code(), err.message()),
+            (Code::Unavailable, NO_CONNECTION),
+            "Range: {err:?}"
+        );
         assert!(started.elapsed() < PROMPT, "Range took {:?}", started.elapsed());
 
         let started = Instant::now();
-        let err = raw_put(ch.clone(), "mtls/b", "x").await.expect_err("a Put succeeded without a client certificate");
+        let err = raw_put(ch.clone(), "mtls/b", "x")
+            .await
+            .expect_err("a Put succeeded without a client certificate");
         // Usually the refusal is recognised as "never sent" too. Sometimes the proxy's
         // request bytes hit the already closed socket first and all it learns is "broken
         // pipe", which for a write means the outcome is unknown: etcd's "request timed
@@ -243,20 +282,26 @@ async fn proxy_reaches_an_etcd_that_requires_client_certificates() {
         assert!(started.elapsed() < PROMPT, "Put took {:?}", started.elapsed());
     }
     assert!(bad.try_exit().is_none(), "the proxy exited");
-    eventually("readyz reports the datastore unreachable", Duration::from_secs(10), || async {
-        readyz_status(&bad).await == 503
-    })
+    eventually(
+        "readyz reports the datastore unreachable",
+        Duration::from_secs(10),
+        || async { readyz_status(&bad).await == 503 },
+    )
     .await;
     // The log names the cause. Not every failed connection shows etcd's alert (hyper may
     // only see the connection close), so keep asking until one does.
-    eventually("the proxy log names etcd's certificate refusal", Duration::from_secs(15), || {
-        let ch = ch.clone();
-        let bad = &bad;
-        async move {
-            let _ = raw_get(ch, "mtls/a").await;
-            bad.log().contains("received fatal alert: BadCertificate")
-        }
-    })
+    eventually(
+        "the proxy log names etcd's certificate refusal",
+        Duration::from_secs(15),
+        || {
+            let ch = ch.clone();
+            let bad = &bad;
+            async move {
+                let _ = raw_get(ch, "mtls/a").await;
+                bad.log().contains("received fatal alert: BadCertificate")
+            }
+        },
+    )
     .await;
     assert!(bad.try_exit().is_none(), "the proxy exited");
     // Nothing was written by the refused Put.
@@ -273,7 +318,11 @@ async fn uds_channel(path: &Path) -> Channel {
     Endpoint::from_static("http://localhost")
         .connect_with_connector(tower::service_fn(move |_: http::Uri| {
             let path = path.clone();
-            async move { tokio::net::UnixStream::connect(path).await.map(hyper_util::rt::TokioIo::new) }
+            async move {
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map(hyper_util::rt::TokioIo::new)
+            }
         }))
         .await
         .expect("connect to the unix socket")
@@ -306,9 +355,17 @@ async fn proxy_listens_on_a_unix_socket() {
             .expect("etcdctl runs")
     };
     let out = run(&["put", "sock/a", "1"]);
-    assert!(out.status.success(), "etcdctl put over the socket: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "etcdctl put over the socket: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = run(&["get", "sock/a", "--print-value-only"]);
-    assert!(out.status.success(), "etcdctl get over the socket: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "etcdctl get over the socket: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
 
     // A tonic client on the absolute path.
@@ -351,9 +408,17 @@ async fn etcdctl_reaches_a_unix_socket_by_its_absolute_path() {
     let endpoint = format!("unix://{}", sock.display());
 
     let out = etcdctl_with(&endpoint, &[], &["put", "abs/a", "1"]);
-    assert!(out.status.success(), "etcdctl put over {endpoint}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "etcdctl put over {endpoint}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = etcdctl_with(&endpoint, &[], &["get", "abs/a", "--print-value-only"]);
-    assert!(out.status.success(), "etcdctl get over {endpoint}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "etcdctl get over {endpoint}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
 
     // A watch over the socket (a long-lived stream, as kube-apiserver keeps) sees the
@@ -390,7 +455,11 @@ async fn etcdctl_reaches_a_unix_socket_by_its_absolute_path() {
     };
     wait_for(&["PUT", "abs/a", "1"]);
     let out = etcdctl_with(&endpoint, &[], &["put", "abs/b", "2"]);
-    assert!(out.status.success(), "etcdctl put over {endpoint}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "etcdctl put over {endpoint}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     wait_for(&["PUT", "abs/b", "2"]);
     drop(watch);
 
