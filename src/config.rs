@@ -337,24 +337,24 @@ pub struct Overrides {
 }
 
 fn set_path(doc: &mut Value, path: &[&str], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut cur = doc;
-    for (i, key) in path.iter().enumerate() {
+    for key in parents {
         if !cur.is_mapping() {
             *cur = Value::Mapping(Mapping::new());
         }
-        let map = match cur {
-            Value::Mapping(m) => m,
-            _ => unreachable!("just made a mapping"),
-        };
-        let k = Value::String((*key).to_string());
-        if i + 1 == path.len() {
-            map.insert(k, value);
-            return;
-        }
-        if !map.contains_key(&k) {
-            map.insert(k.clone(), Value::Mapping(Mapping::new()));
-        }
-        cur = map.get_mut(&k).expect("inserted above");
+        let Value::Mapping(map) = cur else { return };
+        cur = map
+            .entry(Value::String((*key).to_string()))
+            .or_insert_with(|| Value::Mapping(Mapping::new()));
+    }
+    if !cur.is_mapping() {
+        *cur = Value::Mapping(Mapping::new());
+    }
+    if let Value::Mapping(map) = cur {
+        map.insert(Value::String((*last).to_string()), value);
     }
 }
 
