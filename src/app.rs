@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::route::Router;
+use crate::route::fence::Guard;
+use crate::route::{FencePolicy, Router};
 use crate::server::{self, Context, Listener};
 use crate::upstream::{Datastore, UpstreamError};
 
@@ -34,7 +35,12 @@ pub async fn serve(config: Config) -> Result<(), RunError> {
     for (name, ds) in &config.data_stores {
         datastores.insert(name.clone(), Datastore::new(ds, metrics.clone())?);
     }
-    let router = Arc::new(Router::new(datastores, &config.data_store)?);
+    let fence = FencePolicy {
+        guard: Guard::new(&config.prefix),
+        mode: config.fence_mode,
+        hold_timeout: config.hold_timeout,
+    };
+    let router = Arc::new(Router::new(datastores, &config.data_store, fence)?);
 
     let listener = Listener::bind(&config.listen).await?;
     let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
@@ -52,6 +58,7 @@ pub async fn serve(config: Config) -> Result<(), RunError> {
         router: router.clone(),
         metrics: metrics.clone(),
         max_recv_bytes: config.max_recv_message_bytes(),
+        warned_unguarded: Default::default(),
     });
     let admin_state = Arc::new(AdminState {
         router: router.clone(),

@@ -93,8 +93,47 @@ pub struct RawConfig {
     /// Threads serving requests: 1 runs everything on one thread (the least CPU per request).
     #[serde(default = "default_worker_threads")]
     pub worker_threads: usize,
+    /// The tenant's key range: every key under this prefix (empty: the whole key space).
+    #[serde(default)]
+    pub prefix: String,
+    #[serde(default)]
+    pub fence: FenceConfig,
     #[serde(default)]
     pub log: LogConfig,
+}
+
+/// What a write meets while the tenant is fenced.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum FenceMode {
+    /// Queue the write until the fence lifts (or `holdTimeout` passes), then send it.
+    #[default]
+    Hold,
+    /// Refuse the write at once with the freeze message.
+    Reject,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FenceConfig {
+    #[serde(default)]
+    pub mode: FenceMode,
+    /// How long a held write waits, e.g. `5s` or `1500ms`.
+    #[serde(default = "default_hold_timeout")]
+    pub hold_timeout: String,
+}
+
+impl Default for FenceConfig {
+    fn default() -> Self {
+        FenceConfig {
+            mode: FenceMode::Hold,
+            hold_timeout: default_hold_timeout(),
+        }
+    }
+}
+
+fn default_hold_timeout() -> String {
+    "5s".into()
 }
 
 fn default_worker_threads() -> usize {
@@ -227,6 +266,9 @@ pub struct Config {
     pub data_stores: BTreeMap<String, DataStore>,
     pub max_request_bytes: usize,
     pub worker_threads: usize,
+    pub prefix: bytes::Bytes,
+    pub fence_mode: FenceMode,
+    pub hold_timeout: std::time::Duration,
     pub log: LogConfig,
 }
 
@@ -325,6 +367,15 @@ pub struct Overrides {
     /// `maxRequestBytes`: largest request accepted, as etcd's --max-request-bytes [default: 1572864]
     #[arg(long, env = "CUTOVER_MAX_REQUEST_BYTES", value_name = "BYTES")]
     pub max_request_bytes: Option<usize>,
+    /// `prefix`: the tenant's key range (keys under this prefix) [default: the whole key space]
+    #[arg(long, env = "CUTOVER_PREFIX", value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// `fence.mode`: hold (queue writes while fenced) or reject (refuse them at once) [default: hold]
+    #[arg(long, env = "CUTOVER_FENCE_MODE", value_name = "MODE")]
+    pub fence_mode: Option<FenceMode>,
+    /// `fence.holdTimeout`: how long a held write waits, e.g. 5s [default: 5s]
+    #[arg(long, env = "CUTOVER_FENCE_HOLD_TIMEOUT", value_name = "DURATION")]
+    pub fence_hold_timeout: Option<String>,
     /// `workerThreads`: threads serving requests; 1 = a single-threaded runtime [default: 1]
     #[arg(long, env = "CUTOVER_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<usize>,
@@ -424,6 +475,19 @@ impl Overrides {
         }
         if let Some(v) = self.max_request_bytes {
             set_path(doc, &["maxRequestBytes"], Value::Number(v.into()));
+        }
+        if let Some(v) = &self.prefix {
+            set_path(doc, &["prefix"], s(v));
+        }
+        if let Some(v) = self.fence_mode {
+            let m = match v {
+                FenceMode::Hold => "hold",
+                FenceMode::Reject => "reject",
+            };
+            set_path(doc, &["fence", "mode"], s(m));
+        }
+        if let Some(v) = &self.fence_hold_timeout {
+            set_path(doc, &["fence", "holdTimeout"], s(v));
         }
         if let Some(v) = self.worker_threads {
             set_path(doc, &["workerThreads"], Value::Number(v.into()));
@@ -530,6 +594,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             format!("{:?} is not one of dataStores ({})", raw.data_store, known.join(", ")),
         ));
     }
+    let hold_timeout = humantime::parse_duration(&raw.fence.hold_timeout)
+        .map_err(|e| ConfigError::invalid("fence.holdTimeout", format!("{:?}: {e}", raw.fence.hold_timeout)))?;
     if raw.worker_threads == 0 || raw.worker_threads > 64 {
         return Err(ConfigError::invalid("workerThreads", "must be between 1 and 64"));
     }
@@ -597,6 +663,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         data_stores,
         max_request_bytes: raw.max_request_bytes,
         worker_threads: raw.worker_threads,
+        prefix: bytes::Bytes::from(raw.prefix.into_bytes()),
+        fence_mode: raw.fence.mode,
+        hold_timeout,
         log: raw.log,
     })
 }
@@ -701,6 +770,26 @@ mod tests {
         assert_eq!(c.data_store, "b");
         assert_eq!(c.data_stores["b"].endpoints.len(), 2);
         assert_eq!(c.listen, ListenAddr::Unix("/tmp/x.sock".into()));
+    }
+
+    #[test]
+    fn fence_settings_parse() {
+        let c = from_yaml(&format!(
+            "prefix: /t/\nfence: {{mode: reject, holdTimeout: 1500ms}}\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(&c.prefix[..], b"/t/");
+        assert_eq!(c.fence_mode, FenceMode::Reject);
+        assert_eq!(c.hold_timeout, std::time::Duration::from_millis(1500));
+        let err = from_yaml(&format!("fence: {{holdTimeout: soon}}\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("config: fence.holdTimeout:"), "{err}");
+        let d = from_yaml(MINIMAL).unwrap();
+        assert_eq!(
+            (d.fence_mode, d.hold_timeout),
+            (FenceMode::Hold, std::time::Duration::from_secs(5))
+        );
     }
 
     #[test]

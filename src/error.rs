@@ -43,6 +43,13 @@ pub enum ProxyError {
         endpoint: String,
         detail: String,
     },
+    /// The datastore holds the write fence and the write was refused (reject mode, or a
+    /// held write whose wait ran out).
+    #[error("the datastore is fenced ({holder}); the write was not applied")]
+    Fenced { holder: String },
+    /// The datastore answered the guard Txn in a shape the proxy did not ask for.
+    #[error("{0}")]
+    Malformed(#[from] crate::route::fence::Malformed),
     /// The client sent a message larger than the configured limit.
     #[error("request of {size} bytes is larger than the limit of {limit} bytes")]
     RequestTooLarge { size: usize, limit: usize },
@@ -54,6 +61,8 @@ impl ProxyError {
             ProxyError::Etcd(_) => Blame::Upstream,
             ProxyError::NoEndpoint { .. } | ProxyError::OutcomeUnknown { .. } => Blame::Upstream,
             ProxyError::RequestTooLarge { .. } => Blame::Downstream,
+            ProxyError::Fenced { .. } => Blame::Proxy,
+            ProxyError::Malformed(_) => Blame::Upstream,
         }
     }
 
@@ -63,6 +72,8 @@ impl ProxyError {
             ProxyError::NoEndpoint { .. } => true,
             ProxyError::OutcomeUnknown { .. } => false,
             ProxyError::RequestTooLarge { .. } => false,
+            ProxyError::Fenced { .. } => true,
+            ProxyError::Malformed(_) => false,
             ProxyError::Etcd(s) => s.code() == Code::Unavailable && s.message() == messages::NO_CONNECTION,
         }
     }
@@ -79,6 +90,9 @@ impl ProxyError {
             ProxyError::NoEndpoint { .. } => Status::unavailable(messages::NO_CONNECTION),
             // What etcd says when it cannot tell whether a proposal was applied.
             ProxyError::OutcomeUnknown { .. } => Status::unavailable(messages::REQUEST_TIMED_OUT),
+            // Unavailable: the refusal is temporary, and clientv3 does not resend writes on it.
+            ProxyError::Fenced { .. } => Status::unavailable(crate::route::fence::FREEZE_MESSAGE),
+            ProxyError::Malformed(e) => Status::internal(format!("cutover: {e}")),
             // grpc-go's wording, which etcd's server produces for an oversized message.
             ProxyError::RequestTooLarge { size, limit } => {
                 Status::resource_exhausted(format!("grpc: received message larger than max ({size} vs. {limit})"))

@@ -56,6 +56,17 @@ pub struct Metrics {
     pub open_streams: Family<StreamLabels, Gauge>,
     pub endpoint_up: Family<EndpointLabels, Gauge>,
     pub failovers: Family<DatastoreLabels, Counter>,
+    /// Writes that met the fence, by outcome (held then sent, held then rejected, rejected).
+    pub fenced_writes: Family<OutcomeLabels, Counter>,
+    /// Writes sent without the guard because the client may not read the fence key.
+    pub unguarded_writes: Counter,
+    /// Writes waiting behind the fence now.
+    pub held_writes: Gauge,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: &'static str,
 }
 
 impl Metrics {
@@ -96,6 +107,24 @@ impl Metrics {
             "Times a request or stream moved to another endpoint of a datastore after a connection failure",
             failovers.clone(),
         );
+        let fenced_writes = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "fenced_writes",
+            "Writes that found the datastore fenced, by outcome: held (then sent), held_rejected (hold timed out), rejected",
+            fenced_writes.clone(),
+        );
+        let unguarded_writes = Counter::default();
+        registry.register(
+            "unguarded_writes",
+            "Writes sent without the fence guard because the client's etcd user may not read the fence key",
+            unguarded_writes.clone(),
+        );
+        let held_writes = Gauge::default();
+        registry.register(
+            "held_writes",
+            "Writes waiting behind the fence now (hold mode)",
+            held_writes.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -111,6 +140,9 @@ impl Metrics {
             open_streams,
             endpoint_up,
             failovers,
+            fenced_writes,
+            unguarded_writes,
+            held_writes,
         }
     }
 

@@ -10,9 +10,21 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+pub mod fence;
 pub mod revision;
 
+use crate::config::FenceMode;
 use crate::upstream::Datastore;
+use fence::Guard;
+
+/// How writes are fenced: the guard every write travels in, and what a write meets while
+/// the datastore holds the fence.
+#[derive(Debug, Clone)]
+pub struct FencePolicy {
+    pub guard: Guard,
+    pub mode: FenceMode,
+    pub hold_timeout: std::time::Duration,
+}
 
 /// One consistent view of where requests go.
 pub struct Route {
@@ -24,6 +36,7 @@ pub struct Route {
 pub struct Router {
     current: ArcSwap<Route>,
     datastores: BTreeMap<String, Arc<Datastore>>,
+    fence: FencePolicy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +44,11 @@ pub struct Router {
 pub struct UnknownDatastore(pub String);
 
 impl Router {
-    pub fn new(datastores: BTreeMap<String, Arc<Datastore>>, active: &str) -> Result<Self, UnknownDatastore> {
+    pub fn new(
+        datastores: BTreeMap<String, Arc<Datastore>>,
+        active: &str,
+        fence: FencePolicy,
+    ) -> Result<Self, UnknownDatastore> {
         let ds = datastores
             .get(active)
             .cloned()
@@ -42,7 +59,12 @@ impl Router {
                 datastore: ds,
             }),
             datastores,
+            fence,
         })
+    }
+
+    pub fn fence(&self) -> &FencePolicy {
+        &self.fence
     }
 
     /// The route for one request.

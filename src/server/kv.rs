@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use tonic::{Request, Response, Status};
+
 use super::{forward, Context};
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::kv_server::Kv;
@@ -29,17 +31,22 @@ impl Kv for KvService {
         Retry::Idempotent,
         KvClient
     );
-    forward!(put, PutRequest, PutResponse, "KV", "Put", Retry::IfNotSent, KvClient);
-    forward!(
-        delete_range,
-        DeleteRangeRequest,
-        DeleteRangeResponse,
-        "KV",
-        "DeleteRange",
-        Retry::IfNotSent,
-        KvClient
-    );
-    forward!(txn, TxnRequest, TxnResponse, "KV", "Txn", Retry::IfNotSent, KvClient);
+    // Writes travel inside the fence guard (route/fence.rs).
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        self.ctx.guarded_write("KV", "Put", request).await
+    }
+
+    async fn delete_range(
+        &self,
+        request: Request<DeleteRangeRequest>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        self.ctx.guarded_write("KV", "DeleteRange", request).await
+    }
+
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        self.ctx.guarded_write("KV", "Txn", request).await
+    }
+
     forward!(
         compact,
         CompactionRequest,

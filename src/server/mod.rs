@@ -25,15 +25,19 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Channel, Identity, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status};
 
+use crate::config::FenceMode;
 use crate::config::{Config, ListenAddr};
 use crate::error::{Blame, ProxyError};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, OutcomeLabels};
 use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
+use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
+use crate::proto::etcdserverpb::TxnRequest;
+use crate::route::fence::Guarded;
 use crate::route::Router;
 use crate::upstream::Retry;
 
@@ -43,6 +47,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Largest request message accepted (etcd's --max-request-bytes + gRPC overhead).
     pub max_recv_bytes: usize,
+    /// Whether the "writes without the guard" warning was logged.
+    pub warned_unguarded: std::sync::atomic::AtomicBool,
 }
 
 /// Client metadata that reaches the datastore (`token`, `hasleader`, ...), and the client's
@@ -134,6 +140,114 @@ impl Context {
     {
         let started = Instant::now();
         let result = self.forward_unary(retry, request, call).await;
+        self.finish(service, method, started, result)
+    }
+
+    /// Forwards a client write inside the fence guard (route/fence.rs) and records it.
+    pub(crate) async fn guarded_write<W>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        request: Request<W>,
+    ) -> Result<Response<W::Response>, Status>
+    where
+        W: Guarded + prost::Message + Clone,
+    {
+        let started = Instant::now();
+        let result = self.forward_guarded(request).await;
+        self.finish(service, method, started, result)
+    }
+
+    async fn forward_guarded<W>(&self, request: Request<W>) -> Result<Response<W::Response>, ProxyError>
+    where
+        W: Guarded + prost::Message + Clone,
+    {
+        let (metadata, _, msg) = request.into_parts();
+        let size = msg.encoded_len();
+        if size > self.max_recv_bytes {
+            return Err(ProxyError::RequestTooLarge {
+                size,
+                limit: self.max_recv_bytes,
+            });
+        }
+        let fwd = Forwarded::from_incoming(&metadata);
+        let policy = self.router.fence();
+        let txn = policy.guard.wrap(msg.clone());
+        let deadline = Instant::now() + policy.hold_timeout;
+        let mut backoff = Duration::from_millis(5);
+        let mut held: Option<HeldGuard> = None;
+        loop {
+            // Each attempt asks for the route again: a held write goes to whichever
+            // datastore is authoritative when the fence lifts.
+            let route = self.router.route();
+            let fwd = &fwd;
+            let send = |txn: TxnRequest| {
+                route.datastore.unary(Retry::IfNotSent, move |ch, token| {
+                    let req = fwd.request(txn.clone(), token);
+                    async move { client!(KvClient, ch).txn(req).await }
+                })
+            };
+            let resp = match send(txn.clone()).await {
+                // The client's credentials may not read the fence key (an etcd user limited
+                // to part of the tenant's keys). The guard was refused before anything was
+                // applied; the bare write gets exactly etcd's own answer for this user.
+                Err(ProxyError::Etcd(s)) if s.code() == Code::PermissionDenied => {
+                    self.count_unguarded();
+                    send(policy.guard.bare(msg.clone())).await?
+                }
+                other => other?,
+            };
+            let fenced = match policy.guard.unwrap::<W>(resp.into_inner())? {
+                Ok(answer) => {
+                    if held.is_some() {
+                        self.count_fenced("held");
+                    }
+                    return Ok(Response::new(answer));
+                }
+                Err(fenced) => fenced,
+            };
+            let holder = String::from_utf8_lossy(&fenced.holder).into_owned();
+            if policy.mode == FenceMode::Reject {
+                self.count_fenced("rejected");
+                return Err(ProxyError::Fenced { holder });
+            }
+            if Instant::now() + backoff > deadline {
+                self.count_fenced("held_rejected");
+                return Err(ProxyError::Fenced { holder });
+            }
+            if held.is_none() {
+                held = Some(HeldGuard::new(&self.metrics.held_writes));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    fn count_unguarded(&self) {
+        self.metrics.unguarded_writes.inc();
+        if !self.warned_unguarded.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "a client's etcd user may not read cutover's fence key, so its writes are sent without the fence \
+                 guard; give the tenant's etcd role read access to the tenant prefix (this is logged once)"
+            );
+        }
+    }
+
+    fn count_fenced(&self, outcome: &'static str) {
+        self.metrics
+            .fenced_writes
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// Logs a failure the proxy made or relayed, and records the request.
+    fn finish<T>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        started: Instant,
+        result: Result<T, ProxyError>,
+    ) -> Result<T, Status> {
         let code = match &result {
             Ok(_) => Code::Ok,
             Err(e) => {
@@ -179,6 +293,22 @@ impl Context {
             .await?;
         // Only the message goes back: response headers belong to the datastore's hop.
         Ok(Response::new(resp.into_inner()))
+    }
+}
+
+/// Counts a write as held until it is dropped (answered, refused, or its client gone).
+struct HeldGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl HeldGuard {
+    fn new(gauge: &prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        HeldGuard(gauge.clone())
+    }
+}
+
+impl Drop for HeldGuard {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -9,4 +9,5 @@ mod client;
 mod errors;
 mod etcdctl;
 mod failover;
+mod fence;
 mod tls;
