@@ -8,6 +8,7 @@ pub mod app;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod migrate;
 pub mod proto;
 pub mod route;
 pub mod server;

@@ -1,0 +1,4 @@
+//! The live migration: it drives `route` and never handles client traffic.
+//! This session provides the Copying phase; the state machine around it follows.
+
+pub mod copy;
