@@ -120,7 +120,8 @@ pub struct CopyStats {
 pub struct CopyOutcome {
     pub stats: CopyStats,
     pub keys: HashMap<Bytes, CopiedKey>,
-    /// Source lease ID -> target lease ID, where the target already used the source's ID.
+    /// Source lease ID -> target lease ID for every lease copied (different only where
+    /// the target already used the source's ID).
     pub lease_ids: HashMap<i64, i64>,
 }
 
@@ -249,9 +250,7 @@ pub async fn copy_range(
         for kv in &page {
             if kv.lease != 0 && !leases_done.contains_key(&kv.lease) {
                 let id = copy_lease(source, target, kv.lease).await?;
-                if id != kv.lease {
-                    out.lease_ids.insert(kv.lease, id);
-                }
+                out.lease_ids.insert(kv.lease, id);
                 leases_done.insert(kv.lease, id);
                 out.stats.leases += 1;
             }
@@ -308,7 +307,7 @@ pub async fn copy_range(
 
 /// Grants the source's lease on the target: the same ID when it is free there, a new one
 /// otherwise. Returns the target's ID.
-async fn copy_lease(source: &Datastore, target: &Datastore, id: i64) -> Result<i64, CopyError> {
+pub(super) async fn copy_lease(source: &Datastore, target: &Datastore, id: i64) -> Result<i64, CopyError> {
     let ttl = source
         .unary(Retry::Idempotent, |ch, token| {
             let mut r = tonic::Request::new(LeaseTimeToLiveRequest { id, keys: false });

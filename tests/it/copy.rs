@@ -78,8 +78,9 @@ async fn copies_the_tenant_range_at_one_revision_with_leases_and_source_revision
     );
     assert_eq!(out.stats.keys, 500);
     assert_eq!(out.stats.leases, 2);
-    assert_eq!(out.lease_ids.len(), 1, "0x88 was taken on the target and got a new ID");
+    assert_eq!(out.lease_ids[&0x77], 0x77, "the source's ID where it is free");
     let new_88 = out.lease_ids[&0x88];
+    assert_ne!(new_88, 0x88, "0x88 was taken on the target and got a new ID");
     let steps = progress.lock().unwrap().clone();
     assert!(
         steps.windows(2).all(|w| w[0] < w[1]) && steps.last() == Some(&500),
@@ -149,4 +150,140 @@ async fn an_unreachable_target_is_a_clear_error() {
             .starts_with("target: datastore \"target\": no endpoint reachable"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn catch_up_applies_every_later_change_and_keeps_k_current() {
+    use cutover::migrate::catchup::{follow, Position};
+    use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+
+    let source = Etcd::start().await;
+    let target = Etcd::start().await;
+    let mut s = client(&source.endpoint).await;
+    let mut t = client(&target.endpoint).await;
+    s.lease_grant(120, Some(LeaseGrantOptions::new().with_id(0x77)))
+        .await
+        .unwrap();
+    for i in 0..100 {
+        let lease = (i % 10 == 0).then(|| PutOptions::new().with_lease(0x77));
+        s.put(format!("/t/k{i:03}"), format!("v{i}"), lease).await.unwrap();
+    }
+    let src = datastore("source", &source);
+    let dst = datastore("target", &target);
+    let range = KeyRange::prefix(b"/t/");
+    let copied = copy_range(&src, &dst, &range, &CopyOptions::default(), |_| {})
+        .await
+        .unwrap();
+    let mut keys = copied.keys;
+    let mut leases = copied.lease_ids;
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
+    let (pos_tx, mut pos_rx) = tokio::sync::watch::channel(Position::default());
+    let follower = {
+        let (src, dst, range) = (src.clone(), dst.clone(), range.clone());
+        tokio::spawn(async move {
+            let r = follow(
+                &src,
+                &dst,
+                &range,
+                None,
+                copied.stats.revision + 1,
+                &mut keys,
+                &mut leases,
+                stop_rx,
+                &pos_tx,
+            )
+            .await;
+            (r, keys, leases)
+        })
+    };
+
+    // Changes after the copy: updates, new keys, deletes, an atomic multi-key Txn, a new
+    // lease with a key on it, a revoked lease (its keys go), and noise outside the range.
+    for i in 0..30 {
+        s.put(format!("/t/k{i:03}"), format!("v{i}-2"), None).await.unwrap();
+    }
+    for i in 100..120 {
+        s.put(format!("/t/k{i:03}"), format!("new{i}"), None).await.unwrap();
+    }
+    s.delete("/t/k050", None).await.unwrap();
+    s.txn(
+        Txn::new()
+            .when([Compare::version("/t/k051", CompareOp::Greater, 0)])
+            .and_then([
+                TxnOp::put("/t/k051", "txn-a", None),
+                TxnOp::put("/t/k052", "txn-b", None),
+                TxnOp::delete("/t/k053", None),
+            ]),
+    )
+    .await
+    .unwrap();
+    let l = s.lease_grant(300, None).await.unwrap().id();
+    s.put("/t/leased", "x", Some(PutOptions::new().with_lease(l)))
+        .await
+        .unwrap();
+    s.lease_revoke(0x77).await.unwrap();
+    s.put("/elsewhere", "noise", None).await.unwrap();
+    // Deleted and created again: a new incarnation on both sides.
+    s.delete("/t/k060", None).await.unwrap();
+    s.put("/t/k060", "again", None).await.unwrap();
+
+    let last = s
+        .get("/t/", Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    // The lag is visible while following.
+    let _ = pos_rx.changed().await;
+    stop_tx.send(Some(last)).unwrap();
+    let (result, keys, leases) = tokio::time::timeout(std::time::Duration::from_secs(20), follower)
+        .await
+        .expect("catch-up stops")
+        .unwrap();
+    let pos = result.expect("catch-up succeeds");
+    assert!(pos.applied >= last, "{pos:?} vs {last}");
+
+    let src_now = s.get("/t/", Some(GetOptions::new().with_prefix())).await.unwrap();
+    let dst_now = t.get("/t/", Some(GetOptions::new().with_prefix())).await.unwrap();
+    let view = |r: &etcd_client::GetResponse| -> Vec<(Vec<u8>, Vec<u8>, i64)> {
+        r.kvs()
+            .iter()
+            .map(|kv| (kv.key().to_vec(), kv.value().to_vec(), kv.lease()))
+            .collect()
+    };
+    let mapped: Vec<(Vec<u8>, Vec<u8>, i64)> = view(&src_now)
+        .into_iter()
+        .map(|(k, v, lease)| (k, v, if lease == 0 { 0 } else { leases[&lease] }))
+        .collect();
+    assert_eq!(
+        mapped,
+        view(&dst_now),
+        "the target holds exactly the source's tenant range"
+    );
+    // 100 + 20 new - k050 - k053 + /t/leased - 6 still on 0x77 when it was revoked
+    // (k030..k090 but k050) + k060 created again.
+    assert_eq!(src_now.kvs().len(), 114);
+    assert_eq!(keys.len(), dst_now.kvs().len(), "K has an entry per key on the target");
+    for (s_kv, t_kv) in src_now.kvs().iter().zip(dst_now.kvs()) {
+        let k = keys[s_kv.key()];
+        assert_eq!(
+            (k.source_create, k.source_mod, k.source_version),
+            (s_kv.create_revision(), s_kv.mod_revision(), s_kv.version()),
+            "{:?}",
+            s_kv.key_str()
+        );
+        assert_eq!(
+            (k.target_create, k.target_mod, k.target_version),
+            (t_kv.create_revision(), t_kv.mod_revision(), t_kv.version()),
+            "{:?}",
+            t_kv.key_str()
+        );
+    }
+    // The multi-key Txn landed as one target revision.
+    let a = t.get("/t/k051", None).await.unwrap();
+    let b = t.get("/t/k052", None).await.unwrap();
+    assert_eq!(a.kvs()[0].mod_revision(), b.kvs()[0].mod_revision());
+    assert_eq!(t.get("/elsewhere", None).await.unwrap().count(), 0);
 }

@@ -1,0 +1,250 @@
+//! The CatchingUp phase: follow the source from the copy's revision and apply every change
+//! to the target in revision order, one target Txn per source revision (so a source Txn
+//! stays atomic on the target), keeping the key map K current.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use super::copy::{CopyError, KeyRange};
+use crate::error::ProxyError;
+use crate::proto::etcdserverpb::kv_client::KvClient;
+use crate::proto::etcdserverpb::watch_client::WatchClient;
+use crate::proto::etcdserverpb::{
+    request_op, watch_request, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, WatchCreateRequest,
+    WatchProgressRequest, WatchRequest,
+};
+use crate::proto::mvccpb::{event::EventType, Event};
+use crate::route::revision::CopiedKey;
+use crate::server::client;
+use crate::upstream::{Datastore, Retry};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatchUpError {
+    #[error(transparent)]
+    Copy(#[from] CopyError),
+    #[error("source: the watch was compacted at revision {0}")]
+    Compacted(i64),
+    #[error("source: the watch ended: {0}")]
+    WatchEnded(String),
+    #[error("target: {0}")]
+    Target(ProxyError),
+}
+
+/// Where the catch-up stands.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Position {
+    /// The last source revision whose changes are on the target.
+    pub applied: i64,
+    /// The newest source revision known (from events and progress notifications).
+    pub source: i64,
+    /// The target revision of the last change applied.
+    pub target: i64,
+}
+
+impl Position {
+    /// How many source revisions the target is behind.
+    pub fn lag(&self) -> i64 {
+        (self.source - self.applied).max(0)
+    }
+}
+
+/// Applies the changes of one source revision to the target and updates K.
+async fn apply_revision(
+    target: &Datastore,
+    events: &[Event],
+    keys: &mut HashMap<Bytes, CopiedKey>,
+    lease_ids: &HashMap<i64, i64>,
+) -> Result<i64, CatchUpError> {
+    let ops: Vec<RequestOp> = events
+        .iter()
+        .filter_map(|e| {
+            let kv = e.kv.as_ref()?;
+            let request = if e.r#type == EventType::Delete as i32 {
+                request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: kv.key.clone(),
+                    ..Default::default()
+                })
+            } else {
+                request_op::Request::RequestPut(PutRequest {
+                    key: kv.key.clone(),
+                    value: kv.value.clone(),
+                    lease: if kv.lease == 0 {
+                        0
+                    } else {
+                        lease_ids.get(&kv.lease).copied().unwrap_or(kv.lease)
+                    },
+                    ..Default::default()
+                })
+            };
+            Some(RequestOp { request: Some(request) })
+        })
+        .collect();
+    let req = TxnRequest {
+        success: ops,
+        ..Default::default()
+    };
+    let resp = target
+        .unary(Retry::IfNotSent, |ch, token| {
+            let mut r = tonic::Request::new(req.clone());
+            if let Some(t) = token {
+                r.metadata_mut().insert("token", t);
+            }
+            async move { client!(KvClient, ch).txn(r).await }
+        })
+        .await
+        .map_err(CatchUpError::Target)?
+        .into_inner();
+    let rev = resp.header.map_or(0, |h| h.revision);
+    for e in events {
+        let Some(kv) = &e.kv else { continue };
+        if e.r#type == EventType::Delete as i32 {
+            keys.remove(&kv.key);
+            continue;
+        }
+        let entry = match keys.get(&kv.key) {
+            // The key already exists on the target: same incarnation there.
+            Some(k) => CopiedKey {
+                target_mod: rev,
+                target_version: k.target_version + 1,
+                source_create: kv.create_revision,
+                source_mod: kv.mod_revision,
+                source_version: kv.version,
+                ..*k
+            },
+            None => CopiedKey {
+                target_create: rev,
+                target_mod: rev,
+                target_version: 1,
+                source_create: kv.create_revision,
+                source_mod: kv.mod_revision,
+                source_version: kv.version,
+            },
+        };
+        keys.insert(kv.key.clone(), entry);
+    }
+    Ok(rev)
+}
+
+/// Follows `range` on the source from `from` (the copy's revision + 1) and applies every
+/// change to the target, until `stop_at` names a source revision that has been applied.
+/// `position` is published after every change and progress notification.
+pub async fn follow(
+    source: &Arc<Datastore>,
+    target: &Arc<Datastore>,
+    range: &KeyRange,
+    exclude: Option<&Bytes>,
+    from: i64,
+    keys: &mut HashMap<Bytes, CopiedKey>,
+    lease_ids: &mut HashMap<i64, i64>,
+    mut stop_at: watch::Receiver<Option<i64>>,
+    position: &watch::Sender<Position>,
+) -> Result<Position, CatchUpError> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let _ = tx.send(WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+            key: range.start.clone(),
+            range_end: range.end.clone(),
+            start_revision: from,
+            progress_notify: true,
+            ..Default::default()
+        })),
+    });
+    let (_, channel) = source.pick();
+    let mut req = tonic::Request::new(UnboundedReceiverStream::new(rx));
+    if let Some(t) = source
+        .token(&channel)
+        .await
+        .map_err(|s| CatchUpError::WatchEnded(s.message().to_string()))?
+    {
+        req.metadata_mut().insert("token", t);
+    }
+    let mut stream = client!(WatchClient, channel)
+        .watch(req)
+        .await
+        .map_err(|s| CatchUpError::WatchEnded(s.message().to_string()))?
+        .into_inner();
+
+    let mut pos = Position {
+        applied: from - 1,
+        source: from - 1,
+        target: 0,
+    };
+    let mut progress_asked = false;
+    loop {
+        let stop = *stop_at.borrow();
+        if let Some(stop) = stop {
+            if pos.applied >= stop {
+                return Ok(pos);
+            }
+            if !progress_asked {
+                // Learn the source's revision even if the tenant is idle.
+                let _ = tx.send(WatchRequest {
+                    request_union: Some(watch_request::RequestUnion::ProgressRequest(WatchProgressRequest {})),
+                });
+                progress_asked = true;
+            }
+        }
+        let msg = tokio::select! {
+            m = stream.message() => m,
+            _ = stop_at.changed() => { progress_asked = false; continue; }
+        };
+        let resp = match msg {
+            Ok(Some(r)) => r,
+            Ok(None) => return Err(CatchUpError::WatchEnded("the source closed the stream".into())),
+            Err(s) => return Err(CatchUpError::WatchEnded(s.message().to_string())),
+        };
+        if resp.compact_revision > 0 {
+            return Err(CatchUpError::Compacted(resp.compact_revision));
+        }
+        if resp.canceled {
+            return Err(CatchUpError::WatchEnded(resp.cancel_reason));
+        }
+        let header_rev = resp.header.map_or(0, |h| h.revision);
+        // Only a bare progress notification says "nothing pending up to the header": a
+        // create answer or a batch of events of a watch still catching up does not.
+        let is_progress = !resp.created && resp.events.is_empty();
+        // Events arrive in revision order; apply each revision as one Txn.
+        let events: Vec<Event> = resp
+            .events
+            .into_iter()
+            .filter(|e| match (&e.kv, exclude) {
+                (Some(kv), Some(skip)) => !kv.key.starts_with(skip),
+                _ => true,
+            })
+            .collect();
+        let mut start = 0;
+        while start < events.len() {
+            let rev = events[start].kv.as_ref().map_or(0, |kv| kv.mod_revision);
+            let mut end = start + 1;
+            while end < events.len() && events[end].kv.as_ref().map_or(0, |kv| kv.mod_revision) == rev {
+                end += 1;
+            }
+            // Leases new since the copy go first, with the source's ID when free.
+            for e in &events[start..end] {
+                if let Some(kv) = &e.kv {
+                    if kv.lease != 0 && !lease_ids.contains_key(&kv.lease) {
+                        let id = super::copy::copy_lease(source, target, kv.lease).await?;
+                        lease_ids.insert(kv.lease, id);
+                    }
+                }
+            }
+            pos.target = apply_revision(target, &events[start..end], keys, lease_ids).await?;
+            pos.applied = rev;
+            start = end;
+        }
+        // A response (events or progress) means the source has nothing older pending.
+        pos.source = pos.source.max(header_rev);
+        if is_progress && header_rev > pos.applied {
+            // A progress notification: nothing of the tenant changed up to header_rev.
+            pos.applied = header_rev;
+        }
+        if is_progress {
+            progress_asked = false;
+        }
+        let _ = position.send(pos);
+    }
+}
