@@ -9,7 +9,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::copy::{CopyError, KeyRange};
+use super::copy::{CopyError, CopyOutcome, KeyRange};
 use crate::error::ProxyError;
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::watch_client::WatchClient;
@@ -129,20 +129,35 @@ async fn apply_revision(
     Ok(rev)
 }
 
-/// Follows `range` on the source from `from` (the copy's revision + 1) and applies every
-/// change to the target, until `stop_at` names a source revision that has been applied.
-/// `position` is published after every change and progress notification.
+/// What to follow: the tenant range on the source, from which revision, into which target.
+pub struct Follow<'a> {
+    pub source: &'a Arc<Datastore>,
+    pub target: &'a Arc<Datastore>,
+    pub range: &'a KeyRange,
+    /// Keys under this prefix are left out (cutover's own reserved keys).
+    pub exclude: Option<&'a Bytes>,
+    /// The first source revision to apply: the copy's revision + 1.
+    pub from: i64,
+}
+
+/// Follows the range on the source and applies every change to the target, keeping the
+/// copy's key map and lease map current, until `stop_at` names a source revision that has
+/// been applied. `position` is published after every change and progress notification.
 pub async fn follow(
-    source: &Arc<Datastore>,
-    target: &Arc<Datastore>,
-    range: &KeyRange,
-    exclude: Option<&Bytes>,
-    from: i64,
-    keys: &mut HashMap<Bytes, CopiedKey>,
-    lease_ids: &mut HashMap<i64, i64>,
+    spec: Follow<'_>,
+    copied: &mut CopyOutcome,
     mut stop_at: watch::Receiver<Option<i64>>,
     position: &watch::Sender<Position>,
 ) -> Result<Position, CatchUpError> {
+    let Follow {
+        source,
+        target,
+        range,
+        exclude,
+        from,
+    } = spec;
+    let keys = &mut copied.keys;
+    let lease_ids = &mut copied.lease_ids;
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(WatchRequest {
         request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {

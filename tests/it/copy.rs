@@ -154,7 +154,7 @@ async fn an_unreachable_target_is_a_clear_error() {
 
 #[tokio::test]
 async fn catch_up_applies_every_later_change_and_keeps_k_current() {
-    use cutover::migrate::catchup::{follow, Position};
+    use cutover::migrate::catchup::{follow, Follow, Position};
     use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
     let source = Etcd::start().await;
@@ -171,30 +171,24 @@ async fn catch_up_applies_every_later_change_and_keeps_k_current() {
     let src = datastore("source", &source);
     let dst = datastore("target", &target);
     let range = KeyRange::prefix(b"/t/");
-    let copied = copy_range(&src, &dst, &range, &CopyOptions::default(), |_| {})
+    let mut copied = copy_range(&src, &dst, &range, &CopyOptions::default(), |_| {})
         .await
         .unwrap();
-    let mut keys = copied.keys;
-    let mut leases = copied.lease_ids;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(None);
     let (pos_tx, mut pos_rx) = tokio::sync::watch::channel(Position::default());
     let follower = {
         let (src, dst, range) = (src.clone(), dst.clone(), range.clone());
         tokio::spawn(async move {
-            let r = follow(
-                &src,
-                &dst,
-                &range,
-                None,
-                copied.stats.revision + 1,
-                &mut keys,
-                &mut leases,
-                stop_rx,
-                &pos_tx,
-            )
-            .await;
-            (r, keys, leases)
+            let spec = Follow {
+                source: &src,
+                target: &dst,
+                range: &range,
+                exclude: None,
+                from: copied.stats.revision + 1,
+            };
+            let r = follow(spec, &mut copied, stop_rx, &pos_tx).await;
+            (r, copied.keys, copied.lease_ids)
         })
     };
 
