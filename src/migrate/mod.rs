@@ -3,3 +3,4 @@
 
 pub mod catchup;
 pub mod copy;
+pub mod record;

@@ -1,0 +1,260 @@
+//! The committed translation, persisted in the target under cutover's reserved prefix, so
+//! that any proxy that starts (or restarts) on the target serves the same revisions.
+//!
+//! Layout under `<prefix>\0cutover/translation/`:
+//! - `keys/<n>`: the key map K in chunks (each well under etcd's request limit);
+//! - `params`: S and L as JSON, written last: its mod_revision is T, which makes T greater
+//!   than every copied change and every chunk, as the translation requires.
+
+use std::collections::HashMap;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::error::ProxyError;
+use crate::proto::etcdserverpb::kv_client::KvClient;
+use crate::proto::etcdserverpb::{PutRequest, RangeRequest};
+use crate::route::fence::reserved_prefix;
+use crate::route::revision::{CopiedKey, Translation};
+use crate::server::client;
+use crate::upstream::{Datastore, Retry};
+
+/// Bytes of K per chunk: far below etcd's default 1.5 MiB request limit.
+const CHUNK_BYTES: usize = 512 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("target: {0}")]
+    Datastore(#[from] ProxyError),
+    #[error("the translation record is damaged: {0}")]
+    Damaged(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Params {
+    s: i64,
+    l: i64,
+    chunks: u32,
+}
+
+fn record_prefix(tenant_prefix: &[u8]) -> Bytes {
+    let mut b = BytesMut::from(&reserved_prefix(tenant_prefix)[..]);
+    b.extend_from_slice(b"translation/");
+    b.freeze()
+}
+
+fn put_varint(buf: &mut BytesMut, v: u64) {
+    prost::encoding::encode_varint(v, buf);
+}
+
+fn put_signed(buf: &mut BytesMut, v: i64) {
+    // Zigzag keeps small negative numbers small.
+    put_varint(buf, ((v << 1) ^ (v >> 63)) as u64);
+}
+
+fn get_varint(buf: &mut Bytes) -> Result<u64, RecordError> {
+    prost::encoding::decode_varint(buf).map_err(|e| RecordError::Damaged(e.to_string()))
+}
+
+fn get_signed(buf: &mut Bytes) -> Result<i64, RecordError> {
+    let v = get_varint(buf)?;
+    Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+}
+
+/// K as chunks of (key length, key, six revisions) records.
+pub fn encode_keys(keys: &HashMap<Bytes, CopiedKey>) -> Vec<Bytes> {
+    let mut chunks = Vec::new();
+    let mut cur = BytesMut::new();
+    let mut sorted: Vec<_> = keys.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    for (key, k) in sorted {
+        put_varint(&mut cur, key.len() as u64);
+        cur.put_slice(key);
+        for v in [
+            k.target_create,
+            k.target_mod,
+            k.target_version,
+            k.source_create,
+            k.source_mod,
+            k.source_version,
+        ] {
+            put_signed(&mut cur, v);
+        }
+        if cur.len() >= CHUNK_BYTES {
+            chunks.push(cur.split().freeze());
+        }
+    }
+    if !cur.is_empty() {
+        chunks.push(cur.freeze());
+    }
+    chunks
+}
+
+pub fn decode_keys(chunk: Bytes, into: &mut HashMap<Bytes, CopiedKey>) -> Result<(), RecordError> {
+    let mut buf = chunk;
+    while buf.has_remaining() {
+        let len = get_varint(&mut buf)? as usize;
+        if len > buf.remaining() {
+            return Err(RecordError::Damaged("a key runs past the end of its chunk".into()));
+        }
+        let key = buf.split_to(len);
+        let mut v = [0i64; 6];
+        for slot in &mut v {
+            *slot = get_signed(&mut buf)?;
+        }
+        into.insert(
+            key,
+            CopiedKey {
+                target_create: v[0],
+                target_mod: v[1],
+                target_version: v[2],
+                source_create: v[3],
+                source_mod: v[4],
+                source_version: v[5],
+            },
+        );
+    }
+    Ok(())
+}
+
+async fn put(target: &Datastore, key: Bytes, value: Bytes) -> Result<i64, ProxyError> {
+    let req = PutRequest {
+        key,
+        value,
+        ..Default::default()
+    };
+    target
+        .unary(Retry::IfNotSent, |ch, token| {
+            let mut r = tonic::Request::new(req.clone());
+            if let Some(t) = token {
+                r.metadata_mut().insert("token", t);
+            }
+            async move { client!(KvClient, ch).put(r).await }
+        })
+        .await
+        .map(|r| r.into_inner().header.map_or(0, |h| h.revision))
+}
+
+/// Writes K and then the parameters; returns T, the revision of the parameters' write.
+pub async fn persist(
+    target: &Datastore,
+    tenant_prefix: &[u8],
+    s: i64,
+    l: i64,
+    keys: &HashMap<Bytes, CopiedKey>,
+) -> Result<i64, RecordError> {
+    let base = record_prefix(tenant_prefix);
+    let chunks = encode_keys(keys);
+    for (i, chunk) in chunks.iter().enumerate() {
+        let mut key = BytesMut::from(&base[..]);
+        key.extend_from_slice(format!("keys/{i:08}").as_bytes());
+        put(target, key.freeze(), chunk.clone()).await?;
+    }
+    let params = Params {
+        s,
+        l,
+        chunks: chunks.len() as u32,
+    };
+    let json = serde_json::to_vec(&params).map_err(|e| RecordError::Damaged(e.to_string()))?;
+    let mut key = BytesMut::from(&base[..]);
+    key.extend_from_slice(b"params");
+    Ok(put(target, key.freeze(), Bytes::from(json)).await?)
+}
+
+/// Reads the translation back, if the target has one.
+pub async fn load(target: &Datastore, tenant_prefix: &[u8]) -> Result<Option<Translation>, RecordError> {
+    let base = record_prefix(tenant_prefix);
+    let req = RangeRequest {
+        key: base.clone(),
+        range_end: crate::migrate::copy::prefix_end(&base),
+        ..Default::default()
+    };
+    let resp = target
+        .unary(Retry::Idempotent, |ch, token| {
+            let mut r = tonic::Request::new(req.clone());
+            if let Some(t) = token {
+                r.metadata_mut().insert("token", t);
+            }
+            async move { client!(KvClient, ch).range(r).await }
+        })
+        .await?
+        .into_inner();
+    let params_key = [&base[..], b"params"].concat();
+    let Some(params_kv) = resp.kvs.iter().find(|kv| kv.key[..] == params_key[..]) else {
+        return Ok(None);
+    };
+    let params: Params =
+        serde_json::from_slice(&params_kv.value).map_err(|e| RecordError::Damaged(format!("params: {e}")))?;
+    let mut keys = HashMap::new();
+    let mut seen = 0u32;
+    for kv in &resp.kvs {
+        if kv.key.starts_with(&[&base[..], b"keys/"].concat()) {
+            decode_keys(kv.value.clone(), &mut keys)?;
+            seen += 1;
+        }
+    }
+    if seen != params.chunks {
+        return Err(RecordError::Damaged(format!(
+            "{} chunks of the key map expected, {seen} found",
+            params.chunks
+        )));
+    }
+    Ok(Some(Translation {
+        s: params.s,
+        t: params_kv.mod_revision,
+        l: params.l,
+        keys,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(n: usize) -> HashMap<Bytes, CopiedKey> {
+        (0..n)
+            .map(|i| {
+                (
+                    Bytes::from(format!("/registry/pods/ns/pod-{i:06}")),
+                    CopiedKey {
+                        target_create: 10 + i as i64,
+                        target_mod: 20 + i as i64,
+                        target_version: 1 + (i % 3) as i64,
+                        source_create: 1_000_000 + i as i64,
+                        source_mod: 2_000_000 + i as i64,
+                        source_version: 500 + i as i64,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_key_map_round_trips_through_chunks() {
+        let keys = sample(40_000);
+        let chunks = encode_keys(&keys);
+        assert!(chunks.len() > 1, "large maps are split");
+        assert!(chunks.iter().all(|c| c.len() < CHUNK_BYTES + 1024));
+        let mut back = HashMap::new();
+        for c in chunks {
+            decode_keys(c, &mut back).unwrap();
+        }
+        assert_eq!(back, keys);
+    }
+
+    #[test]
+    fn damaged_chunks_are_errors_not_panics() {
+        let chunk = encode_keys(&sample(3)).remove(0);
+        for cut in 0..chunk.len() {
+            let mut into = HashMap::new();
+            let _ = decode_keys(chunk.slice(..cut), &mut into);
+        }
+        let mut into = HashMap::new();
+        assert!(decode_keys(
+            Bytes::from_static(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"),
+            &mut into
+        )
+        .is_err());
+        assert!(decode_keys(Bytes::from_static(b"\x10ab"), &mut into).is_err());
+    }
+}
