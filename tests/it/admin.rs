@@ -189,3 +189,49 @@ async fn an_unreachable_admin_address_is_a_clear_start_error() {
         proxy.log()
     );
 }
+
+#[test]
+fn the_deploy_example_is_a_valid_config_and_command_line() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/sidecar.yaml")).unwrap();
+    let docs: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(&text)
+        .map(|d| serde::Deserialize::deserialize(d).expect("valid YAML"))
+        .collect();
+    let config = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .and_then(|d| d["data"]["cutover.yaml"].as_str())
+        .expect("a ConfigMap with cutover.yaml");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cutover.yaml");
+    std::fs::write(&path, config).unwrap();
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").expect("a Deployment");
+    let containers = deployment["spec"]["template"]["spec"]["containers"]
+        .as_sequence()
+        .unwrap();
+    let sidecar = containers
+        .iter()
+        .find(|c| c["name"] == "cutover")
+        .expect("the cutover container");
+    let mut args: Vec<String> = sidecar["args"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    // The container's own command line, with `serve` swapped for `check-config` and the
+    // mounted file for our copy of it.
+    assert_eq!(args[0], "serve");
+    args[0] = "check-config".into();
+    let at = args.iter().position(|a| a == "--config").unwrap() + 1;
+    args[at] = path.to_str().unwrap().into();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = cutover(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("dataStore: default"), "{stdout}");
+    // The probes use the admin API's paths.
+    for probe in ["readinessProbe", "livenessProbe"] {
+        let p = sidecar[probe]["httpGet"]["path"].as_str().unwrap();
+        assert!(["/readyz", "/healthz"].contains(&p), "{probe}: {p}");
+    }
+}
