@@ -36,6 +36,7 @@ pub async fn serve(config: Config) -> Result<(), RunError> {
         datastores.insert(name.clone(), Datastore::new(ds, metrics.clone())?);
     }
     let fence = FencePolicy {
+        tenant_prefix: config.prefix.clone(),
         guard: Guard::new(&config.prefix),
         mode: config.fence_mode,
         hold_timeout: config.hold_timeout,

@@ -50,6 +50,9 @@ pub enum ProxyError {
     /// The datastore answered the guard Txn in a shape the proxy did not ask for.
     #[error("{0}")]
     Malformed(#[from] crate::route::fence::Malformed),
+    /// The request touches cutover's reserved keys.
+    #[error("the request touches cutover's reserved keys")]
+    Reserved,
     /// The client sent a message larger than the configured limit.
     #[error("request of {size} bytes is larger than the limit of {limit} bytes")]
     RequestTooLarge { size: usize, limit: usize },
@@ -62,6 +65,7 @@ impl ProxyError {
             ProxyError::NoEndpoint { .. } | ProxyError::OutcomeUnknown { .. } => Blame::Upstream,
             ProxyError::RequestTooLarge { .. } => Blame::Downstream,
             ProxyError::Fenced { .. } => Blame::Proxy,
+            ProxyError::Reserved => Blame::Downstream,
             ProxyError::Malformed(_) => Blame::Upstream,
         }
     }
@@ -73,6 +77,7 @@ impl ProxyError {
             ProxyError::OutcomeUnknown { .. } => false,
             ProxyError::RequestTooLarge { .. } => false,
             ProxyError::Fenced { .. } => true,
+            ProxyError::Reserved => false,
             ProxyError::Malformed(_) => false,
             ProxyError::Etcd(s) => s.code() == Code::Unavailable && s.message() == messages::NO_CONNECTION,
         }
@@ -93,6 +98,8 @@ impl ProxyError {
             // Unavailable: the refusal is temporary, and clientv3 does not resend writes on it.
             ProxyError::Fenced { .. } => Status::unavailable(crate::route::fence::FREEZE_MESSAGE),
             ProxyError::Malformed(e) => Status::internal(format!("cutover: {e}")),
+            // As etcd answers a user without permission on a key.
+            ProxyError::Reserved => Status::permission_denied(messages::PERMISSION_DENIED),
             // grpc-go's wording, which etcd's server produces for an oversized message.
             ProxyError::RequestTooLarge { size, limit } => {
                 Status::resource_exhausted(format!("grpc: received message larger than max ({size} vs. {limit})"))

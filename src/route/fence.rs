@@ -57,6 +57,10 @@ pub struct Guard {
 /// A client write the guard can carry.
 pub trait Guarded: Sized {
     type Response;
+    /// Whether the write keeps off cutover's reserved keys.
+    fn allowed(&self, scope: &super::scope::Scope) -> bool;
+    /// Takes reserved keys out of the answer's reads (only a Txn has any).
+    fn hide_reserved(_resp: &mut Self::Response, _scope: &super::scope::Scope) {}
     fn into_op(self) -> request_op::Request;
     /// The inner answer, with the outer header; `None` if it is not this write's kind.
     fn from_op(op: response_op::Response, header: Option<ResponseHeader>) -> Option<Self::Response>;
@@ -64,6 +68,9 @@ pub trait Guarded: Sized {
 
 impl Guarded for PutRequest {
     type Response = PutResponse;
+    fn allowed(&self, scope: &super::scope::Scope) -> bool {
+        !scope.is_reserved(&self.key)
+    }
     fn into_op(self) -> request_op::Request {
         request_op::Request::RequestPut(self)
     }
@@ -77,6 +84,9 @@ impl Guarded for PutRequest {
 
 impl Guarded for DeleteRangeRequest {
     type Response = DeleteRangeResponse;
+    fn allowed(&self, scope: &super::scope::Scope) -> bool {
+        !scope.touches_reserved(&self.key, &self.range_end)
+    }
     fn into_op(self) -> request_op::Request {
         request_op::Request::RequestDeleteRange(self)
     }
@@ -90,6 +100,12 @@ impl Guarded for DeleteRangeRequest {
 
 impl Guarded for TxnRequest {
     type Response = TxnResponse;
+    fn allowed(&self, scope: &super::scope::Scope) -> bool {
+        scope.txn_allowed(self)
+    }
+    fn hide_reserved(resp: &mut TxnResponse, scope: &super::scope::Scope) {
+        scope.hide_in_txn(resp);
+    }
     fn into_op(self) -> request_op::Request {
         request_op::Request::RequestTxn(self)
     }

@@ -12,6 +12,7 @@ use arc_swap::ArcSwap;
 
 pub mod fence;
 pub mod revision;
+pub mod scope;
 
 use crate::config::FenceMode;
 use crate::upstream::Datastore;
@@ -21,6 +22,7 @@ use fence::Guard;
 /// the datastore holds the fence.
 #[derive(Debug, Clone)]
 pub struct FencePolicy {
+    pub tenant_prefix: bytes::Bytes,
     pub guard: Guard,
     pub mode: FenceMode,
     pub hold_timeout: std::time::Duration,
@@ -37,6 +39,7 @@ pub struct Router {
     current: ArcSwap<Route>,
     datastores: BTreeMap<String, Arc<Datastore>>,
     fence: FencePolicy,
+    scope: scope::Scope,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +62,14 @@ impl Router {
                 datastore: ds,
             }),
             datastores,
+            scope: scope::Scope::new(&fence.tenant_prefix),
             fence,
         })
+    }
+
+    /// What clients may touch: everything but cutover's reserved keys.
+    pub fn scope(&self) -> &scope::Scope {
+        &self.scope
     }
 
     pub fn fence(&self) -> &FencePolicy {

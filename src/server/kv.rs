@@ -4,10 +4,11 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{forward, Context};
+use super::{client, forward, Context};
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::*;
+use crate::route::scope::Scope;
 use crate::upstream::Retry;
 
 pub struct KvService {
@@ -22,15 +23,27 @@ impl KvService {
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    forward!(
-        range,
-        RangeRequest,
-        RangeResponse,
-        "KV",
-        "Range",
-        Retry::Idempotent,
-        KvClient
-    );
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let scope = self.ctx.router.scope().clone();
+        let r = request.get_ref();
+        if !scope.touches_reserved(&r.key, &r.range_end) {
+            return self
+                .ctx
+                .unary("KV", "Range", Retry::Idempotent, request, |ch, req| async move {
+                    client!(KvClient, ch).range(req).await
+                })
+                .await;
+        }
+        // The range includes cutover's reserved keys: count them at one revision, read at
+        // that revision with room for them, and leave them out of the answer.
+        self.ctx
+            .unary("KV", "Range", Retry::Idempotent, request, move |ch, req| {
+                let scope = scope.clone();
+                async move { range_without_reserved(ch, req, &scope).await }
+            })
+            .await
+    }
+
     // Writes travel inside the fence guard (route/fence.rs).
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         self.ctx.guarded_write("KV", "Put", request).await
@@ -56,4 +69,44 @@ impl Kv for KvService {
         Retry::IfNotSent,
         KvClient
     );
+}
+
+async fn range_without_reserved(
+    ch: tonic::transport::Channel,
+    req: Request<RangeRequest>,
+    scope: &Scope,
+) -> Result<Response<RangeResponse>, Status> {
+    let (metadata, extensions, asked) = req.into_parts();
+    let (key, range_end) = scope.reserved_part(&asked.key, &asked.range_end);
+    let count_req = RangeRequest {
+        key,
+        range_end,
+        count_only: true,
+        limit: 0,
+        sort_order: 0,
+        sort_target: 0,
+        ..asked.clone()
+    };
+    let mut client = client!(KvClient, ch);
+    let hidden = client
+        .range(Request::from_parts(metadata.clone(), extensions.clone(), count_req))
+        .await?
+        .into_inner();
+    let at = hidden.header.map_or(0, |h| h.revision);
+    let main = RangeRequest {
+        revision: if asked.revision > 0 { asked.revision } else { at },
+        limit: if asked.limit > 0 { asked.limit + hidden.count } else { 0 },
+        ..asked.clone()
+    };
+    let mut resp = client
+        .range(Request::from_parts(metadata, extensions, main))
+        .await?
+        .into_inner();
+    resp.kvs.retain(|kv| !scope.is_reserved(&kv.key));
+    resp.count -= hidden.count;
+    if asked.limit > 0 && resp.kvs.len() as i64 > asked.limit {
+        resp.kvs.truncate(asked.limit as usize);
+        resp.more = true;
+    }
+    Ok(Response::new(resp))
 }

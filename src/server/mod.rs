@@ -170,6 +170,9 @@ impl Context {
                 limit: self.max_recv_bytes,
             });
         }
+        if !msg.allowed(self.router.scope()) {
+            return Err(ProxyError::Reserved);
+        }
         let fwd = Forwarded::from_incoming(&metadata);
         let policy = self.router.fence();
         let txn = policy.guard.wrap(msg.clone());
@@ -198,7 +201,8 @@ impl Context {
                 other => other?,
             };
             let fenced = match policy.guard.unwrap::<W>(resp.into_inner())? {
-                Ok(answer) => {
+                Ok(mut answer) => {
+                    W::hide_reserved(&mut answer, self.router.scope());
                     if held.is_some() {
                         self.count_fenced("held");
                     }

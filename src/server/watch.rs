@@ -207,6 +207,7 @@ impl WatchSession {
             self.remove(r.watch_id);
             self.send_down(r).await
         } else if !r.events.is_empty() {
+            let mut r = r;
             if let Some(w) = self.watches.get_mut(&r.watch_id) {
                 // A fragmented response's last piece carries fragment=false; resume only at
                 // a whole revision.
@@ -215,6 +216,13 @@ impl WatchSession {
                         w.next_rev = w.next_rev.max(last.mod_revision + 1);
                     }
                 }
+            }
+            // cutover's reserved keys are not the tenant's to see.
+            let scope = self.ctx.router.scope();
+            r.events
+                .retain(|e| e.kv.as_ref().is_none_or(|kv| !scope.is_reserved(&kv.key)));
+            if r.events.is_empty() {
+                return Ok(());
             }
             self.send_down(r).await
         } else {

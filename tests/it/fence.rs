@@ -142,3 +142,121 @@ async fn the_fence_key_lives_under_the_tenant_prefix() {
         .unwrap();
     expect_frozen(c.put("/tenant-a/registry/x", "2", None).await);
 }
+
+#[tokio::test]
+async fn reserved_keys_are_hidden_from_reads_and_watches_and_closed_to_writes() {
+    use etcd_client::{DeleteOptions, GetOptions, WatchOptions};
+    let etcd = Etcd::start().await;
+    let proxy = Proxy::start(&config(&etcd, "")).await;
+    let mut direct = client(&etcd.endpoint).await;
+    let mut c = client(&proxy.endpoint).await;
+    // A reserved record (as a migration leaves on a target) and tenant keys around it.
+    direct
+        .put(b"\x00cutover/translation/params".to_vec(), "{}", None)
+        .await
+        .unwrap();
+    direct
+        .put(b"\x00cutover/translation/keys/0".to_vec(), "k", None)
+        .await
+        .unwrap();
+    for k in ["a", "b", "c"] {
+        c.put(k, "v", None).await.unwrap();
+    }
+    let everything = GetOptions::new().with_from_key();
+    let all = c.get(b"\x00".to_vec(), Some(everything.clone())).await.unwrap();
+    let keys: Vec<&[u8]> = all.kvs().iter().map(|kv| kv.key()).collect();
+    assert_eq!(keys, [&b"a"[..], b"b", b"c"]);
+    assert_eq!(all.count(), 3);
+    let two = c
+        .get(b"\x00".to_vec(), Some(everything.clone().with_limit(2)))
+        .await
+        .unwrap();
+    assert_eq!((two.kvs().len(), two.more(), two.count()), (2, true, 3));
+    assert_eq!(two.kvs()[0].key(), b"a");
+    let counted = c
+        .get(b"\x00".to_vec(), Some(everything.with_count_only()))
+        .await
+        .unwrap();
+    assert_eq!(counted.count(), 3);
+
+    let denied = |r: Result<(), etcd_client::Error>| match r {
+        Err(etcd_client::Error::GRpcStatus(s)) => {
+            assert_eq!(
+                (s.code(), s.message()),
+                (Code::PermissionDenied, "etcdserver: permission denied")
+            )
+        }
+        other => panic!("expected permission denied, got {other:?}"),
+    };
+    denied(c.put(FENCE_KEY, "x", None).await.map(|_| ()));
+    denied(
+        c.delete(b"\x00".to_vec(), Some(DeleteOptions::new().with_from_key()))
+            .await
+            .map(|_| ()),
+    );
+    denied(
+        c.txn(
+            Txn::new()
+                .when([Compare::version(FENCE_KEY, CompareOp::Equal, 0)])
+                .and_then([TxnOp::put("a", "w", None)]),
+        )
+        .await
+        .map(|_| ()),
+    );
+    assert_eq!(
+        direct.get(FENCE_KEY, None).await.unwrap().count(),
+        0,
+        "no fence was written"
+    );
+
+    // A watch on everything sees the tenant's changes only.
+    let (_w, mut stream) = c
+        .watch(b"\x00".to_vec(), Some(WatchOptions::new().with_from_key()))
+        .await
+        .unwrap();
+    direct
+        .put(b"\x00cutover/translation/params".to_vec(), "{2}", None)
+        .await
+        .unwrap();
+    c.put("d", "v", None).await.unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .expect("an event")
+        .unwrap()
+        .unwrap();
+    let seen: Vec<&[u8]> = r.events().iter().filter_map(|e| e.kv().map(|kv| kv.key())).collect();
+    assert_eq!(seen, [&b"d"[..]]);
+}
+
+#[tokio::test]
+async fn reads_inside_a_txn_do_not_show_reserved_keys() {
+    let etcd = Etcd::start().await;
+    let proxy = Proxy::start(&config(&etcd, "")).await;
+    let mut direct = client(&etcd.endpoint).await;
+    let mut c = client(&proxy.endpoint).await;
+    direct
+        .put(b"\x00cutover/translation/params".to_vec(), "{}", None)
+        .await
+        .unwrap();
+    c.put("a", "1", None).await.unwrap();
+    let everything = etcd_client::GetOptions::new().with_from_key();
+    let t = c
+        .txn(Txn::new().and_then([
+            TxnOp::get(b"\x00".to_vec(), Some(everything.clone())),
+            TxnOp::txn(Txn::new().and_then([TxnOp::get(b"\x00".to_vec(), Some(everything))])),
+        ]))
+        .await
+        .unwrap();
+    for op in t.op_responses() {
+        let get = match op {
+            etcd_client::TxnOpResponse::Get(g) => g,
+            etcd_client::TxnOpResponse::Txn(inner) => match inner.op_responses().remove(0) {
+                etcd_client::TxnOpResponse::Get(g) => g,
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        let keys: Vec<&[u8]> = get.kvs().iter().map(|kv| kv.key()).collect();
+        assert_eq!((keys, get.count()), (vec![&b"a"[..]], 1));
+    }
+}

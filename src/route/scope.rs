@@ -1,0 +1,201 @@
+//! cutover's reserved keys (`<prefix>\0cutover/...`: the fence, the translation record) are
+//! not the tenant's: clients may not write, delete or compare on them, and reads and
+//! watches never show them. Pure logic over etcd's key-range conventions.
+
+use bytes::Bytes;
+
+use super::fence::reserved_prefix;
+use crate::proto::etcdserverpb::{request_op, response_op, Compare, RequestOp, TxnRequest, TxnResponse};
+
+/// A key range in etcd's terms: `end` empty = the key alone, `end == "\0"` = every key
+/// from `key` on, otherwise the half-open range [key, end).
+fn overlaps(key: &[u8], end: &[u8], lo: &[u8], hi: &[u8]) -> bool {
+    // [lo, hi) is the reserved range (hi is never empty or "\0" here).
+    match end {
+        [] => key >= lo && key < hi,
+        [0] => hi > key,
+        _ => key < hi && end > lo,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Scope {
+    reserved: Bytes,
+    reserved_end: Bytes,
+}
+
+impl Scope {
+    pub fn new(tenant_prefix: &[u8]) -> Scope {
+        let reserved = reserved_prefix(tenant_prefix);
+        let reserved_end = crate::migrate::copy::prefix_end(&reserved);
+        Scope { reserved, reserved_end }
+    }
+
+    pub fn is_reserved(&self, key: &[u8]) -> bool {
+        key.starts_with(&self.reserved)
+    }
+
+    /// Whether the range [key, end) includes any reserved key.
+    pub fn touches_reserved(&self, key: &[u8], end: &[u8]) -> bool {
+        overlaps(key, end, &self.reserved, &self.reserved_end)
+    }
+
+    /// The reserved part of a range, as (key, range_end) for a count.
+    pub fn reserved_part(&self, key: &[u8], end: &[u8]) -> (Bytes, Bytes) {
+        let start = if key > &self.reserved[..] {
+            Bytes::copy_from_slice(key)
+        } else {
+            self.reserved.clone()
+        };
+        let stop = match end {
+            [0] => self.reserved_end.clone(),
+            e if e < &self.reserved_end[..] => Bytes::copy_from_slice(e),
+            _ => self.reserved_end.clone(),
+        };
+        (start, stop)
+    }
+
+    fn compare_allowed(&self, c: &Compare) -> bool {
+        // A compare on the tenant's keys may read anything; only the reserved ones are off.
+        !self.touches_reserved(&c.key, &c.range_end)
+    }
+
+    fn op_allowed(&self, op: &RequestOp) -> bool {
+        match &op.request {
+            // Reads may span the reserved keys; their answers are filtered (hide_in_txn).
+            Some(request_op::Request::RequestRange(_)) => true,
+            Some(request_op::Request::RequestPut(p)) => !self.is_reserved(&p.key),
+            Some(request_op::Request::RequestDeleteRange(d)) => !self.touches_reserved(&d.key, &d.range_end),
+            Some(request_op::Request::RequestTxn(t)) => self.txn_allowed(t),
+            None => true,
+        }
+    }
+
+    /// Whether a client Txn keeps off the reserved keys: no compare on them and no write
+    /// to them, nested Txns included. Reads may span them (see `hide_in_txn`).
+    pub fn txn_allowed(&self, txn: &TxnRequest) -> bool {
+        txn.compare.iter().all(|c| self.compare_allowed(c))
+            && txn.success.iter().all(|o| self.op_allowed(o))
+            && txn.failure.iter().all(|o| self.op_allowed(o))
+    }
+}
+
+impl Scope {
+    /// Removes reserved keys from the reads of a Txn's answer, nested ones included. The
+    /// count drops by as many keys as were removed, which is exact for reads without a
+    /// limit; a limited or count-only read inside a Txn over the reserved keys counts them.
+    pub fn hide_in_txn(&self, resp: &mut TxnResponse) {
+        for op in &mut resp.responses {
+            match &mut op.response {
+                Some(response_op::Response::ResponseRange(r)) => {
+                    let before = r.kvs.len();
+                    r.kvs.retain(|kv| !self.is_reserved(&kv.key));
+                    r.count -= (before - r.kvs.len()) as i64;
+                }
+                Some(response_op::Response::ResponseTxn(t)) => self.hide_in_txn(t),
+                _ => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
+
+    fn scope() -> Scope {
+        Scope::new(b"/t/")
+    }
+
+    #[test]
+    fn ranges_that_include_reserved_keys_are_recognised() {
+        let s = scope();
+        assert!(s.is_reserved(b"/t/\x00cutover/fence"));
+        assert!(!s.is_reserved(b"/t/registry/pods/a"));
+        assert!(s.touches_reserved(b"/t/", b"/t0"), "the whole tenant prefix");
+        assert!(s.touches_reserved(b"\x00", b"\x00"), "everything");
+        assert!(s.touches_reserved(b"/t/\x00cutover/fence", b""), "the fence key itself");
+        assert!(!s.touches_reserved(b"/t/registry/", b"/t/registry0"));
+        assert!(
+            !s.touches_reserved(b"/t/a", b"\x00"),
+            "from a key after the reserved range"
+        );
+        assert!(!s.touches_reserved(b"/s/", b"/t/"), "ends where the prefix starts");
+    }
+
+    #[test]
+    fn the_reserved_part_of_a_range_is_their_intersection() {
+        let s = scope();
+        assert_eq!(
+            s.reserved_part(b"/t/", b"/t0"),
+            (
+                Bytes::from_static(b"/t/\x00cutover/"),
+                Bytes::from_static(b"/t/\x00cutover0")
+            )
+        );
+        assert_eq!(
+            s.reserved_part(b"/t/\x00cutover/f", b"\x00"),
+            (
+                Bytes::from_static(b"/t/\x00cutover/f"),
+                Bytes::from_static(b"/t/\x00cutover0")
+            )
+        );
+    }
+
+    #[test]
+    fn txns_may_not_touch_reserved_keys_anywhere() {
+        let s = scope();
+        let put = |k: &'static [u8]| RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: Bytes::from_static(k),
+                ..Default::default()
+            })),
+        };
+        let ok = TxnRequest {
+            success: vec![put(b"/t/registry/x")],
+            ..Default::default()
+        };
+        assert!(s.txn_allowed(&ok));
+        let nested = TxnRequest {
+            failure: vec![RequestOp {
+                request: Some(request_op::Request::RequestTxn(TxnRequest {
+                    success: vec![put(b"/t/\x00cutover/fence")],
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        };
+        assert!(!s.txn_allowed(&nested));
+        let wide_delete = TxnRequest {
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: Bytes::from_static(b"/t/"),
+                    range_end: Bytes::from_static(b"/t0"),
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        };
+        assert!(!s.txn_allowed(&wide_delete));
+        let wide_read = TxnRequest {
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: Bytes::from_static(b"\x00"),
+                    range_end: Bytes::from_static(b"\x00"),
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        };
+        assert!(s.txn_allowed(&wide_read), "reads may span them; answers are filtered");
+        let cmp = TxnRequest {
+            compare: vec![Compare {
+                key: Bytes::from_static(b"/t/\x00cutover/fence"),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        assert!(!s.txn_allowed(&cmp));
+    }
+}
