@@ -20,7 +20,7 @@ use crate::proto::etcdserverpb::{
 use crate::proto::mvccpb::{event::EventType, Event};
 use crate::route::revision::CopiedKey;
 use crate::server::client;
-use crate::upstream::{Datastore, Retry};
+use crate::upstream::{own_request, Datastore, Retry};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatchUpError {
@@ -89,10 +89,7 @@ async fn apply_revision(
     };
     let resp = target
         .unary(Retry::IfNotSent, |ch, token| {
-            let mut r = tonic::Request::new(req.clone());
-            if let Some(t) = token {
-                r.metadata_mut().insert("token", t);
-            }
+            let r = own_request(req.clone(), token);
             async move { client!(KvClient, ch).txn(r).await }
         })
         .await

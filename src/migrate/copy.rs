@@ -23,7 +23,7 @@ use crate::proto::etcdserverpb::{
 use crate::proto::mvccpb::KeyValue;
 use crate::route::revision::CopiedKey;
 use crate::server::client;
-use crate::upstream::{Datastore, Retry};
+use crate::upstream::{own_request, Datastore, Retry};
 
 /// etcd's default limit on operations in one Txn.
 pub const MAX_TXN_OPS: usize = 128;
@@ -131,10 +131,7 @@ fn on(side: &'static str) -> impl Fn(ProxyError) -> CopyError {
 
 async fn range(ds: &Datastore, req: RangeRequest) -> Result<RangeResponse, ProxyError> {
     ds.unary(Retry::Idempotent, |ch, token| {
-        let mut r = tonic::Request::new(req.clone());
-        if let Some(t) = token {
-            r.metadata_mut().insert("token", t);
-        }
+        let r = own_request(req.clone(), token);
         async move { client!(KvClient, ch).range(r).await }
     })
     .await
@@ -143,10 +140,7 @@ async fn range(ds: &Datastore, req: RangeRequest) -> Result<RangeResponse, Proxy
 
 async fn txn(ds: &Datastore, req: TxnRequest) -> Result<crate::proto::etcdserverpb::TxnResponse, ProxyError> {
     ds.unary(Retry::IfNotSent, |ch, token| {
-        let mut r = tonic::Request::new(req.clone());
-        if let Some(t) = token {
-            r.metadata_mut().insert("token", t);
-        }
+        let r = own_request(req.clone(), token);
         async move { client!(KvClient, ch).txn(r).await }
     })
     .await
@@ -310,10 +304,7 @@ pub async fn copy_range(
 pub(super) async fn copy_lease(source: &Datastore, target: &Datastore, id: i64) -> Result<i64, CopyError> {
     let ttl = source
         .unary(Retry::Idempotent, |ch, token| {
-            let mut r = tonic::Request::new(LeaseTimeToLiveRequest { id, keys: false });
-            if let Some(t) = token {
-                r.metadata_mut().insert("token", t);
-            }
+            let r = own_request(LeaseTimeToLiveRequest { id, keys: false }, token);
             async move { client!(LeaseClient, ch).lease_time_to_live(r).await }
         })
         .await
@@ -325,10 +316,7 @@ pub(super) async fn copy_lease(source: &Datastore, target: &Datastore, id: i64) 
     let grant = |id: i64| async move {
         target
             .unary(Retry::IfNotSent, |ch, token| {
-                let mut r = tonic::Request::new(LeaseGrantRequest { ttl: granted, id });
-                if let Some(t) = token {
-                    r.metadata_mut().insert("token", t);
-                }
+                let r = own_request(LeaseGrantRequest { ttl: granted, id }, token);
                 async move { client!(LeaseClient, ch).lease_grant(r).await }
             })
             .await

@@ -17,7 +17,7 @@ use crate::proto::etcdserverpb::{PutRequest, RangeRequest};
 use crate::route::fence::reserved_prefix;
 use crate::route::revision::{CopiedKey, Translation};
 use crate::server::client;
-use crate::upstream::{Datastore, Retry};
+use crate::upstream::{own_request, Datastore, Retry};
 
 /// Bytes of K per chunk: far below etcd's default 1.5 MiB request limit.
 const CHUNK_BYTES: usize = 512 * 1024;
@@ -125,10 +125,7 @@ async fn put(target: &Datastore, key: Bytes, value: Bytes) -> Result<i64, ProxyE
     };
     target
         .unary(Retry::IfNotSent, |ch, token| {
-            let mut r = tonic::Request::new(req.clone());
-            if let Some(t) = token {
-                r.metadata_mut().insert("token", t);
-            }
+            let r = own_request(req.clone(), token);
             async move { client!(KvClient, ch).put(r).await }
         })
         .await
@@ -171,10 +168,7 @@ pub async fn load(target: &Datastore, tenant_prefix: &[u8]) -> Result<Option<Tra
     };
     let resp = target
         .unary(Retry::Idempotent, |ch, token| {
-            let mut r = tonic::Request::new(req.clone());
-            if let Some(t) = token {
-                r.metadata_mut().insert("token", t);
-            }
+            let r = own_request(req.clone(), token);
             async move { client!(KvClient, ch).range(r).await }
         })
         .await?

@@ -163,13 +163,7 @@ impl Context {
         W: Guarded + prost::Message + Clone,
     {
         let (metadata, _, msg) = request.into_parts();
-        let size = msg.encoded_len();
-        if size > self.max_recv_bytes {
-            return Err(ProxyError::RequestTooLarge {
-                size,
-                limit: self.max_recv_bytes,
-            });
-        }
+        self.check_size(&msg)?;
         if !msg.allowed(self.router.scope()) {
             return Err(ProxyError::Reserved);
         }
@@ -227,6 +221,18 @@ impl Context {
         }
     }
 
+    /// etcd's (grpc-go's) receive limit, checked on the decoded message.
+    fn check_size(&self, msg: &impl prost::Message) -> Result<(), ProxyError> {
+        let size = msg.encoded_len();
+        if size > self.max_recv_bytes {
+            return Err(ProxyError::RequestTooLarge {
+                size,
+                limit: self.max_recv_bytes,
+            });
+        }
+        Ok(())
+    }
+
     fn count_unguarded(&self) {
         self.metrics.unguarded_writes.inc();
         if !self.warned_unguarded.swap(true, std::sync::atomic::Ordering::Relaxed) {
@@ -282,13 +288,7 @@ impl Context {
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
         let (metadata, _, msg) = request.into_parts();
-        let size = msg.encoded_len();
-        if size > self.max_recv_bytes {
-            return Err(ProxyError::RequestTooLarge {
-                size,
-                limit: self.max_recv_bytes,
-            });
-        }
+        self.check_size(&msg)?;
         let fwd = Forwarded::from_incoming(&metadata);
         let route = self.router.route();
         let resp = route

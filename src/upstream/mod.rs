@@ -25,6 +25,15 @@ use crate::proto::etcdserverpb::StatusRequest;
 
 pub use auth::TokenSource;
 
+/// A request of the proxy's own (the migration's), with the proxy's auth token if any.
+pub fn own_request<T>(msg: T, token: Option<AsciiMetadataValue>) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if let Some(t) = token {
+        r.metadata_mut().insert("token", t);
+    }
+    r
+}
+
 /// How a request may be sent again after a connection failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Retry {
