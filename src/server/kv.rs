@@ -24,9 +24,8 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
-        let scope = self.ctx.router.scope().clone();
         let r = request.get_ref();
-        if !scope.touches_reserved(&r.key, &r.range_end) {
+        if !self.ctx.router.scope().touches_reserved(&r.key, &r.range_end) {
             return self
                 .ctx
                 .unary("KV", "Range", Retry::Idempotent, request, |ch, req| async move {
@@ -36,6 +35,7 @@ impl Kv for KvService {
         }
         // The range includes cutover's reserved keys: count them at one revision, read at
         // that revision with room for them, and leave them out of the answer.
+        let scope = self.ctx.router.scope().clone();
         self.ctx
             .unary("KV", "Range", Retry::Idempotent, request, move |ch, req| {
                 let scope = scope.clone();
