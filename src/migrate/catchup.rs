@@ -11,7 +11,6 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::copy::{CopyError, CopyOutcome, KeyRange};
 use crate::error::ProxyError;
-use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::watch_client::WatchClient;
 use crate::proto::etcdserverpb::{
     request_op, watch_request, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, WatchCreateRequest,
@@ -20,7 +19,7 @@ use crate::proto::etcdserverpb::{
 use crate::proto::mvccpb::{event::EventType, Event};
 use crate::route::revision::CopiedKey;
 use crate::server::client;
-use crate::upstream::{own_request, Datastore, Retry};
+use crate::upstream::Datastore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatchUpError {
@@ -87,14 +86,7 @@ async fn apply_revision(
         success: ops,
         ..Default::default()
     };
-    let resp = target
-        .unary(Retry::IfNotSent, |ch, token| {
-            let r = own_request(req.clone(), token);
-            async move { client!(KvClient, ch).txn(r).await }
-        })
-        .await
-        .map_err(CatchUpError::Target)?
-        .into_inner();
+    let resp = super::copy::txn(target, req).await.map_err(CatchUpError::Target)?;
     let rev = resp.header.map_or(0, |h| h.revision);
     for e in events {
         let Some(kv) = &e.kv else { continue };
@@ -112,14 +104,7 @@ async fn apply_revision(
                 source_version: kv.version,
                 ..*k
             },
-            None => CopiedKey {
-                target_create: rev,
-                target_mod: rev,
-                target_version: 1,
-                source_create: kv.create_revision,
-                source_mod: kv.mod_revision,
-                source_version: kv.version,
-            },
+            None => super::copy::first_write(rev, kv),
         };
         keys.insert(kv.key.clone(), entry);
     }

@@ -138,7 +138,10 @@ async fn range(ds: &Datastore, req: RangeRequest) -> Result<RangeResponse, Proxy
     .map(|r| r.into_inner())
 }
 
-async fn txn(ds: &Datastore, req: TxnRequest) -> Result<crate::proto::etcdserverpb::TxnResponse, ProxyError> {
+pub(super) async fn txn(
+    ds: &Datastore,
+    req: TxnRequest,
+) -> Result<crate::proto::etcdserverpb::TxnResponse, ProxyError> {
     ds.unary(Retry::IfNotSent, |ch, token| {
         let r = own_request(req.clone(), token);
         async move { client!(KvClient, ch).txn(r).await }
@@ -280,23 +283,25 @@ pub async fn copy_range(
             for kv in batch {
                 out.stats.keys += 1;
                 out.stats.bytes += (kv.key.len() + kv.value.len()) as u64;
-                out.keys.insert(
-                    kv.key.clone(),
-                    CopiedKey {
-                        target_create: rev,
-                        target_mod: rev,
-                        target_version: 1,
-                        source_create: kv.create_revision,
-                        source_mod: kv.mod_revision,
-                        source_version: kv.version,
-                    },
-                );
+                out.keys.insert(kv.key.clone(), first_write(rev, &kv));
             }
             progress(&out.stats);
         }
     }
     out.stats.revision = reader.await.unwrap_or(0);
     Ok(out)
+}
+
+/// K's entry for a key the copier has just created on the target at `rev`.
+pub(super) fn first_write(rev: i64, source: &KeyValue) -> CopiedKey {
+    CopiedKey {
+        target_create: rev,
+        target_mod: rev,
+        target_version: 1,
+        source_create: source.create_revision,
+        source_mod: source.mod_revision,
+        source_version: source.version,
+    }
 }
 
 /// Grants the source's lease on the target: the same ID when it is free there, a new one
