@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::metrics::Metrics;
+use crate::migrate::{Migrator, Settings};
 use crate::route::fence::Guard;
 use crate::route::{FencePolicy, Router};
 use crate::server::{self, Context, Listener};
@@ -24,6 +25,8 @@ pub enum RunError {
     Admin(std::io::Error),
     #[error("{0}")]
     Route(#[from] crate::route::UnknownDatastore),
+    #[error("cannot tell which datastore holds the tenant: {0}")]
+    Resolve(#[from] crate::migrate::marker::ResolveError),
 }
 
 /// How often each datastore endpoint is probed.
@@ -54,6 +57,32 @@ pub async fn serve(config: Config) -> Result<(), RunError> {
     for ds in router.datastores().values() {
         ds.spawn_health_probe(HEALTH_PROBE_EVERY);
     }
+    // The configured datastore may have been left by a migration: follow its marker. If
+    // it cannot be read now, keep trying in the background (writes stay safe meanwhile:
+    // a datastore the tenant left refuses them through the fence guard).
+    match tokio::time::timeout(Duration::from_secs(5), crate::migrate::marker::follow_markers(&router)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e @ crate::migrate::marker::ResolveError::UnknownTarget { .. }))
+        | Ok(Err(e @ crate::migrate::marker::ResolveError::Loop(_))) => return Err(e.into()),
+        outcome => {
+            let why = match outcome {
+                Ok(Err(e)) => e.to_string(),
+                _ => "no answer in 5 s".to_string(),
+            };
+            tracing::warn!(error = %why, "cannot read the migration marker yet; retrying in the background");
+            let router = router.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(HEALTH_PROBE_EVERY).await;
+                    match crate::migrate::marker::follow_markers(&router).await {
+                        Ok(()) => break,
+                        Err(e) => tracing::debug!(error = %e, "migration marker still unreadable"),
+                    }
+                }
+            });
+        }
+    }
+    let migrator = Migrator::new(router.clone(), metrics.clone(), Settings::default());
 
     let ctx = Arc::new(Context {
         router: router.clone(),
@@ -64,6 +93,7 @@ pub async fn serve(config: Config) -> Result<(), RunError> {
     let admin_state = Arc::new(AdminState {
         router: router.clone(),
         metrics,
+        migrator: migrator.clone(),
         token: config.admin_token.clone(),
         started: Instant::now(),
     });

@@ -53,6 +53,10 @@ pub enum ProxyError {
     /// The request touches cutover's reserved keys.
     #[error("the request touches cutover's reserved keys")]
     Reserved,
+    /// A revision from before the tenant's last change on a datastore it has left: the
+    /// current datastore never had it, as if compacted.
+    #[error("{0}")]
+    Compacted(#[from] crate::route::revision::Compacted),
     /// The client sent a message larger than the configured limit.
     #[error("request of {size} bytes is larger than the limit of {limit} bytes")]
     RequestTooLarge { size: usize, limit: usize },
@@ -66,6 +70,7 @@ impl ProxyError {
             ProxyError::RequestTooLarge { .. } => Blame::Downstream,
             ProxyError::Fenced { .. } => Blame::Proxy,
             ProxyError::Reserved => Blame::Downstream,
+            ProxyError::Compacted(_) => Blame::Downstream,
             ProxyError::Malformed(_) => Blame::Upstream,
         }
     }
@@ -78,6 +83,7 @@ impl ProxyError {
             ProxyError::RequestTooLarge { .. } => false,
             ProxyError::Fenced { .. } => true,
             ProxyError::Reserved => false,
+            ProxyError::Compacted(_) => false,
             ProxyError::Malformed(_) => false,
             ProxyError::Etcd(s) => s.code() == Code::Unavailable && s.message() == messages::NO_CONNECTION,
         }
@@ -100,6 +106,8 @@ impl ProxyError {
             ProxyError::Malformed(e) => Status::internal(format!("cutover: {e}")),
             // As etcd answers a user without permission on a key.
             ProxyError::Reserved => Status::permission_denied(messages::PERMISSION_DENIED),
+            // Exactly etcd's answer for a revision it compacted away.
+            ProxyError::Compacted(_) => Status::out_of_range(messages::COMPACTED),
             // grpc-go's wording, which etcd's server produces for an oversized message.
             ProxyError::RequestTooLarge { size, limit } => {
                 Status::resource_exhausted(format!("grpc: received message larger than max ({size} vs. {limit})"))

@@ -62,6 +62,19 @@ pub struct Metrics {
     pub unguarded_writes: Counter,
     /// Writes waiting behind the fence now.
     pub held_writes: Gauge,
+    /// The migration phase now (0 Ready, 1 Preparing, 2 Copying, 3 CatchingUp, 4 Fenced,
+    /// 5 Committing, 6 Failed).
+    pub migration_phase: Gauge,
+    pub keys_copied: Counter,
+    pub bytes_copied: Counter,
+    /// Source revisions the target is behind during the catch-up.
+    pub catch_up_lag: Gauge,
+    /// How long each migration kept the source fenced.
+    pub fence_seconds: Histogram,
+    pub shadow_reads: Counter,
+    pub shadow_mismatches: Counter,
+    /// Migrations ended, by outcome (succeeded, failed, aborted).
+    pub migrations: Family<OutcomeLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -125,6 +138,51 @@ impl Metrics {
             "Writes waiting behind the fence now (hold mode)",
             held_writes.clone(),
         );
+        let migration_phase = Gauge::default();
+        registry.register(
+            "migration_phase",
+            "Migration phase: 0 Ready, 1 Preparing, 2 Copying, 3 CatchingUp, 4 Fenced, 5 Committing, 6 Failed",
+            migration_phase.clone(),
+        );
+        let keys_copied = Counter::default();
+        registry.register("migration_keys_copied", "Keys copied to migration targets", keys_copied.clone());
+        let bytes_copied = Counter::default();
+        registry.register(
+            "migration_bytes_copied",
+            "Bytes of keys and values copied to migration targets",
+            bytes_copied.clone(),
+        );
+        let catch_up_lag = Gauge::default();
+        registry.register(
+            "migration_catch_up_lag_revisions",
+            "Source revisions the migration target is behind during the catch-up",
+            catch_up_lag.clone(),
+        );
+        // 1 ms .. ~65 s
+        let fence_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 17));
+        registry.register(
+            "migration_fence_duration_seconds",
+            "How long a migration kept the source fenced (writes refused or held)",
+            fence_seconds.clone(),
+        );
+        let shadow_reads = Counter::default();
+        registry.register(
+            "migration_shadow_reads",
+            "Keys read on both sides and compared during migrations",
+            shadow_reads.clone(),
+        );
+        let shadow_mismatches = Counter::default();
+        registry.register(
+            "migration_shadow_mismatches",
+            "Comparisons of the two sides that found a difference (each aborts its migration)",
+            shadow_mismatches.clone(),
+        );
+        let migrations = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "migrations",
+            "Migrations ended, by outcome: succeeded, failed, aborted",
+            migrations.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -143,6 +201,14 @@ impl Metrics {
             fenced_writes,
             unguarded_writes,
             held_writes,
+            migration_phase,
+            keys_copied,
+            bytes_copied,
+            catch_up_lag,
+            fence_seconds,
+            shadow_reads,
+            shadow_mismatches,
+            migrations,
         }
     }
 

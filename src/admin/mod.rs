@@ -18,6 +18,7 @@ use crate::route::Router;
 pub struct AdminState {
     pub router: Arc<Router>,
     pub metrics: Arc<Metrics>,
+    pub migrator: Arc<crate::migrate::Migrator>,
     /// Needed (as a bearer token) by calls that change state.
     pub token: Option<Secret>,
     pub started: Instant,

@@ -17,7 +17,7 @@ use crate::proto::etcdserverpb::{
     WatchProgressRequest, WatchRequest,
 };
 use crate::proto::mvccpb::{event::EventType, Event};
-use crate::route::revision::CopiedKey;
+use crate::route::revision::{CopiedKey, Translation};
 use crate::server::client;
 use crate::upstream::Datastore;
 
@@ -42,6 +42,8 @@ pub struct Position {
     pub source: i64,
     /// The target revision of the last change applied.
     pub target: i64,
+    /// The source revision of the last change applied (0: none yet).
+    pub last_change: i64,
 }
 
 impl Position {
@@ -57,6 +59,7 @@ async fn apply_revision(
     events: &[Event],
     keys: &mut HashMap<Bytes, CopiedKey>,
     lease_ids: &HashMap<i64, i64>,
+    view: Option<&Translation>,
 ) -> Result<i64, CatchUpError> {
     let ops: Vec<RequestOp> = events
         .iter()
@@ -90,6 +93,7 @@ async fn apply_revision(
     let rev = resp.header.map_or(0, |h| h.revision);
     for e in events {
         let Some(kv) = &e.kv else { continue };
+        let kv = &super::copy::in_client_space(view, kv);
         if e.r#type == EventType::Delete as i32 {
             keys.remove(&kv.key);
             continue;
@@ -120,6 +124,8 @@ pub struct Follow<'a> {
     pub exclude: Option<&'a Bytes>,
     /// The first source revision to apply: the copy's revision + 1.
     pub from: i64,
+    /// The source's own translation, if it has one (see `CopyOptions::view`).
+    pub view: Option<&'a Translation>,
 }
 
 /// Follows the range on the source and applies every change to the target, keeping the
@@ -137,9 +143,11 @@ pub async fn follow(
         range,
         exclude,
         from,
+        view,
     } = spec;
     let keys = &mut copied.keys;
     let lease_ids = &mut copied.lease_ids;
+    let touched = &mut copied.touched;
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(WatchRequest {
         request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
@@ -169,8 +177,13 @@ pub async fn follow(
         applied: from - 1,
         source: from - 1,
         target: 0,
+        last_change: 0,
     };
     let mut progress_asked = false;
+    // Progress requests keep `applied` close to the source even when the tenant is idle
+    // and the source busy with others, so the lag says how far behind the target is.
+    let mut ticker = tokio::time::interval(std::time::Duration::from_millis(100));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let stop = *stop_at.borrow();
         if let Some(stop) = stop {
@@ -188,6 +201,13 @@ pub async fn follow(
         let msg = tokio::select! {
             m = stream.message() => m,
             _ = stop_at.changed() => { progress_asked = false; continue; }
+            _ = ticker.tick(), if !progress_asked => {
+                let _ = tx.send(WatchRequest {
+                    request_union: Some(watch_request::RequestUnion::ProgressRequest(WatchProgressRequest {})),
+                });
+                progress_asked = true;
+                continue;
+            }
         };
         let resp = match msg {
             Ok(Some(r)) => r,
@@ -229,8 +249,14 @@ pub async fn follow(
                     }
                 }
             }
-            pos.target = apply_revision(target, &events[start..end], keys, lease_ids).await?;
+            pos.target = apply_revision(target, &events[start..end], keys, lease_ids, view).await?;
+            for e in &events[start..end] {
+                if let Some(kv) = &e.kv {
+                    touched.insert(kv.key.clone());
+                }
+            }
             pos.applied = rev;
+            pos.last_change = rev;
             start = end;
         }
         // A response (events or progress) means the source has nothing older pending.

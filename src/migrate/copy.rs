@@ -21,7 +21,7 @@ use crate::proto::etcdserverpb::{
     TxnRequest,
 };
 use crate::proto::mvccpb::KeyValue;
-use crate::route::revision::CopiedKey;
+use crate::route::revision::{CopiedKey, Translation};
 use crate::server::client;
 use crate::upstream::{own_request, Datastore, Retry};
 
@@ -77,6 +77,9 @@ pub struct CopyOptions {
     pub overwrite: bool,
     /// Keys under this prefix are left out (cutover's own reserved keys).
     pub exclude: Option<Bytes>,
+    /// The source's own translation, when it was itself the target of an earlier
+    /// migration: K records the revisions clients see, so migrations compose.
+    pub view: Option<Arc<Translation>>,
 }
 
 impl Default for CopyOptions {
@@ -87,6 +90,7 @@ impl Default for CopyOptions {
             concurrency: 4,
             overwrite: false,
             exclude: None,
+            view: None,
         }
     }
 }
@@ -120,6 +124,8 @@ pub struct CopyStats {
 pub struct CopyOutcome {
     pub stats: CopyStats,
     pub keys: HashMap<Bytes, CopiedKey>,
+    /// Keys the catch-up changed since this set was last taken (for verification).
+    pub touched: std::collections::HashSet<Bytes>,
     /// Source lease ID -> target lease ID for every lease copied (different only where
     /// the target already used the source's ID).
     pub lease_ids: HashMap<i64, i64>,
@@ -283,13 +289,24 @@ pub async fn copy_range(
             for kv in batch {
                 out.stats.keys += 1;
                 out.stats.bytes += (kv.key.len() + kv.value.len()) as u64;
-                out.keys.insert(kv.key.clone(), first_write(rev, &kv));
+                out.keys
+                    .insert(kv.key.clone(), first_write(rev, &in_client_space(opts.view.as_deref(), &kv)));
             }
             progress(&out.stats);
         }
     }
     out.stats.revision = reader.await.unwrap_or(0);
     Ok(out)
+}
+
+/// A source key-value with the revisions clients see (the source's own translation
+/// applied, if it has one).
+pub(super) fn in_client_space(view: Option<&Translation>, kv: &KeyValue) -> KeyValue {
+    let mut kv = kv.clone();
+    if let Some(view) = view {
+        crate::route::translate::kv(view, &mut kv);
+    }
+    kv
 }
 
 /// K's entry for a key the copier has just created on the target at `rev`.

@@ -35,6 +35,9 @@ struct Params {
     s: i64,
     l: i64,
     chunks: u32,
+    /// Leases that got a new ID on the target: (source ID, target ID).
+    #[serde(default)]
+    leases: Vec<(i64, i64)>,
 }
 
 fn record_prefix(tenant_prefix: &[u8]) -> Bytes {
@@ -139,6 +142,7 @@ pub async fn persist(
     s: i64,
     l: i64,
     keys: &HashMap<Bytes, CopiedKey>,
+    leases: &HashMap<i64, i64>,
 ) -> Result<i64, RecordError> {
     let base = record_prefix(tenant_prefix);
     let chunks = encode_keys(keys);
@@ -151,6 +155,7 @@ pub async fn persist(
         s,
         l,
         chunks: chunks.len() as u32,
+        leases: leases.iter().filter(|(s, t)| s != t).map(|(s, t)| (*s, *t)).collect(),
     };
     let json = serde_json::to_vec(&params).map_err(|e| RecordError::Damaged(e.to_string()))?;
     let mut key = BytesMut::from(&base[..]);
@@ -198,6 +203,7 @@ pub async fn load(target: &Datastore, tenant_prefix: &[u8]) -> Result<Option<Tra
         t: params_kv.mod_revision,
         l: params.l,
         keys,
+        leases: params.leases.into_iter().collect(),
     }))
 }
 

@@ -2,21 +2,25 @@
 //!
 //! Every request asks the router for the current [`Route`] once, and uses that snapshot for
 //! its whole life. The route is swapped atomically (arc-swap), so a reader never waits and
-//! never sees half a change. The live migration will extend `Route` with the write fence
-//! and the revision translation; the services in `server/` only ever talk to it.
+//! never sees half a change. A committed migration puts its revision translation in the
+//! route; long-lived streams (watches, keep-alives) learn of a swap through
+//! [`Router::changes`] and move themselves to the new datastore.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tokio::sync::watch;
 
 pub mod fence;
 pub mod revision;
 pub mod scope;
+pub mod translate;
 
 use crate::config::FenceMode;
 use crate::upstream::Datastore;
 use fence::Guard;
+use revision::Translation;
 
 /// How writes are fenced: the guard every write travels in, and what a write meets while
 /// the datastore holds the fence.
@@ -33,6 +37,44 @@ pub struct Route {
     /// Name of the authoritative datastore (the `dataStore` config key).
     pub datastore_name: String,
     pub datastore: Arc<Datastore>,
+    /// How the datastore's revisions map to the ones clients see; `None` when they are
+    /// the same (the tenant never moved, or only through stores sharing its history).
+    pub translation: Option<Arc<Translation>>,
+    /// Bumped on every swap, so a stream can tell that it is on an old route.
+    pub generation: u64,
+}
+
+/// What the data path must do for a migration in progress: mirror lease grants and
+/// revokes to the target, and hold lease changes while the tenant is fenced.
+pub struct MigrationLink {
+    pub target: Arc<Datastore>,
+    /// Source lease ID -> target lease ID, for every lease the target has a copy of.
+    pub leases: parking_lot::Mutex<std::collections::HashMap<i64, i64>>,
+    /// True while the source holds the fence (lease changes wait or are refused).
+    pub fenced: watch::Sender<bool>,
+    /// The highest revision a client asked to compact while the migration ran (in the
+    /// client's space): applied to the authoritative store when it ends.
+    pub deferred_compact: parking_lot::Mutex<Option<i64>>,
+}
+
+impl MigrationLink {
+    pub fn new(target: Arc<Datastore>) -> Self {
+        MigrationLink {
+            target,
+            leases: Default::default(),
+            fenced: watch::channel(false).0,
+            deferred_compact: parking_lot::Mutex::new(None),
+        }
+    }
+
+    pub fn defer_compaction(&self, revision: i64) {
+        let mut d = self.deferred_compact.lock();
+        *d = Some(d.map_or(revision, |r| r.max(revision)));
+    }
+
+    pub fn deferred_compaction(&self) -> Option<i64> {
+        self.deferred_compact.lock().take()
+    }
 }
 
 pub struct Router {
@@ -40,6 +82,8 @@ pub struct Router {
     datastores: BTreeMap<String, Arc<Datastore>>,
     fence: FencePolicy,
     scope: scope::Scope,
+    changes: watch::Sender<u64>,
+    link: ArcSwapOption<MigrationLink>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,10 +104,14 @@ impl Router {
             current: ArcSwap::from_pointee(Route {
                 datastore_name: active.to_string(),
                 datastore: ds,
+                translation: None,
+                generation: 0,
             }),
             datastores,
             scope: scope::Scope::new(&fence.tenant_prefix),
             fence,
+            changes: watch::channel(0).0,
+            link: ArcSwapOption::empty(),
         })
     }
 
@@ -85,17 +133,36 @@ impl Router {
         &self.datastores
     }
 
-    /// Makes `name` the authoritative datastore for every request that starts after this.
-    pub fn switch_to(&self, name: &str) -> Result<(), UnknownDatastore> {
+    /// Makes `name` the authoritative datastore, with its translation, for every request
+    /// that starts after this; open streams are told through [`Router::changes`].
+    pub fn switch_to(&self, name: &str, translation: Option<Arc<Translation>>) -> Result<(), UnknownDatastore> {
         let ds = self
             .datastores
             .get(name)
             .cloned()
             .ok_or_else(|| UnknownDatastore(name.to_string()))?;
+        let generation = self.current.load().generation + 1;
         self.current.store(Arc::new(Route {
             datastore_name: name.to_string(),
             datastore: ds,
+            translation,
+            generation,
         }));
+        self.changes.send_replace(generation);
         Ok(())
+    }
+
+    /// Notified with the new generation after every swap.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// The migration in progress, if any.
+    pub fn link(&self) -> Option<Arc<MigrationLink>> {
+        self.link.load_full()
+    }
+
+    pub fn set_link(&self, link: Option<Arc<MigrationLink>>) {
+        self.link.store(link);
     }
 }

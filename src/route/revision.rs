@@ -37,6 +37,8 @@ pub struct Translation {
     pub t: i64,
     pub l: i64,
     pub keys: HashMap<Bytes, CopiedKey>,
+    /// Source lease ID -> target lease ID, only for leases whose ID was taken on the target.
+    pub leases: HashMap<i64, i64>,
 }
 
 /// A request revision that the target cannot answer: it lies before the tenant's last
@@ -161,11 +163,15 @@ impl Translation {
         })
     }
 
-    /// Likewise for create_revision (constant for an incarnation).
+    /// Likewise for create_revision (constant for an incarnation). Like the mod_revision
+    /// compare, it also holds for an incarnation created after the commit, whose target
+    /// revisions are all above `t`: no need to know which incarnation the target has.
     pub fn compare_create_copied(&self, key: &[u8], virt: i64) -> Option<i64> {
         let k = self.keys.get(key)?;
         Some(if virt == 0 {
             0
+        } else if virt > self.s {
+            virt - self.s + self.t
         } else if virt == k.source_create {
             k.target_create
         } else if virt < k.source_create {
@@ -175,7 +181,9 @@ impl Translation {
         })
     }
 
-    /// Likewise for version: target version moves one for one with the virtual one.
+    /// Likewise for version: target version moves one for one with the virtual one. This
+    /// one is only right for the copied incarnation (a key created again after the commit
+    /// counts versions from 1): callers branch on the incarnation first.
     pub fn compare_version_copied(&self, key: &[u8], virt: i64) -> Option<i64> {
         let k = self.keys.get(key)?;
         Some(if virt < k.source_version {
@@ -234,6 +242,7 @@ mod tests {
             t: 50,
             l: 90,
             keys,
+            leases: HashMap::new(),
         }
     }
 
@@ -366,6 +375,29 @@ mod tests {
                         holds(v.version, rel, virt),
                         "version {st:?} {rel:?} {virt}"
                     );
+                }
+            }
+        }
+    }
+
+    /// mod_revision and create_revision compares on a key of K need not know whether the
+    /// target holds the copied incarnation or one created after the commit.
+    #[test]
+    fn copied_key_revision_compares_also_hold_for_a_new_incarnation() {
+        let tr = translation();
+        for (create, modified) in [(70, 70), (70, 95), (51, 51)] {
+            let st = Revisions {
+                create,
+                modified,
+                version: 1,
+            };
+            let v = tr.kv_to_virtual(b"a", st);
+            for virt in 0..=1200 {
+                for rel in [Relation::Equal, Relation::NotEqual, Relation::Greater, Relation::Less] {
+                    let m = tr.compare_mod_copied(b"a", virt).unwrap();
+                    assert_eq!(holds(st.modified, rel, m), holds(v.modified, rel, virt), "mod {st:?} {rel:?} {virt}");
+                    let c = tr.compare_create_copied(b"a", virt).unwrap();
+                    assert_eq!(holds(st.create, rel, c), holds(v.create, rel, virt), "create {st:?} {rel:?} {virt}");
                 }
             }
         }

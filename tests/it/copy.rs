@@ -186,6 +186,7 @@ async fn catch_up_applies_every_later_change_and_keeps_k_current() {
                 range: &range,
                 exclude: None,
                 from: copied.stats.revision + 1,
+                view: None,
             };
             let r = follow(spec, &mut copied, stop_rx, &pos_tx).await;
             (r, copied.keys, copied.lease_ids)
@@ -312,7 +313,7 @@ async fn the_translation_is_persisted_in_the_target_and_reproduces_source_revisi
         .unwrap();
     let l = copied.stats.revision;
     let s_rev = l + 1_000_000;
-    let t_rev = persist(&dst, b"/t/", s_rev, l, &copied.keys).await.unwrap();
+    let t_rev = persist(&dst, b"/t/", s_rev, l, &copied.keys, &copied.lease_ids).await.unwrap();
 
     let tr = load(&dst, b"/t/").await.unwrap().expect("a record");
     assert_eq!((tr.s, tr.t, tr.l), (s_rev, t_rev, l));

@@ -1,0 +1,200 @@
+//! cutover's keys in a datastore, under `<prefix>\0cutover/`: the migration lock, the
+//! fence (lease-bound while a migration is fenced) and the permanent "moved" marker that
+//! replaces the fence at the commit. Their values are JSON, readable with etcdctl.
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use super::ops;
+use crate::error::ProxyError;
+use crate::proto::etcdserverpb::{compare, request_op, response_op, Compare, RangeRequest, RequestOp, TxnRequest};
+use crate::route::fence::{reserved_prefix, Guard};
+use crate::upstream::Datastore;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum Marker {
+    /// A migration is running from this datastore (bound to the migration's lease).
+    Lock { migration: String, leader: String, to: String },
+    /// The datastore refuses the tenant's writes while a migration drains and commits
+    /// (bound to the migration's lease).
+    Fenced { migration: String, to: String },
+    /// The tenant lives in datastore `to` now; this one keeps refusing its writes.
+    Moved { migration: String, to: String },
+}
+
+impl Marker {
+    pub fn to_bytes(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    pub fn parse(value: &[u8]) -> Option<Marker> {
+        serde_json::from_slice(value).ok()
+    }
+}
+
+pub fn lock_key(tenant_prefix: &[u8]) -> Bytes {
+    let mut b = BytesMut::from(&reserved_prefix(tenant_prefix)[..]);
+    b.extend_from_slice(b"lock");
+    b.freeze()
+}
+
+fn range_op(key: &Bytes) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: key.clone(),
+            ..Default::default()
+        })),
+    }
+}
+
+fn first_value(resp: &crate::proto::etcdserverpb::TxnResponse) -> String {
+    resp.responses
+        .first()
+        .and_then(|r| match &r.response {
+            Some(response_op::Response::ResponseRange(x)) => x.kvs.first().map(|kv| kv.value.clone()),
+            _ => None,
+        })
+        .map(|v| String::from_utf8_lossy(&v).into_owned())
+        .unwrap_or_default()
+}
+
+/// Writes `marker` at `key` unless the key exists; returns the value found if it does.
+pub async fn put_if_absent(ds: &Datastore, key: &Bytes, marker: &Marker, lease: i64) -> Result<Option<String>, ProxyError> {
+    Ok(put_if_absent_rev(ds, key, marker, lease).await?.err())
+}
+
+/// Like [`put_if_absent`]; on success, the revision of the write.
+pub async fn put_if_absent_rev(
+    ds: &Datastore,
+    key: &Bytes,
+    marker: &Marker,
+    lease: i64,
+) -> Result<Result<i64, String>, ProxyError> {
+    let resp = ops::txn(
+        ds,
+        TxnRequest {
+            compare: vec![ops::version_is(key, 0)],
+            success: vec![ops::put_op(key.clone(), marker.to_bytes(), lease)],
+            failure: vec![range_op(key)],
+        },
+    )
+    .await?;
+    if resp.succeeded {
+        Ok(Ok(resp.header.map_or(0, |h| h.revision)))
+    } else {
+        Ok(Err(first_value(&resp)))
+    }
+}
+
+/// The commit point: replaces our fence by the permanent marker, only if the fence is
+/// still ours. A lost answer is settled by reading the key back.
+pub async fn commit(ds: &Datastore, fence_key: &Bytes, fenced: &Marker, moved: &Marker) -> Result<Result<(), String>, ProxyError> {
+    let req = TxnRequest {
+        compare: vec![Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Value as i32,
+            key: fence_key.clone(),
+            range_end: Bytes::new(),
+            target_union: Some(compare::TargetUnion::Value(fenced.to_bytes())),
+        }],
+        success: vec![ops::put_op(fence_key.clone(), moved.to_bytes(), 0)],
+        failure: vec![range_op(fence_key)],
+    };
+    match ops::txn(ds, req).await {
+        Ok(resp) if resp.succeeded => Ok(Ok(())),
+        Ok(resp) => Ok(Err(first_value(&resp))),
+        Err(ProxyError::OutcomeUnknown { .. }) => {
+            let now = read_value(ds, fence_key).await?;
+            if now.as_deref().and_then(Marker::parse).as_ref() == Some(moved) {
+                Ok(Ok(()))
+            } else {
+                Ok(Err(now.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default()))
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn read_value(ds: &Datastore, key: &Bytes) -> Result<Option<Bytes>, ProxyError> {
+    let r = ops::range(
+        ds,
+        RangeRequest {
+            key: key.clone(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(r.kvs.into_iter().next().map(|kv| kv.value))
+}
+
+/// The marker in a datastore's fence key, if any.
+pub async fn read(ds: &Datastore, guard: &Guard) -> Result<Option<Marker>, ProxyError> {
+    Ok(read_value(ds, guard.fence_key()).await?.as_deref().and_then(Marker::parse))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    #[error("datastore {from:?} says the tenant moved to {to:?}, which is not in this proxy's dataStores")]
+    UnknownTarget { from: String, to: String },
+    #[error("the \"moved\" markers form a loop through {0:?}")]
+    Loop(String),
+    #[error("datastore {name:?}: {source}")]
+    Datastore {
+        name: String,
+        #[source]
+        source: ProxyError,
+    },
+    #[error("datastore {name:?}: {source}")]
+    Record {
+        name: String,
+        #[source]
+        source: super::record::RecordError,
+    },
+}
+
+/// Follows "moved" markers from the configured datastore to the one that holds the tenant
+/// now, and routes there with its translation. A proxy restarted after a commit with its
+/// old configuration thus serves from the target.
+pub async fn follow_markers(router: &crate::route::Router) -> Result<(), ResolveError> {
+    let mut name = router.route().datastore_name.clone();
+    let mut seen = vec![name.clone()];
+    let guard = router.fence().guard.clone();
+    loop {
+        let ds = router.datastores()[&name].clone();
+        let marker = read(&ds, &guard).await.map_err(|source| ResolveError::Datastore {
+            name: name.clone(),
+            source,
+        })?;
+        match marker {
+            Some(Marker::Moved { to, .. }) => {
+                if !router.datastores().contains_key(&to) {
+                    return Err(ResolveError::UnknownTarget { from: name, to });
+                }
+                if seen.contains(&to) {
+                    return Err(ResolveError::Loop(to));
+                }
+                tracing::info!(from = %name, to = %to, "the tenant moved; following the marker");
+                seen.push(to.clone());
+                name = to;
+            }
+            _ => break,
+        }
+    }
+    let ds = router.datastores()[&name].clone();
+    let translation = super::record::load(&ds, &router.fence().tenant_prefix)
+        .await
+        .map_err(|source| ResolveError::Record {
+            name: name.clone(),
+            source,
+        })?;
+    if translation.is_some() || name != router.route().datastore_name {
+        if let Some(t) = &translation {
+            tracing::info!(datastore = %name, s = t.s, t = t.t, l = t.l, keys = t.keys.len(), "loaded the revision translation");
+        }
+        router
+            .switch_to(&name, translation.map(std::sync::Arc::new))
+            .expect("a configured datastore");
+    }
+    Ok(())
+}

@@ -1,0 +1,267 @@
+//! Verification before the commit: both sides of the tenant range must agree on every key,
+//! value and lease, and on revisions through the key map K (the target holds what K says
+//! the copier wrote; the source holds what K says clients saw).
+//!
+//! The whole range is compared once, at a consistent pair of revisions, while the catch-up
+//! runs on; after that only the keys the catch-up changed are compared again, so the
+//! fenced window does not grow with the size of the tenant.
+
+use std::collections::HashMap;
+use std::hash::Hasher;
+
+use bytes::Bytes;
+
+use super::copy::{self, KeyRange};
+use super::ops;
+use crate::proto::etcdserverpb::{request_op, response_op, RangeRequest, RequestOp, TxnRequest};
+use crate::proto::mvccpb::KeyValue;
+use crate::route::revision::{CopiedKey, Translation};
+use crate::upstream::Datastore;
+
+const PAGE: i64 = 1000;
+
+/// Keys compared and a digest of what both sides agreed on.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Digest {
+    pub keys: u64,
+    hash: u64,
+}
+
+impl Digest {
+    pub fn digest_hex(&self) -> String {
+        format!("{:016x}", self.hash)
+    }
+}
+
+/// FNV-1a: stable across runs and machines (the digest is shown to operators).
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= *b as u64;
+            self.0 = self.0.wrapping_mul(0x100000001b3);
+        }
+    }
+}
+
+fn show(key: &[u8]) -> String {
+    String::from_utf8_lossy(key).into_owned()
+}
+
+/// Checks one key: the source's version (in the client's space) against the target's.
+fn check(
+    src: Option<&KeyValue>,
+    tgt: Option<&KeyValue>,
+    k: Option<&CopiedKey>,
+    leases: &HashMap<i64, i64>,
+) -> Result<(), String> {
+    match (src, tgt) {
+        (None, None) => Ok(()),
+        (Some(s), None) => Err(format!("{} is on the source but not on the target", show(&s.key))),
+        (None, Some(t)) => Err(format!("{} is on the target but not on the source", show(&t.key))),
+        (Some(s), Some(t)) => {
+            let key = show(&s.key);
+            if s.value != t.value {
+                return Err(format!("{key}: values differ"));
+            }
+            let Some(k) = k else {
+                return Err(format!("{key}: missing from the key map"));
+            };
+            if (t.create_revision, t.mod_revision, t.version) != (k.target_create, k.target_mod, k.target_version) {
+                return Err(format!(
+                    "{key}: target revisions ({}, {}, {}) are not the copier's ({}, {}, {})",
+                    t.create_revision, t.mod_revision, t.version, k.target_create, k.target_mod, k.target_version
+                ));
+            }
+            if (s.create_revision, s.mod_revision, s.version) != (k.source_create, k.source_mod, k.source_version) {
+                return Err(format!(
+                    "{key}: source revisions ({}, {}, {}) are not the recorded ({}, {}, {})",
+                    s.create_revision, s.mod_revision, s.version, k.source_create, k.source_mod, k.source_version
+                ));
+            }
+            let expected_lease = if s.lease == 0 {
+                0
+            } else {
+                leases.get(&s.lease).copied().unwrap_or(s.lease)
+            };
+            if t.lease != expected_lease {
+                return Err(format!("{key}: lease {:x} on the target, {:x} expected", t.lease, expected_lease));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn digest_add(h: &mut Fnv, kv: &KeyValue) {
+    h.write(&kv.key);
+    h.write(&[0]);
+    h.write(&kv.value);
+    for v in [kv.create_revision, kv.mod_revision, kv.version, kv.lease] {
+        h.write(&v.to_le_bytes());
+    }
+}
+
+fn client_space(view: Option<&Translation>, mut kv: KeyValue) -> KeyValue {
+    if let Some(v) = view {
+        crate::route::translate::kv(v, &mut kv);
+    }
+    kv
+}
+
+/// Compares the whole tenant range: the source at `source_rev`, the target at `target_rev`.
+#[allow(clippy::too_many_arguments)]
+pub async fn full(
+    source: &Datastore,
+    target: &Datastore,
+    range: &KeyRange,
+    reserved: &Bytes,
+    view: Option<&Translation>,
+    keys: &HashMap<Bytes, CopiedKey>,
+    leases: &HashMap<i64, i64>,
+    source_rev: i64,
+    target_rev: i64,
+) -> Result<Digest, String> {
+    let mut hash = Fnv(0xcbf29ce484222325);
+    let mut n = 0u64;
+    let mut start = range.start.clone();
+    let ours = |kv: &KeyValue| !kv.key.starts_with(reserved);
+    loop {
+        let page = ops::range(
+            source,
+            RangeRequest {
+                key: start.clone(),
+                range_end: range.end.clone(),
+                limit: PAGE,
+                revision: source_rev,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("source: {e}"))?;
+        // The target's keys in the same span of the key space.
+        let span_end = match (page.more, page.kvs.last()) {
+            (true, Some(last)) => {
+                let mut e = last.key.to_vec();
+                e.push(0);
+                Bytes::from(e)
+            }
+            _ => range.end.clone(),
+        };
+        let theirs = ops::range(
+            target,
+            RangeRequest {
+                key: start.clone(),
+                range_end: span_end.clone(),
+                revision: target_rev,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| format!("target: {e}"))?;
+        let src: Vec<KeyValue> = page.kvs.into_iter().filter(ours).map(|kv| client_space(view, kv)).collect();
+        let tgt: Vec<KeyValue> = theirs.kvs.into_iter().filter(ours).collect();
+        let (mut i, mut j) = (0, 0);
+        while i < src.len() || j < tgt.len() {
+            let (s, t) = match (src.get(i), tgt.get(j)) {
+                (Some(s), Some(t)) if s.key == t.key => {
+                    i += 1;
+                    j += 1;
+                    (Some(s), Some(t))
+                }
+                (Some(s), Some(t)) if s.key < t.key => {
+                    i += 1;
+                    (Some(s), None)
+                }
+                (Some(_), Some(t)) => {
+                    j += 1;
+                    (None, Some(t))
+                }
+                (Some(s), None) => {
+                    i += 1;
+                    (Some(s), None)
+                }
+                (None, t) => {
+                    j += 1;
+                    (None, t)
+                }
+            };
+            let key = s.or(t).map(|kv| kv.key.clone()).unwrap_or_default();
+            check(s, t, keys.get(&key), leases)?;
+            if let Some(s) = s {
+                digest_add(&mut hash, s);
+                n += 1;
+            }
+        }
+        if span_end == range.end {
+            break;
+        }
+        start = span_end;
+    }
+    Ok(Digest { keys: n, hash: hash.0 })
+}
+
+/// Reads `keys` in batches of Range operations in one Txn each (at `revision`, 0: now).
+async fn read_keys(ds: &Datastore, keys: &[Bytes], revision: i64) -> Result<HashMap<Bytes, KeyValue>, String> {
+    let mut out = HashMap::new();
+    for batch in keys.chunks(copy::MAX_TXN_OPS) {
+        let req = TxnRequest {
+            success: batch
+                .iter()
+                .map(|k| RequestOp {
+                    request: Some(request_op::Request::RequestRange(RangeRequest {
+                        key: k.clone(),
+                        revision,
+                        ..Default::default()
+                    })),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let resp = ops::txn(ds, req).await.map_err(|e| e.to_string())?;
+        for r in resp.responses {
+            if let Some(response_op::Response::ResponseRange(x)) = r.response {
+                for kv in x.kvs {
+                    out.insert(kv.key.clone(), kv);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Compares `keys`: the source at `at`, the target as it is now (the catch-up has applied
+/// everything up to `at` and is stopped or only past it for other keys).
+pub async fn keys(
+    source: &Datastore,
+    target: &Datastore,
+    view: Option<&Translation>,
+    k: &HashMap<Bytes, CopiedKey>,
+    leases: &HashMap<i64, i64>,
+    keys: &[Bytes],
+    at: i64,
+) -> Result<(), String> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let src = read_keys(source, keys, at).await.map_err(|e| format!("source: {e}"))?;
+    let tgt = read_keys(target, keys, 0).await.map_err(|e| format!("target: {e}"))?;
+    for key in keys {
+        let s = src.get(key).cloned().map(|kv| client_space(view, kv));
+        check(s.as_ref(), tgt.get(key), k.get(key), leases)?;
+    }
+    Ok(())
+}
+
+/// The same number of tenant keys on both sides (the source is fenced at `_at`).
+pub async fn counts(source: &Datastore, target: &Datastore, range: &KeyRange, reserved: &Bytes, _at: i64) -> Result<(), String> {
+    let s = ops::count_tenant(source, range, reserved).await.map_err(|e| format!("source: {e}"))?;
+    let t = ops::count_tenant(target, range, reserved).await.map_err(|e| format!("target: {e}"))?;
+    if s != t {
+        return Err(format!("{s} tenant keys on the source, {t} on the target"));
+    }
+    Ok(())
+}
