@@ -57,6 +57,9 @@ pub enum ProxyError {
     /// current datastore never had it, as if compacted.
     #[error("{0}")]
     Compacted(#[from] crate::route::revision::Compacted),
+    /// A request the revision translation cannot carry to the target faithfully.
+    #[error("{0}")]
+    Untranslatable(String),
     /// The client sent a message larger than the configured limit.
     #[error("request of {size} bytes is larger than the limit of {limit} bytes")]
     RequestTooLarge { size: usize, limit: usize },
@@ -71,6 +74,7 @@ impl ProxyError {
             ProxyError::Fenced { .. } => Blame::Proxy,
             ProxyError::Reserved => Blame::Downstream,
             ProxyError::Compacted(_) => Blame::Downstream,
+            ProxyError::Untranslatable(_) => Blame::Proxy,
             ProxyError::Malformed(_) => Blame::Upstream,
         }
     }
@@ -84,6 +88,7 @@ impl ProxyError {
             ProxyError::Fenced { .. } => true,
             ProxyError::Reserved => false,
             ProxyError::Compacted(_) => false,
+            ProxyError::Untranslatable(_) => false,
             ProxyError::Malformed(_) => false,
             ProxyError::Etcd(s) => s.code() == Code::Unavailable && s.message() == messages::NO_CONNECTION,
         }
@@ -108,6 +113,7 @@ impl ProxyError {
             ProxyError::Reserved => Status::permission_denied(messages::PERMISSION_DENIED),
             // Exactly etcd's answer for a revision it compacted away.
             ProxyError::Compacted(_) => Status::out_of_range(messages::COMPACTED),
+            ProxyError::Untranslatable(m) => Status::unimplemented(format!("cutover: {m}")),
             // grpc-go's wording, which etcd's server produces for an oversized message.
             ProxyError::RequestTooLarge { size, limit } => {
                 Status::resource_exhausted(format!("grpc: received message larger than max ({size} vs. {limit})"))

@@ -356,6 +356,55 @@ fn txn_response_body(t: &Translation, resp: &mut TxnResponse) {
     }
 }
 
+impl From<TranslateError> for crate::error::ProxyError {
+    fn from(e: TranslateError) -> Self {
+        match e {
+            TranslateError::Compacted(c) => crate::error::ProxyError::Compacted(c),
+            other => crate::error::ProxyError::Untranslatable(other.to_string()),
+        }
+    }
+}
+
+/// A client write, as the target must see it and as its answer must come back.
+pub trait Translate: Sized {
+    type Answer;
+    fn to_target(self, t: &Translation) -> Result<(Self, TxnShape), TranslateError>;
+    fn answer_to_virtual(a: Self::Answer, t: &Translation, shape: TxnShape) -> Result<Self::Answer, Malformed>;
+}
+
+impl Translate for PutRequest {
+    type Answer = PutResponse;
+    fn to_target(mut self, t: &Translation) -> Result<(Self, TxnShape), TranslateError> {
+        put_request(t, &mut self);
+        Ok((self, TxnShape::default()))
+    }
+    fn answer_to_virtual(mut a: PutResponse, t: &Translation, _: TxnShape) -> Result<PutResponse, Malformed> {
+        put_response(t, &mut a);
+        Ok(a)
+    }
+}
+
+impl Translate for crate::proto::etcdserverpb::DeleteRangeRequest {
+    type Answer = DeleteRangeResponse;
+    fn to_target(self, _: &Translation) -> Result<(Self, TxnShape), TranslateError> {
+        Ok((self, TxnShape::default()))
+    }
+    fn answer_to_virtual(mut a: DeleteRangeResponse, t: &Translation, _: TxnShape) -> Result<DeleteRangeResponse, Malformed> {
+        delete_response(t, &mut a);
+        Ok(a)
+    }
+}
+
+impl Translate for TxnRequest {
+    type Answer = TxnResponse;
+    fn to_target(self, t: &Translation) -> Result<(Self, TxnShape), TranslateError> {
+        txn_request(t, self)
+    }
+    fn answer_to_virtual(a: TxnResponse, t: &Translation, shape: TxnShape) -> Result<TxnResponse, Malformed> {
+        txn_response(t, a, shape)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

@@ -4,11 +4,13 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::{client, forward, Context};
+use super::{client, Context};
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::*;
+use crate::route::revision::Translation;
 use crate::route::scope::Scope;
+use crate::route::translate::{self, RangeFixup};
 use crate::upstream::Retry;
 
 pub struct KvService {
@@ -25,10 +27,12 @@ impl KvService {
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let r = request.get_ref();
+        let pre = |t: &Translation, r: &mut RangeRequest| Ok(translate::range_request(t, r)?);
+        let post = |t: &Translation, resp: &mut RangeResponse, fix: RangeFixup| translate::range_response(t, resp, &fix);
         if !self.ctx.router.scope().touches_reserved(&r.key, &r.range_end) {
             return self
                 .ctx
-                .unary("KV", "Range", Retry::Idempotent, request, |ch, req| async move {
+                .unary_translated("KV", "Range", Retry::Idempotent, request, pre, post, |ch, req| async move {
                     client!(KvClient, ch).range(req).await
                 })
                 .await;
@@ -37,7 +41,7 @@ impl Kv for KvService {
         // that revision with room for them, and leave them out of the answer.
         let scope = self.ctx.router.scope().clone();
         self.ctx
-            .unary("KV", "Range", Retry::Idempotent, request, move |ch, req| {
+            .unary_translated("KV", "Range", Retry::Idempotent, request, pre, post, move |ch, req| {
                 let scope = scope.clone();
                 async move { range_without_reserved(ch, req, &scope).await }
             })
@@ -60,15 +64,47 @@ impl Kv for KvService {
         self.ctx.guarded_write("KV", "Txn", request).await
     }
 
-    forward!(
-        compact,
-        CompactionRequest,
-        CompactionResponse,
-        "KV",
-        "Compact",
-        Retry::IfNotSent,
-        KvClient
-    );
+    async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        if let Some(link) = self.ctx.router.link() {
+            // A compaction now could remove the revision the migration copies or follows
+            // from: remember it, answer as etcd would, and compact when the migration ends.
+            link.defer_compaction(request.get_ref().revision);
+            let probe = Request::from_parts(
+                request.metadata().clone(),
+                Default::default(),
+                RangeRequest {
+                    key: self.ctx.router.fence().guard.fence_key().clone(),
+                    count_only: true,
+                    ..Default::default()
+                },
+            );
+            let pre = |_: &Translation, _: &mut RangeRequest| Ok(());
+            let post = |t: &Translation, r: &mut RangeResponse, _: ()| translate::header(t, &mut r.header);
+            let header = self
+                .ctx
+                .unary_translated("KV", "Compact", Retry::Idempotent, probe, pre, post, |ch, req| async move {
+                    client!(KvClient, ch).range(req).await
+                })
+                .await?
+                .into_inner()
+                .header;
+            return Ok(Response::new(CompactionResponse { header }));
+        }
+        self.ctx
+            .unary_translated(
+                "KV",
+                "Compact",
+                Retry::IfNotSent,
+                request,
+                |t, c| {
+                    translate::compact_request(t, c);
+                    Ok(())
+                },
+                |t, r: &mut CompactionResponse, ()| translate::header(t, &mut r.header),
+                |ch, req| async move { client!(KvClient, ch).compact(req).await },
+            )
+            .await
+    }
 }
 
 async fn range_without_reserved(

@@ -1,5 +1,11 @@
 //! Lease: unary calls are forwarded; a KeepAlive stream is relayed, and opened again on
 //! another endpoint if its connection breaks, resending the keep-alives left unanswered.
+//!
+//! During a migration, grants and revokes are mirrored to the target (same ID, same TTL)
+//! so that a lease granted after the copy exists there at the commit, and they wait (or
+//! are refused, in reject mode) while the source is fenced. After a commit, lease IDs that
+//! had to change on the target are translated both ways, and keep-alive streams move to
+//! the new datastore.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -9,7 +15,11 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::stream::{Reconnect, UpstreamStream};
-use super::{client, forward, Context, Forwarded};
+use super::{client, Context, Forwarded, HeldGuard};
+use crate::config::FenceMode;
+use crate::error::ProxyError;
+use crate::route::{translate, MigrationLink, Route};
+use crate::upstream::own_request;
 use crate::error::messages;
 use crate::proto::etcdserverpb::lease_client::LeaseClient;
 use crate::proto::etcdserverpb::lease_server::Lease;
@@ -30,42 +40,105 @@ impl LeaseService {
 impl Lease for LeaseService {
     type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, Status>>;
 
-    forward!(
-        lease_grant,
-        LeaseGrantRequest,
-        LeaseGrantResponse,
-        "Lease",
-        "LeaseGrant",
-        Retry::IfNotSent,
-        LeaseClient
-    );
-    forward!(
-        lease_revoke,
-        LeaseRevokeRequest,
-        LeaseRevokeResponse,
-        "Lease",
-        "LeaseRevoke",
-        Retry::IfNotSent,
-        LeaseClient
-    );
-    forward!(
-        lease_time_to_live,
-        LeaseTimeToLiveRequest,
-        LeaseTimeToLiveResponse,
-        "Lease",
-        "LeaseTimeToLive",
-        Retry::Idempotent,
-        LeaseClient
-    );
-    forward!(
-        lease_leases,
-        LeaseLeasesRequest,
-        LeaseLeasesResponse,
-        "Lease",
-        "LeaseLeases",
-        Retry::Idempotent,
-        LeaseClient
-    );
+    async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
+        if let Err(e) = self.wait_unfenced().await {
+            return Err(e.into());
+        }
+        let ttl = request.get_ref().ttl;
+        let resp = self
+            .ctx
+            .unary_translated(
+                "Lease",
+                "LeaseGrant",
+                Retry::IfNotSent,
+                request,
+                |t, r: &mut LeaseGrantRequest| {
+                    r.id = translate::lease_id_to_target(t, r.id);
+                    Ok(())
+                },
+                |t, r: &mut LeaseGrantResponse, ()| {
+                    translate::header(t, &mut r.header);
+                    r.id = translate::lease_id_to_virtual(t, r.id);
+                },
+                |ch, req| async move { client!(LeaseClient, ch).lease_grant(req).await },
+            )
+            .await?;
+        if let Some(link) = self.ctx.router.link() {
+            mirror_grant(&link, resp.get_ref().id, ttl).await;
+        }
+        Ok(resp)
+    }
+
+    async fn lease_revoke(&self, request: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+        if let Err(e) = self.wait_unfenced().await {
+            return Err(e.into());
+        }
+        let id = request.get_ref().id;
+        let resp = self
+            .ctx
+            .unary_translated(
+                "Lease",
+                "LeaseRevoke",
+                Retry::IfNotSent,
+                request,
+                |t, r: &mut LeaseRevokeRequest| {
+                    r.id = translate::lease_id_to_target(t, r.id);
+                    Ok(())
+                },
+                |t, r: &mut LeaseRevokeResponse, ()| translate::header(t, &mut r.header),
+                |ch, req| async move { client!(LeaseClient, ch).lease_revoke(req).await },
+            )
+            .await?;
+        if let Some(link) = self.ctx.router.link() {
+            let target_id = link.leases.lock().remove(&id);
+            if let Some(target_id) = target_id {
+                let _ = crate::migrate::ops::revoke(&link.target, target_id).await;
+            }
+        }
+        Ok(resp)
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        request: Request<LeaseTimeToLiveRequest>,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        self.ctx
+            .unary_translated(
+                "Lease",
+                "LeaseTimeToLive",
+                Retry::Idempotent,
+                request,
+                |t, r: &mut LeaseTimeToLiveRequest| {
+                    r.id = translate::lease_id_to_target(t, r.id);
+                    Ok(())
+                },
+                |t, r: &mut LeaseTimeToLiveResponse, ()| {
+                    translate::header(t, &mut r.header);
+                    r.id = translate::lease_id_to_virtual(t, r.id);
+                },
+                |ch, req| async move { client!(LeaseClient, ch).lease_time_to_live(req).await },
+            )
+            .await
+    }
+
+    async fn lease_leases(&self, request: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+        self.ctx
+            .unary_translated(
+                "Lease",
+                "LeaseLeases",
+                Retry::Idempotent,
+                request,
+                |_, _: &mut LeaseLeasesRequest| Ok(()),
+                |t, r: &mut LeaseLeasesResponse, ()| {
+                    translate::header(t, &mut r.header);
+                    for l in &mut r.leases {
+                        l.id = translate::lease_id_to_virtual(t, l.id);
+                    }
+                },
+                |ch, req| async move { client!(LeaseClient, ch).lease_leases(req).await },
+            )
+            .await
+    }
 
     async fn lease_keep_alive(
         &self,
@@ -80,6 +153,60 @@ impl Lease for LeaseService {
     }
 }
 
+impl LeaseService {
+    /// While the source is fenced, a lease change waits for the commit (or the release)
+    /// in hold mode, and is refused at once in reject mode.
+    async fn wait_unfenced(&self) -> Result<(), ProxyError> {
+        let Some(link) = self.ctx.router.link() else {
+            return Ok(());
+        };
+        let mut fenced = link.fenced.subscribe();
+        if !*fenced.borrow() {
+            return Ok(());
+        }
+        let policy = self.ctx.router.fence();
+        let refused = || ProxyError::Fenced {
+            holder: "migration".into(),
+        };
+        if policy.mode == FenceMode::Reject {
+            self.ctx.count_fenced("rejected");
+            return Err(refused());
+        }
+        let _held = HeldGuard::new(&self.ctx.metrics.held_writes);
+        let lifted = tokio::time::timeout(policy.hold_timeout, fenced.wait_for(|f| !*f))
+            .await
+            .is_ok();
+        match lifted {
+            true => {
+                self.ctx.count_fenced("held");
+                Ok(())
+            }
+            false => {
+                self.ctx.count_fenced("held_rejected");
+                Err(refused())
+            }
+        }
+    }
+}
+
+/// Grants the same lease on the migration's target, so it is there at the commit.
+async fn mirror_grant(link: &MigrationLink, id: i64, ttl: i64) {
+    let grant = LeaseGrantRequest { ttl, id };
+    let result = link
+        .target
+        .unary(Retry::IfNotSent, |ch, token| {
+            let r = own_request(grant.clone(), token);
+            async move { client!(LeaseClient, ch).lease_grant(r).await }
+        })
+        .await;
+    match result {
+        Ok(r) => {
+            link.leases.lock().insert(id, r.into_inner().id);
+        }
+        Err(e) => tracing::warn!(lease = format!("{id:x}"), error = %e, "could not mirror a lease grant to the migration target"),
+    }
+}
+
 async fn relay_keep_alive(
     ctx: Arc<Context>,
     fwd: Forwarded,
@@ -87,30 +214,44 @@ async fn relay_keep_alive(
     down: mpsc::Sender<Result<LeaseKeepAliveResponse, Status>>,
 ) {
     let _open = ctx.metrics.stream_guard("lease_keepalive");
-    let datastore = ctx.router.route().datastore.clone();
-    let open = || {
-        UpstreamStream::open(&datastore, &fwd, |ch, req| async move {
+    let mut changes = ctx.router.changes();
+    let mut route = ctx.router.route();
+    let open = |route: &Route| {
+        UpstreamStream::open(&route.datastore, &fwd, |ch, req| async move {
             client!(LeaseClient, ch).lease_keep_alive(req).await
         })
     };
-    let mut upstream = open();
+    let to_target = |route: &Route, id: i64| route.translation.as_ref().map_or(id, |t| translate::lease_id_to_target(t, id));
+    let mut upstream = open(&route);
     let mut reconnect = Reconnect::new();
     // Lease IDs sent and not yet answered: resent if the stream has to be opened again.
     let mut unanswered = BTreeSet::new();
     let code = loop {
         tokio::select! {
+            _ = changes.changed() => {
+                // A migration committed: keep-alives go to the new datastore from now on.
+                route = ctx.router.route();
+                upstream = open(&route);
+                for id in &unanswered {
+                    upstream.send(LeaseKeepAliveRequest { id: to_target(&route, *id) });
+                }
+            }
             msg = inbound.message() => match msg {
                 Ok(Some(req)) => {
                     unanswered.insert(req.id);
-                    upstream.send(req);
+                    upstream.send(LeaseKeepAliveRequest { id: to_target(&route, req.id) });
                 }
                 // etcd ends the stream when the client stops sending.
                 Ok(None) => break Code::Ok,
                 Err(_) => break Code::Cancelled,
             },
             resp = upstream.next() => match resp {
-                Some(Ok(r)) => {
+                Some(Ok(mut r)) => {
                     reconnect.reset();
+                    if let Some(t) = &route.translation {
+                        translate::header(t, &mut r.header);
+                        r.id = translate::lease_id_to_virtual(t, r.id);
+                    }
                     unanswered.remove(&r.id);
                     if down.send(Ok(r)).await.is_err() {
                         break Code::Cancelled;
@@ -123,15 +264,16 @@ async fn relay_keep_alive(
                 }
                 None => break Code::Ok,
                 Some(Err(status)) => {
+                    let datastore = &route.datastore;
                     tracing::warn!(datastore = %datastore.name, endpoint = %datastore.endpoint_url(upstream.endpoint), error = %status.message(), "keep-alive stream to the datastore broke; reopening");
                     datastore.mark_failed(upstream.endpoint);
                     if !reconnect.wait().await {
                         let _ = down.send(Err(Status::unavailable(messages::NO_CONNECTION))).await;
                         break Code::Unavailable;
                     }
-                    upstream = open();
+                    upstream = open(&route);
                     for id in &unanswered {
-                        upstream.send(LeaseKeepAliveRequest { id: *id });
+                        upstream.send(LeaseKeepAliveRequest { id: to_target(&route, *id) });
                     }
                 }
             },

@@ -38,7 +38,9 @@ use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::etcdserverpb::TxnRequest;
 use crate::route::fence::Guarded;
-use crate::route::Router;
+use crate::route::translate::{Translate, TxnShape};
+use crate::route::revision::Translation;
+use crate::route::{Route, Router};
 use crate::upstream::Retry;
 
 /// What every service needs: where to send requests, limits, metrics.
@@ -143,6 +145,45 @@ impl Context {
         self.finish(service, method, started, result)
     }
 
+    /// Like [`Context::unary`], for requests and answers that carry revisions: `pre` and
+    /// `post` apply the route's translation, when it has one, around the same route's call.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn unary_translated<Req, Resp, F, Fut, X>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        retry: Retry,
+        request: Request<Req>,
+        pre: impl FnOnce(&Translation, &mut Req) -> Result<X, ProxyError>,
+        post: impl FnOnce(&Translation, &mut Resp, X),
+        call: F,
+    ) -> Result<Response<Resp>, Status>
+    where
+        Req: prost::Message + Clone,
+        F: Fn(Channel, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let started = Instant::now();
+        let route = self.router.route();
+        let result = async {
+            let (metadata, ext, mut msg) = request.into_parts();
+            let Some(t) = route.translation.clone() else {
+                return self
+                    .forward_on(&route, retry, Request::from_parts(metadata, ext, msg), call)
+                    .await;
+            };
+            self.check_size(&msg)?;
+            let x = pre(&t, &mut msg)?;
+            let mut resp = self
+                .forward_on(&route, retry, Request::from_parts(metadata, ext, msg), call)
+                .await?;
+            post(&t, resp.get_mut(), x);
+            Ok(resp)
+        }
+        .await;
+        self.finish(service, method, started, result)
+    }
+
     /// Forwards a client write inside the fence guard (route/fence.rs) and records it.
     pub(crate) async fn guarded_write<W>(
         &self,
@@ -151,7 +192,7 @@ impl Context {
         request: Request<W>,
     ) -> Result<Response<W::Response>, Status>
     where
-        W: Guarded + prost::Message + Clone,
+        W: Guarded + Translate<Answer = <W as Guarded>::Response> + prost::Message + Clone,
     {
         let started = Instant::now();
         let result = self.forward_guarded(request).await;
@@ -160,7 +201,7 @@ impl Context {
 
     async fn forward_guarded<W>(&self, request: Request<W>) -> Result<Response<W::Response>, ProxyError>
     where
-        W: Guarded + prost::Message + Clone,
+        W: Guarded + Translate<Answer = <W as Guarded>::Response> + prost::Message + Clone,
     {
         let (metadata, _, msg) = request.into_parts();
         self.check_size(&msg)?;
@@ -169,14 +210,17 @@ impl Context {
         }
         let fwd = Forwarded::from_incoming(&metadata);
         let policy = self.router.fence();
-        let txn = policy.guard.wrap(msg.clone());
         let deadline = Instant::now() + policy.hold_timeout;
         let mut backoff = Duration::from_millis(5);
         let mut held: Option<HeldGuard> = None;
         loop {
             // Each attempt asks for the route again: a held write goes to whichever
-            // datastore is authoritative when the fence lifts.
+            // datastore is authoritative when the fence lifts, in that one's revisions.
             let route = self.router.route();
+            let (write, shape) = match &route.translation {
+                Some(t) => msg.clone().to_target(t)?,
+                None => (msg.clone(), TxnShape::default()),
+            };
             let fwd = &fwd;
             let send = |txn: TxnRequest| {
                 route.datastore.unary(Retry::IfNotSent, move |ch, token| {
@@ -184,18 +228,21 @@ impl Context {
                     async move { client!(KvClient, ch).txn(req).await }
                 })
             };
-            let resp = match send(txn.clone()).await {
+            let resp = match send(policy.guard.wrap(write.clone())).await {
                 // The client's credentials may not read the fence key (an etcd user limited
                 // to part of the tenant's keys). The guard was refused before anything was
                 // applied; the bare write gets exactly etcd's own answer for this user.
                 Err(ProxyError::Etcd(s)) if s.code() == Code::PermissionDenied => {
                     self.count_unguarded();
-                    send(policy.guard.bare(msg.clone())).await?
+                    send(policy.guard.bare(write)).await?
                 }
                 other => other?,
             };
             let fenced = match policy.guard.unwrap::<W>(resp.into_inner())? {
                 Ok(mut answer) => {
+                    if let Some(t) = &route.translation {
+                        answer = W::answer_to_virtual(answer, t, shape)?;
+                    }
                     W::hide_reserved(&mut answer, self.router.scope());
                     if held.is_some() {
                         self.count_fenced("held");
@@ -205,7 +252,13 @@ impl Context {
                 Err(fenced) => fenced,
             };
             let holder = String::from_utf8_lossy(&fenced.holder).into_owned();
-            if policy.mode == FenceMode::Reject {
+            // The tenant has just moved and this proxy's route is about to follow (or has):
+            // that is not a freeze, whatever the mode.
+            let moved = matches!(
+                crate::migrate::marker::Marker::parse(&fenced.holder),
+                Some(crate::migrate::marker::Marker::Moved { .. })
+            );
+            if policy.mode == FenceMode::Reject && !moved {
                 self.count_fenced("rejected");
                 return Err(ProxyError::Fenced { holder });
             }
@@ -243,7 +296,7 @@ impl Context {
         }
     }
 
-    fn count_fenced(&self, outcome: &'static str) {
+    pub(crate) fn count_fenced(&self, outcome: &'static str) {
         self.metrics
             .fenced_writes
             .get_or_create(&OutcomeLabels { outcome })
@@ -287,10 +340,25 @@ impl Context {
         F: Fn(Channel, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
+        let route = self.router.route();
+        self.forward_on(&route, retry, request, call).await
+    }
+
+    async fn forward_on<Req, Resp, F, Fut>(
+        &self,
+        route: &Route,
+        retry: Retry,
+        request: Request<Req>,
+        call: F,
+    ) -> Result<Response<Resp>, ProxyError>
+    where
+        Req: prost::Message + Clone,
+        F: Fn(Channel, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
         let (metadata, _, msg) = request.into_parts();
         self.check_size(&msg)?;
         let fwd = Forwarded::from_incoming(&metadata);
-        let route = self.router.route();
         let resp = route
             .datastore
             .unary(retry, |ch, token| call(ch, fwd.request(msg.clone(), token)))

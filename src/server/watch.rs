@@ -5,6 +5,11 @@
 //! endpoint breaks, every watch is created again on another endpoint with the same
 //! watch_id, starting at the first revision its client has not received, so the client
 //! sees neither a gap nor a duplicate, and no cancel.
+//!
+//! The same table moves every watch to a new datastore when a migration commits: the
+//! session lets the old stream deliver everything up to the commit (a progress request
+//! answers once it has), then creates each watch on the target from its next revision,
+//! translated, and translates the target's answers back.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -20,7 +25,9 @@ use crate::proto::etcdserverpb::watch_client::WatchClient;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::proto::etcdserverpb::watch_server::Watch;
 use crate::proto::etcdserverpb::*;
-use crate::upstream::{classify, Datastore, Failure};
+use crate::route::revision::Compacted;
+use crate::route::{translate, Route};
+use crate::upstream::{classify, Failure};
 
 pub struct WatchService {
     ctx: Arc<Context>,
@@ -70,7 +77,7 @@ struct WatchSession {
     ctx: Arc<Context>,
     fwd: Forwarded,
     down: mpsc::Sender<Result<WatchResponse, Status>>,
-    datastore: Arc<Datastore>,
+    route: Arc<Route>,
     watches: HashMap<i64, WatchState>,
     pending: VecDeque<Pending>,
     last_header: Option<ResponseHeader>,
@@ -81,12 +88,12 @@ struct ClientGone;
 
 impl WatchSession {
     fn new(ctx: Arc<Context>, fwd: Forwarded, down: mpsc::Sender<Result<WatchResponse, Status>>) -> Self {
-        let datastore = ctx.router.route().datastore.clone();
+        let route = ctx.router.route();
         WatchSession {
             ctx,
             fwd,
             down,
-            datastore,
+            route,
             watches: HashMap::new(),
             pending: VecDeque::new(),
             last_header: None,
@@ -94,20 +101,33 @@ impl WatchSession {
     }
 
     fn open_upstream(&self) -> Upstream {
-        UpstreamStream::open(&self.datastore, &self.fwd, |ch, req| async move {
+        UpstreamStream::open(&self.route.datastore, &self.fwd, |ch, req| async move {
             client!(WatchClient, ch).watch(req).await
         })
     }
 
     async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
         let _open = self.ctx.metrics.stream_guard("watch");
+        let mut changes = self.ctx.router.changes();
+        if self.ctx.router.route().generation != self.route.generation {
+            self.route = self.ctx.router.route();
+        }
         let mut upstream = self.open_upstream();
         let mut reconnect = Reconnect::new();
         let mut inbound_open = true;
         let code = loop {
             tokio::select! {
+                _ = changes.changed() => {
+                    if self.move_to_new_route(&mut upstream).await.is_err() {
+                        break Code::Cancelled;
+                    }
+                }
                 msg = inbound.message(), if inbound_open => match msg {
-                    Ok(Some(req)) => self.on_client(&upstream, req),
+                    Ok(Some(req)) => {
+                        if self.on_client(&mut upstream, req).await.is_err() {
+                            break Code::Cancelled;
+                        }
+                    }
                     // etcd keeps sending after the client half-closes; so does the proxy.
                     Ok(None) => inbound_open = false,
                     Err(_) => break Code::Cancelled,
@@ -130,8 +150,9 @@ impl WatchSession {
                             Some(Err(s)) => s.message().to_string(),
                             _ => "stream ended".to_string(),
                         };
-                        tracing::warn!(datastore = %self.datastore.name, endpoint = %self.datastore.endpoint_url(upstream.endpoint), error = %why, watches = self.watches.len(), "watch stream to the datastore broke; re-attaching");
-                        self.datastore.mark_failed(upstream.endpoint);
+                        let ds = &self.route.datastore;
+                        tracing::warn!(datastore = %ds.name, endpoint = %ds.endpoint_url(upstream.endpoint), error = %why, watches = self.watches.len(), "watch stream to the datastore broke; re-attaching");
+                        ds.mark_failed(upstream.endpoint);
                         if !reconnect.wait().await {
                             let _ = self.down.send(Err(Status::unavailable(messages::NO_CONNECTION))).await;
                             break Code::Unavailable;
@@ -148,24 +169,115 @@ impl WatchSession {
         self.ctx.metrics.observe_stream_end("Watch", "Watch", code);
     }
 
-    fn on_client(&mut self, upstream: &Upstream, req: WatchRequest) {
+    /// A create as the current datastore must see it (its start in that one's revisions).
+    fn upstream_create(&self, c: &WatchCreateRequest) -> Result<WatchCreateRequest, Compacted> {
+        let mut c = c.clone();
+        if let Some(t) = &self.route.translation {
+            c.start_revision = t.watch_start(c.start_revision)?;
+        }
+        Ok(c)
+    }
+
+    /// Tells the client its watch cannot start where it asked, as etcd does for a
+    /// compacted revision: created, then canceled with the first revision it may use.
+    async fn refuse_compacted(&self, watch_id: i64, c: Compacted) -> Result<(), ClientGone> {
+        let header = self.last_header;
+        self.send_down(WatchResponse {
+            header,
+            watch_id,
+            created: true,
+            ..Default::default()
+        })
+        .await?;
+        self.send_down(WatchResponse {
+            header,
+            watch_id,
+            canceled: true,
+            compact_revision: c.last + 1,
+            cancel_reason: "mvcc: required revision has been compacted".into(),
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn on_client(&mut self, upstream: &mut Upstream, req: WatchRequest) -> Result<(), ClientGone> {
         match &req.request_union {
-            Some(RequestUnion::CreateRequest(c)) => self.pending.push_back(Pending::Client(c.clone())),
+            Some(RequestUnion::CreateRequest(c)) => match self.upstream_create(c) {
+                Ok(sent) => {
+                    self.pending.push_back(Pending::Client(c.clone()));
+                    upstream.send(WatchRequest {
+                        request_union: Some(RequestUnion::CreateRequest(sent)),
+                    });
+                }
+                Err(compacted) => {
+                    let id = if c.watch_id != 0 {
+                        c.watch_id
+                    } else {
+                        self.watches.keys().max().map_or(0, |m| m + 1)
+                    };
+                    return self.refuse_compacted(id, compacted).await;
+                }
+            },
             Some(RequestUnion::CancelRequest(c)) => {
                 if let Some(w) = self.watches.get_mut(&c.watch_id) {
                     w.cancel_requested = true;
                 }
+                upstream.send(req);
             }
-            _ => {}
+            _ => upstream.send(req),
         }
-        upstream.send(req);
+        Ok(())
+    }
+
+    /// After a route swap: let the old stream deliver everything up to now, then move
+    /// every watch to the new datastore.
+    async fn move_to_new_route(&mut self, upstream: &mut Upstream) -> Result<(), ClientGone> {
+        let new = self.ctx.router.route();
+        if new.generation == self.route.generation {
+            return Ok(());
+        }
+        if !self.watches.is_empty() || !self.pending.is_empty() {
+            upstream.send(WatchRequest {
+                request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})),
+            });
+            let drained = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+                loop {
+                    match upstream.next().await {
+                        Some(Ok(r)) => {
+                            let progress = !r.created && !r.canceled && r.events.is_empty() && r.watch_id == -1;
+                            self.on_upstream(r).await?;
+                            if progress {
+                                return Ok(true);
+                            }
+                        }
+                        _ => return Ok(false),
+                    }
+                }
+            })
+            .await;
+            match drained {
+                Ok(Ok(true)) => {}
+                Ok(Err(gone)) => return Err(gone),
+                _ => tracing::warn!(
+                    watches = self.watches.len(),
+                    "the old datastore did not confirm watch progress; moving the watches from the revisions they reached"
+                ),
+            }
+        }
+        tracing::debug!(from = %self.route.datastore_name, to = %new.datastore_name, watches = self.watches.len(), "moving watches to the new datastore");
+        self.route = new;
+        *upstream = self.open_upstream();
+        self.reattach(upstream).await
     }
 
     async fn send_down(&self, r: WatchResponse) -> Result<(), ClientGone> {
         self.down.send(Ok(r)).await.map_err(|_| ClientGone)
     }
 
-    async fn on_upstream(&mut self, r: WatchResponse) -> Result<(), ClientGone> {
+    async fn on_upstream(&mut self, mut r: WatchResponse) -> Result<(), ClientGone> {
+        if let Some(t) = &self.route.translation {
+            translate::watch_response(t, &mut r);
+        }
         let rev = r.header.as_ref().map_or(0, |h| h.revision);
         if r.header.is_some() {
             self.last_header = r.header;
@@ -277,16 +389,40 @@ impl WatchSession {
                 start_revision: w.next_rev,
                 ..w.create.clone()
             };
-            self.pending.push_back(Pending::Reattach(id));
-            upstream.send(WatchRequest {
-                request_union: Some(RequestUnion::CreateRequest(create)),
-            });
+            match self.upstream_create(&create) {
+                Ok(sent) => {
+                    self.pending.push_back(Pending::Reattach(id));
+                    upstream.send(WatchRequest {
+                        request_union: Some(RequestUnion::CreateRequest(sent)),
+                    });
+                }
+                Err(c) => {
+                    // Only if the old datastore never confirmed the events before the
+                    // move: the client learns it as a compaction, and can start again.
+                    self.remove(id);
+                    let header = self.last_header;
+                    self.send_down(WatchResponse {
+                        header,
+                        watch_id: id,
+                        canceled: true,
+                        compact_revision: c.last + 1,
+                        cancel_reason: "mvcc: required revision has been compacted".into(),
+                        ..Default::default()
+                    })
+                    .await?;
+                }
+            }
         }
         for c in unanswered {
-            self.pending.push_back(Pending::Client(c.clone()));
-            upstream.send(WatchRequest {
-                request_union: Some(RequestUnion::CreateRequest(c)),
-            });
+            match self.upstream_create(&c) {
+                Ok(sent) => {
+                    self.pending.push_back(Pending::Client(c.clone()));
+                    upstream.send(WatchRequest {
+                        request_union: Some(RequestUnion::CreateRequest(sent)),
+                    });
+                }
+                Err(compacted) => self.refuse_compacted(c.watch_id, compacted).await?,
+            }
         }
         Ok(())
     }

@@ -11,4 +11,5 @@ mod errors;
 mod etcdctl;
 mod failover;
 mod fence;
+mod migrate;
 mod tls;

@@ -305,6 +305,9 @@ impl Drop for Etcd {
     }
 }
 
+/// The admin token every test proxy is started with (see [`Proxy::launch`]).
+pub const ADMIN_TOKEN: &str = "test-admin-token";
+
 /// The cutover binary, started with a config file.
 pub struct Proxy {
     /// `127.0.0.1:PORT` of the etcd API.
@@ -343,7 +346,12 @@ impl Proxy {
             config.push_str(&format!("listen: 127.0.0.1:{port}\n"));
         }
         if !body.contains("admin:") {
-            config.push_str(&format!("admin:\n  listen: 127.0.0.1:{admin_port}\n"));
+            let token = dir.path().join("admin-token");
+            std::fs::write(&token, ADMIN_TOKEN).expect("write token");
+            config.push_str(&format!(
+                "admin:\n  listen: 127.0.0.1:{admin_port}\n  tokenFile: {}\n",
+                token.display()
+            ));
         }
         config.push_str(body);
         let path = dir.path().join("cutover.yaml");
@@ -394,6 +402,34 @@ impl Proxy {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The config file the proxy runs with.
+    pub fn config_path(&self) -> std::path::PathBuf {
+        self.dir.path().join("cutover.yaml")
+    }
+
+    /// POSTs to the admin API with the token; returns the status and the JSON body.
+    pub async fn admin_post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{}{path}", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("admin API answers");
+        let code = r.status().as_u16();
+        (code, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
+    /// GET /v1/status.
+    pub async fn status(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/v1/status", self.admin))
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("status JSON")
     }
 
     pub async fn metrics(&self) -> String {

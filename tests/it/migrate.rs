@@ -1,0 +1,424 @@
+//! Live migrations under a concurrent load through the proxy: kube-style Txn writers,
+//! Put/Delete writers, a watcher with prev_kv, and a lease kept alive with keys on it.
+//! Each test checks the invariants of docs/ARCHITECTURE.md (I1-I7) across the cutover.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{Compare, CompareOp, EventType, GetOptions, Txn, TxnOp, WatchOptions};
+use parking_lot::Mutex;
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::support::{client, eventually, Etcd, Proxy};
+
+const TENANT: &str = "/registry/";
+
+fn two_stores(a: &Etcd, b: &Etcd, extra: &str) -> String {
+    format!(
+        "{extra}prefix: {TENANT}\ndataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\"]\n  dedicated:\n    endpoints: [\"{}\"]\n",
+        a.endpoint, b.endpoint
+    )
+}
+
+/// What the load saw: every acknowledged write, every error, every watch event.
+#[derive(Default)]
+struct Seen {
+    /// key -> the values acknowledged, in order (None: a delete).
+    acked: BTreeMap<String, Vec<Option<String>>>,
+    errors: Vec<String>,
+    /// Header revisions that went backwards for one client (I2).
+    backwards: Vec<String>,
+    /// (watch_id, key, value or None for a delete, mod_revision)
+    events: Vec<(i64, String, Option<String>, i64)>,
+    watch_cancels: usize,
+}
+
+struct Load {
+    seen: Arc<Mutex<Seen>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    pub lease: i64,
+}
+
+fn note_rev(seen: &Mutex<Seen>, who: &str, last: &mut i64, rev: i64) {
+    if rev < *last {
+        seen.lock().backwards.push(format!("{who}: {rev} after {last}"));
+    }
+    *last = rev.max(*last);
+}
+
+impl Load {
+    async fn start(endpoint: &str) -> Load {
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let (stop, stop_rx) = watch::channel(false);
+        let mut tasks = Vec::new();
+        let mut c = client(endpoint).await;
+        let start_rev = c.get("x", None).await.unwrap().header().unwrap().revision() + 1;
+
+        // The watcher first, so that it sees every write of the load.
+        {
+            let mut c = client(endpoint).await;
+            let seen = seen.clone();
+            let mut stop = stop_rx.clone();
+            let (_w, mut stream) = c
+                .watch(
+                    TENANT,
+                    Some(
+                        WatchOptions::new()
+                            .with_prefix()
+                            .with_prev_key()
+                            .with_start_revision(start_rev),
+                    ),
+                )
+                .await
+                .unwrap();
+            tasks.push(tokio::spawn(async move {
+                let _w = _w;
+                let mut last = 0;
+                let mut stopping = false;
+                loop {
+                    let msg = if stopping {
+                        // Let the events of the last writes arrive, then end.
+                        match tokio::time::timeout(Duration::from_millis(500), stream.message()).await {
+                            Ok(m) => m,
+                            Err(_) => return,
+                        }
+                    } else {
+                        tokio::select! {
+                            m = stream.message() => m,
+                            _ = stop.changed() => { stopping = true; continue; }
+                        }
+                    };
+                    let Ok(Some(r)) = msg else { return };
+                    let mut s = seen.lock();
+                    if r.canceled() {
+                        s.watch_cancels += 1;
+                    }
+                    let id = r.watch_id();
+                    if let Some(h) = r.header() {
+                        if h.revision() < last {
+                            s.backwards.push(format!("watch header {} after {last}", h.revision()));
+                        }
+                        last = last.max(h.revision());
+                    }
+                    for e in r.events() {
+                        let kv = e.kv().unwrap();
+                        let value = match e.event_type() {
+                            EventType::Put => Some(kv.value_str().unwrap().to_string()),
+                            EventType::Delete => None,
+                        };
+                        s.events.push((id, kv.key_str().unwrap().to_string(), value, kv.mod_revision()));
+                    }
+                }
+            }));
+        }
+
+        // kube-style writers: create with mod_revision == 0, update on the last seen one.
+        for w in 0..3 {
+            let mut c = client(endpoint).await;
+            let seen = seen.clone();
+            let stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut last = 0;
+                let mut n = 0;
+                while !*stop.borrow() {
+                    let key = format!("{TENANT}pods/ns/pod-{w}-{}", n % 5);
+                    n += 1;
+                    let got = match c.get(key.as_str(), None).await {
+                        Ok(g) => g,
+                        Err(e) => {
+                            seen.lock().errors.push(format!("get {key}: {e}"));
+                            continue;
+                        }
+                    };
+                    note_rev(&seen, "kube get", &mut last, got.header().unwrap().revision());
+                    let rev = got.kvs().first().map_or(0, |kv| kv.mod_revision());
+                    let value = format!("v{n}");
+                    let txn = Txn::new()
+                        .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, rev)])
+                        .and_then([TxnOp::put(key.as_str(), value.as_str(), None)])
+                        .or_else([TxnOp::get(key.as_str(), None)]);
+                    match c.txn(txn).await {
+                        Ok(t) => {
+                            note_rev(&seen, "kube txn", &mut last, t.header().unwrap().revision());
+                            if t.succeeded() {
+                                seen.lock().acked.entry(key).or_default().push(Some(value));
+                            } else {
+                                seen.lock().errors.push(format!("txn on {key} at {rev} did not succeed"));
+                            }
+                        }
+                        Err(e) => seen.lock().errors.push(format!("txn {key}: {e}")),
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }));
+        }
+
+        // Put/Delete writer.
+        {
+            let mut c = client(endpoint).await;
+            let seen = seen.clone();
+            let stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut last = 0;
+                let mut n = 0u64;
+                while !*stop.borrow() {
+                    n += 1;
+                    let key = format!("{TENANT}events/ev-{}", n % 7);
+                    if n % 3 == 0 {
+                        match c.delete(key.as_str(), None).await {
+                            Ok(d) => {
+                                note_rev(&seen, "delete", &mut last, d.header().unwrap().revision());
+                                if d.deleted() > 0 {
+                                    seen.lock().acked.entry(key).or_default().push(None);
+                                }
+                            }
+                            Err(e) => seen.lock().errors.push(format!("delete {key}: {e}")),
+                        }
+                    } else {
+                        let value = format!("e{n}");
+                        match c.put(key.as_str(), value.as_str(), None).await {
+                            Ok(p) => {
+                                note_rev(&seen, "put", &mut last, p.header().unwrap().revision());
+                                seen.lock().acked.entry(key).or_default().push(Some(value));
+                            }
+                            Err(e) => seen.lock().errors.push(format!("put {key}: {e}")),
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }));
+        }
+
+        // A lease with a key on it, kept alive through the proxy.
+        let lease = c.lease_grant(5, None).await.unwrap().id();
+        let key = format!("{TENANT}leases/holder");
+        c.put(key.as_str(), "alive", Some(etcd_client::PutOptions::new().with_lease(lease)))
+            .await
+            .unwrap();
+        seen.lock().acked.entry(key).or_default().push(Some("alive".into()));
+        {
+            let (mut keeper, mut stream) = c.lease_keep_alive(lease).await.unwrap();
+            let seen = seen.clone();
+            let stop = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                while !*stop.borrow() {
+                    if let Err(e) = keeper.keep_alive().await {
+                        seen.lock().errors.push(format!("keep-alive send: {e}"));
+                        return;
+                    }
+                    match stream.message().await {
+                        Ok(Some(r)) if r.ttl() > 0 => {}
+                        other => {
+                            seen.lock().errors.push(format!("keep-alive answer: {other:?}"));
+                            return;
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }));
+        }
+        Load {
+            seen,
+            stop,
+            tasks,
+            lease,
+        }
+    }
+
+    async fn finish(self) -> Seen {
+        let _ = self.stop.send(true);
+        for t in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
+        }
+        Arc::try_unwrap(self.seen)
+            .map(|m| m.into_inner())
+            .unwrap_or_else(|_| panic!("load tasks still hold the record"))
+    }
+
+    /// Waits until the load has acknowledged `n` more writes.
+    async fn progress(&self, n: usize) {
+        let count = || self.seen.lock().acked.values().map(Vec::len).sum::<usize>();
+        let target = count() + n;
+        eventually("the load makes progress", Duration::from_secs(20), || async {
+            count() >= target
+        })
+        .await;
+    }
+}
+
+/// Starts a migration through the admin API and waits for its end; returns the view.
+async fn migrate(proxy: &Proxy, to: &str) -> serde_json::Value {
+    let (code, body) = proxy.admin_post("/v1/migrations", json!({ "to": to })).await;
+    assert_eq!(code, 202, "{body}");
+    let mut last = serde_json::Value::Null;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = proxy.status().await;
+        if st["migration"]["outcome"] != "Running" && st["migration"]["id"] == body["id"] {
+            return st["migration"].clone();
+        }
+        if st != last {
+            last = st;
+        }
+        assert!(std::time::Instant::now() < deadline, "migration did not end: {last}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every key of the tenant with (value, create, mod, version), as a client sees it.
+async fn tenant_state(endpoint: &str) -> BTreeMap<String, (String, i64, i64, i64)> {
+    let mut c = client(endpoint).await;
+    let r = c.get(TENANT, Some(GetOptions::new().with_prefix())).await.unwrap();
+    r.kvs()
+        .iter()
+        .map(|kv| {
+            (
+                kv.key_str().unwrap().to_string(),
+                (
+                    kv.value_str().unwrap().to_string(),
+                    kv.create_revision(),
+                    kv.mod_revision(),
+                    kv.version(),
+                ),
+            )
+        })
+        .collect()
+}
+
+fn check_load(seen: &Seen, after: &BTreeMap<String, (String, i64, i64, i64)>) {
+    assert!(seen.errors.is_empty(), "client errors in hold mode: {:?}", &seen.errors[..seen.errors.len().min(10)]);
+    assert!(seen.backwards.is_empty(), "I2: revisions went backwards: {:?}", seen.backwards);
+    assert_eq!(seen.watch_cancels, 0, "I4: the watch was canceled");
+    // I1: the last acknowledged state of every key is what clients read now.
+    for (key, values) in &seen.acked {
+        let last = values.last().unwrap();
+        assert_eq!(after.get(key).map(|v| &v.0), last.as_ref(), "I1: {key}");
+    }
+    // I4: one event per acknowledged write, in order, on one watch_id.
+    let ids: std::collections::BTreeSet<i64> = seen.events.iter().map(|e| e.0).collect();
+    assert_eq!(ids.len(), 1, "I4: events on one watch_id: {ids:?}");
+    let mut by_key: HashMap<&str, Vec<Option<String>>> = HashMap::new();
+    let mut last_rev = 0;
+    for (_, key, value, rev) in &seen.events {
+        assert!(*rev >= last_rev, "I4: events in revision order ({rev} after {last_rev})");
+        last_rev = *rev;
+        by_key.entry(key.as_str()).or_default().push(value.clone());
+    }
+    for (key, values) in &seen.acked {
+        if key.contains("leases/holder") {
+            continue; // written before the watch started
+        }
+        assert_eq!(
+            by_key.get(key.as_str()).cloned().unwrap_or_default(),
+            *values,
+            "I4: the events of {key} are its acknowledged writes, once each"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_live_migration_keeps_every_write_watch_revision_and_lease() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let proxy = Proxy::start(&two_stores(&a, &b, "")).await;
+    let mut c = client(&proxy.endpoint).await;
+    // Keys with history before the migration (several versions, one deleted and recreated).
+    for i in 0..50 {
+        c.put(format!("{TENANT}configmaps/ns/cm-{i}"), "v1", None).await.unwrap();
+    }
+    for i in 0..10 {
+        c.put(format!("{TENANT}configmaps/ns/cm-{i}"), "v2", None).await.unwrap();
+    }
+    c.delete(format!("{TENANT}configmaps/ns/cm-3"), None).await.unwrap();
+    c.put(format!("{TENANT}configmaps/ns/cm-3"), "again", None).await.unwrap();
+    // A key outside the tenant, which must stay behind.
+    let mut direct_a = client(&a.endpoint).await;
+    direct_a.put("/other-tenant/x", "1", None).await.unwrap();
+    let before = tenant_state(&proxy.endpoint).await;
+    let cm0 = before[&format!("{TENANT}configmaps/ns/cm-0")].clone();
+    let last_change_rev = c.get("x", None).await.unwrap().header().unwrap().revision();
+
+    let load = Load::start(&proxy.endpoint).await;
+    load.progress(30).await;
+    let view = migrate(&proxy, "dedicated").await;
+    assert_eq!(view["outcome"], "Succeeded", "{view}");
+    load.progress(30).await;
+    let lease = load.lease;
+    let seen = load.finish().await;
+
+    let st = proxy.status().await;
+    assert_eq!(st["dataStore"], "dedicated");
+    assert_eq!(st["phase"], "Ready");
+    let after = tenant_state(&proxy.endpoint).await;
+    check_load(&seen, &after);
+
+    // I3: keys untouched by the load keep create/mod revision and version.
+    for (key, v) in &before {
+        if key.contains("configmaps") {
+            assert_eq!(after.get(key), Some(v), "I3: {key}");
+        }
+    }
+    // I3: a Txn on a pre-migration mod_revision succeeds after the cutover.
+    let key = format!("{TENANT}configmaps/ns/cm-0");
+    let t = c
+        .txn(
+            Txn::new()
+                .when([Compare::mod_revision(key.as_str(), CompareOp::Equal, cm0.2)])
+                .and_then([TxnOp::put(key.as_str(), "v3", None)]),
+        )
+        .await
+        .unwrap();
+    assert!(t.succeeded(), "I3: compare on the pre-migration mod_revision");
+    let v = c
+        .txn(
+            Txn::new()
+                .when([Compare::version(key.as_str(), CompareOp::Equal, cm0.3 + 1)])
+                .and_then([TxnOp::get(key.as_str(), None)]),
+        )
+        .await
+        .unwrap();
+    assert!(v.succeeded(), "I3: compare on the version counts on from the source's");
+    // I3/I7: a Range before the tenant's last change is etcd's compacted error.
+    match c.get(key.as_str(), Some(GetOptions::new().with_revision(last_change_rev - 1))).await {
+        Err(etcd_client::Error::GRpcStatus(s)) => {
+            assert_eq!(s.code(), tonic::Code::OutOfRange);
+            assert_eq!(s.message(), "etcdserver: mvcc: required revision has been compacted");
+        }
+        other => panic!("I3: expected the compacted error, got {other:?}"),
+    }
+
+    // I1: the target holds the tenant; the source holds no tenant change after the fence.
+    let mut direct_b = client(&b.endpoint).await;
+    let on_b = direct_b.get(TENANT, Some(GetOptions::new().with_prefix().with_keys_only())).await.unwrap();
+    let on_b: Vec<&str> = on_b.kvs().iter().map(|kv| kv.key_str().unwrap()).filter(|k| !k.contains('\0')).collect();
+    assert_eq!(on_b, after.keys().map(String::as_str).collect::<Vec<_>>(), "I1: target holds the tenant");
+    let fence = direct_a.get(format!("{TENANT}\0cutover/fence"), None).await.unwrap();
+    let marker = &fence.kvs()[0];
+    assert!(marker.value_str().unwrap().contains("\"moved\""), "the commit marker: {:?}", marker.value_str());
+    let on_a = direct_a.get(TENANT, Some(GetOptions::new().with_prefix())).await.unwrap();
+    for kv in on_a.kvs() {
+        if !kv.key_str().unwrap().contains('\0') {
+            assert!(kv.mod_revision() < marker.create_revision(), "I1: {} changed on the source after the fence", kv.key_str().unwrap());
+        }
+    }
+    assert_eq!(direct_b.get("/other-tenant/x", None).await.unwrap().count(), 0, "only the tenant moves");
+
+    // I5: the lease kept its ID and is alive on the target.
+    let ttl = c.lease_time_to_live(lease, None).await.unwrap();
+    assert!(ttl.ttl() > 0, "I5: the kept-alive lease lives on");
+    let on_target = direct_b.lease_time_to_live(lease, None).await.unwrap();
+    assert!(on_target.ttl() > 0, "I5: same lease ID on the target");
+
+    // Writes after the cutover land in the target only, with revisions above every old one.
+    let p = c.put(format!("{TENANT}after"), "1", None).await.unwrap();
+    assert!(p.header().unwrap().revision() > last_change_rev);
+    assert_eq!(direct_a.get(format!("{TENANT}after"), None).await.unwrap().count(), 0);
+    assert_eq!(direct_b.get(format!("{TENANT}after"), None).await.unwrap().count(), 1);
+
+    let m = proxy.metrics().await;
+    assert!(m.contains("cutover_migrations_total{outcome=\"succeeded\"} 1"), "{m}");
+}
