@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::admin::{self, AdminState};
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::migrate::{Migrator, Settings};
+use crate::migrate::Migrator;
 use crate::route::fence::Guard;
 use crate::route::{FencePolicy, Router};
 use crate::server::{self, Context, Listener};
@@ -82,7 +82,7 @@ pub async fn serve(config: Config) -> Result<(), RunError> {
             });
         }
     }
-    let migrator = Migrator::new(router.clone(), metrics.clone(), Settings::default());
+    let migrator = Migrator::new(router.clone(), metrics.clone(), config.migration.clone());
 
     let ctx = Arc::new(Context {
         router: router.clone(),

@@ -99,7 +99,74 @@ pub struct RawConfig {
     #[serde(default)]
     pub fence: FenceConfig,
     #[serde(default)]
+    pub migration: MigrationConfig,
+    #[serde(default)]
     pub log: LogConfig,
+}
+
+/// Tunables of a live migration.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MigrationConfig {
+    /// Keys read from the source per page during the copy.
+    #[serde(default = "default_page_size")]
+    pub page_size: i64,
+    /// Txns (of up to 128 puts) in flight on the target during the copy.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// Fence once the target is at most this many source revisions behind.
+    #[serde(default = "default_max_lag")]
+    pub max_lag: i64,
+    /// Release the fence and fail if drain, verification and commit take longer.
+    #[serde(default = "default_fence_timeout")]
+    pub fence_timeout: String,
+    /// TTL of the migration's lease (lock and fence): how long a crashed migrator keeps
+    /// the tenant fenced.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: String,
+    /// Added to the source revision at the fence to make S, the first revision of the
+    /// target era as clients see it.
+    #[serde(default = "default_revision_gap")]
+    pub revision_gap: i64,
+    /// Pause this long at the start of each phase (rehearsals, demos, tests) [default: 0s].
+    #[serde(default = "default_step_delay")]
+    pub step_delay: String,
+}
+
+impl Default for MigrationConfig {
+    fn default() -> Self {
+        MigrationConfig {
+            page_size: default_page_size(),
+            concurrency: default_concurrency(),
+            max_lag: default_max_lag(),
+            fence_timeout: default_fence_timeout(),
+            lease_ttl: default_lease_ttl(),
+            revision_gap: default_revision_gap(),
+            step_delay: default_step_delay(),
+        }
+    }
+}
+
+fn default_page_size() -> i64 {
+    1000
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_max_lag() -> i64 {
+    20
+}
+fn default_fence_timeout() -> String {
+    "10s".into()
+}
+fn default_lease_ttl() -> String {
+    "10s".into()
+}
+fn default_revision_gap() -> i64 {
+    1_000_000
+}
+fn default_step_delay() -> String {
+    "0s".into()
 }
 
 /// What a write meets while the tenant is fenced.
@@ -269,6 +336,7 @@ pub struct Config {
     pub prefix: bytes::Bytes,
     pub fence_mode: FenceMode,
     pub hold_timeout: std::time::Duration,
+    pub migration: crate::migrate::Settings,
     pub log: LogConfig,
 }
 
@@ -376,6 +444,27 @@ pub struct Overrides {
     /// `fence.holdTimeout`: how long a held write waits, e.g. 5s [default: 5s]
     #[arg(long, env = "CUTOVER_FENCE_HOLD_TIMEOUT", value_name = "DURATION")]
     pub fence_hold_timeout: Option<String>,
+    /// `migration.pageSize`: keys read from the source per page during the copy [default: 1000]
+    #[arg(long, env = "CUTOVER_MIGRATION_PAGE_SIZE", value_name = "KEYS")]
+    pub migration_page_size: Option<i64>,
+    /// `migration.concurrency`: copy Txns in flight on the target [default: 4]
+    #[arg(long, env = "CUTOVER_MIGRATION_CONCURRENCY", value_name = "N")]
+    pub migration_concurrency: Option<usize>,
+    /// `migration.maxLag`: fence once the target is at most this many source revisions behind [default: 20]
+    #[arg(long, env = "CUTOVER_MIGRATION_MAX_LAG", value_name = "REVISIONS")]
+    pub migration_max_lag: Option<i64>,
+    /// `migration.fenceTimeout`: fail and release the fence if the fenced steps take longer [default: 10s]
+    #[arg(long, env = "CUTOVER_MIGRATION_FENCE_TIMEOUT", value_name = "DURATION")]
+    pub migration_fence_timeout: Option<String>,
+    /// `migration.leaseTTL`: how long a crashed migrator keeps the tenant fenced [default: 10s]
+    #[arg(long, env = "CUTOVER_MIGRATION_LEASE_TTL", value_name = "DURATION")]
+    pub migration_lease_ttl: Option<String>,
+    /// `migration.revisionGap`: gap between the last source revision and the first target-era one [default: 1000000]
+    #[arg(long, env = "CUTOVER_MIGRATION_REVISION_GAP", value_name = "REVISIONS")]
+    pub migration_revision_gap: Option<i64>,
+    /// `migration.stepDelay`: pause at the start of each phase, for rehearsals and demos [default: 0s]
+    #[arg(long, env = "CUTOVER_MIGRATION_STEP_DELAY", value_name = "DURATION")]
+    pub migration_step_delay: Option<String>,
     /// `workerThreads`: threads serving requests; 1 = a single-threaded runtime [default: 1]
     #[arg(long, env = "CUTOVER_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<usize>,
@@ -492,6 +581,27 @@ impl Overrides {
         if let Some(v) = self.worker_threads {
             set_path(doc, &["workerThreads"], Value::Number(v.into()));
         }
+        if let Some(v) = self.migration_page_size {
+            set_path(doc, &["migration", "pageSize"], Value::Number(v.into()));
+        }
+        if let Some(v) = self.migration_concurrency {
+            set_path(doc, &["migration", "concurrency"], Value::Number(v.into()));
+        }
+        if let Some(v) = self.migration_max_lag {
+            set_path(doc, &["migration", "maxLag"], Value::Number(v.into()));
+        }
+        if let Some(v) = self.migration_revision_gap {
+            set_path(doc, &["migration", "revisionGap"], Value::Number(v.into()));
+        }
+        for (v, key) in [
+            (&self.migration_fence_timeout, "fenceTimeout"),
+            (&self.migration_lease_ttl, "leaseTTL"),
+            (&self.migration_step_delay, "stepDelay"),
+        ] {
+            if let Some(v) = v {
+                set_path(doc, &["migration", key], s(v));
+            }
+        }
         if let Some(v) = self.log_format {
             let f = match v {
                 LogFormat::Text => "text",
@@ -596,6 +706,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let hold_timeout = humantime::parse_duration(&raw.fence.hold_timeout)
         .map_err(|e| ConfigError::invalid("fence.holdTimeout", format!("{:?}: {e}", raw.fence.hold_timeout)))?;
+    let migration = migration_settings(&raw.migration)?;
     if raw.worker_threads == 0 || raw.worker_threads > 64 {
         return Err(ConfigError::invalid("workerThreads", "must be between 1 and 64"));
     }
@@ -666,7 +777,40 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         prefix: bytes::Bytes::from(raw.prefix.into_bytes()),
         fence_mode: raw.fence.mode,
         hold_timeout,
+        migration,
         log: raw.log,
+    })
+}
+
+fn migration_settings(m: &MigrationConfig) -> Result<crate::migrate::Settings, ConfigError> {
+    let duration = |key: &'static str, v: &str| {
+        humantime::parse_duration(v).map_err(|e| ConfigError::invalid(key, format!("{v:?}: {e}")))
+    };
+    if !(1..=10_000).contains(&m.page_size) {
+        return Err(ConfigError::invalid("migration.pageSize", "must be between 1 and 10000"));
+    }
+    if !(1..=64).contains(&m.concurrency) {
+        return Err(ConfigError::invalid("migration.concurrency", "must be between 1 and 64"));
+    }
+    if m.max_lag < 0 {
+        return Err(ConfigError::invalid("migration.maxLag", "must not be negative"));
+    }
+    if m.revision_gap < 1 {
+        return Err(ConfigError::invalid("migration.revisionGap", "must be at least 1"));
+    }
+    let lease_ttl = duration("migration.leaseTTL", &m.lease_ttl)?;
+    if lease_ttl < std::time::Duration::from_secs(2) {
+        return Err(ConfigError::invalid("migration.leaseTTL", "must be at least 2s"));
+    }
+    Ok(crate::migrate::Settings {
+        revision_gap: m.revision_gap,
+        page_size: m.page_size,
+        concurrency: m.concurrency,
+        max_lag: m.max_lag,
+        fence_timeout: duration("migration.fenceTimeout", &m.fence_timeout)?,
+        lease_ttl: lease_ttl.as_secs() as i64,
+        step_delay: duration("migration.stepDelay", &m.step_delay)?,
+        ..Default::default()
     })
 }
 

@@ -147,6 +147,8 @@ pub struct Settings {
     /// TTL of the migration's lease on the source: a crashed migrator's fence and lock
     /// disappear after this.
     pub lease_ttl: i64,
+    /// A pause at the start of each phase (rehearsals, demos, tests).
+    pub step_delay: Duration,
 }
 
 impl Default for Settings {
@@ -159,6 +161,7 @@ impl Default for Settings {
             catch_up_timeout: Duration::from_secs(600),
             fence_timeout: Duration::from_secs(10),
             lease_ttl: 10,
+            step_delay: Duration::ZERO,
         }
     }
 }
@@ -476,6 +479,19 @@ impl Job<'_> {
         self.m.set_phase_and(p, |_| {});
     }
 
+    /// The configured pause at the start of a phase (none by default).
+    async fn pause(&mut self) -> Result<(), Failure> {
+        let d = self.m.settings.step_delay;
+        if d.is_zero() {
+            return Ok(());
+        }
+        self.step(async move {
+            tokio::time::sleep(d).await;
+            Ok(())
+        })
+        .await
+    }
+
     async fn migrate(&mut self, to: &str, overwrite: bool) -> Result<(), Failure> {
         let m = Arc::clone(self.m);
         let router = &m.router;
@@ -490,6 +506,7 @@ impl Job<'_> {
         let reserved = reserved_prefix(&prefix);
 
         // Preparing: the target answers and is empty for the tenant; the lock is ours.
+        self.pause().await?;
         let tenant_keys = self.step(async { ops::count_tenant(&target, &range, &reserved).await.map_err(on("target")) }).await?;
         if tenant_keys > 0 && !overwrite {
             return Err(CopyError::TargetNotEmpty { count: tenant_keys }.into());
@@ -522,6 +539,7 @@ impl Job<'_> {
 
         // Copying.
         self.phase(Phase::Copying);
+        self.pause().await?;
         let opts = CopyOptions {
             page_size: settings.page_size,
             concurrency: settings.concurrency,
@@ -629,6 +647,7 @@ impl Job<'_> {
         let deadline = Instant::now() + settings.catch_up_timeout;
         let mut last_change = r0;
         self.start_follower(source, target, range, reserved, view.clone(), copied, r0 + 1);
+        self.pause().await?;
 
         // First verification: everything, at a consistent pair of revisions.
         let (mut copied, pos) = self.stop_follower(None).await?;
@@ -705,6 +724,7 @@ impl Job<'_> {
         };
         self.fenced_at = Some(Instant::now());
         self.phase(Phase::Fenced);
+        self.pause().await?;
         let fence_deadline = tokio::time::Instant::now() + settings.fence_timeout;
         let committed = tokio::time::timeout_at(fence_deadline, async {
             // Drain: every change up to the fence is on the target.
@@ -742,6 +762,9 @@ impl Job<'_> {
 
             // Committing: the marker replaces our fence, or nothing happens.
             self.phase(Phase::Committing);
+            if !settings.step_delay.is_zero() {
+                tokio::time::sleep(settings.step_delay).await;
+            }
             let moved = Marker::Moved {
                 migration: self.id.clone(),
                 to: to.to_string(),
