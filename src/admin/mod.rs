@@ -7,9 +7,11 @@ use std::time::Instant;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router as HttpRouter};
 use serde::Serialize;
+
+mod migrations;
 
 use crate::config::Secret;
 use crate::metrics::Metrics;
@@ -30,6 +32,9 @@ pub fn routes(state: Arc<AdminState>) -> HttpRouter {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
+        .route("/v1/migrations", post(migrations::start))
+        .route("/v1/migrations/abort", post(migrations::abort))
+        .route("/v1/cleanup", post(migrations::cleanup))
         .with_state(state)
 }
 
@@ -72,8 +77,8 @@ pub struct Status {
     pub ready: bool,
     pub uptime_seconds: u64,
     pub data_stores: Vec<DatastoreStatus>,
-    /// The current or last migration; none has run yet.
-    pub migration: Option<()>,
+    /// The current or last migration (null: none has run since the proxy started).
+    pub migration: Option<crate::migrate::MigrationView>,
 }
 
 #[derive(Serialize)]
@@ -92,6 +97,7 @@ pub struct EndpointStatus {
 }
 
 async fn status(State(s): State<Arc<AdminState>>) -> Json<Status> {
+    let snap = s.migrator.snapshot();
     let route = s.router.route();
     let data_stores = s
         .router
@@ -113,10 +119,10 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Status> {
     Json(Status {
         version: env!("CARGO_PKG_VERSION"),
         data_store: route.datastore_name.clone(),
-        phase: "Ready",
+        phase: snap.phase.as_str(),
         ready: route.datastore.is_ready(),
         uptime_seconds: s.started.elapsed().as_secs(),
         data_stores,
-        migration: None,
+        migration: snap.migration,
     })
 }

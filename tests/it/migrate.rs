@@ -338,6 +338,11 @@ async fn a_live_migration_keeps_every_write_watch_revision_and_lease() {
     // A key outside the tenant, which must stay behind.
     let mut direct_a = client(&a.endpoint).await;
     direct_a.put("/other-tenant/x", "1", None).await.unwrap();
+    // A lease nobody keeps alive, with a key on it: it must expire on the target too.
+    let short = c.lease_grant(4, None).await.unwrap().id();
+    c.put(format!("{TENANT}short-lived"), "x", Some(etcd_client::PutOptions::new().with_lease(short)))
+        .await
+        .unwrap();
     let before = tenant_state(&proxy.endpoint).await;
     let cm0 = before[&format!("{TENANT}configmaps/ns/cm-0")].clone();
     let last_change_rev = c.get("x", None).await.unwrap().header().unwrap().revision();
@@ -419,6 +424,245 @@ async fn a_live_migration_keeps_every_write_watch_revision_and_lease() {
     assert_eq!(direct_a.get(format!("{TENANT}after"), None).await.unwrap().count(), 0);
     assert_eq!(direct_b.get(format!("{TENANT}after"), None).await.unwrap().count(), 1);
 
+    // I5: keys on a lease that is not kept alive disappear.
+    let key = format!("{TENANT}short-lived");
+    eventually("the key on the expired lease disappears", Duration::from_secs(20), || {
+        let mut c = c.clone();
+        let key = key.clone();
+        async move { c.get(key, None).await.map(|r| r.count() == 0).unwrap_or(false) }
+    })
+    .await;
+
     let m = proxy.metrics().await;
     assert!(m.contains("cutover_migrations_total{outcome=\"succeeded\"} 1"), "{m}");
+}
+
+/// Waits until the running migration reaches `phase`.
+async fn wait_phase(proxy: &Proxy, phase: &str) {
+    eventually(&format!("the migration reaches {phase}"), Duration::from_secs(30), || async {
+        proxy.status().await["phase"] == phase
+    })
+    .await;
+}
+
+async fn wait_end(proxy: &Proxy) -> serde_json::Value {
+    eventually("the migration ends", Duration::from_secs(60), || async {
+        let st = proxy.status().await;
+        st["migration"]["outcome"] != "Running" && st["phase"] == "Ready"
+    })
+    .await;
+    proxy.status().await["migration"].clone()
+}
+
+const SLOW: &str = "migration: {stepDelay: 1500ms}\n";
+
+#[tokio::test]
+async fn reject_mode_refuses_writes_only_while_fenced() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let proxy = Proxy::start(&two_stores(&a, &b, &format!("fence: {{mode: reject}}\n{SLOW}"))).await;
+    let mut c = client(&proxy.endpoint).await;
+    c.put(format!("{TENANT}a"), "1", None).await.unwrap();
+    let (code, body) = proxy.admin_post("/v1/migrations", json!({"to": "dedicated"})).await;
+    assert_eq!(code, 202, "{body}");
+    wait_phase(&proxy, "CatchingUp").await;
+    c.put(format!("{TENANT}a"), "2", None).await.expect("writes flow while catching up");
+    wait_phase(&proxy, "Fenced").await;
+    match c.put(format!("{TENANT}a"), "3", None).await {
+        Err(etcd_client::Error::GRpcStatus(s)) => {
+            assert_eq!(s.code(), tonic::Code::Unavailable);
+            assert_eq!(
+                s.message(),
+                "the current Control Plane is in freezing mode due to a maintenance mode, all the changes are blocked"
+            );
+        }
+        other => panic!("expected the freeze error while fenced, got {other:?}"),
+    }
+    let view = wait_end(&proxy).await;
+    assert_eq!(view["outcome"], "Succeeded", "{view}");
+    c.put(format!("{TENANT}a"), "4", None).await.expect("writes flow after the commit");
+    let got = c.get(format!("{TENANT}a"), None).await.unwrap();
+    assert_eq!(got.kvs()[0].value_str().unwrap(), "4");
+    assert_eq!(got.kvs()[0].version(), 3, "the refused write never happened");
+    let m = proxy.metrics().await;
+    assert!(m.contains("cutover_fenced_writes_total{outcome=\"rejected\"}"), "{m}");
+}
+
+/// I6: the target lost in each phase before the commit: the migration fails, the tenant
+/// stays on the source with writes flowing (held writes included), nothing is lost; the
+/// migration retried afterwards succeeds.
+#[tokio::test]
+async fn losing_the_target_before_the_commit_leaves_the_tenant_on_the_source() {
+    let a = Etcd::start().await;
+    let mut b = Etcd::start().await;
+    let proxy = Proxy::start(&two_stores(&a, &b, SLOW)).await;
+    let mut c = client(&proxy.endpoint).await;
+    for i in 0..20 {
+        c.put(format!("{TENANT}k{i}"), "v", None).await.unwrap();
+    }
+    let load = Load::start(&proxy.endpoint).await;
+    for phase in ["Preparing", "Copying", "CatchingUp", "Fenced"] {
+        let (code, body) = proxy.admin_post("/v1/migrations", json!({"to": "dedicated", "overwrite": true})).await;
+        assert_eq!(code, 202, "{body}");
+        wait_phase(&proxy, phase).await;
+        b.kill();
+        let view = wait_end(&proxy).await;
+        assert_eq!(view["outcome"], "Failed", "target lost in {phase}: {view}");
+        assert!(view["error"].as_str().is_some_and(|e| !e.is_empty()), "{view}");
+        let st = proxy.status().await;
+        assert_eq!(st["dataStore"], "default", "target lost in {phase}");
+        load.progress(10).await;
+        b.relaunch();
+        b.wait_ready().await;
+    }
+    let view = migrate(&proxy, "dedicated").await;
+    assert_eq!(view["outcome"], "Succeeded", "the retried migration: {view}");
+    load.progress(10).await;
+    let seen = load.finish().await;
+    let after = tenant_state(&proxy.endpoint).await;
+    check_load(&seen, &after);
+    let m = proxy.metrics().await;
+    assert!(m.contains("cutover_migrations_total{outcome=\"failed\"} 4"), "{m}");
+}
+
+/// I6: a migrating proxy killed while the source is fenced: the fence is bound to the
+/// migration's lease, so it lifts by itself and writes resume on the source.
+#[tokio::test]
+async fn a_proxy_killed_while_fenced_leaves_the_source_writable_after_the_lease_expires() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let config = two_stores(&a, &b, "migration: {stepDelay: 5s, leaseTTL: 2s}\n");
+    let mut proxy = Proxy::start(&config).await;
+    let mut c = client(&proxy.endpoint).await;
+    c.put(format!("{TENANT}a"), "1", None).await.unwrap();
+    let (code, body) = proxy.admin_post("/v1/migrations", json!({"to": "dedicated"})).await;
+    assert_eq!(code, 202, "{body}");
+    wait_phase(&proxy, "Fenced").await;
+    proxy.kill();
+
+    let restarted = Proxy::start(&config).await;
+    assert_eq!(restarted.status().await["dataStore"], "default");
+    let mut c = client(&restarted.endpoint).await;
+    // Held until the dead migrator's lease expires, then applied on the source.
+    c.put(format!("{TENANT}a"), "2", None).await.expect("the write goes through once the fence lifts");
+    let mut direct_a = client(&a.endpoint).await;
+    assert_eq!(direct_a.get(format!("{TENANT}a"), None).await.unwrap().kvs()[0].value_str().unwrap(), "2");
+}
+
+/// I6: after the commit, a proxy restarted with its old configuration reads the marker and
+/// serves from the target, with the same revisions.
+#[tokio::test]
+async fn a_proxy_restarted_after_the_commit_with_the_old_config_serves_from_the_target() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let config = two_stores(&a, &b, "");
+    let mut proxy = Proxy::start(&config).await;
+    let mut c = client(&proxy.endpoint).await;
+    for i in 0..20 {
+        c.put(format!("{TENANT}k{}", i % 7), format!("v{i}"), None).await.unwrap();
+    }
+    let view = migrate(&proxy, "dedicated").await;
+    assert_eq!(view["outcome"], "Succeeded", "{view}");
+    c.put(format!("{TENANT}after"), "1", None).await.unwrap();
+    let before = tenant_state(&proxy.endpoint).await;
+    proxy.kill();
+
+    let restarted = Proxy::start(&config).await;
+    assert_eq!(restarted.status().await["dataStore"], "dedicated");
+    assert_eq!(tenant_state(&restarted.endpoint).await, before, "same keys and revisions after the restart");
+    let mut c = client(&restarted.endpoint).await;
+    c.put(format!("{TENANT}after"), "2", None).await.unwrap();
+    let mut direct_b = client(&b.endpoint).await;
+    assert_eq!(direct_b.get(format!("{TENANT}after"), None).await.unwrap().kvs()[0].value_str().unwrap(), "2");
+    let mut direct_a = client(&a.endpoint).await;
+    assert_eq!(direct_a.get(format!("{TENANT}after"), None).await.unwrap().kvs()[0].value_str().unwrap(), "1");
+}
+
+/// Back and on: A -> B -> A, then A -> C; revisions as clients see them never change.
+#[tokio::test]
+async fn migrations_compose_back_and_on() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let cc = Etcd::start().await;
+    let config = format!(
+        "prefix: {TENANT}\ndataStore: a\ndataStores:\n  a:\n    endpoints: [\"{}\"]\n  b:\n    endpoints: [\"{}\"]\n  c:\n    endpoints: [\"{}\"]\n",
+        a.endpoint, b.endpoint, cc.endpoint
+    );
+    let proxy = Proxy::start(&config).await;
+    let mut c = client(&proxy.endpoint).await;
+    for i in 0..30 {
+        c.put(format!("{TENANT}k{}", i % 10), format!("v{i}"), None).await.unwrap();
+    }
+    let load = Load::start(&proxy.endpoint).await;
+    load.progress(20).await;
+    let mut fixed = tenant_state(&proxy.endpoint).await;
+    fixed.retain(|k, _| k.contains("/k"));
+    for (to, cleanup) in [("b", None), ("a", Some("a")), ("c", None)] {
+        if let Some(ds) = cleanup {
+            // The tenant left `a` when it moved to `b`: clear its old copy first.
+            let (code, body) = proxy.admin_post("/v1/cleanup", json!({"datastore": ds})).await;
+            assert_eq!(code, 200, "{body}");
+        }
+        let view = migrate(&proxy, to).await;
+        assert_eq!(view["outcome"], "Succeeded", "to {to}: {view}");
+        load.progress(20).await;
+        let now = tenant_state(&proxy.endpoint).await;
+        for (k, v) in &fixed {
+            assert_eq!(now.get(k), Some(v), "after the move to {to}: {k}");
+        }
+    }
+    let seen = load.finish().await;
+    let after = tenant_state(&proxy.endpoint).await;
+    check_load(&seen, &after);
+    // A compare on a revision from the very first store still holds.
+    let (k, v) = fixed.iter().next().unwrap();
+    let t = c
+        .txn(
+            Txn::new()
+                .when([Compare::mod_revision(k.as_str(), CompareOp::Equal, v.2)])
+                .and_then([TxnOp::put(k.as_str(), "last", None)]),
+        )
+        .await
+        .unwrap();
+    assert!(t.succeeded());
+}
+
+/// A target shared with another tenant, which writes to it during the migration: neither
+/// tenant disturbs the other.
+#[tokio::test]
+async fn a_shared_target_keeps_both_tenants_apart() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let proxy = Proxy::start(&two_stores(&a, &b, "")).await;
+    let mut c = client(&proxy.endpoint).await;
+    for i in 0..30 {
+        c.put(format!("{TENANT}k{i}"), "v", None).await.unwrap();
+    }
+    // The other tenant lives in `b` already, under its own prefix, and keeps writing.
+    let mut other = client(&b.endpoint).await;
+    let (stop, stop_rx) = watch::channel(false);
+    let writer = tokio::spawn(async move {
+        let mut n = 0u64;
+        while !*stop_rx.borrow() {
+            n += 1;
+            other.put(format!("/tenant-2/k{}", n % 13), format!("{n}"), None).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(3)).await;
+        }
+        (other, n)
+    });
+    let load = Load::start(&proxy.endpoint).await;
+    load.progress(20).await;
+    let view = migrate(&proxy, "dedicated").await;
+    assert_eq!(view["outcome"], "Succeeded", "{view}");
+    load.progress(20).await;
+    let seen = load.finish().await;
+    let _ = stop.send(true);
+    let (mut other, n) = writer.await.unwrap();
+    let after = tenant_state(&proxy.endpoint).await;
+    check_load(&seen, &after);
+    assert!(after.keys().all(|k| k.starts_with(TENANT)), "the proxy shows only its tenant");
+    let theirs = other.get("/tenant-2/", Some(GetOptions::new().with_prefix())).await.unwrap();
+    assert_eq!(theirs.count(), 13.min(n as i64), "the other tenant's keys are all there");
+    let ours_on_b = other.get(TENANT, Some(GetOptions::new().with_prefix().with_count_only())).await.unwrap();
+    assert!(ours_on_b.count() >= after.len() as i64);
 }
