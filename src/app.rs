@@ -101,7 +101,7 @@ pub async fn serve(config: Config) -> Result<(), RunError> {
     tracing::info!(
         listen = %listener.local_addr(),
         admin = %config.admin_listen,
-        data_store = %config.data_store,
+        data_store = %router.route().datastore_name,
         tls = config.tls.is_some(),
         "cutover is serving"
     );

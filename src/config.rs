@@ -122,7 +122,7 @@ pub struct MigrationConfig {
     pub fence_timeout: String,
     /// TTL of the migration's lease (lock and fence): how long a crashed migrator keeps
     /// the tenant fenced.
-    #[serde(default = "default_lease_ttl")]
+    #[serde(default = "default_lease_ttl", rename = "leaseTTL")]
     pub lease_ttl: String,
     /// Added to the source revision at the fence to make S, the first revision of the
     /// target era as clients see it.

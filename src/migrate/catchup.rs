@@ -44,6 +44,9 @@ pub struct Position {
     pub target: i64,
     /// The source revision of the last change applied (0: none yet).
     pub last_change: i64,
+    /// The newest revision of an event received, cutover's own keys included. Events of
+    /// one watch come in revision order, so everything before it has been received.
+    pub events_through: i64,
 }
 
 impl Position {
@@ -126,6 +129,11 @@ pub struct Follow<'a> {
     pub from: i64,
     /// The source's own translation, if it has one (see `CopyOptions::view`).
     pub view: Option<&'a Translation>,
+    /// Stop only once an event at or past the stop revision has arrived. etcd 3.4 may
+    /// answer a progress request before it has sent every pending event, so a progress
+    /// notification cannot prove that a revision has been drained; an event can. Use it
+    /// when the stop revision is an event in the range (the fence write).
+    pub strict: bool,
 }
 
 /// Follows the range on the source and applies every change to the target, keeping the
@@ -144,6 +152,7 @@ pub async fn follow(
         exclude,
         from,
         view,
+        strict,
     } = spec;
     let keys = &mut copied.keys;
     let lease_ids = &mut copied.lease_ids;
@@ -178,6 +187,7 @@ pub async fn follow(
         source: from - 1,
         target: 0,
         last_change: 0,
+        events_through: from - 1,
     };
     let mut progress_asked = false;
     // Progress requests keep `applied` close to the source even when the tenant is idle
@@ -187,7 +197,7 @@ pub async fn follow(
     loop {
         let stop = *stop_at.borrow();
         if let Some(stop) = stop {
-            if pos.applied >= stop {
+            if pos.applied >= stop && (!strict || pos.events_through >= stop) {
                 return Ok(pos);
             }
             if !progress_asked {
@@ -224,6 +234,9 @@ pub async fn follow(
         // Only a bare progress notification says "nothing pending up to the header": a
         // create answer or a batch of events of a watch still catching up does not.
         let is_progress = !resp.created && resp.events.is_empty();
+        if let Some(last) = resp.events.last().and_then(|e| e.kv.as_ref()) {
+            pos.events_through = pos.events_through.max(last.mod_revision);
+        }
         // Events arrive in revision order; apply each revision as one Txn.
         let events: Vec<Event> = resp
             .events

@@ -361,6 +361,7 @@ impl Migrator {
             lease: None,
             fenced_at: None,
             follower: None,
+            claimed: None,
         };
         let result = job.migrate(&to, overwrite).await;
         let fence_ms = job.fenced_at.map(|t| t.elapsed().as_secs_f64() * 1000.0);
@@ -459,6 +460,9 @@ struct Job<'a> {
     lease: Option<(Arc<Datastore>, i64, tokio::task::JoinHandle<()>)>,
     fenced_at: Option<Instant>,
     follower: Option<Follower>,
+    /// The target's tenant range once it is ours to fill (emptied in Preparing): a failed
+    /// migration clears it again, so a retry needs no --overwrite.
+    claimed: Option<(Arc<Datastore>, KeyRange)>,
 }
 
 impl Job<'_> {
@@ -534,6 +538,7 @@ impl Job<'_> {
         let clear_from = if tenant_keys > 0 { range.start.clone() } else { reserved.clone() };
         let clear_to = if tenant_keys > 0 { range.end.clone() } else { copy::prefix_end(&reserved) };
         self.step(async { ops::delete(&target, clear_from, clear_to).await.map_err(on("target")) }).await?;
+        self.claimed = Some((target.clone(), range.clone()));
         let link = Arc::new(MigrationLink::new(target.clone()));
         router.set_link(Some(link.clone()));
 
@@ -594,6 +599,7 @@ impl Job<'_> {
         let (pos_tx, position) = watch::channel(Position {
             applied: from - 1,
             source: from - 1,
+            events_through: from - 1,
             ..Default::default()
         });
         let (source, target, range, reserved) = (source.clone(), target.clone(), range.clone(), reserved.clone());
@@ -605,6 +611,7 @@ impl Job<'_> {
                 exclude: Some(&reserved),
                 from,
                 view: view.as_deref(),
+                strict: true,
             };
             let r = catchup::follow(spec, &mut copied, stop_rx, &pos_tx).await;
             (copied, r)
@@ -615,7 +622,8 @@ impl Job<'_> {
     /// Stops the catch-up once it has applied `at` (None: what it knows of now).
     async fn stop_follower(&mut self, at: Option<i64>) -> Result<(CopyOutcome, Position), Failure> {
         let f = self.follower.take().expect("follower running");
-        let at = at.unwrap_or_else(|| f.position.borrow().source);
+        // Without a revision: stop where the events received so far reach.
+        let at = at.unwrap_or_else(|| f.position.borrow().events_through);
         let _ = f.stop.send(Some(at));
         let mut abort = self.abort.clone();
         let mut task = f.task;
@@ -655,12 +663,12 @@ impl Job<'_> {
         copied.touched.clear();
         let snapshot = copied.keys.clone();
         let target_rev = ops::current_revision(target).await.map_err(on("target"))?;
-        self.start_follower(source, target, range, reserved, view.clone(), copied, pos.applied + 1);
+        self.start_follower(source, target, range, reserved, view.clone(), copied, pos.events_through + 1);
         let full = {
             let (s, t, r, x, v) = (source.clone(), target.clone(), range.clone(), reserved.clone(), view.clone());
             let leases = link.leases.lock().clone();
             self.step(async move {
-                verify::full(&s, &t, &r, &x, v.as_deref(), &snapshot, &leases, pos.applied, target_rev)
+                verify::full(&s, &t, &r, &x, v.as_deref(), &snapshot, &leases, pos.events_through, target_rev)
                     .await
                     .map_err(Failure::Verify)
             })
@@ -670,7 +678,7 @@ impl Job<'_> {
             v.verified_keys = full.keys;
             v.digest = Some(full.digest_hex());
         });
-        tracing::info!(migration = %self.id, keys = full.keys, digest = %full.digest_hex(), at = pos.applied, "verified the copy");
+        tracing::info!(migration = %self.id, keys = full.keys, digest = %full.digest_hex(), at = pos.events_through, "verified the copy");
 
         // Rounds: wait for a small lag, verify what changed, until little changes.
         loop {
@@ -698,10 +706,10 @@ impl Job<'_> {
             let changed: Vec<Bytes> = copied.touched.drain().collect();
             let few = changed.len() <= 64;
             let checked = self
-                .shadow(source, target, view.as_deref(), &copied, &changed, pos.applied)
+                .shadow(source, target, view.as_deref(), &copied, &changed, pos.events_through)
                 .await?;
             m.update(|v| v.verified_keys += checked);
-            self.start_follower(source, target, range, reserved, view.clone(), copied, pos.applied + 1);
+            self.start_follower(source, target, range, reserved, view.clone(), copied, pos.events_through + 1);
             if few {
                 break;
             }
@@ -837,6 +845,12 @@ impl Job<'_> {
             let _ = link.fenced.send(false);
             if let Some(rev) = link.deferred_compaction() {
                 let _ = ops::compact_client_revision(&self.m.router, rev).await;
+            }
+        }
+        if let Some((target, range)) = self.claimed.take() {
+            // Only what this migration wrote: the range was empty (or emptied) before.
+            if let Err(e) = ops::delete(&target, range.start, range.end).await {
+                tracing::warn!(migration = %self.id, error = %e, "could not clear the partial copy on the target; a retry will need --overwrite");
             }
         }
         if let Some((ds, lease, keeper)) = self.lease.take() {

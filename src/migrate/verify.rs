@@ -105,9 +105,13 @@ fn digest_add(h: &mut Fnv, kv: &KeyValue) {
     }
 }
 
+/// A source key-value with the revisions clients see. The lease stays the source's own
+/// ID: the copy's lease map is keyed by it.
 fn client_space(view: Option<&Translation>, mut kv: KeyValue) -> KeyValue {
     if let Some(v) = view {
+        let lease = kv.lease;
         crate::route::translate::kv(v, &mut kv);
+        kv.lease = lease;
     }
     kv
 }

@@ -187,6 +187,7 @@ async fn catch_up_applies_every_later_change_and_keeps_k_current() {
                 exclude: None,
                 from: copied.stats.revision + 1,
                 view: None,
+                strict: false,
             };
             let r = follow(spec, &mut copied, stop_rx, &pos_tx).await;
             (r, copied.keys, copied.lease_ids)
