@@ -69,7 +69,7 @@ pub trait Guarded: Sized {
 impl Guarded for PutRequest {
     type Response = PutResponse;
     fn allowed(&self, scope: &super::scope::Scope) -> bool {
-        !scope.is_reserved(&self.key)
+        scope.in_tenant(&self.key, b"") && !scope.is_reserved(&self.key)
     }
     fn into_op(self) -> request_op::Request {
         request_op::Request::RequestPut(self)
@@ -85,7 +85,7 @@ impl Guarded for PutRequest {
 impl Guarded for DeleteRangeRequest {
     type Response = DeleteRangeResponse;
     fn allowed(&self, scope: &super::scope::Scope) -> bool {
-        !scope.touches_reserved(&self.key, &self.range_end)
+        scope.in_tenant(&self.key, &self.range_end) && !scope.touches_reserved(&self.key, &self.range_end)
     }
     fn into_op(self) -> request_op::Request {
         request_op::Request::RequestDeleteRange(self)

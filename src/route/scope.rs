@@ -18,17 +18,45 @@ fn overlaps(key: &[u8], end: &[u8], lo: &[u8], hi: &[u8]) -> bool {
     }
 }
 
+/// kube-apiserver's compactor keeps its bookkeeping in this key at the root of the key
+/// space, outside any `--etcd-prefix`: a tenant's proxy lets it through.
+pub const KUBE_COMPACT_KEY: &[u8] = b"compact_rev_key";
+
 #[derive(Debug, Clone)]
 pub struct Scope {
     reserved: Bytes,
     reserved_end: Bytes,
+    /// The tenant's range [start, end); `None` when the tenant has the whole key space.
+    tenant: Option<(Bytes, Bytes)>,
 }
 
 impl Scope {
     pub fn new(tenant_prefix: &[u8]) -> Scope {
         let reserved = reserved_prefix(tenant_prefix);
         let reserved_end = crate::migrate::copy::prefix_end(&reserved);
-        Scope { reserved, reserved_end }
+        let tenant = (!tenant_prefix.is_empty()).then(|| {
+            (
+                Bytes::copy_from_slice(tenant_prefix),
+                crate::migrate::copy::prefix_end(tenant_prefix),
+            )
+        });
+        Scope {
+            reserved,
+            reserved_end,
+            tenant,
+        }
+    }
+
+    /// Whether the range [key, end) lies inside the tenant's prefix (etcd's range
+    /// conventions; kube-apiserver's compaction key is let through as well).
+    pub fn in_tenant(&self, key: &[u8], end: &[u8]) -> bool {
+        let Some((lo, hi)) = &self.tenant else { return true };
+        let to_the_end = hi[..] == b"\0"[..];
+        match end {
+            [] => (key >= &lo[..] && (to_the_end || key < &hi[..])) || key == KUBE_COMPACT_KEY,
+            [0] => to_the_end && key >= &lo[..],
+            _ => key >= &lo[..] && (to_the_end || end <= &hi[..]),
+        }
     }
 
     pub fn is_reserved(&self, key: &[u8]) -> bool {
@@ -56,16 +84,18 @@ impl Scope {
     }
 
     fn compare_allowed(&self, c: &Compare) -> bool {
-        // A compare on the tenant's keys may read anything; only the reserved ones are off.
-        !self.touches_reserved(&c.key, &c.range_end)
+        // Compares stay inside the tenant and off the reserved keys.
+        self.in_tenant(&c.key, &c.range_end) && !self.touches_reserved(&c.key, &c.range_end)
     }
 
     fn op_allowed(&self, op: &RequestOp) -> bool {
         match &op.request {
             // Reads may span the reserved keys; their answers are filtered (hide_in_txn).
-            Some(request_op::Request::RequestRange(_)) => true,
-            Some(request_op::Request::RequestPut(p)) => !self.is_reserved(&p.key),
-            Some(request_op::Request::RequestDeleteRange(d)) => !self.touches_reserved(&d.key, &d.range_end),
+            Some(request_op::Request::RequestRange(r)) => self.in_tenant(&r.key, &r.range_end),
+            Some(request_op::Request::RequestPut(p)) => self.in_tenant(&p.key, b"") && !self.is_reserved(&p.key),
+            Some(request_op::Request::RequestDeleteRange(d)) => {
+                self.in_tenant(&d.key, &d.range_end) && !self.touches_reserved(&d.key, &d.range_end)
+            }
             Some(request_op::Request::RequestTxn(t)) => self.txn_allowed(t),
             None => true,
         }
@@ -102,6 +132,20 @@ impl Scope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn requests_stay_inside_the_tenant_prefix() {
+        let s = scope();
+        assert!(s.in_tenant(b"/t/a", b""));
+        assert!(s.in_tenant(b"/t/", b"/t0"));
+        assert!(s.in_tenant(b"/t/a", b"/t/b"));
+        assert!(!s.in_tenant(b"/u/a", b""));
+        assert!(!s.in_tenant(b"/t/", b"/u"), "a range that runs past the prefix");
+        assert!(!s.in_tenant(b"/t/", b"\0"), "to the end of the key space");
+        assert!(!s.in_tenant(b"/", b"/t0"), "a range that starts before the prefix");
+        assert!(s.in_tenant(KUBE_COMPACT_KEY, b""), "kube-apiserver's compactor key");
+        assert!(Scope::new(b"").in_tenant(b"\0", b"\0"), "no prefix: everything");
+    }
     use crate::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, RangeRequest};
 
     fn scope() -> Scope {
@@ -181,8 +225,8 @@ mod tests {
         let wide_read = TxnRequest {
             success: vec![RequestOp {
                 request: Some(request_op::Request::RequestRange(RangeRequest {
-                    key: Bytes::from_static(b"\x00"),
-                    range_end: Bytes::from_static(b"\x00"),
+                    key: Bytes::from_static(b"/t/"),
+                    range_end: Bytes::from_static(b"/t0"),
                     ..Default::default()
                 })),
             }],

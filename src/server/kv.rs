@@ -27,6 +27,10 @@ impl KvService {
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let r = request.get_ref();
+        if !self.ctx.router.scope().in_tenant(&r.key, &r.range_end) {
+            // Outside the tenant's prefix: as etcd answers a user without the permission.
+            return Err(crate::error::ProxyError::Reserved.into());
+        }
         let pre = |t: &Translation, r: &mut RangeRequest| Ok(translate::range_request(t, r)?);
         let post = |t: &Translation, resp: &mut RangeResponse, fix: RangeFixup| translate::range_response(t, resp, &fix);
         if !self.ctx.router.scope().touches_reserved(&r.key, &r.range_end) {

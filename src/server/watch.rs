@@ -202,6 +202,21 @@ impl WatchSession {
 
     async fn on_client(&mut self, upstream: &mut Upstream, req: WatchRequest) -> Result<(), ClientGone> {
         match &req.request_union {
+            Some(RequestUnion::CreateRequest(c)) if !self.ctx.router.scope().in_tenant(&c.key, &c.range_end) => {
+                // etcd refuses such a watch by canceling it at once.
+                let header = self.last_header;
+                let id = if c.watch_id != 0 { c.watch_id } else { -1 };
+                return self
+                    .send_down(WatchResponse {
+                        header,
+                        watch_id: id,
+                        created: true,
+                        canceled: true,
+                        cancel_reason: "etcdserver: permission denied".into(),
+                        ..Default::default()
+                    })
+                    .await;
+            }
             Some(RequestUnion::CreateRequest(c)) => match self.upstream_create(c) {
                 Ok(sent) => {
                     self.pending.push_back(Pending::Client(c.clone()));

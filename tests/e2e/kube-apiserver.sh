@@ -245,6 +245,19 @@ pass "etcd healthy on 127.0.0.1:$ETCD_PORT"
 # ---------------------------------------------------------------- cutover
 
 if [[ $MODE == cutover ]]; then
+	# A second datastore, "dedicated": the live migration below moves the tenant there.
+	free_port ETCD2_PORT
+	free_port ETCD2_PEER_PORT
+	start etcd-dedicated "$ETCD" --name e2e2 --data-dir "$TMP/etcd2-data" \
+		--listen-client-urls "http://127.0.0.1:$ETCD2_PORT" \
+		--advertise-client-urls "http://127.0.0.1:$ETCD2_PORT" \
+		--listen-peer-urls "http://127.0.0.1:$ETCD2_PEER_PORT" \
+		--initial-advertise-peer-urls "http://127.0.0.1:$ETCD2_PEER_PORT" \
+		--initial-cluster "e2e2=http://127.0.0.1:$ETCD2_PEER_PORT" \
+		--initial-cluster-state new
+	ETCD2_PID=$LAST_PID
+	etcd2_healthy() { curl -fsS "http://127.0.0.1:$ETCD2_PORT/health" | grep -q '"health":"true"'; }
+	wait_for "etcd dedicated /health" 30 "$ETCD2_PID" etcd2_healthy || fatal "second etcd became healthy"
 	free_port CUTOVER_PORT
 	free_port CUTOVER_ADMIN_PORT
 	if [[ $UNIX == 1 ]]; then
@@ -252,13 +265,16 @@ if [[ $MODE == cutover ]]; then
 	else
 		CUTOVER_LISTEN=127.0.0.1:$CUTOVER_PORT
 	fi
+	openssl rand -hex 16 >"$TMP/admin-token"
 	cat >"$TMP/cutover.yaml" <<EOF
 listen: $CUTOVER_LISTEN
-admin: {listen: 127.0.0.1:$CUTOVER_ADMIN_PORT}
+admin: {listen: 127.0.0.1:$CUTOVER_ADMIN_PORT, tokenFile: $TMP/admin-token}
 dataStore: default
 dataStores:
   default:
     endpoints: ["127.0.0.1:$ETCD_PORT"]
+  dedicated:
+    endpoints: ["127.0.0.1:$ETCD2_PORT"]
 EOF
 	start cutover env RUST_BACKTRACE=1 NO_COLOR=1 "$CUTOVER" serve --config "$TMP/cutover.yaml"
 	CUTOVER_PID=$LAST_PID
@@ -458,6 +474,97 @@ if [[ $UNIX == 1 ]]; then
 		awk '{ exit !($NF > 0) }' <<<"${db_size:-x -1}"
 fi
 
+# ---------------------------------------------------------------- live migration
+
+if [[ $MODE == cutover ]]; then
+	# Objects and a watch from before the migration, a create load during it, and
+	# after it: the same resourceVersions, the watch still streaming (no 410, no
+	# relist), an update carrying a pre-migration resourceVersion accepted, and the
+	# same kube-apiserver process throughout.
+	req GET "$CM/cm-c"
+	CMC_BEFORE=$(jq -c '{rv: .metadata.resourceVersion, data}' <<<"$BODY" 2>/dev/null || true)
+	req GET "$CM/cm-a"
+	CMA_BEFORE=$(jq -c '{rv: .metadata.resourceVersion, data}' <<<"$BODY" 2>/dev/null || true)
+	CMC_RV=$(jq -r .rv <<<"$CMC_BEFORE" 2>/dev/null || true)
+	req GET "$CM"
+	MIG_RV=$(jq -r '.metadata.resourceVersion // empty' <<<"$BODY" 2>/dev/null || true)
+	curl -sS -N --max-time 170 --cacert "$TMP/ca.crt" -H "Authorization: Bearer $TOKEN" \
+		"$API$CM?watch=1&resourceVersion=$MIG_RV&timeoutSeconds=160" >"$TMP/mwatch.out" 2>"$TMP/mwatch.log" &
+	PIDS+=("$!")
+	MWATCH_PID=$!
+
+	# The load: configmaps created one after another until told to stop.
+	(
+		i=0
+		while [[ ! -e $TMP/stop-load ]]; do
+			i=$((i + 1))
+			code=$(curl -sS -o /dev/null -w '%{http_code}' --cacert "$TMP/ca.crt" -H "Authorization: Bearer $TOKEN" \
+				-H "Content-Type: application/json" -X POST --data-binary "$(cm_json "load-$i" n "$i")" "$API$CM" || echo 000)
+			echo "load-$i $code" >>"$TMP/load.out"
+		done
+	) &
+	LOAD_PID=$!
+	PIDS+=("$LOAD_PID")
+	load_count() { [[ -f $TMP/load.out ]] && wc -l <"$TMP/load.out" || echo 0; }
+	load_ahead() { (($(load_count) >= $1)); }
+	wait_for "the create load to start" 30 "$LOAD_PID" load_ahead 10 || true
+
+	ADMIN="http://127.0.0.1:$CUTOVER_ADMIN_PORT"
+	mig=$(curl -sS -X POST -H "Authorization: Bearer $(cat "$TMP/admin-token")" -H "Content-Type: application/json" \
+		--data '{"to":"dedicated"}' -w ' %{http_code}' "$ADMIN/v1/migrations" || true)
+	check "POST /v1/migrations {to: dedicated} is accepted (${mig##* })" test "${mig##* }" = 202
+	migration_ended() {
+		curl -fsS "$ADMIN/v1/status" | jq -e '.migration.outcome != "Running" and .phase == "Ready"' >/dev/null
+	}
+	wait_for "the migration to end" 120 "$CUTOVER_PID" migration_ended || true
+	STATUS_JSON=$(curl -fsS "$ADMIN/v1/status" || true)
+	check "the migration succeeded ($(jq -c '.migration | {outcome, phase, fenceMs, keysCopied, error}' <<<"$STATUS_JSON" 2>/dev/null))" \
+		test "$(jq -r .migration.outcome <<<"$STATUS_JSON" 2>/dev/null)" = Succeeded
+	check "cutover now serves from dedicated" test "$(jq -r .dataStore <<<"$STATUS_JSON" 2>/dev/null)" = dedicated
+	after_commit=$(load_count)
+	wait_for "the create load to go on after the commit" 30 "$LOAD_PID" load_ahead $((after_commit + 10)) || true
+	touch "$TMP/stop-load"
+	wait "$LOAD_PID" 2>/dev/null || true
+	LOAD_TOTAL=$(load_count)
+	LOAD_BAD=$(awk '$2 != 201' "$TMP/load.out" | head -n 5 | paste -sd' ' - || true)
+	check "every create during the migration succeeded ($LOAD_TOTAL creates; failures: ${LOAD_BAD:-none})" test -z "$LOAD_BAD"
+
+	req GET "$CM/cm-c"
+	check "cm-c has the same resourceVersion and data after the migration ($CMC_BEFORE)" \
+		test "$(jq -c '{rv: .metadata.resourceVersion, data}' <<<"$BODY" 2>/dev/null)" = "$CMC_BEFORE"
+	req GET "$CM/cm-a"
+	check "cm-a has the same resourceVersion and data after the migration ($CMA_BEFORE)" \
+		test "$(jq -c '{rv: .metadata.resourceVersion, data}' <<<"$BODY" 2>/dev/null)" = "$CMA_BEFORE"
+	req PUT "$CM/cm-c" "$(cm_json cm-c greeting "moved" "$CMC_RV")"
+	expect "update cm-c with its pre-migration resourceVersion $CMC_RV" 200
+	POST_RV=$(jq -r .metadata.resourceVersion <<<"$BODY" 2>/dev/null || true)
+	check "the new resourceVersion ($POST_RV) is above every earlier one ($MIG_RV)" \
+		test "${POST_RV:-0}" -gt "${MIG_RV:-0}"
+	req GET "$CM?limit=500"
+	expect "list after the migration" 200
+	listed=$(jq '[.items[].metadata.name | select(startswith("load-"))] | length' <<<"$BODY" 2>/dev/null || echo 0)
+	check "every configmap of the load is listed ($listed of $LOAD_TOTAL)" test "$listed" = "$LOAD_TOTAL"
+
+	mwatch_has_cmc() {
+		jq -s -e 'any(.[]; .type == "MODIFIED" and .object.metadata.name == "cm-c" and .object.data.greeting == "moved")' \
+			"$TMP/mwatch.out" >/dev/null 2>&1
+	}
+	wait_for "the pre-migration watch to deliver the post-migration update" 30 "$MWATCH_PID" mwatch_has_cmc || true
+	check "the watch opened before the migration delivered the update made after it" mwatch_has_cmc
+	check "that watch is still the same open connection (no relist)" kill -0 "$MWATCH_PID"
+	check "that watch carried no ERROR event (no 410 Gone)" \
+		test "$(jq -s '[.[] | select(.type == "ERROR")] | length' "$TMP/mwatch.out" 2>/dev/null)" = 0
+	added=$(jq -s '[.[] | select(.type == "ADDED" and (.object.metadata.name | startswith("load-")))] | length' "$TMP/mwatch.out" 2>/dev/null || echo 0)
+	added_unique=$(jq -s '[.[] | select(.type == "ADDED" and (.object.metadata.name | startswith("load-"))) | .object.metadata.name] | unique | length' "$TMP/mwatch.out" 2>/dev/null || echo 0)
+	check "the watch saw each create of the load exactly once ($added events, $added_unique names, $LOAD_TOTAL creates)" \
+		test "$added" = "$LOAD_TOTAL" -a "$added_unique" = "$LOAD_TOTAL"
+	rvs_sorted=$(jq -s '[.[] | .object.metadata.resourceVersion | tonumber] as $r | $r == ($r | sort)' "$TMP/mwatch.out" 2>/dev/null || echo false)
+	check "the watch's resourceVersions only grow" test "$rvs_sorted" = true
+	on_dedicated=$(ETCDCTL_API=3 etcdctl --endpoints "127.0.0.1:$ETCD2_PORT" get --prefix "/registry/configmaps/$NS/" --keys-only 2>/dev/null | grep -c "^/registry/configmaps/$NS/" || true)
+	check "the dedicated datastore holds the namespace's configmaps ($on_dedicated keys)" test "$on_dedicated" -ge "$((LOAD_TOTAL + 2))"
+	check "kube-apiserver was never restarted (pid $API_PID alive)" kill -0 "$API_PID"
+fi
+
 req GET /readyz
 check "kube-apiserver /readyz still ok at the end (HTTP $STATUS: $BODY)" test "$STATUS" = 200 -a "$BODY" = ok
 if [[ $MODE == cutover ]]; then
@@ -467,6 +574,6 @@ check "kube-apiserver log has no 'Observed a panic'" not_in_log "Observed a pani
 if [[ $MODE == cutover ]]; then
 	check "cutover log has no panic" not_in_log "panicked" cutover.log
 fi
-check "all processes still running" kill -0 "$ETCD_PID" "$API_PID" ${CUTOVER_PID:+"$CUTOVER_PID"}
+check "all processes still running" kill -0 "$ETCD_PID" "$API_PID" ${CUTOVER_PID:+"$CUTOVER_PID"} ${ETCD2_PID:+"$ETCD2_PID"}
 
 [[ $FAILED -eq 0 ]] || dump_logs
