@@ -27,6 +27,81 @@ enum Command {
     Serve(Overrides),
     /// Check a configuration (file and flags) and print it as cutover understands it.
     CheckConfig(Overrides),
+    /// Move the tenant to another datastore, live (through the sidecar's admin API).
+    ///
+    /// The target must be an entry of the sidecar's `dataStores`, and the tenant's key
+    /// range there must be empty (or --overwrite clears it first).
+    Migrate {
+        /// The datastore to move to (a name from `dataStores`)
+        #[arg(long, value_name = "NAME")]
+        to: String,
+        /// Delete whatever the target holds in the tenant's key range first
+        #[arg(long)]
+        overwrite: bool,
+        /// Follow the migration, a line per change, until it ends; exit 1 unless it succeeded
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        connect: cutover::cli::Connect,
+    },
+    /// Stop the running migration; the tenant stays on its current datastore.
+    Abort {
+        #[command(flatten)]
+        connect: cutover::cli::Connect,
+    },
+    /// Show where the tenant is and the current or last migration.
+    ///
+    /// Columns: NAME (migration id), STATUS (its outcome), DATASTORE (the authoritative
+    /// one), AGE, PHASE, PROGRESS (keys copied / total, MiB), LAG (source revisions the
+    /// target is behind), FENCE (how long writes were fenced).
+    Status {
+        /// Print a line per change until interrupted (a progress bar while copying, on a terminal)
+        #[arg(long, short = 'w')]
+        watch: bool,
+        /// Output format: table or json (the /v1/status document)
+        #[arg(long, short = 'o', value_name = "FORMAT", default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+        #[command(flatten)]
+        connect: cutover::cli::Connect,
+    },
+    /// Delete the tenant's data from a datastore it has left (the "moved" marker stays).
+    Cleanup {
+        /// The datastore to clean up (refused while it is authoritative or a migration runs)
+        #[arg(long, value_name = "NAME")]
+        datastore: String,
+        #[command(flatten)]
+        connect: cutover::cli::Connect,
+    },
+}
+
+/// Runs one admin API command on a small runtime; exit 1 on any failure.
+fn admin_command<F, Fut>(connect: &cutover::cli::Connect, f: F) -> ExitCode
+where
+    F: FnOnce(cutover::cli::Admin) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, cutover::cli::CliError>>,
+{
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let admin = match connect.admin() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match runtime.block_on(f(admin)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn init_logging(cfg: &Config) {
@@ -79,6 +154,21 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Migrate {
+            to,
+            overwrite,
+            wait,
+            connect,
+        } => admin_command(&connect, |a| async move { cutover::cli::migrate(&a, &to, overwrite, wait).await }),
+        Command::Abort { connect } => {
+            admin_command(&connect, |a| async move { cutover::cli::abort(&a).await.map(|_| true) })
+        }
+        Command::Status { watch, output, connect } => admin_command(&connect, |a| async move {
+            cutover::cli::status(&a, watch, output == "json").await.map(|_| true)
+        }),
+        Command::Cleanup { datastore, connect } => admin_command(&connect, |a| async move {
+            cutover::cli::cleanup(&a, &datastore).await.map(|_| true)
+        }),
         Command::CheckConfig(o) => match o.load() {
             Ok(c) => {
                 println!("listen: {}", c.listen);

@@ -56,7 +56,7 @@ impl Load {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut c = client(endpoint).await;
-        let start_rev = c.get("x", None).await.unwrap().header().unwrap().revision() + 1;
+        let start_rev = c.get(format!("{TENANT}x"), None).await.unwrap().header().unwrap().revision() + 1;
 
         // The watcher first, so that it sees every write of the load.
         {
@@ -345,7 +345,7 @@ async fn a_live_migration_keeps_every_write_watch_revision_and_lease() {
         .unwrap();
     let before = tenant_state(&proxy.endpoint).await;
     let cm0 = before[&format!("{TENANT}configmaps/ns/cm-0")].clone();
-    let last_change_rev = c.get("x", None).await.unwrap().header().unwrap().revision();
+    let last_change_rev = c.get(format!("{TENANT}x"), None).await.unwrap().header().unwrap().revision();
 
     let load = Load::start(&proxy.endpoint).await;
     load.progress(30).await;
@@ -411,6 +411,12 @@ async fn a_live_migration_keeps_every_write_watch_revision_and_lease() {
         }
     }
     assert_eq!(direct_b.get("/other-tenant/x", None).await.unwrap().count(), 0, "only the tenant moves");
+    match c.get("/other-tenant/x", None).await {
+        Err(etcd_client::Error::GRpcStatus(s)) => {
+            assert_eq!((s.code(), s.message()), (tonic::Code::PermissionDenied, "etcdserver: permission denied"));
+        }
+        other => panic!("keys outside the tenant's prefix are not its to read: {other:?}"),
+    }
 
     // I5: the lease kept its ID and is alive on the target.
     let ttl = c.lease_time_to_live(lease, None).await.unwrap();
