@@ -32,7 +32,9 @@ pub enum RunError {
 /// How often each datastore endpoint is probed.
 const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(2);
 
-pub async fn serve(config: Config) -> Result<(), RunError> {
+/// Serves until SIGTERM or Ctrl-C. With `reload` (the flags the config was loaded with,
+/// naming the file), the file is watched for changes.
+pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> Result<(), RunError> {
     let metrics = Arc::new(Metrics::new());
     let mut datastores = BTreeMap::new();
     for (name, ds) in &config.data_stores {
@@ -90,6 +92,11 @@ pub async fn serve(config: Config) -> Result<(), RunError> {
         max_recv_bytes: config.max_recv_message_bytes(),
         warned_unguarded: Default::default(),
     });
+    if let Some(o) = reload {
+        if let Some(path) = o.config.clone() {
+            crate::reload::spawn(path, o, config.clone(), migrator.clone());
+        }
+    }
     let admin_state = Arc::new(AdminState {
         router: router.clone(),
         metrics,

@@ -11,6 +11,7 @@ pub mod error;
 pub mod metrics;
 pub mod migrate;
 pub mod proto;
+pub mod reload;
 pub mod route;
 pub mod server;
 pub mod upstream;

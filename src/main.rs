@@ -145,7 +145,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(cutover::app::serve(config)) {
+            match runtime.block_on(cutover::app::serve(config, Some(o))) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!(error = %e, "cutover stopped");

@@ -680,3 +680,75 @@ async fn a_shared_target_keeps_both_tenants_apart() {
     let ours_on_b = other.get(TENANT, Some(GetOptions::new().with_prefix().with_count_only())).await.unwrap();
     assert!(ours_on_b.count() >= after.len() as i64);
 }
+
+fn cutover(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(args)
+        .output()
+        .expect("cutover runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The declarative trigger (a change of `dataStore` in the watched config file) and the
+/// CLI (`status`, `migrate --wait`, `abort`, `cleanup`), which finds the admin API and
+/// its token through the same file.
+#[tokio::test]
+async fn the_config_file_and_the_cli_drive_migrations() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let proxy = Proxy::start(&two_stores(&a, &b, "migration: {stepDelay: 300ms}\n")).await;
+    let mut c = client(&proxy.endpoint).await;
+    for i in 0..10 {
+        c.put(format!("{TENANT}k{i}"), "v", None).await.unwrap();
+    }
+    let load = Load::start(&proxy.endpoint).await;
+    let path = proxy.config_path();
+    let cfg = path.to_str().unwrap();
+
+    let (ok, out) = cutover(&["status", "--config", cfg]);
+    assert!(ok, "{out}");
+    assert!(out.starts_with("NAME") && out.contains("default"), "{out}");
+
+    // Declarative: the file now names the other datastore.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("dataStore: default", "dataStore: dedicated")).unwrap();
+    eventually("the config change moves the tenant", Duration::from_secs(30), || async {
+        let st = proxy.status().await;
+        st["dataStore"] == "dedicated" && st["migration"]["outcome"] == "Succeeded"
+    })
+    .await;
+    assert_eq!(proxy.status().await["migration"]["trigger"], "config");
+
+    // Imperative, back: refused without a token, then done and followed with --wait.
+    let (ok, out) = cutover(&["migrate", "--to", "default", "--admin", &proxy.admin]);
+    assert!(!ok && out.contains("HTTP 401"), "{out}");
+    let (ok, out) = cutover(&["migrate", "--to", "default", "--config", cfg]);
+    assert!(ok && out.contains("started"), "{out}");
+    let view = wait_end(&proxy).await;
+    assert_eq!(view["outcome"], "Failed");
+    assert!(view["error"].as_str().unwrap().contains("--overwrite"), "the old copy is still in default: {view}");
+    let (ok, out) = cutover(&["cleanup", "--datastore", "dedicated", "--config", cfg]);
+    assert!(!ok && out.contains("authoritative"), "{out}");
+    let (ok, out) = cutover(&["cleanup", "--datastore", "default", "--config", cfg]);
+    assert!(ok && out.contains("deleted"), "{out}");
+    let (ok, out) = cutover(&["migrate", "--to", "default", "--wait", "--config", cfg]);
+    assert!(ok, "{out}");
+    for part in ["started", "NAME", "Copying", "CatchingUp", "Fenced", "Succeeded"] {
+        assert!(out.contains(part), "{part} in {out}");
+    }
+    let (ok, out) = cutover(&["abort", "--config", cfg]);
+    assert!(!ok && out.contains("no migration is running"), "{out}");
+    let (ok, out) = cutover(&["status", "-o", "json", "--config", cfg]);
+    assert!(ok, "{out}");
+    let st: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(st["dataStore"], "default");
+
+    load.progress(10).await;
+    let seen = load.finish().await;
+    check_load(&seen, &tenant_state(&proxy.endpoint).await);
+}
