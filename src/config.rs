@@ -128,9 +128,14 @@ pub struct MigrationConfig {
     /// target era as clients see it.
     #[serde(default = "default_revision_gap")]
     pub revision_gap: i64,
-    /// Pause this long at the start of each phase (rehearsals, demos, tests) [default: 0s].
+    /// Pause this long at the start of each phase before the fence (rehearsals, demos,
+    /// tests) [default: 0s].
     #[serde(default = "default_step_delay")]
     pub step_delay: String,
+    /// Keep the source fenced this much longer, in Fenced and in Committing (to rehearse
+    /// what held or refused writes see) [default: 0s].
+    #[serde(default = "default_step_delay")]
+    pub fence_delay: String,
 }
 
 impl Default for MigrationConfig {
@@ -143,6 +148,7 @@ impl Default for MigrationConfig {
             lease_ttl: default_lease_ttl(),
             revision_gap: default_revision_gap(),
             step_delay: default_step_delay(),
+            fence_delay: default_step_delay(),
         }
     }
 }
@@ -462,9 +468,12 @@ pub struct Overrides {
     /// `migration.revisionGap`: gap between the last source revision and the first target-era one [default: 1000000]
     #[arg(long, env = "CUTOVER_MIGRATION_REVISION_GAP", value_name = "REVISIONS")]
     pub migration_revision_gap: Option<i64>,
-    /// `migration.stepDelay`: pause at the start of each phase, for rehearsals and demos [default: 0s]
+    /// `migration.stepDelay`: pause at the start of each phase before the fence, for rehearsals and demos [default: 0s]
     #[arg(long, env = "CUTOVER_MIGRATION_STEP_DELAY", value_name = "DURATION")]
     pub migration_step_delay: Option<String>,
+    /// `migration.fenceDelay`: keep the source fenced this much longer in Fenced and Committing, for rehearsals [default: 0s]
+    #[arg(long, env = "CUTOVER_MIGRATION_FENCE_DELAY", value_name = "DURATION")]
+    pub migration_fence_delay: Option<String>,
     /// `workerThreads`: threads serving requests; 1 = a single-threaded runtime [default: 1]
     #[arg(long, env = "CUTOVER_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<usize>,
@@ -597,6 +606,7 @@ impl Overrides {
             (&self.migration_fence_timeout, "fenceTimeout"),
             (&self.migration_lease_ttl, "leaseTTL"),
             (&self.migration_step_delay, "stepDelay"),
+            (&self.migration_fence_delay, "fenceDelay"),
         ] {
             if let Some(v) = v {
                 set_path(doc, &["migration", key], s(v));
@@ -810,6 +820,7 @@ fn migration_settings(m: &MigrationConfig) -> Result<crate::migrate::Settings, C
         fence_timeout: duration("migration.fenceTimeout", &m.fence_timeout)?,
         lease_ttl: lease_ttl.as_secs() as i64,
         step_delay: duration("migration.stepDelay", &m.step_delay)?,
+        fence_delay: duration("migration.fenceDelay", &m.fence_delay)?,
         ..Default::default()
     })
 }

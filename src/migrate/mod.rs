@@ -147,8 +147,10 @@ pub struct Settings {
     /// TTL of the migration's lease on the source: a crashed migrator's fence and lock
     /// disappear after this.
     pub lease_ttl: i64,
-    /// A pause at the start of each phase (rehearsals, demos, tests).
+    /// A pause at the start of each phase before the fence (rehearsals, demos, tests).
     pub step_delay: Duration,
+    /// Extra time the source stays fenced, in Fenced and in Committing (rehearsals, tests).
+    pub fence_delay: Duration,
 }
 
 impl Default for Settings {
@@ -162,6 +164,7 @@ impl Default for Settings {
             fence_timeout: Duration::from_secs(10),
             lease_ttl: 10,
             step_delay: Duration::ZERO,
+            fence_delay: Duration::ZERO,
         }
     }
 }
@@ -486,6 +489,10 @@ impl Job<'_> {
     /// The configured pause at the start of a phase (none by default).
     async fn pause(&mut self) -> Result<(), Failure> {
         let d = self.m.settings.step_delay;
+        self.pause_for(d).await
+    }
+
+    async fn pause_for(&mut self, d: Duration) -> Result<(), Failure> {
         if d.is_zero() {
             return Ok(());
         }
@@ -732,7 +739,7 @@ impl Job<'_> {
         };
         self.fenced_at = Some(Instant::now());
         self.phase(Phase::Fenced);
-        self.pause().await?;
+        self.pause_for(settings.fence_delay).await?;
         let fence_deadline = tokio::time::Instant::now() + settings.fence_timeout;
         let committed = tokio::time::timeout_at(fence_deadline, async {
             // Drain: every change up to the fence is on the target.
@@ -770,8 +777,8 @@ impl Job<'_> {
 
             // Committing: the marker replaces our fence, or nothing happens.
             self.phase(Phase::Committing);
-            if !settings.step_delay.is_zero() {
-                tokio::time::sleep(settings.step_delay).await;
+            if !settings.fence_delay.is_zero() {
+                tokio::time::sleep(settings.fence_delay).await;
             }
             let moved = Marker::Moved {
                 migration: self.id.clone(),

@@ -460,7 +460,7 @@ async fn wait_end(proxy: &Proxy) -> serde_json::Value {
     proxy.status().await["migration"].clone()
 }
 
-const SLOW: &str = "migration: {stepDelay: 1500ms}\n";
+const SLOW: &str = "migration: {stepDelay: 1500ms, fenceDelay: 1500ms}\n";
 
 #[tokio::test]
 async fn reject_mode_refuses_writes_only_while_fenced() {
@@ -545,7 +545,7 @@ async fn losing_the_target_before_the_commit_leaves_the_tenant_on_the_source() {
 async fn a_proxy_killed_while_fenced_leaves_the_source_writable_after_the_lease_expires() {
     let a = Etcd::start().await;
     let b = Etcd::start().await;
-    let config = two_stores(&a, &b, "migration: {stepDelay: 5s, leaseTTL: 2s}\n");
+    let config = two_stores(&a, &b, "migration: {fenceDelay: 5s, leaseTTL: 2s}\n");
     let mut proxy = Proxy::start(&config).await;
     let mut c = client(&proxy.endpoint).await;
     c.put(format!("{TENANT}a"), "1", None).await.unwrap();
@@ -701,7 +701,7 @@ fn cutover(args: &[&str]) -> (bool, String) {
 async fn the_config_file_and_the_cli_drive_migrations() {
     let a = Etcd::start().await;
     let b = Etcd::start().await;
-    let proxy = Proxy::start(&two_stores(&a, &b, "migration: {stepDelay: 300ms}\n")).await;
+    let proxy = Proxy::start(&two_stores(&a, &b, "migration: {stepDelay: 300ms, fenceDelay: 300ms}\n")).await;
     let mut c = client(&proxy.endpoint).await;
     for i in 0..10 {
         c.put(format!("{TENANT}k{i}"), "v", None).await.unwrap();
