@@ -230,6 +230,26 @@ enum Failure {
     Record(#[from] record::RecordError),
 }
 
+/// Copy attempts when the source is compacted under the migration.
+const MAX_COPY_ATTEMPTS: u32 = 3;
+
+impl Failure {
+    /// The source compacted a revision the copy or the catch-up still needed.
+    fn is_compaction(&self) -> bool {
+        let compacted = |e: &ProxyError| {
+            matches!(e, ProxyError::Etcd(s) if s.message() == crate::error::messages::COMPACTED)
+        };
+        match self {
+            Failure::CatchUp(CatchUpError::Compacted(_)) => true,
+            Failure::Copy(CopyError::Datastore { side: "source", source }) => compacted(source),
+            Failure::CatchUp(CatchUpError::Copy(CopyError::Datastore { side: "source", source })) => compacted(source),
+            Failure::Datastore { side: "source", source } => compacted(source),
+            Failure::Verify(msg) => msg.contains(crate::error::messages::COMPACTED),
+            _ => false,
+        }
+    }
+}
+
 fn on(side: &'static str) -> impl Fn(ProxyError) -> Failure {
     move |source| Failure::Datastore { side, source }
 }
@@ -549,7 +569,44 @@ impl Job<'_> {
         let link = Arc::new(MigrationLink::new(target.clone()));
         router.set_link(Some(link.clone()));
 
-        // Copying.
+        // Copying, then CatchingUp. A source compaction past the copy's pinned revision
+        // (another tenant's compactor, etcd's auto-compaction; the tenant's own Compacts
+        // are deferred) makes both impossible to continue: copy again at a newer revision.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self
+                .copy_and_follow(&source, &target, &range, &reserved, view.clone(), &link, &guard, to)
+                .await
+            {
+                Err(e) if e.is_compaction() && attempt < MAX_COPY_ATTEMPTS && self.fenced_at.is_none() => {
+                    tracing::warn!(migration = %self.id, error = %e, attempt, "the source was compacted under the migration; copying again from a newer revision");
+                    if let Some(f) = self.follower.take() {
+                        f.task.abort();
+                    }
+                    self.step(async { ops::delete(&target, range.start.clone(), range.end.clone()).await.map_err(on("target")) })
+                        .await?;
+                    link.leases.lock().clear();
+                }
+                other => return other,
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn copy_and_follow(
+        &mut self,
+        source: &Arc<Datastore>,
+        target: &Arc<Datastore>,
+        range: &KeyRange,
+        reserved: &Bytes,
+        view: Option<Arc<Translation>>,
+        link: &Arc<MigrationLink>,
+        guard: &crate::route::fence::Guard,
+        to: &str,
+    ) -> Result<(), Failure> {
+        let m = Arc::clone(self.m);
+        let settings = &m.settings;
         self.phase(Phase::Copying);
         self.pause().await?;
         let opts = CopyOptions {
@@ -565,7 +622,6 @@ impl Job<'_> {
             let (source, target, range) = (source.clone(), target.clone(), range.clone());
             self.step(async move {
                 copy::copy_range(&source, &target, &range, &opts, |st| {
-                    m2.metrics.keys_copied.inc_by(0);
                     m2.update(|v| {
                         v.keys_copied = st.keys;
                         v.bytes_copied = st.bytes;
@@ -587,7 +643,7 @@ impl Job<'_> {
         // then the keys changed since, in rounds, until the lag is small.
         self.phase(Phase::CatchingUp);
         let mirror = ops::mirror_leases(source.clone(), link.clone());
-        let result = self.catch_up_and_commit(&source, &target, &range, &reserved, view, copied, r0, &link, &guard, to).await;
+        let result = self.catch_up_and_commit(source, target, range, reserved, view, copied, r0, link, guard, to).await;
         mirror.abort();
         result
     }

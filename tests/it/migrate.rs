@@ -752,3 +752,32 @@ async fn the_config_file_and_the_cli_drive_migrations() {
     let seen = load.finish().await;
     check_load(&seen, &tenant_state(&proxy.endpoint).await);
 }
+
+/// The source compacted (by someone else) past the copy's pinned revision while the copy
+/// runs: the migration copies again from a newer revision instead of failing.
+#[tokio::test]
+async fn a_source_compaction_during_the_copy_is_survived() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let proxy = Proxy::start(&two_stores(&a, &b, "migration: {pageSize: 1, concurrency: 1}\n")).await;
+    let mut c = client(&proxy.endpoint).await;
+    for i in 0..400 {
+        c.put(format!("{TENANT}k{i:03}"), "v", None).await.unwrap();
+    }
+    let (code, body) = proxy.admin_post("/v1/migrations", json!({"to": "dedicated"})).await;
+    assert_eq!(code, 202, "{body}");
+    eventually("the copy is under way", Duration::from_secs(20), || async {
+        let st = proxy.status().await;
+        st["phase"] == "Copying" && st["migration"]["keysCopied"].as_u64().unwrap_or(0) > 0
+    })
+    .await;
+    let mut direct = client(&a.endpoint).await;
+    let rev = direct.put(format!("{TENANT}late"), "x", None).await.unwrap().header().unwrap().revision();
+    direct.compact(rev, None).await.unwrap();
+    let view = wait_end(&proxy).await;
+    assert_eq!(view["outcome"], "Succeeded", "{view}");
+    assert!(proxy.log().contains("copying again"), "the copy was restarted");
+    let after = tenant_state(&proxy.endpoint).await;
+    assert_eq!(after.len(), 401);
+    assert_eq!(after[&format!("{TENANT}late")].0, "x");
+}
