@@ -78,7 +78,8 @@ impl Connect {
             (url.trim_end_matches('/').to_string(), token)
         } else {
             return Err(CliError::Usage(
-                "say where the admin API is: --config FILE (the sidecar's config) or --admin URL [--token-file F]".into(),
+                "say where the admin API is: --config FILE (the sidecar's config) or --admin URL [--token-file F]"
+                    .into(),
             ));
         };
         Ok(Admin {
@@ -130,7 +131,10 @@ impl Admin {
         if (200..300).contains(&code) {
             Ok(json)
         } else {
-            let why = json["error"].as_str().map(str::to_string).unwrap_or_else(|| json.to_string());
+            let why = json["error"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| json.to_string());
             Err(CliError::Refused(format!("{why} (HTTP {code})")))
         }
     }
@@ -147,10 +151,16 @@ impl Admin {
 
 pub async fn migrate(admin: &Admin, to: &str, overwrite: bool, wait: bool) -> Result<bool, CliError> {
     let view = admin
-        .post("/v1/migrations", serde_json::json!({ "to": to, "overwrite": overwrite }))
+        .post(
+            "/v1/migrations",
+            serde_json::json!({ "to": to, "overwrite": overwrite }),
+        )
         .await?;
     let id = view["id"].as_str().unwrap_or("?").to_string();
-    println!("migration {id} started: {} -> {to}", view["from"].as_str().unwrap_or("?"));
+    println!(
+        "migration {id} started: {} -> {to}",
+        view["from"].as_str().unwrap_or("?")
+    );
     if !wait {
         return Ok(true);
     }
@@ -260,16 +270,19 @@ pub fn line(st: &Value) -> String {
         ]);
     }
     let n = |k: &str| m[k].as_u64().unwrap_or(0);
-    let fence = m["fenceMs"]
-        .as_f64()
-        .map_or("-".to_string(), |f| format!("{f:.0}ms"));
+    let fence = m["fenceMs"].as_f64().map_or("-".to_string(), |f| format!("{f:.0}ms"));
     let mut out = row(&[
         m["id"].as_str().unwrap_or("-").into(),
         m["outcome"].as_str().unwrap_or("-").into(),
         ds,
         age(n("startedUnixMs")),
         m["phase"].as_str().unwrap_or("-").into(),
-        format!("{}/{} ({:.1} MiB)", n("keysCopied"), n("keysTotal"), mib(n("bytesCopied"))),
+        format!(
+            "{}/{} ({:.1} MiB)",
+            n("keysCopied"),
+            n("keysTotal"),
+            mib(n("bytesCopied"))
+        ),
         m["lagRevisions"].as_i64().unwrap_or(0).to_string(),
         fence,
     ]);
@@ -282,7 +295,14 @@ pub fn line(st: &Value) -> String {
 /// The fields whose change deserves a new line.
 fn milestone(st: &Value) -> Value {
     let m = &st["migration"];
-    serde_json::json!([st["dataStore"], st["phase"], m["id"], m["phase"], m["outcome"], m["error"]])
+    serde_json::json!([
+        st["dataStore"],
+        st["phase"],
+        m["id"],
+        m["phase"],
+        m["outcome"],
+        m["error"]
+    ])
 }
 
 /// Prints a line per change until the migration (`id`, or the current one) ends; with

@@ -797,10 +797,16 @@ fn migration_settings(m: &MigrationConfig) -> Result<crate::migrate::Settings, C
         humantime::parse_duration(v).map_err(|e| ConfigError::invalid(key, format!("{v:?}: {e}")))
     };
     if !(1..=10_000).contains(&m.page_size) {
-        return Err(ConfigError::invalid("migration.pageSize", "must be between 1 and 10000"));
+        return Err(ConfigError::invalid(
+            "migration.pageSize",
+            "must be between 1 and 10000",
+        ));
     }
     if !(1..=64).contains(&m.concurrency) {
-        return Err(ConfigError::invalid("migration.concurrency", "must be between 1 and 64"));
+        return Err(ConfigError::invalid(
+            "migration.concurrency",
+            "must be between 1 and 64",
+        ));
     }
     if m.max_lag < 0 {
         return Err(ConfigError::invalid("migration.maxLag", "must not be negative"));

@@ -159,7 +159,9 @@ fn main() -> ExitCode {
             overwrite,
             wait,
             connect,
-        } => admin_command(&connect, |a| async move { cutover::cli::migrate(&a, &to, overwrite, wait).await }),
+        } => admin_command(&connect, |a| async move {
+            cutover::cli::migrate(&a, &to, overwrite, wait).await
+        }),
         Command::Abort { connect } => {
             admin_command(&connect, |a| async move { cutover::cli::abort(&a).await.map(|_| true) })
         }

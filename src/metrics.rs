@@ -145,7 +145,11 @@ impl Metrics {
             migration_phase.clone(),
         );
         let keys_copied = Counter::default();
-        registry.register("migration_keys_copied", "Keys copied to migration targets", keys_copied.clone());
+        registry.register(
+            "migration_keys_copied",
+            "Keys copied to migration targets",
+            keys_copied.clone(),
+        );
         let bytes_copied = Counter::default();
         registry.register(
             "migration_bytes_copied",

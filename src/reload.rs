@@ -35,10 +35,16 @@ pub fn diff(old: &Config, new: &Config) -> Vec<ConfigChange> {
     let checks: [(&'static str, bool); 10] = [
         ("listen", same(&old.listen, &new.listen)),
         ("tls", same(&old.tls, &new.tls)),
-        ("admin", same(&old.admin_listen, &new.admin_listen) && old.admin_token.is_some() == new.admin_token.is_some()),
+        (
+            "admin",
+            same(&old.admin_listen, &new.admin_listen) && old.admin_token.is_some() == new.admin_token.is_some(),
+        ),
         ("dataStores", same(&old.data_stores, &new.data_stores)),
         ("prefix", old.prefix == new.prefix),
-        ("fence", old.fence_mode == new.fence_mode && old.hold_timeout == new.hold_timeout),
+        (
+            "fence",
+            old.fence_mode == new.fence_mode && old.hold_timeout == new.hold_timeout,
+        ),
         ("migration", same(&old.migration, &new.migration)),
         ("maxRequestBytes", old.max_request_bytes == new.max_request_bytes),
         ("workerThreads", old.worker_threads == new.worker_threads),
@@ -57,7 +63,12 @@ pub fn diff(old: &Config, new: &Config) -> Vec<ConfigChange> {
 
 /// Polls the config file every second (by content, so the symlink swap of a mounted
 /// ConfigMap is seen) and acts on its changes.
-pub fn spawn(path: PathBuf, overrides: Overrides, initial: Config, migrator: Arc<Migrator>) -> tokio::task::JoinHandle<()> {
+pub fn spawn(
+    path: PathBuf,
+    overrides: Overrides,
+    initial: Config,
+    migrator: Arc<Migrator>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut current = initial;
         let mut seen = std::fs::read(&path).ok();
@@ -144,6 +155,9 @@ mod tests {
             }]
         );
         let other = load(&format!("dataStore: a\nprefix: /x/\nfence: {{mode: reject}}\n{BASE}"));
-        assert_eq!(diff(&old, &other), vec![ConfigChange::NeedsRestart(vec!["prefix", "fence"])]);
+        assert_eq!(
+            diff(&old, &other),
+            vec![ConfigChange::NeedsRestart(vec!["prefix", "fence"])]
+        );
     }
 }

@@ -27,12 +27,12 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Checks the bearer token; the refusal to send otherwise.
-fn authorized(s: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
+fn authorized(s: &AdminState, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let Some(token) = &s.token else {
-        return Err(refuse(
+        return Err(Box::new(refuse(
             StatusCode::FORBIDDEN,
             "no admin token is configured (admin.tokenFile); state-changing calls are disabled",
-        ));
+        )));
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -48,7 +48,7 @@ fn authorized(s: &AdminState, headers: &HeaderMap) -> Result<(), Response> {
     );
     r.headers_mut()
         .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
-    Err(r)
+    Err(Box::new(r))
 }
 
 #[derive(Deserialize)]
@@ -61,7 +61,7 @@ pub struct StartBody {
 
 pub async fn start(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Json<StartBody>) -> Response {
     if let Err(r) = authorized(&s, &headers) {
-        return r;
+        return *r;
     }
     match s.migrator.start(&body.to, body.overwrite, "api") {
         Ok(view) => (StatusCode::ACCEPTED, Json(view)).into_response(),
@@ -72,7 +72,7 @@ pub async fn start(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: J
 
 pub async fn abort(State(s): State<Arc<AdminState>>, headers: HeaderMap) -> Response {
     if let Err(r) = authorized(&s, &headers) {
-        return r;
+        return *r;
     }
     match s.migrator.abort() {
         Ok(view) => Json(view).into_response(),
@@ -88,7 +88,7 @@ pub struct CleanupBody {
 
 pub async fn cleanup(State(s): State<Arc<AdminState>>, headers: HeaderMap, body: Json<CleanupBody>) -> Response {
     if let Err(r) = authorized(&s, &headers) {
-        return r;
+        return *r;
     }
     match s.migrator.cleanup(&body.datastore).await {
         Ok(deleted) => Json(json!({ "datastore": body.datastore, "deleted": deleted })).into_response(),

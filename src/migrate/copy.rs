@@ -289,8 +289,10 @@ pub async fn copy_range(
             for kv in batch {
                 out.stats.keys += 1;
                 out.stats.bytes += (kv.key.len() + kv.value.len()) as u64;
-                out.keys
-                    .insert(kv.key.clone(), first_write(rev, &in_client_space(opts.view.as_deref(), &kv)));
+                out.keys.insert(
+                    kv.key.clone(),
+                    first_write(rev, &in_client_space(opts.view.as_deref(), &kv)),
+                );
             }
             progress(&out.stats);
         }

@@ -15,7 +15,11 @@ use crate::upstream::Datastore;
 #[serde(tag = "state", rename_all = "camelCase")]
 pub enum Marker {
     /// A migration is running from this datastore (bound to the migration's lease).
-    Lock { migration: String, leader: String, to: String },
+    Lock {
+        migration: String,
+        leader: String,
+        to: String,
+    },
     /// The datastore refuses the tenant's writes while a migration drains and commits
     /// (bound to the migration's lease).
     Fenced { migration: String, to: String },
@@ -60,7 +64,12 @@ fn first_value(resp: &crate::proto::etcdserverpb::TxnResponse) -> String {
 }
 
 /// Writes `marker` at `key` unless the key exists; returns the value found if it does.
-pub async fn put_if_absent(ds: &Datastore, key: &Bytes, marker: &Marker, lease: i64) -> Result<Option<String>, ProxyError> {
+pub async fn put_if_absent(
+    ds: &Datastore,
+    key: &Bytes,
+    marker: &Marker,
+    lease: i64,
+) -> Result<Option<String>, ProxyError> {
     Ok(put_if_absent_rev(ds, key, marker, lease).await?.err())
 }
 
@@ -89,7 +98,12 @@ pub async fn put_if_absent_rev(
 
 /// The commit point: replaces our fence by the permanent marker, only if the fence is
 /// still ours. A lost answer is settled by reading the key back.
-pub async fn commit(ds: &Datastore, fence_key: &Bytes, fenced: &Marker, moved: &Marker) -> Result<Result<(), String>, ProxyError> {
+pub async fn commit(
+    ds: &Datastore,
+    fence_key: &Bytes,
+    fenced: &Marker,
+    moved: &Marker,
+) -> Result<Result<(), String>, ProxyError> {
     let req = TxnRequest {
         compare: vec![Compare {
             result: compare::CompareResult::Equal as i32,
@@ -109,7 +123,9 @@ pub async fn commit(ds: &Datastore, fence_key: &Bytes, fenced: &Marker, moved: &
             if now.as_deref().and_then(Marker::parse).as_ref() == Some(moved) {
                 Ok(Ok(()))
             } else {
-                Ok(Err(now.map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default()))
+                Ok(Err(now
+                    .map(|v| String::from_utf8_lossy(&v).into_owned())
+                    .unwrap_or_default()))
             }
         }
         Err(e) => Err(e),
@@ -130,7 +146,10 @@ async fn read_value(ds: &Datastore, key: &Bytes) -> Result<Option<Bytes>, ProxyE
 
 /// The marker in a datastore's fence key, if any.
 pub async fn read(ds: &Datastore, guard: &Guard) -> Result<Option<Marker>, ProxyError> {
-    Ok(read_value(ds, guard.fence_key()).await?.as_deref().and_then(Marker::parse))
+    Ok(read_value(ds, guard.fence_key())
+        .await?
+        .as_deref()
+        .and_then(Marker::parse))
 }
 
 #[derive(Debug, thiserror::Error)]

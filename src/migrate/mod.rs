@@ -236,9 +236,8 @@ const MAX_COPY_ATTEMPTS: u32 = 3;
 impl Failure {
     /// The source compacted a revision the copy or the catch-up still needed.
     fn is_compaction(&self) -> bool {
-        let compacted = |e: &ProxyError| {
-            matches!(e, ProxyError::Etcd(s) if s.message() == crate::error::messages::COMPACTED)
-        };
+        let compacted =
+            |e: &ProxyError| matches!(e, ProxyError::Etcd(s) if s.message() == crate::error::messages::COMPACTED);
         match self {
             Failure::CatchUp(CatchUpError::Compacted(_)) => true,
             Failure::Copy(CopyError::Datastore { side: "source", source }) => compacted(source),
@@ -317,7 +316,11 @@ impl Migrator {
             return Err(StartError::AlreadyThere(to.to_string()));
         }
         let started = now_ms();
-        let id = format!("m-{}-{:04x}", started / 1000, (started ^ std::process::id() as u64) & 0xffff);
+        let id = format!(
+            "m-{}-{:04x}",
+            started / 1000,
+            (started ^ std::process::id() as u64) & 0xffff
+        );
         let view = MigrationView {
             id: id.clone(),
             from: route.datastore_name.clone(),
@@ -538,11 +541,23 @@ impl Job<'_> {
 
         // Preparing: the target answers and is empty for the tenant; the lock is ours.
         self.pause().await?;
-        let tenant_keys = self.step(async { ops::count_tenant(&target, &range, &reserved).await.map_err(on("target")) }).await?;
+        let tenant_keys = self
+            .step(async {
+                ops::count_tenant(&target, &range, &reserved)
+                    .await
+                    .map_err(on("target"))
+            })
+            .await?;
         if tenant_keys > 0 && !overwrite {
             return Err(CopyError::TargetNotEmpty { count: tenant_keys }.into());
         }
-        let total = self.step(async { ops::count_tenant(&source, &range, &reserved).await.map_err(on("source")) }).await?;
+        let total = self
+            .step(async {
+                ops::count_tenant(&source, &range, &reserved)
+                    .await
+                    .map_err(on("source"))
+            })
+            .await?;
         m.update(|v| v.keys_total = total as u64);
         let lease = self
             .step(async { ops::grant(&source, settings.lease_ttl).await.map_err(on("source")) })
@@ -555,16 +570,29 @@ impl Job<'_> {
             to: to.to_string(),
         };
         if let Some(holder) = self
-            .step(async { marker::put_if_absent(&source, &marker::lock_key(&prefix), &lock, lease).await.map_err(on("source")) })
+            .step(async {
+                marker::put_if_absent(&source, &marker::lock_key(&prefix), &lock, lease)
+                    .await
+                    .map_err(on("source"))
+            })
             .await?
         {
             return Err(Failure::Locked(holder));
         }
         // Clear the tenant range on the target: old data on request, and cutover's own
         // keys from an earlier migration away from it (its "moved" marker among them).
-        let clear_from = if tenant_keys > 0 { range.start.clone() } else { reserved.clone() };
-        let clear_to = if tenant_keys > 0 { range.end.clone() } else { copy::prefix_end(&reserved) };
-        self.step(async { ops::delete(&target, clear_from, clear_to).await.map_err(on("target")) }).await?;
+        let clear_from = if tenant_keys > 0 {
+            range.start.clone()
+        } else {
+            reserved.clone()
+        };
+        let clear_to = if tenant_keys > 0 {
+            range.end.clone()
+        } else {
+            copy::prefix_end(&reserved)
+        };
+        self.step(async { ops::delete(&target, clear_from, clear_to).await.map_err(on("target")) })
+            .await?;
         self.claimed = Some((target.clone(), range.clone()));
         let link = Arc::new(MigrationLink::new(target.clone()));
         router.set_link(Some(link.clone()));
@@ -584,8 +612,12 @@ impl Job<'_> {
                     if let Some(f) = self.follower.take() {
                         f.task.abort();
                     }
-                    self.step(async { ops::delete(&target, range.start.clone(), range.end.clone()).await.map_err(on("target")) })
-                        .await?;
+                    self.step(async {
+                        ops::delete(&target, range.start.clone(), range.end.clone())
+                            .await
+                            .map_err(on("target"))
+                    })
+                    .await?;
                     link.leases.lock().clear();
                 }
                 other => return other,
@@ -635,7 +667,9 @@ impl Job<'_> {
         };
         m.metrics.keys_copied.inc_by(copied.stats.keys);
         m.metrics.bytes_copied.inc_by(copied.stats.bytes);
-        link.leases.lock().extend(copied.lease_ids.iter().map(|(a, b)| (*a, *b)));
+        link.leases
+            .lock()
+            .extend(copied.lease_ids.iter().map(|(a, b)| (*a, *b)));
         tracing::info!(migration = %self.id, keys = copied.stats.keys, bytes = copied.stats.bytes, leases = copied.stats.leases, revision = copied.stats.revision, seconds = copy_started.elapsed().as_secs_f64(), "copy done");
         let r0 = copied.stats.revision;
 
@@ -643,11 +677,14 @@ impl Job<'_> {
         // then the keys changed since, in rounds, until the lag is small.
         self.phase(Phase::CatchingUp);
         let mirror = ops::mirror_leases(source.clone(), link.clone());
-        let result = self.catch_up_and_commit(source, target, range, reserved, view, copied, r0, link, guard, to).await;
+        let result = self
+            .catch_up_and_commit(source, target, range, reserved, view, copied, r0, link, guard, to)
+            .await;
         mirror.abort();
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn start_follower(
         &mut self,
         source: &Arc<Datastore>,
@@ -726,14 +763,38 @@ impl Job<'_> {
         copied.touched.clear();
         let snapshot = copied.keys.clone();
         let target_rev = ops::current_revision(target).await.map_err(on("target"))?;
-        self.start_follower(source, target, range, reserved, view.clone(), copied, pos.events_through + 1);
+        self.start_follower(
+            source,
+            target,
+            range,
+            reserved,
+            view.clone(),
+            copied,
+            pos.events_through + 1,
+        );
         let full = {
-            let (s, t, r, x, v) = (source.clone(), target.clone(), range.clone(), reserved.clone(), view.clone());
+            let (s, t, r, x, v) = (
+                source.clone(),
+                target.clone(),
+                range.clone(),
+                reserved.clone(),
+                view.clone(),
+            );
             let leases = link.leases.lock().clone();
             self.step(async move {
-                verify::full(&s, &t, &r, &x, v.as_deref(), &snapshot, &leases, pos.events_through, target_rev)
-                    .await
-                    .map_err(Failure::Verify)
+                verify::full(
+                    &s,
+                    &t,
+                    &r,
+                    &x,
+                    v.as_deref(),
+                    &snapshot,
+                    &leases,
+                    pos.events_through,
+                    target_rev,
+                )
+                .await
+                .map_err(Failure::Verify)
             })
             .await?
         };
@@ -772,7 +833,15 @@ impl Job<'_> {
                 .shadow(source, target, view.as_deref(), &copied, &changed, pos.events_through)
                 .await?;
             m.update(|v| v.verified_keys += checked);
-            self.start_follower(source, target, range, reserved, view.clone(), copied, pos.events_through + 1);
+            self.start_follower(
+                source,
+                target,
+                range,
+                reserved,
+                view.clone(),
+                copied,
+                pos.events_through + 1,
+            );
             if few {
                 break;
             }
@@ -787,7 +856,11 @@ impl Job<'_> {
         let lease = self.lease.as_ref().map_or(0, |l| l.1);
         let fence_key = guard.fence_key().clone();
         let fenced = self
-            .step(async { marker::put_if_absent_rev(source, &fence_key, &fence_value, lease).await.map_err(on("source")) })
+            .step(async {
+                marker::put_if_absent_rev(source, &fence_key, &fence_value, lease)
+                    .await
+                    .map_err(on("source"))
+            })
             .await?;
         let fence_rev = match fenced {
             Ok(rev) => rev,
@@ -803,7 +876,9 @@ impl Job<'_> {
             let mut copied = copied;
             last_change = last_change.max(pos.last_change);
             let changed: Vec<Bytes> = copied.touched.drain().collect();
-            let checked = self.shadow(source, target, view.as_deref(), &copied, &changed, fence_rev).await?;
+            let checked = self
+                .shadow(source, target, view.as_deref(), &copied, &changed, fence_rev)
+                .await?;
             m.update(|v| v.verified_keys += checked);
             verify::counts(source, target, range, reserved, fence_rev)
                 .await
@@ -935,7 +1010,10 @@ pub(crate) mod ops {
         copy::txn(ds, req).await
     }
 
-    pub async fn range(ds: &Datastore, req: RangeRequest) -> Result<crate::proto::etcdserverpb::RangeResponse, ProxyError> {
+    pub async fn range(
+        ds: &Datastore,
+        req: RangeRequest,
+    ) -> Result<crate::proto::etcdserverpb::RangeResponse, ProxyError> {
         ds.unary(Retry::Idempotent, |ch, token| {
             let r = own_request(req.clone(), token);
             async move { client!(KvClient, ch).range(r).await }
@@ -1113,7 +1191,7 @@ pub(crate) mod ops {
         route
             .datastore
             .unary(Retry::IfNotSent, |ch, token| {
-                let r = own_request(req.clone(), token);
+                let r = own_request(req, token);
                 async move { client!(KvClient, ch).compact(r).await }
             })
             .await

@@ -89,7 +89,10 @@ fn check(
                 leases.get(&s.lease).copied().unwrap_or(s.lease)
             };
             if t.lease != expected_lease {
-                return Err(format!("{key}: lease {:x} on the target, {:x} expected", t.lease, expected_lease));
+                return Err(format!(
+                    "{key}: lease {:x} on the target, {:x} expected",
+                    t.lease, expected_lease
+                ));
             }
             Ok(())
         }
@@ -166,7 +169,12 @@ pub async fn full(
         )
         .await
         .map_err(|e| format!("target: {e}"))?;
-        let src: Vec<KeyValue> = page.kvs.into_iter().filter(ours).map(|kv| client_space(view, kv)).collect();
+        let src: Vec<KeyValue> = page
+            .kvs
+            .into_iter()
+            .filter(ours)
+            .map(|kv| client_space(view, kv))
+            .collect();
         let tgt: Vec<KeyValue> = theirs.kvs.into_iter().filter(ours).collect();
         let (mut i, mut j) = (0, 0);
         while i < src.len() || j < tgt.len() {
@@ -261,9 +269,19 @@ pub async fn keys(
 }
 
 /// The same number of tenant keys on both sides (the source is fenced at `_at`).
-pub async fn counts(source: &Datastore, target: &Datastore, range: &KeyRange, reserved: &Bytes, _at: i64) -> Result<(), String> {
-    let s = ops::count_tenant(source, range, reserved).await.map_err(|e| format!("source: {e}"))?;
-    let t = ops::count_tenant(target, range, reserved).await.map_err(|e| format!("target: {e}"))?;
+pub async fn counts(
+    source: &Datastore,
+    target: &Datastore,
+    range: &KeyRange,
+    reserved: &Bytes,
+    _at: i64,
+) -> Result<(), String> {
+    let s = ops::count_tenant(source, range, reserved)
+        .await
+        .map_err(|e| format!("source: {e}"))?;
+    let t = ops::count_tenant(target, range, reserved)
+        .await
+        .map_err(|e| format!("target: {e}"))?;
     if s != t {
         return Err(format!("{s} tenant keys on the source, {t} on the target"));
     }

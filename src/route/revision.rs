@@ -395,9 +395,17 @@ mod tests {
             for virt in 0..=1200 {
                 for rel in [Relation::Equal, Relation::NotEqual, Relation::Greater, Relation::Less] {
                     let m = tr.compare_mod_copied(b"a", virt).unwrap();
-                    assert_eq!(holds(st.modified, rel, m), holds(v.modified, rel, virt), "mod {st:?} {rel:?} {virt}");
+                    assert_eq!(
+                        holds(st.modified, rel, m),
+                        holds(v.modified, rel, virt),
+                        "mod {st:?} {rel:?} {virt}"
+                    );
                     let c = tr.compare_create_copied(b"a", virt).unwrap();
-                    assert_eq!(holds(st.create, rel, c), holds(v.create, rel, virt), "create {st:?} {rel:?} {virt}");
+                    assert_eq!(
+                        holds(st.create, rel, c),
+                        holds(v.create, rel, virt),
+                        "create {st:?} {rel:?} {virt}"
+                    );
                 }
             }
         }

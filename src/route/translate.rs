@@ -7,7 +7,7 @@ use bytes::Bytes;
 use super::fence::Malformed;
 use super::revision::{Compacted, Revisions, Translation};
 use crate::proto::etcdserverpb::{
-    compare, range_request, request_op, response_op, Compare, CompactionRequest, DeleteRangeResponse, PutRequest,
+    compare, range_request, request_op, response_op, CompactionRequest, Compare, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, RequestOp, ResponseHeader, TxnRequest, TxnResponse, WatchResponse,
 };
 use crate::proto::mvccpb::{Event, KeyValue};
@@ -389,7 +389,11 @@ impl Translate for crate::proto::etcdserverpb::DeleteRangeRequest {
     fn to_target(self, _: &Translation) -> Result<(Self, TxnShape), TranslateError> {
         Ok((self, TxnShape::default()))
     }
-    fn answer_to_virtual(mut a: DeleteRangeResponse, t: &Translation, _: TxnShape) -> Result<DeleteRangeResponse, Malformed> {
+    fn answer_to_virtual(
+        mut a: DeleteRangeResponse,
+        t: &Translation,
+        _: TxnShape,
+    ) -> Result<DeleteRangeResponse, Malformed> {
         delete_response(t, &mut a);
         Ok(a)
     }
@@ -505,7 +509,10 @@ mod tests {
         };
         let (sent, shape) = txn_request(&t, txn).unwrap();
         assert_eq!(shape.depth, 1);
-        assert_eq!(sent.compare[0].target_union, Some(compare::TargetUnion::CreateRevision(12)));
+        assert_eq!(
+            sent.compare[0].target_union,
+            Some(compare::TargetUnion::CreateRevision(12))
+        );
         let arm = |op: &RequestOp| match &op.request {
             Some(request_op::Request::RequestTxn(x)) => x.compare[0].target_union.clone(),
             _ => None,
@@ -554,7 +561,10 @@ mod tests {
         };
         let (sent, shape) = txn_request(&t, txn).unwrap();
         assert_eq!(shape.depth, 0);
-        assert_eq!(sent.compare[0].target_union, Some(compare::TargetUnion::ModRevision(30)));
+        assert_eq!(
+            sent.compare[0].target_union,
+            Some(compare::TargetUnion::ModRevision(30))
+        );
         match &sent.success[0].request {
             Some(request_op::Request::RequestPut(p)) => assert_eq!(p.lease, 9, "lease ID taken on the target"),
             _ => panic!("put expected"),

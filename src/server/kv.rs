@@ -32,13 +32,20 @@ impl Kv for KvService {
             return Err(crate::error::ProxyError::Reserved.into());
         }
         let pre = |t: &Translation, r: &mut RangeRequest| Ok(translate::range_request(t, r)?);
-        let post = |t: &Translation, resp: &mut RangeResponse, fix: RangeFixup| translate::range_response(t, resp, &fix);
+        let post =
+            |t: &Translation, resp: &mut RangeResponse, fix: RangeFixup| translate::range_response(t, resp, &fix);
         if !self.ctx.router.scope().touches_reserved(&r.key, &r.range_end) {
             return self
                 .ctx
-                .unary_translated("KV", "Range", Retry::Idempotent, request, pre, post, |ch, req| async move {
-                    client!(KvClient, ch).range(req).await
-                })
+                .unary_translated(
+                    "KV",
+                    "Range",
+                    Retry::Idempotent,
+                    request,
+                    pre,
+                    post,
+                    |ch, req| async move { client!(KvClient, ch).range(req).await },
+                )
                 .await;
         }
         // The range includes cutover's reserved keys: count them at one revision, read at
@@ -86,9 +93,15 @@ impl Kv for KvService {
             let post = |t: &Translation, r: &mut RangeResponse, _: ()| translate::header(t, &mut r.header);
             let header = self
                 .ctx
-                .unary_translated("KV", "Compact", Retry::Idempotent, probe, pre, post, |ch, req| async move {
-                    client!(KvClient, ch).range(req).await
-                })
+                .unary_translated(
+                    "KV",
+                    "Compact",
+                    Retry::Idempotent,
+                    probe,
+                    pre,
+                    post,
+                    |ch, req| async move { client!(KvClient, ch).range(req).await },
+                )
                 .await?
                 .into_inner()
                 .header;

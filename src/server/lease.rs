@@ -17,13 +17,13 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use super::stream::{Reconnect, UpstreamStream};
 use super::{client, Context, Forwarded, HeldGuard};
 use crate::config::FenceMode;
-use crate::error::ProxyError;
-use crate::route::{translate, MigrationLink, Route};
-use crate::upstream::own_request;
 use crate::error::messages;
+use crate::error::ProxyError;
 use crate::proto::etcdserverpb::lease_client::LeaseClient;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::*;
+use crate::route::{translate, MigrationLink, Route};
+use crate::upstream::own_request;
 use crate::upstream::{classify, Failure, Retry};
 
 pub struct LeaseService {
@@ -69,7 +69,10 @@ impl Lease for LeaseService {
         Ok(resp)
     }
 
-    async fn lease_revoke(&self, request: Request<LeaseRevokeRequest>) -> Result<Response<LeaseRevokeResponse>, Status> {
+    async fn lease_revoke(
+        &self,
+        request: Request<LeaseRevokeRequest>,
+    ) -> Result<Response<LeaseRevokeResponse>, Status> {
         if let Err(e) = self.wait_unfenced().await {
             return Err(e.into());
         }
@@ -121,7 +124,10 @@ impl Lease for LeaseService {
             .await
     }
 
-    async fn lease_leases(&self, request: Request<LeaseLeasesRequest>) -> Result<Response<LeaseLeasesResponse>, Status> {
+    async fn lease_leases(
+        &self,
+        request: Request<LeaseLeasesRequest>,
+    ) -> Result<Response<LeaseLeasesResponse>, Status> {
         self.ctx
             .unary_translated(
                 "Lease",
@@ -195,7 +201,7 @@ async fn mirror_grant(link: &MigrationLink, id: i64, ttl: i64) {
     let result = link
         .target
         .unary(Retry::IfNotSent, |ch, token| {
-            let r = own_request(grant.clone(), token);
+            let r = own_request(grant, token);
             async move { client!(LeaseClient, ch).lease_grant(r).await }
         })
         .await;
@@ -203,7 +209,9 @@ async fn mirror_grant(link: &MigrationLink, id: i64, ttl: i64) {
         Ok(r) => {
             link.leases.lock().insert(id, r.into_inner().id);
         }
-        Err(e) => tracing::warn!(lease = format!("{id:x}"), error = %e, "could not mirror a lease grant to the migration target"),
+        Err(e) => {
+            tracing::warn!(lease = format!("{id:x}"), error = %e, "could not mirror a lease grant to the migration target")
+        }
     }
 }
 
@@ -221,7 +229,12 @@ async fn relay_keep_alive(
             client!(LeaseClient, ch).lease_keep_alive(req).await
         })
     };
-    let to_target = |route: &Route, id: i64| route.translation.as_ref().map_or(id, |t| translate::lease_id_to_target(t, id));
+    let to_target = |route: &Route, id: i64| {
+        route
+            .translation
+            .as_ref()
+            .map_or(id, |t| translate::lease_id_to_target(t, id))
+    };
     let mut upstream = open(&route);
     let mut reconnect = Reconnect::new();
     // Lease IDs sent and not yet answered: resent if the stream has to be opened again.

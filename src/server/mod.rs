@@ -38,8 +38,8 @@ use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::etcdserverpb::TxnRequest;
 use crate::route::fence::Guarded;
-use crate::route::translate::{Translate, TxnShape};
 use crate::route::revision::Translation;
+use crate::route::translate::{Translate, TxnShape};
 use crate::route::{Route, Router};
 use crate::upstream::Retry;
 

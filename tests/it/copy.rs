@@ -314,7 +314,9 @@ async fn the_translation_is_persisted_in_the_target_and_reproduces_source_revisi
         .unwrap();
     let l = copied.stats.revision;
     let s_rev = l + 1_000_000;
-    let t_rev = persist(&dst, b"/t/", s_rev, l, &copied.keys, &copied.lease_ids).await.unwrap();
+    let t_rev = persist(&dst, b"/t/", s_rev, l, &copied.keys, &copied.lease_ids)
+        .await
+        .unwrap();
 
     let tr = load(&dst, b"/t/").await.unwrap().expect("a record");
     assert_eq!((tr.s, tr.t, tr.l), (s_rev, t_rev, l));

@@ -56,7 +56,14 @@ impl Load {
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         let mut c = client(endpoint).await;
-        let start_rev = c.get(format!("{TENANT}x"), None).await.unwrap().header().unwrap().revision() + 1;
+        let start_rev = c
+            .get(format!("{TENANT}x"), None)
+            .await
+            .unwrap()
+            .header()
+            .unwrap()
+            .revision()
+            + 1;
 
         // The watcher first, so that it sees every write of the load.
         {
@@ -110,7 +117,8 @@ impl Load {
                             EventType::Put => Some(kv.value_str().unwrap().to_string()),
                             EventType::Delete => None,
                         };
-                        s.events.push((id, kv.key_str().unwrap().to_string(), value, kv.mod_revision()));
+                        s.events
+                            .push((id, kv.key_str().unwrap().to_string(), value, kv.mod_revision()));
                     }
                 }
             }));
@@ -147,7 +155,9 @@ impl Load {
                             if t.succeeded() {
                                 seen.lock().acked.entry(key).or_default().push(Some(value));
                             } else {
-                                seen.lock().errors.push(format!("txn on {key} at {rev} did not succeed"));
+                                seen.lock()
+                                    .errors
+                                    .push(format!("txn on {key} at {rev} did not succeed"));
                             }
                         }
                         Err(e) => seen.lock().errors.push(format!("txn {key}: {e}")),
@@ -168,7 +178,7 @@ impl Load {
                 while !*stop.borrow() {
                     n += 1;
                     let key = format!("{TENANT}events/ev-{}", n % 7);
-                    if n % 3 == 0 {
+                    if n.is_multiple_of(3) {
                         match c.delete(key.as_str(), None).await {
                             Ok(d) => {
                                 note_rev(&seen, "delete", &mut last, d.header().unwrap().revision());
@@ -196,9 +206,13 @@ impl Load {
         // A lease with a key on it, kept alive through the proxy.
         let lease = c.lease_grant(5, None).await.unwrap().id();
         let key = format!("{TENANT}leases/holder");
-        c.put(key.as_str(), "alive", Some(etcd_client::PutOptions::new().with_lease(lease)))
-            .await
-            .unwrap();
+        c.put(
+            key.as_str(),
+            "alive",
+            Some(etcd_client::PutOptions::new().with_lease(lease)),
+        )
+        .await
+        .unwrap();
         seen.lock().acked.entry(key).or_default().push(Some("alive".into()));
         {
             let (mut keeper, mut stream) = c.lease_keep_alive(lease).await.unwrap();
@@ -290,8 +304,16 @@ async fn tenant_state(endpoint: &str) -> BTreeMap<String, (String, i64, i64, i64
 }
 
 fn check_load(seen: &Seen, after: &BTreeMap<String, (String, i64, i64, i64)>) {
-    assert!(seen.errors.is_empty(), "client errors in hold mode: {:?}", &seen.errors[..seen.errors.len().min(10)]);
-    assert!(seen.backwards.is_empty(), "I2: revisions went backwards: {:?}", seen.backwards);
+    assert!(
+        seen.errors.is_empty(),
+        "client errors in hold mode: {:?}",
+        &seen.errors[..seen.errors.len().min(10)]
+    );
+    assert!(
+        seen.backwards.is_empty(),
+        "I2: revisions went backwards: {:?}",
+        seen.backwards
+    );
     assert_eq!(seen.watch_cancels, 0, "I4: the watch was canceled");
     // I1: the last acknowledged state of every key is what clients read now.
     for (key, values) in &seen.acked {
@@ -304,7 +326,10 @@ fn check_load(seen: &Seen, after: &BTreeMap<String, (String, i64, i64, i64)>) {
     let mut by_key: HashMap<&str, Vec<Option<String>>> = HashMap::new();
     let mut last_rev = 0;
     for (_, key, value, rev) in &seen.events {
-        assert!(*rev >= last_rev, "I4: events in revision order ({rev} after {last_rev})");
+        assert!(
+            *rev >= last_rev,
+            "I4: events in revision order ({rev} after {last_rev})"
+        );
         last_rev = *rev;
         by_key.entry(key.as_str()).or_default().push(value.clone());
     }
@@ -328,24 +353,40 @@ async fn a_live_migration_keeps_every_write_watch_revision_and_lease() {
     let mut c = client(&proxy.endpoint).await;
     // Keys with history before the migration (several versions, one deleted and recreated).
     for i in 0..50 {
-        c.put(format!("{TENANT}configmaps/ns/cm-{i}"), "v1", None).await.unwrap();
+        c.put(format!("{TENANT}configmaps/ns/cm-{i}"), "v1", None)
+            .await
+            .unwrap();
     }
     for i in 0..10 {
-        c.put(format!("{TENANT}configmaps/ns/cm-{i}"), "v2", None).await.unwrap();
+        c.put(format!("{TENANT}configmaps/ns/cm-{i}"), "v2", None)
+            .await
+            .unwrap();
     }
     c.delete(format!("{TENANT}configmaps/ns/cm-3"), None).await.unwrap();
-    c.put(format!("{TENANT}configmaps/ns/cm-3"), "again", None).await.unwrap();
+    c.put(format!("{TENANT}configmaps/ns/cm-3"), "again", None)
+        .await
+        .unwrap();
     // A key outside the tenant, which must stay behind.
     let mut direct_a = client(&a.endpoint).await;
     direct_a.put("/other-tenant/x", "1", None).await.unwrap();
     // A lease nobody keeps alive, with a key on it: it must expire on the target too.
     let short = c.lease_grant(4, None).await.unwrap().id();
-    c.put(format!("{TENANT}short-lived"), "x", Some(etcd_client::PutOptions::new().with_lease(short)))
-        .await
-        .unwrap();
+    c.put(
+        format!("{TENANT}short-lived"),
+        "x",
+        Some(etcd_client::PutOptions::new().with_lease(short)),
+    )
+    .await
+    .unwrap();
     let before = tenant_state(&proxy.endpoint).await;
     let cm0 = before[&format!("{TENANT}configmaps/ns/cm-0")].clone();
-    let last_change_rev = c.get(format!("{TENANT}x"), None).await.unwrap().header().unwrap().revision();
+    let last_change_rev = c
+        .get(format!("{TENANT}x"), None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
 
     let load = Load::start(&proxy.endpoint).await;
     load.progress(30).await;
@@ -388,7 +429,10 @@ async fn a_live_migration_keeps_every_write_watch_revision_and_lease() {
         .unwrap();
     assert!(v.succeeded(), "I3: compare on the version counts on from the source's");
     // I3/I7: a Range before the tenant's last change is etcd's compacted error.
-    match c.get(key.as_str(), Some(GetOptions::new().with_revision(last_change_rev - 1))).await {
+    match c
+        .get(key.as_str(), Some(GetOptions::new().with_revision(last_change_rev - 1)))
+        .await
+    {
         Err(etcd_client::Error::GRpcStatus(s)) => {
             assert_eq!(s.code(), tonic::Code::OutOfRange);
             assert_eq!(s.message(), "etcdserver: mvcc: required revision has been compacted");
@@ -398,22 +442,52 @@ async fn a_live_migration_keeps_every_write_watch_revision_and_lease() {
 
     // I1: the target holds the tenant; the source holds no tenant change after the fence.
     let mut direct_b = client(&b.endpoint).await;
-    let on_b = direct_b.get(TENANT, Some(GetOptions::new().with_prefix().with_keys_only())).await.unwrap();
-    let on_b: Vec<&str> = on_b.kvs().iter().map(|kv| kv.key_str().unwrap()).filter(|k| !k.contains('\0')).collect();
-    assert_eq!(on_b, after.keys().map(String::as_str).collect::<Vec<_>>(), "I1: target holds the tenant");
+    let on_b = direct_b
+        .get(TENANT, Some(GetOptions::new().with_prefix().with_keys_only()))
+        .await
+        .unwrap();
+    let on_b: Vec<&str> = on_b
+        .kvs()
+        .iter()
+        .map(|kv| kv.key_str().unwrap())
+        .filter(|k| !k.contains('\0'))
+        .collect();
+    assert_eq!(
+        on_b,
+        after.keys().map(String::as_str).collect::<Vec<_>>(),
+        "I1: target holds the tenant"
+    );
     let fence = direct_a.get(format!("{TENANT}\0cutover/fence"), None).await.unwrap();
     let marker = &fence.kvs()[0];
-    assert!(marker.value_str().unwrap().contains("\"moved\""), "the commit marker: {:?}", marker.value_str());
-    let on_a = direct_a.get(TENANT, Some(GetOptions::new().with_prefix())).await.unwrap();
+    assert!(
+        marker.value_str().unwrap().contains("\"moved\""),
+        "the commit marker: {:?}",
+        marker.value_str()
+    );
+    let on_a = direct_a
+        .get(TENANT, Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
     for kv in on_a.kvs() {
         if !kv.key_str().unwrap().contains('\0') {
-            assert!(kv.mod_revision() < marker.create_revision(), "I1: {} changed on the source after the fence", kv.key_str().unwrap());
+            assert!(
+                kv.mod_revision() < marker.create_revision(),
+                "I1: {} changed on the source after the fence",
+                kv.key_str().unwrap()
+            );
         }
     }
-    assert_eq!(direct_b.get("/other-tenant/x", None).await.unwrap().count(), 0, "only the tenant moves");
+    assert_eq!(
+        direct_b.get("/other-tenant/x", None).await.unwrap().count(),
+        0,
+        "only the tenant moves"
+    );
     match c.get("/other-tenant/x", None).await {
         Err(etcd_client::Error::GRpcStatus(s)) => {
-            assert_eq!((s.code(), s.message()), (tonic::Code::PermissionDenied, "etcdserver: permission denied"));
+            assert_eq!(
+                (s.code(), s.message()),
+                (tonic::Code::PermissionDenied, "etcdserver: permission denied")
+            );
         }
         other => panic!("keys outside the tenant's prefix are not its to read: {other:?}"),
     }
@@ -432,11 +506,15 @@ async fn a_live_migration_keeps_every_write_watch_revision_and_lease() {
 
     // I5: keys on a lease that is not kept alive disappear.
     let key = format!("{TENANT}short-lived");
-    eventually("the key on the expired lease disappears", Duration::from_secs(20), || {
-        let mut c = c.clone();
-        let key = key.clone();
-        async move { c.get(key, None).await.map(|r| r.count() == 0).unwrap_or(false) }
-    })
+    eventually(
+        "the key on the expired lease disappears",
+        Duration::from_secs(20),
+        || {
+            let mut c = c.clone();
+            let key = key.clone();
+            async move { c.get(key, None).await.map(|r| r.count() == 0).unwrap_or(false) }
+        },
+    )
     .await;
 
     let m = proxy.metrics().await;
@@ -445,9 +523,11 @@ async fn a_live_migration_keeps_every_write_watch_revision_and_lease() {
 
 /// Waits until the running migration reaches `phase`.
 async fn wait_phase(proxy: &Proxy, phase: &str) {
-    eventually(&format!("the migration reaches {phase}"), Duration::from_secs(30), || async {
-        proxy.status().await["phase"] == phase
-    })
+    eventually(
+        &format!("the migration reaches {phase}"),
+        Duration::from_secs(30),
+        || async { proxy.status().await["phase"] == phase },
+    )
     .await;
 }
 
@@ -472,7 +552,9 @@ async fn reject_mode_refuses_writes_only_while_fenced() {
     let (code, body) = proxy.admin_post("/v1/migrations", json!({"to": "dedicated"})).await;
     assert_eq!(code, 202, "{body}");
     wait_phase(&proxy, "CatchingUp").await;
-    c.put(format!("{TENANT}a"), "2", None).await.expect("writes flow while catching up");
+    c.put(format!("{TENANT}a"), "2", None)
+        .await
+        .expect("writes flow while catching up");
     wait_phase(&proxy, "Fenced").await;
     match c.put(format!("{TENANT}a"), "3", None).await {
         Err(etcd_client::Error::GRpcStatus(s)) => {
@@ -486,7 +568,9 @@ async fn reject_mode_refuses_writes_only_while_fenced() {
     }
     let view = wait_end(&proxy).await;
     assert_eq!(view["outcome"], "Succeeded", "{view}");
-    c.put(format!("{TENANT}a"), "4", None).await.expect("writes flow after the commit");
+    c.put(format!("{TENANT}a"), "4", None)
+        .await
+        .expect("writes flow after the commit");
     let got = c.get(format!("{TENANT}a"), None).await.unwrap();
     assert_eq!(got.kvs()[0].value_str().unwrap(), "4");
     assert_eq!(got.kvs()[0].version(), 3, "the refused write never happened");
@@ -508,7 +592,9 @@ async fn losing_the_target_before_the_commit_leaves_the_tenant_on_the_source() {
     }
     let load = Load::start(&proxy.endpoint).await;
     for phase in ["Preparing", "Copying", "CatchingUp", "Fenced"] {
-        let (code, body) = proxy.admin_post("/v1/migrations", json!({"to": "dedicated", "overwrite": true})).await;
+        let (code, body) = proxy
+            .admin_post("/v1/migrations", json!({"to": "dedicated", "overwrite": true}))
+            .await;
         assert_eq!(code, 202, "{body}");
         wait_phase(&proxy, phase).await;
         b.kill();
@@ -527,7 +613,9 @@ async fn losing_the_target_before_the_commit_leaves_the_tenant_on_the_source() {
     assert_eq!(code, 202, "{body}");
     let view = wait_end(&proxy).await;
     assert!(view["error"].as_str().unwrap_or("").contains("--overwrite"), "{view}");
-    let (code, body) = proxy.admin_post("/v1/migrations", json!({"to": "dedicated", "overwrite": true})).await;
+    let (code, body) = proxy
+        .admin_post("/v1/migrations", json!({"to": "dedicated", "overwrite": true}))
+        .await;
     assert_eq!(code, 202, "{body}");
     let view = wait_end(&proxy).await;
     assert_eq!(view["outcome"], "Succeeded", "the retried migration: {view}");
@@ -558,9 +646,16 @@ async fn a_proxy_killed_while_fenced_leaves_the_source_writable_after_the_lease_
     assert_eq!(restarted.status().await["dataStore"], "default");
     let mut c = client(&restarted.endpoint).await;
     // Held until the dead migrator's lease expires, then applied on the source.
-    c.put(format!("{TENANT}a"), "2", None).await.expect("the write goes through once the fence lifts");
+    c.put(format!("{TENANT}a"), "2", None)
+        .await
+        .expect("the write goes through once the fence lifts");
     let mut direct_a = client(&a.endpoint).await;
-    assert_eq!(direct_a.get(format!("{TENANT}a"), None).await.unwrap().kvs()[0].value_str().unwrap(), "2");
+    assert_eq!(
+        direct_a.get(format!("{TENANT}a"), None).await.unwrap().kvs()[0]
+            .value_str()
+            .unwrap(),
+        "2"
+    );
 }
 
 /// I6: after the commit, a proxy restarted with its old configuration reads the marker and
@@ -573,7 +668,9 @@ async fn a_proxy_restarted_after_the_commit_with_the_old_config_serves_from_the_
     let mut proxy = Proxy::start(&config).await;
     let mut c = client(&proxy.endpoint).await;
     for i in 0..20 {
-        c.put(format!("{TENANT}k{}", i % 7), format!("v{i}"), None).await.unwrap();
+        c.put(format!("{TENANT}k{}", i % 7), format!("v{i}"), None)
+            .await
+            .unwrap();
     }
     let view = migrate(&proxy, "dedicated").await;
     assert_eq!(view["outcome"], "Succeeded", "{view}");
@@ -583,13 +680,26 @@ async fn a_proxy_restarted_after_the_commit_with_the_old_config_serves_from_the_
 
     let restarted = Proxy::start(&config).await;
     assert_eq!(restarted.status().await["dataStore"], "dedicated");
-    assert_eq!(tenant_state(&restarted.endpoint).await, before, "same keys and revisions after the restart");
+    assert_eq!(
+        tenant_state(&restarted.endpoint).await,
+        before,
+        "same keys and revisions after the restart"
+    );
     let mut c = client(&restarted.endpoint).await;
     c.put(format!("{TENANT}after"), "2", None).await.unwrap();
     let mut direct_b = client(&b.endpoint).await;
-    assert_eq!(direct_b.get(format!("{TENANT}after"), None).await.unwrap().kvs()[0].value_str().unwrap(), "2");
+    assert_eq!(
+        direct_b.get(format!("{TENANT}after"), None).await.unwrap().kvs()[0]
+            .value_str()
+            .unwrap(),
+        "2"
+    );
     let mut direct_a = client(&a.endpoint).await;
-    assert_eq!(direct_a.get(format!("{TENANT}after"), None).await.unwrap().count(), 0, "nothing reaches the old store");
+    assert_eq!(
+        direct_a.get(format!("{TENANT}after"), None).await.unwrap().count(),
+        0,
+        "nothing reaches the old store"
+    );
 }
 
 /// Back and on: A -> B -> A, then A -> C; revisions as clients see them never change.
@@ -605,7 +715,9 @@ async fn migrations_compose_back_and_on() {
     let proxy = Proxy::start(&config).await;
     let mut c = client(&proxy.endpoint).await;
     for i in 0..30 {
-        c.put(format!("{TENANT}k{}", i % 10), format!("v{i}"), None).await.unwrap();
+        c.put(format!("{TENANT}k{}", i % 10), format!("v{i}"), None)
+            .await
+            .unwrap();
     }
     let load = Load::start(&proxy.endpoint).await;
     load.progress(20).await;
@@ -659,7 +771,10 @@ async fn a_shared_target_keeps_both_tenants_apart() {
         let mut n = 0u64;
         while !*stop_rx.borrow() {
             n += 1;
-            other.put(format!("/tenant-2/k{}", n % 13), format!("{n}"), None).await.unwrap();
+            other
+                .put(format!("/tenant-2/k{}", n % 13), format!("{n}"), None)
+                .await
+                .unwrap();
             tokio::time::sleep(Duration::from_millis(3)).await;
         }
         (other, n)
@@ -674,10 +789,23 @@ async fn a_shared_target_keeps_both_tenants_apart() {
     let (mut other, n) = writer.await.unwrap();
     let after = tenant_state(&proxy.endpoint).await;
     check_load(&seen, &after);
-    assert!(after.keys().all(|k| k.starts_with(TENANT)), "the proxy shows only its tenant");
-    let theirs = other.get("/tenant-2/", Some(GetOptions::new().with_prefix())).await.unwrap();
-    assert_eq!(theirs.count(), 13.min(n as i64), "the other tenant's keys are all there");
-    let ours_on_b = other.get(TENANT, Some(GetOptions::new().with_prefix().with_count_only())).await.unwrap();
+    assert!(
+        after.keys().all(|k| k.starts_with(TENANT)),
+        "the proxy shows only its tenant"
+    );
+    let theirs = other
+        .get("/tenant-2/", Some(GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    assert_eq!(
+        theirs.count(),
+        13.min(n as i64),
+        "the other tenant's keys are all there"
+    );
+    let ours_on_b = other
+        .get(TENANT, Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .unwrap();
     assert!(ours_on_b.count() >= after.len() as i64);
 }
 
@@ -701,7 +829,12 @@ fn cutover(args: &[&str]) -> (bool, String) {
 async fn the_config_file_and_the_cli_drive_migrations() {
     let a = Etcd::start().await;
     let b = Etcd::start().await;
-    let proxy = Proxy::start(&two_stores(&a, &b, "migration: {stepDelay: 300ms, fenceDelay: 300ms}\n")).await;
+    let proxy = Proxy::start(&two_stores(
+        &a,
+        &b,
+        "migration: {stepDelay: 300ms, fenceDelay: 300ms}\n",
+    ))
+    .await;
     let mut c = client(&proxy.endpoint).await;
     for i in 0..10 {
         c.put(format!("{TENANT}k{i}"), "v", None).await.unwrap();
@@ -717,10 +850,14 @@ async fn the_config_file_and_the_cli_drive_migrations() {
     // Declarative: the file now names the other datastore.
     let text = std::fs::read_to_string(&path).unwrap();
     std::fs::write(&path, text.replace("dataStore: default", "dataStore: dedicated")).unwrap();
-    eventually("the config change moves the tenant", Duration::from_secs(30), || async {
-        let st = proxy.status().await;
-        st["dataStore"] == "dedicated" && st["migration"]["outcome"] == "Succeeded"
-    })
+    eventually(
+        "the config change moves the tenant",
+        Duration::from_secs(30),
+        || async {
+            let st = proxy.status().await;
+            st["dataStore"] == "dedicated" && st["migration"]["outcome"] == "Succeeded"
+        },
+    )
     .await;
     assert_eq!(proxy.status().await["migration"]["trigger"], "config");
 
@@ -731,7 +868,10 @@ async fn the_config_file_and_the_cli_drive_migrations() {
     assert!(ok && out.contains("started"), "{out}");
     let view = wait_end(&proxy).await;
     assert_eq!(view["outcome"], "Failed");
-    assert!(view["error"].as_str().unwrap().contains("--overwrite"), "the old copy is still in default: {view}");
+    assert!(
+        view["error"].as_str().unwrap().contains("--overwrite"),
+        "the old copy is still in default: {view}"
+    );
     let (ok, out) = cutover(&["cleanup", "--datastore", "dedicated", "--config", cfg]);
     assert!(!ok && out.contains("authoritative"), "{out}");
     let (ok, out) = cutover(&["cleanup", "--datastore", "default", "--config", cfg]);
@@ -772,7 +912,13 @@ async fn a_source_compaction_during_the_copy_is_survived() {
     })
     .await;
     let mut direct = client(&a.endpoint).await;
-    let rev = direct.put(format!("{TENANT}late"), "x", None).await.unwrap().header().unwrap().revision();
+    let rev = direct
+        .put(format!("{TENANT}late"), "x", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
     direct.compact(rev, None).await.unwrap();
     let view = wait_end(&proxy).await;
     assert_eq!(view["outcome"], "Succeeded", "{view}");
