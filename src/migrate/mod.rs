@@ -471,6 +471,19 @@ impl Migrator {
     }
 }
 
+/// The two sides of a migration and what it moves.
+struct Sides {
+    source: Arc<Datastore>,
+    target: Arc<Datastore>,
+    /// The tenant's range, and cutover's reserved part of it (never copied).
+    range: KeyRange,
+    reserved: Bytes,
+    /// The source's own translation, if the tenant came to it by an earlier migration.
+    view: Option<Arc<Translation>>,
+    /// The target's name.
+    to: String,
+}
+
 /// The running catch-up task and how to stop it.
 struct Follower {
     stop: watch::Sender<Option<i64>>,
@@ -597,16 +610,21 @@ impl Job<'_> {
         let link = Arc::new(MigrationLink::new(target.clone()));
         router.set_link(Some(link.clone()));
 
+        let sides = Arc::new(Sides {
+            source: source.clone(),
+            target: target.clone(),
+            range: range.clone(),
+            reserved: reserved.clone(),
+            view: view.clone(),
+            to: to.to_string(),
+        });
         // Copying, then CatchingUp. A source compaction past the copy's pinned revision
         // (another tenant's compactor, etcd's auto-compaction; the tenant's own Compacts
         // are deferred) makes both impossible to continue: copy again at a newer revision.
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self
-                .copy_and_follow(&source, &target, &range, &reserved, view.clone(), &link, &guard, to)
-                .await
-            {
+            match self.copy_and_follow(&sides, &link, &guard).await {
                 Err(e) if e.is_compaction() && attempt < MAX_COPY_ATTEMPTS && self.fenced_at.is_none() => {
                     tracing::warn!(migration = %self.id, error = %e, attempt, "the source was compacted under the migration; copying again from a newer revision");
                     if let Some(f) = self.follower.take() {
@@ -625,18 +643,14 @@ impl Job<'_> {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn copy_and_follow(
         &mut self,
-        source: &Arc<Datastore>,
-        target: &Arc<Datastore>,
-        range: &KeyRange,
-        reserved: &Bytes,
-        view: Option<Arc<Translation>>,
+        sides: &Arc<Sides>,
         link: &Arc<MigrationLink>,
         guard: &crate::route::fence::Guard,
-        to: &str,
     ) -> Result<(), Failure> {
+        let (source, target, range, reserved, view) =
+            (&sides.source, &sides.target, &sides.range, &sides.reserved, sides.view.clone());
         let m = Arc::clone(self.m);
         let settings = &m.settings;
         self.phase(Phase::Copying);
@@ -677,24 +691,12 @@ impl Job<'_> {
         // then the keys changed since, in rounds, until the lag is small.
         self.phase(Phase::CatchingUp);
         let mirror = ops::mirror_leases(source.clone(), link.clone());
-        let result = self
-            .catch_up_and_commit(source, target, range, reserved, view, copied, r0, link, guard, to)
-            .await;
+        let result = self.catch_up_and_commit(sides, copied, r0, link, guard).await;
         mirror.abort();
         result
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn start_follower(
-        &mut self,
-        source: &Arc<Datastore>,
-        target: &Arc<Datastore>,
-        range: &KeyRange,
-        reserved: &Bytes,
-        view: Option<Arc<Translation>>,
-        mut copied: CopyOutcome,
-        from: i64,
-    ) {
+    fn start_follower(&mut self, sides: &Arc<Sides>, mut copied: CopyOutcome, from: i64) {
         let (stop, stop_rx) = watch::channel(None);
         let (pos_tx, position) = watch::channel(Position {
             applied: from - 1,
@@ -702,15 +704,15 @@ impl Job<'_> {
             events_through: from - 1,
             ..Default::default()
         });
-        let (source, target, range, reserved) = (source.clone(), target.clone(), range.clone(), reserved.clone());
+        let sides = Arc::clone(sides);
         let task = tokio::spawn(async move {
             let spec = Follow {
-                source: &source,
-                target: &target,
-                range: &range,
-                exclude: Some(&reserved),
+                source: &sides.source,
+                target: &sides.target,
+                range: &sides.range,
+                exclude: Some(&sides.reserved),
                 from,
-                view: view.as_deref(),
+                view: sides.view.as_deref(),
                 strict: true,
             };
             let r = catchup::follow(spec, &mut copied, stop_rx, &pos_tx).await;
@@ -735,26 +737,28 @@ impl Job<'_> {
         Ok((copied, r?))
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn catch_up_and_commit(
         &mut self,
-        source: &Arc<Datastore>,
-        target: &Arc<Datastore>,
-        range: &KeyRange,
-        reserved: &Bytes,
-        view: Option<Arc<Translation>>,
+        sides: &Arc<Sides>,
         copied: CopyOutcome,
         r0: i64,
         link: &Arc<MigrationLink>,
         guard: &crate::route::fence::Guard,
-        to: &str,
     ) -> Result<(), Failure> {
+        let (source, target, range, reserved, view, to) = (
+            &sides.source,
+            &sides.target,
+            &sides.range,
+            &sides.reserved,
+            sides.view.clone(),
+            sides.to.as_str(),
+        );
         let m = Arc::clone(self.m);
         let settings = &m.settings;
         let prefix = m.router.fence().tenant_prefix.clone();
         let deadline = Instant::now() + settings.catch_up_timeout;
         let mut last_change = r0;
-        self.start_follower(source, target, range, reserved, view.clone(), copied, r0 + 1);
+        self.start_follower(sides, copied, r0 + 1);
         self.pause().await?;
 
         // First verification: everything, at a consistent pair of revisions.
@@ -763,15 +767,7 @@ impl Job<'_> {
         copied.touched.clear();
         let snapshot = copied.keys.clone();
         let target_rev = ops::current_revision(target).await.map_err(on("target"))?;
-        self.start_follower(
-            source,
-            target,
-            range,
-            reserved,
-            view.clone(),
-            copied,
-            pos.events_through + 1,
-        );
+        self.start_follower(sides, copied, pos.events_through + 1);
         let full = {
             let (s, t, r, x, v) = (
                 source.clone(),
@@ -830,18 +826,10 @@ impl Job<'_> {
             let changed: Vec<Bytes> = copied.touched.drain().collect();
             let few = changed.len() <= 64;
             let checked = self
-                .shadow(source, target, view.as_deref(), &copied, &changed, pos.events_through)
+                .shadow(sides, &copied, &changed, pos.events_through)
                 .await?;
             m.update(|v| v.verified_keys += checked);
-            self.start_follower(
-                source,
-                target,
-                range,
-                reserved,
-                view.clone(),
-                copied,
-                pos.events_through + 1,
-            );
+            self.start_follower(sides, copied, pos.events_through + 1);
             if few {
                 break;
             }
@@ -877,7 +865,7 @@ impl Job<'_> {
             last_change = last_change.max(pos.last_change);
             let changed: Vec<Bytes> = copied.touched.drain().collect();
             let checked = self
-                .shadow(source, target, view.as_deref(), &copied, &changed, fence_rev)
+                .shadow(sides, &copied, &changed, fence_rev)
                 .await?;
             m.update(|v| v.verified_keys += checked);
             verify::counts(source, target, range, reserved, fence_rev)
@@ -950,17 +938,18 @@ impl Job<'_> {
     }
 
     /// Compares `keys` on both sides (source at `at`, target now) and counts the reads.
-    async fn shadow(
-        &mut self,
-        source: &Arc<Datastore>,
-        target: &Arc<Datastore>,
-        view: Option<&Translation>,
-        copied: &CopyOutcome,
-        keys: &[Bytes],
-        at: i64,
-    ) -> Result<u64, Failure> {
+    async fn shadow(&mut self, sides: &Sides, copied: &CopyOutcome, keys: &[Bytes], at: i64) -> Result<u64, Failure> {
         let m = Arc::clone(self.m);
-        let result = verify::keys(source, target, view, &copied.keys, &copied.lease_ids, keys, at).await;
+        let result = verify::keys(
+            &sides.source,
+            &sides.target,
+            sides.view.as_deref(),
+            &copied.keys,
+            &copied.lease_ids,
+            keys,
+            at,
+        )
+        .await;
         let n = keys.len() as u64;
         m.metrics.shadow_reads.inc_by(n);
         m.update(|v| v.shadow_reads += n);
