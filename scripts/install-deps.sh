@@ -11,6 +11,8 @@ command -v protoc >/dev/null || need+=(protobuf-compiler)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v jq >/dev/null || need+=(jq)
+# promtool checks and unit-tests deploy/prometheus-rules.yaml (tests/it/deploy.rs).
+command -v promtool >/dev/null || need+=(prometheus)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

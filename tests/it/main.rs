@@ -7,6 +7,7 @@ mod admin;
 mod bad_input;
 mod client;
 mod copy;
+mod deploy;
 mod errors;
 mod etcdctl;
 mod failover;
