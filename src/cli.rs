@@ -15,14 +15,17 @@ use crate::config::Overrides;
 /// Where the admin API is and how to authenticate to it.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Connect {
-    /// The config file the sidecar runs with: the admin API's address and token file are
-    /// read from it
-    #[arg(long, short = 'c', value_name = "FILE", conflicts_with = "admin")]
+    /// The config file the sidecar runs with: the admin API's address (admin.listen,
+    /// loopback if it listens on all addresses) and token (admin.tokenFile) are read from
+    /// it, with the sidecar's CUTOVER_* variables applied
+    #[arg(long, short = 'c', env = "CUTOVER_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The admin API's base URL, e.g. http://127.0.0.1:9180 (instead of --config)
+    /// The admin API's base URL, e.g. http://127.0.0.1:9180 (instead of --config, or to
+    /// reach the sidecar at another address than its admin.listen)
     #[arg(long, env = "CUTOVER_ADMIN", value_name = "URL")]
     pub admin: Option<String>,
-    /// File holding the admin token (with --admin; needed by migrate, abort and cleanup)
+    /// File holding the admin token, sent as a bearer token (needed by migrate, abort and
+    /// cleanup; overrides the config's admin.tokenFile)
     #[arg(long, env = "CUTOVER_TOKEN_FILE", value_name = "FILE")]
     pub token_file: Option<PathBuf>,
 }
@@ -41,46 +44,94 @@ pub enum CliError {
     Unreachable { url: String, detail: String },
     #[error("{0}")]
     Refused(String),
+    /// Whoever read our output went away (`| head`): stop quietly.
+    #[error("standard output closed")]
+    StdoutClosed,
+}
+
+/// Prints a line on stdout; a closed stdout ends the command (quietly) instead of
+/// panicking as `println!` would.
+fn say(text: impl std::fmt::Display) -> Result<(), CliError> {
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{text}").and_then(|_| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(CliError::StdoutClosed),
+        Err(e) => Err(CliError::Refused(format!("cannot write to standard output: {e}"))),
+    }
+}
+
+/// The sidecar's flags as the environment gives them (CUTOVER_*), with `--config path`.
+#[derive(clap::Parser)]
+struct SidecarEnv {
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// The sidecar's configuration: `path` with the CUTOVER_* environment applied, as
+/// `cutover serve --config path` would load it.
+fn sidecar_config(path: &std::path::Path) -> Result<crate::config::Config, CliError> {
+    use clap::Parser;
+    let args = [
+        std::ffi::OsString::from("cutover"),
+        "--config".into(),
+        path.as_os_str().to_owned(),
+    ];
+    let env =
+        SidecarEnv::try_parse_from(args).map_err(|e| CliError::Usage(format!("the CUTOVER_* environment: {e}")))?;
+    env.overrides
+        .load()
+        .map_err(|e| CliError::Usage(format!("--config {}: {e}", path.display())))
+}
+
+fn read_token(path: &std::path::Path) -> Result<String, CliError> {
+    std::fs::read_to_string(path)
+        .map(|t| t.trim().to_string())
+        .map_err(|e| CliError::Usage(format!("--token-file {}: {e}", path.display())))
 }
 
 impl Connect {
+    /// The admin API's base URL and token: the URL from --admin, else from the config's
+    /// admin.listen; the token from --token-file, else from the config's admin.tokenFile.
     pub fn admin(&self) -> Result<Admin, CliError> {
-        let (base, token) = if let Some(path) = &self.config {
-            let cfg = Overrides {
-                config: Some(path.clone()),
-                ..Default::default()
-            }
-            .load()
-            .map_err(|e| CliError::Usage(e.to_string()))?;
-            let mut addr = cfg.admin_listen;
-            // A wildcard listener is reached on loopback.
-            if addr.ip().is_unspecified() {
-                addr.set_ip(if addr.is_ipv4() {
-                    std::net::Ipv4Addr::LOCALHOST.into()
-                } else {
-                    std::net::Ipv6Addr::LOCALHOST.into()
-                });
-            }
-            (
-                format!("http://{addr}"),
-                cfg.admin_token.map(|t| t.expose().to_string()),
-            )
-        } else if let Some(url) = &self.admin {
-            let token = match &self.token_file {
-                Some(f) => Some(
-                    std::fs::read_to_string(f)
-                        .map_err(|e| CliError::Usage(format!("--token-file {}: {e}", f.display())))?
-                        .trim()
-                        .to_string(),
-                ),
-                None => None,
-            };
-            (url.trim_end_matches('/').to_string(), token)
-        } else {
+        if self.admin.is_none() && self.config.is_none() {
             return Err(CliError::Usage(
-                "say where the admin API is: --config FILE (the sidecar's config) or --admin URL [--token-file F]"
+                "say where the admin API is: --config FILE (the sidecar's config, or CUTOVER_CONFIG) \
+                 or --admin URL --token-file FILE (or CUTOVER_ADMIN, CUTOVER_TOKEN_FILE)"
                     .into(),
             ));
+        }
+        let cfg = self.config.as_deref().map(sidecar_config).transpose()?;
+        let base = match (&self.admin, &cfg) {
+            (Some(url), _) => {
+                let url = url.trim_end_matches('/');
+                let uri: http::Uri = url
+                    .parse()
+                    .map_err(|e| CliError::Usage(format!("--admin {url:?}: not a URL: {e}")))?;
+                if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                    return Err(CliError::Usage(format!(
+                        "--admin {url:?}: expected http://HOST:PORT (the admin API speaks plain HTTP)"
+                    )));
+                }
+                url.to_string()
+            }
+            (None, Some(cfg)) => {
+                let mut addr = cfg.admin_listen;
+                // A wildcard listener is reached on loopback.
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(if addr.is_ipv4() {
+                        std::net::Ipv4Addr::LOCALHOST.into()
+                    } else {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    });
+                }
+                format!("http://{addr}")
+            }
+            (None, None) => unreachable!("checked above"),
+        };
+        let token = match (&self.token_file, cfg) {
+            (Some(f), _) => Some(read_token(f)?),
+            (None, Some(cfg)) => cfg.admin_token.map(|t| t.expose().to_string()),
+            (None, None) => None,
         };
         Ok(Admin {
             base,
@@ -90,8 +141,58 @@ impl Connect {
     }
 }
 
+/// The lines of `GET /v1/status?watch=true`, as they come.
+pub struct StatusStream {
+    body: hyper::body::Incoming,
+    buf: Vec<u8>,
+    url: String,
+}
+
+impl StatusStream {
+    /// The next status (its raw line and parsed); `None` when the API ends the stream.
+    pub async fn next(&mut self) -> Result<Option<(String, Value)>, CliError> {
+        loop {
+            if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = self.buf.drain(..=end).collect();
+                let text = String::from_utf8_lossy(&line).trim().to_string();
+                if text.is_empty() {
+                    continue;
+                }
+                let v = serde_json::from_str(&text).map_err(|e| {
+                    CliError::Refused(format!(
+                        "the status stream sent something that is not JSON ({e}): {text}"
+                    ))
+                })?;
+                return Ok(Some((text, v)));
+            }
+            match self.body.frame().await {
+                None if self.buf.iter().all(u8::is_ascii_whitespace) => return Ok(None),
+                // A last line without its newline.
+                None => self.buf.push(b'\n'),
+                Some(Err(e)) => {
+                    return Err(CliError::Unreachable {
+                        url: self.url.clone(),
+                        detail: format!("the status stream broke: {e}"),
+                    })
+                }
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.buf.extend_from_slice(&data);
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl Admin {
-    async fn call(&self, method: http::Method, path: &str, body: Option<Value>) -> Result<(u16, Value), CliError> {
+    /// Sends a request; the response once its head arrived (within 10 s).
+    async fn send(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<http::Response<hyper::body::Incoming>, CliError> {
         let url = format!("{}{path}", self.base);
         let mut req = http::Request::builder().method(method).uri(&url);
         if let Some(t) = &self.token {
@@ -107,23 +208,52 @@ impl Admin {
         let req = req
             .body(Full::new(payload))
             .map_err(|e| CliError::Usage(format!("bad admin URL {url}: {e}")))?;
-        let unreachable = |detail: String| CliError::Unreachable {
+        tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
+            .await
+            .map_err(|_| self.unreachable("no answer in 10 s".into()))?
+            .map_err(|e| self.unreachable(error_chain(&e)))
+    }
+
+    fn unreachable(&self, detail: String) -> CliError {
+        CliError::Unreachable {
             url: self.base.clone(),
             detail,
-        };
-        let resp = tokio::time::timeout(Duration::from_secs(10), self.client.request(req))
-            .await
-            .map_err(|_| unreachable("no answer in 10 s".into()))?
-            .map_err(|e| unreachable(format!("{e:?}")))?;
+        }
+    }
+
+    async fn call(&self, method: http::Method, path: &str, body: Option<Value>) -> Result<(u16, Value), CliError> {
+        let resp = self.send(method, path, body).await?;
         let code = resp.status().as_u16();
-        let bytes = resp
-            .into_body()
-            .collect()
+        let bytes = tokio::time::timeout(Duration::from_secs(10), resp.into_body().collect())
             .await
-            .map_err(|e| unreachable(e.to_string()))?
+            .map_err(|_| self.unreachable("the answer did not complete in 10 s".into()))?
+            .map_err(|e| self.unreachable(error_chain(&e)))?
             .to_bytes();
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
         Ok((code, json))
+    }
+
+    /// Follows the status: the current one first, then one per change.
+    pub async fn watch_status(&self) -> Result<StatusStream, CliError> {
+        let resp = self.send(http::Method::GET, "/v1/status?watch=true", None).await?;
+        if resp.status() != http::StatusCode::OK {
+            let code = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(CliError::Refused(format!(
+                "status: HTTP {code}: {}",
+                String::from_utf8_lossy(&body).trim()
+            )));
+        }
+        Ok(StatusStream {
+            body: resp.into_body(),
+            buf: Vec::new(),
+            url: self.base.clone(),
+        })
     }
 
     async fn post(&self, path: &str, body: Value) -> Result<Value, CliError> {
@@ -157,24 +287,24 @@ pub async fn migrate(admin: &Admin, to: &str, overwrite: bool, wait: bool) -> Re
         )
         .await?;
     let id = view["id"].as_str().unwrap_or("?").to_string();
-    println!(
+    say(format_args!(
         "migration {id} started: {} -> {to}",
         view["from"].as_str().unwrap_or("?")
-    );
+    ))?;
     if !wait {
         return Ok(true);
     }
-    let last = follow(admin, Some(&id), false).await?;
+    let last = follow(admin, Some(&id)).await?;
     Ok(last["migration"]["outcome"] == "Succeeded")
 }
 
 pub async fn abort(admin: &Admin) -> Result<(), CliError> {
     let view = admin.post("/v1/migrations/abort", serde_json::json!({})).await?;
-    println!(
+    say(format_args!(
         "abort requested for migration {}; the tenant stays on {}",
         view["id"].as_str().unwrap_or("?"),
         view["from"].as_str().unwrap_or("the source")
-    );
+    ))?;
     Ok(())
 }
 
@@ -182,32 +312,52 @@ pub async fn cleanup(admin: &Admin, datastore: &str) -> Result<(), CliError> {
     let r = admin
         .post("/v1/cleanup", serde_json::json!({ "datastore": datastore }))
         .await?;
-    println!("deleted {} keys of the tenant from {datastore}", r["deleted"]);
+    say(format_args!(
+        "deleted {} keys of the tenant from {datastore}",
+        r["deleted"]
+    ))?;
     Ok(())
 }
 
 pub async fn status(admin: &Admin, watch: bool, json: bool) -> Result<(), CliError> {
-    if json {
-        let mut last = Value::Null;
-        loop {
+    match (watch, json) {
+        (false, false) => {
             let st = admin.status().await?;
-            if st != last {
-                println!("{st}");
-                last = st;
+            say(header())?;
+            say(line(&st))?;
+        }
+        (false, true) => say(admin.status().await?)?,
+        (true, false) => {
+            follow(admin, None).await?;
+        }
+        (true, true) => {
+            let mut stream = admin.watch_status().await?;
+            while let Some((text, _)) = stream.next().await? {
+                say(&text)?;
             }
-            if !watch {
-                return Ok(());
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            return Err(stream_ended());
         }
     }
-    if watch {
-        follow(admin, None, true).await?;
-    } else {
-        println!("{}", header());
-        println!("{}", line(&admin.status().await?));
-    }
     Ok(())
+}
+
+fn stream_ended() -> CliError {
+    CliError::Refused("the admin API ended the status stream (the sidecar stopped?)".into())
+}
+
+/// An error and its causes, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 const COLUMNS: [(&str, usize); 8] = [
@@ -305,56 +455,77 @@ fn milestone(st: &Value) -> Value {
     ])
 }
 
-/// Prints a line per change until the migration (`id`, or the current one) ends; with
-/// `forever`, until interrupted. Returns the last status.
-async fn follow(admin: &Admin, id: Option<&str>, forever: bool) -> Result<Value, CliError> {
+/// The progress bar drawn on stderr while copying (on a terminal).
+fn progress_bar(m: &Value) -> String {
+    let total = m["keysTotal"].as_u64().unwrap_or(0);
+    let done = m["keysCopied"].as_u64().unwrap_or(0).min(total.max(1));
+    const WIDTH: u64 = 40;
+    let filled = (done * WIDTH).checked_div(total).unwrap_or(0) as usize;
+    format!(
+        "\r  copying [{}{}] {done}/{total} keys, {:.1} MiB",
+        "#".repeat(filled),
+        "-".repeat(WIDTH as usize - filled),
+        mib(m["bytesCopied"].as_u64().unwrap_or(0))
+    )
+}
+
+/// Prints a line per change (from the status stream) until the migration `id` ends, or
+/// with no `id` until interrupted. Returns the last status.
+///
+/// A new line for every change of phase, outcome, datastore or error; progress changes
+/// in between draw a bar on stderr while copying on a terminal, else a line at most once
+/// a second.
+async fn follow(admin: &Admin, id: Option<&str>) -> Result<Value, CliError> {
     let tty = std::io::stdout().is_terminal();
-    println!("{}", header());
+    let mut stream = admin.watch_status().await?;
+    say(header())?;
     let mut last_milestone = Value::Null;
     let mut last_line = String::new();
-    let mut last_print = std::time::Instant::now() - Duration::from_secs(10);
+    let mut last_print = std::time::Instant::now();
     let mut bar_shown = false;
+    let clear_bar = |shown: &mut bool| {
+        if std::mem::take(shown) {
+            let _ = writeln!(std::io::stderr());
+        }
+    };
     loop {
-        let st = admin.status().await?;
+        let Some((_, st)) = stream.next().await? else {
+            clear_bar(&mut bar_shown);
+            return Err(stream_ended());
+        };
         let m = &st["migration"];
-        let ours = id.is_none_or(|id| m["id"] == id);
         let ms = milestone(&st);
         let text = line(&st);
         if ms != last_milestone {
-            if bar_shown {
-                eprintln!();
-                bar_shown = false;
-            }
-            println!("{text}");
+            clear_bar(&mut bar_shown);
+            say(&text)?;
             last_milestone = ms;
             last_print = std::time::Instant::now();
         } else if text != last_line {
             if tty && m["phase"] == "Copying" {
-                let total = m["keysTotal"].as_u64().unwrap_or(0).max(1);
-                let done = m["keysCopied"].as_u64().unwrap_or(0).min(total);
-                let width = 40;
-                let filled = (done * width / total) as usize;
-                eprint!(
-                    "\r  copying [{}{}] {done}/{total} keys, {:.1} MiB",
-                    "#".repeat(filled),
-                    "-".repeat(width as usize - filled),
-                    mib(m["bytesCopied"].as_u64().unwrap_or(0))
-                );
-                let _ = std::io::stderr().flush();
+                let mut err = std::io::stderr().lock();
+                let _ = write!(err, "{}", progress_bar(m)).and_then(|_| err.flush());
                 bar_shown = true;
             } else if last_print.elapsed() >= Duration::from_secs(1) {
-                println!("{text}");
+                clear_bar(&mut bar_shown);
+                say(&text)?;
                 last_print = std::time::Instant::now();
             }
         }
         last_line = text;
-        if !forever && ours && m["outcome"] != "Running" && st["phase"] == "Ready" {
-            if bar_shown {
-                eprintln!();
+        if let Some(id) = id {
+            if m["id"] != id {
+                clear_bar(&mut bar_shown);
+                return Err(CliError::Refused(format!(
+                    "migration {id} is no longer the current one (now: {}); see cutover status",
+                    m["id"].as_str().unwrap_or("none")
+                )));
             }
-            return Ok(st);
+            if m["outcome"] != "Running" {
+                clear_bar(&mut bar_shown);
+                return Ok(st);
+            }
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -378,5 +549,79 @@ mod tests {
         let none = line(&serde_json::json!({"dataStore": "default", "phase": "Ready", "migration": null}));
         assert!(none.contains("Ready") && none.contains("default"), "{none}");
         assert_eq!(header().split_whitespace().count(), 8);
+    }
+
+    #[test]
+    fn progress_bars_fill_with_the_copy() {
+        let bar = |done: u64, total: u64| {
+            progress_bar(&serde_json::json!({"keysCopied": done, "keysTotal": total, "bytesCopied": 0}))
+        };
+        assert!(bar(0, 0).contains("[----"), "{}", bar(0, 0));
+        assert!(bar(5, 10).contains(&format!("[{}{}]", "#".repeat(20), "-".repeat(20))));
+        assert!(bar(10, 10).contains(&"#".repeat(40)));
+        assert!(bar(20, 10).contains("10/10 keys"), "never past the total");
+    }
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        assert_eq!(age(now - 5_000), "5s");
+        assert_eq!(age(now - 123_000), "2m3s");
+        assert_eq!(age(now - 7_380_000), "2h3m");
+    }
+
+    fn connect(
+        config: Option<&std::path::Path>,
+        admin: Option<&str>,
+        token_file: Option<&std::path::Path>,
+    ) -> Result<Admin, CliError> {
+        Connect {
+            config: config.map(Into::into),
+            admin: admin.map(Into::into),
+            token_file: token_file.map(Into::into),
+        }
+        .admin()
+    }
+
+    #[test]
+    fn the_admin_api_is_found_through_the_config_or_given() {
+        let dir = std::env::temp_dir().join(format!("cutover-cli-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let token = dir.join("token");
+        std::fs::write(&token, "s3cret\n").unwrap();
+        let other_token = dir.join("other");
+        std::fs::write(&other_token, "other").unwrap();
+        let cfg = dir.join("c.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "admin: {{listen: 0.0.0.0:9181, tokenFile: {}}}\ndataStore: a\ndataStores:\n  a: {{endpoints: [127.0.0.1:1]}}\n",
+                token.display()
+            ),
+        )
+        .unwrap();
+
+        let a = connect(Some(&cfg), None, None).unwrap();
+        assert_eq!(
+            a.base, "http://127.0.0.1:9181",
+            "a wildcard listener is reached on loopback"
+        );
+        assert_eq!(a.token.as_deref(), Some("s3cret"));
+        let a = connect(Some(&cfg), Some("http://10.0.0.1:9180/"), None).unwrap();
+        assert_eq!(
+            (a.base.as_str(), a.token.as_deref()),
+            ("http://10.0.0.1:9180", Some("s3cret"))
+        );
+        let a = connect(Some(&cfg), None, Some(&other_token)).unwrap();
+        assert_eq!(a.token.as_deref(), Some("other"));
+        let a = connect(None, Some("http://127.0.0.1:9180"), None).unwrap();
+        assert_eq!(a.token, None);
+
+        let err = |r: Result<Admin, CliError>| r.err().expect("an error").to_string();
+        assert!(err(connect(None, None, None)).contains("--config FILE"));
+        assert!(err(connect(None, Some("127.0.0.1:9180"), None)).contains("http://HOST:PORT"));
+        assert!(err(connect(Some(&dir.join("none.yaml")), None, None)).contains("none.yaml"));
+        assert!(err(connect(None, Some("http://h:1"), Some(&dir.join("nope")))).contains("--token-file"));
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -38,7 +38,8 @@ enum Command {
         /// Delete whatever the target holds in the tenant's key range first
         #[arg(long)]
         overwrite: bool,
-        /// Follow the migration, a line per change, until it ends; exit 1 unless it succeeded
+        /// Follow the migration (as `status --watch` does) until it ends; exit 0 if it
+        /// succeeded, 1 if it failed or was aborted
         #[arg(long)]
         wait: bool,
         #[command(flatten)]
@@ -55,10 +56,13 @@ enum Command {
     /// one), AGE, PHASE, PROGRESS (keys copied / total, MiB), LAG (source revisions the
     /// target is behind), FENCE (how long writes were fenced).
     Status {
-        /// Print a line per change until interrupted (a progress bar while copying, on a terminal)
+        /// Keep following: a line per change of phase, outcome or datastore until
+        /// interrupted (progress: a bar on stderr while copying on a terminal, else at most
+        /// a line a second)
         #[arg(long, short = 'w')]
         watch: bool,
-        /// Output format: table or json (the /v1/status document)
+        /// Output format: table (the columns above) or json (the /v1/status document; with
+        /// --watch, one JSON line per change)
         #[arg(long, short = 'o', value_name = "FORMAT", default_value = "table", value_parser = ["table", "json"])]
         output: String,
         #[command(flatten)]
@@ -74,7 +78,8 @@ enum Command {
     },
 }
 
-/// Runs one admin API command on a small runtime; exit 1 on any failure.
+/// Runs one admin API command on a small runtime: exit 0 when it returns true, 1 when it
+/// returns false or fails (no admin API given, unreachable, refused).
 fn admin_command<F, Fut>(connect: &cutover::cli::Connect, f: F) -> ExitCode
 where
     F: FnOnce(cutover::cli::Admin) -> Fut,
@@ -91,12 +96,13 @@ where
         Ok(a) => a,
         Err(e) => {
             eprintln!("error: {e}");
-            return ExitCode::from(2);
+            return ExitCode::FAILURE;
         }
     };
     match runtime.block_on(f(admin)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
+        Err(cutover::cli::CliError::StdoutClosed) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE

@@ -1,15 +1,20 @@
 //! The admin HTTP API, on its own listener (loopback by default):
-//! `/healthz`, `/readyz`, `/metrics` and `/v1/status`.
+//! `/healthz`, `/readyz`, `/metrics`, `/v1/status` (`?watch=true`: a JSON line per
+//! change), and the state-changing calls (bearer token) in [`migrations`].
 
+use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router as HttpRouter};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 mod migrations;
 
@@ -27,15 +32,77 @@ pub struct AdminState {
 }
 
 pub fn routes(state: Arc<AdminState>) -> HttpRouter {
+    // The token is checked before anything reads the body.
+    let changes = HttpRouter::new()
+        .route("/v1/migrations", post(migrations::start))
+        .route("/v1/migrations/abort", post(migrations::abort))
+        .route("/v1/cleanup", post(migrations::cleanup))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
     HttpRouter::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route("/v1/status", get(status))
-        .route("/v1/migrations", post(migrations::start))
-        .route("/v1/migrations/abort", post(migrations::abort))
-        .route("/v1/cleanup", post(migrations::cleanup))
+        .merge(changes)
         .with_state(state)
+}
+
+/// `{"error": message}` with `code`.
+fn refuse(code: StatusCode, message: impl std::fmt::Display) -> Response {
+    (code, Json(json!({ "error": message.to_string() }))).into_response()
+}
+
+/// Equal tokens, in time that depends only on the configured token's length.
+fn same_token(given: &[u8], want: &[u8]) -> bool {
+    let mut diff = given.len() ^ want.len();
+    for (i, w) in want.iter().enumerate() {
+        diff |= usize::from(w ^ given.get(i).copied().unwrap_or(!w));
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// The token an `Authorization: Bearer <token>` header carries (the scheme is
+/// case-insensitive, RFC 9110).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Lets a state-changing call through only with the admin token; answers the body
+/// rejections of the calls (bad JSON, wrong content type) as `{"error": ...}` too.
+async fn require_token(State(s): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    let Some(token) = &s.token else {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "no admin token is configured (admin.tokenFile); state-changing calls are disabled",
+        );
+    };
+    let given = bearer(req.headers()).unwrap_or("").to_string();
+    if !same_token(given.as_bytes(), token.expose().as_bytes()) {
+        tracing::warn!(path = %req.uri().path(), "admin API: a state-changing call without a valid token was refused");
+        let mut r = refuse(
+            StatusCode::UNAUTHORIZED,
+            "a valid admin token is needed (Authorization: Bearer <token from admin.tokenFile>)",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer"));
+        return r;
+    }
+    let resp = next.run(req).await;
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !resp.status().is_client_error() || is_json {
+        return resp;
+    }
+    // An extractor's rejection (plain text): same shape as every other error.
+    let code = resp.status();
+    match axum::body::to_bytes(resp.into_body(), 64 * 1024).await {
+        Ok(text) => refuse(code, String::from_utf8_lossy(&text).trim()),
+        Err(_) => refuse(code, code.canonical_reason().unwrap_or("bad request")),
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -96,8 +163,14 @@ pub struct EndpointStatus {
     pub healthy: bool,
 }
 
-async fn status(State(s): State<Arc<AdminState>>) -> Json<Status> {
-    let snap = s.migrator.snapshot();
+#[derive(Deserialize)]
+pub struct StatusQuery {
+    /// `true` (or `1`, or empty): stream a JSON line per change.
+    watch: Option<String>,
+}
+
+/// The status document for `snap` (and the route and endpoints as they are now).
+fn status_doc(s: &AdminState, snap: crate::migrate::Snapshot) -> Status {
     let route = s.router.route();
     let data_stores = s
         .router
@@ -116,7 +189,7 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Status> {
                 .collect(),
         })
         .collect();
-    Json(Status {
+    Status {
         version: env!("CARGO_PKG_VERSION"),
         data_store: route.datastore_name.clone(),
         phase: snap.phase.as_str(),
@@ -124,5 +197,108 @@ async fn status(State(s): State<Arc<AdminState>>) -> Json<Status> {
         uptime_seconds: s.started.elapsed().as_secs(),
         data_stores,
         migration: snap.migration,
+    }
+}
+
+/// How often a status watch looks for changes outside the migration's state (the
+/// authoritative datastore, its readiness).
+const WATCH_ROUTE_EVERY: Duration = Duration::from_secs(1);
+
+async fn status(State(s): State<Arc<AdminState>>, Query(q): Query<StatusQuery>) -> Response {
+    let watch = match q.watch.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("false" | "0") => false,
+        Some("true" | "1" | "") => true,
+        Some(other) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                format!("watch={other:?}: expected true or false"),
+            )
+        }
+    };
+    if !watch {
+        let snap = s.migrator.snapshot();
+        return Json(status_doc(&s, snap)).into_response();
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(status_lines(s)),
+    )
+        .into_response()
+}
+
+/// The status watch: the current document, then one per change of the migration's
+/// state, of the authoritative datastore or of its readiness. Ends when the client goes
+/// (the body is dropped) or the migrator does.
+fn status_lines(s: Arc<AdminState>) -> impl futures::Stream<Item = Result<bytes::Bytes, Infallible>> {
+    struct Watch {
+        s: Arc<AdminState>,
+        rx: tokio::sync::watch::Receiver<crate::migrate::Snapshot>,
+        first: bool,
+        /// The datastore and readiness of the last line.
+        route: (String, bool),
+    }
+    let rx = s.migrator.subscribe();
+    let state = Watch {
+        s,
+        rx,
+        first: true,
+        route: (String::new(), false),
+    };
+    futures::stream::unfold(state, |mut w| async move {
+        if !w.first {
+            loop {
+                tokio::select! {
+                    changed = w.rx.changed() => {
+                        if changed.is_err() {
+                            return None;
+                        }
+                        break;
+                    }
+                    _ = tokio::time::sleep(WATCH_ROUTE_EVERY) => {
+                        let route = w.s.router.route();
+                        if (route.datastore_name.as_str(), route.datastore.is_ready()) != (w.route.0.as_str(), w.route.1) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        w.first = false;
+        let snap = w.rx.borrow_and_update().clone();
+        let doc = status_doc(&w.s, snap);
+        w.route = (doc.data_store.clone(), doc.ready);
+        let mut line = serde_json::to_vec(&doc).unwrap_or_default();
+        line.push(b'\n');
+        Some((Ok(bytes::Bytes::from(line)), w))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_compare_whole() {
+        assert!(same_token(b"abc", b"abc"));
+        assert!(!same_token(b"abd", b"abc"));
+        assert!(!same_token(b"ab", b"abc"));
+        assert!(!same_token(b"abcd", b"abc"));
+        assert!(!same_token(b"", b"abc"));
+        assert!(!same_token(b"\xff\xff\xff", b"\0\0\0"));
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_from_the_header() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        assert_eq!(bearer(&h), Some("s3cret"));
+        h.insert(header::AUTHORIZATION, "bearer  s3cret ".parse().unwrap());
+        assert_eq!(bearer(&h), Some("s3cret"));
+        h.insert(header::AUTHORIZATION, "Basic czNjcmV0".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
 }

@@ -217,3 +217,64 @@ pub async fn follow_markers(router: &crate::route::Router) -> Result<(), Resolve
     }
     Ok(())
 }
+
+/// Watches the authoritative datastore's fence key and follows a "moved" marker as soon
+/// as it appears: a proxy replica that did not run the migration switches to the target
+/// right after the commit, moving its own watches and keep-alives, instead of holding its
+/// writes until a restart.
+pub fn spawn_follower(router: std::sync::Arc<crate::route::Router>) -> tokio::task::JoinHandle<()> {
+    use crate::proto::etcdserverpb::watch_client::WatchClient;
+    use crate::proto::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest};
+    tokio::spawn(async move {
+        let mut changes = router.changes();
+        loop {
+            let route = router.route();
+            let ds = route.datastore.clone();
+            let key = router.fence().guard.fence_key().clone();
+            let watched = async {
+                let (_, channel) = ds.pick();
+                let token = ds.token(&channel).await.ok().flatten();
+                let create = WatchRequest {
+                    request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+                        key: key.clone(),
+                        ..Default::default()
+                    })),
+                };
+                let req = crate::upstream::own_request(futures::StreamExt::chain(futures::stream::iter([create]), futures::stream::pending()), token);
+                let mut stream = crate::server::client!(WatchClient, channel).watch(req).await?.into_inner();
+                // A marker written before the watch started is read once here.
+                if let Ok(Some(Marker::Moved { .. })) = read(&ds, &router.fence().guard).await {
+                    return Ok::<bool, tonic::Status>(true);
+                }
+                while let Some(resp) = stream.message().await? {
+                    let moved = resp
+                        .events
+                        .iter()
+                        .filter_map(|e| e.kv.as_ref())
+                        .any(|kv| matches!(Marker::parse(&kv.value), Some(Marker::Moved { .. })));
+                    if moved {
+                        return Ok(true);
+                    }
+                }
+                Ok(false)
+            };
+            let outcome = tokio::select! {
+                r = watched => r,
+                _ = changes.changed() => continue,
+            };
+            match outcome {
+                Ok(true) => {
+                    // The migrating proxy swaps its own route; give it the first go.
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    if router.route().generation == route.generation {
+                        if let Err(e) = follow_markers(&router).await {
+                            tracing::warn!(error = %e, "the tenant moved, but the new datastore cannot be used yet; retrying");
+                            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                        }
+                    }
+                }
+                Ok(false) | Err(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+            }
+        }
+    })
+}

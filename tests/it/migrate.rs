@@ -927,3 +927,30 @@ async fn a_source_compaction_during_the_copy_is_survived() {
     assert_eq!(after.len(), 401);
     assert_eq!(after[&format!("{TENANT}late")].0, "x");
 }
+
+/// A second replica in front of the same datastores follows the commit marker at once:
+/// its clients' writes, watch and keep-alive carry on on the target, with no restart.
+#[tokio::test]
+async fn another_replica_follows_the_commit() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let config = two_stores(&a, &b, "");
+    let leader = Proxy::start(&config).await;
+    let replica = Proxy::start(&config).await;
+    let mut c = client(&replica.endpoint).await;
+    for i in 0..20 {
+        c.put(format!("{TENANT}k{i}"), "v", None).await.unwrap();
+    }
+    let load = Load::start(&replica.endpoint).await;
+    load.progress(20).await;
+    let view = migrate(&leader, "dedicated").await;
+    assert_eq!(view["outcome"], "Succeeded", "{view}");
+    eventually("the replica follows the marker", Duration::from_secs(10), || async {
+        replica.status().await["dataStore"] == "dedicated"
+    })
+    .await;
+    load.progress(20).await;
+    let seen = load.finish().await;
+    check_load(&seen, &tenant_state(&replica.endpoint).await);
+    assert_eq!(tenant_state(&replica.endpoint).await, tenant_state(&leader.endpoint).await);
+}
