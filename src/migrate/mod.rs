@@ -556,7 +556,7 @@ impl Job<'_> {
         self.pause().await?;
         let tenant_keys = self
             .step(async {
-                ops::count_tenant(&target, &range, &reserved)
+                ops::count_tenant(&target, &range, &reserved, 0)
                     .await
                     .map_err(on("target"))
             })
@@ -566,7 +566,7 @@ impl Job<'_> {
         }
         let total = self
             .step(async {
-                ops::count_tenant(&source, &range, &reserved)
+                ops::count_tenant(&source, &range, &reserved, 0)
                     .await
                     .map_err(on("source"))
             })
@@ -758,6 +758,7 @@ impl Job<'_> {
         let prefix = m.router.fence().tenant_prefix.clone();
         let deadline = Instant::now() + settings.catch_up_timeout;
         let mut last_change = r0;
+        let base_chunks: u32;
         self.start_follower(sides, copied, r0 + 1);
         self.pause().await?;
 
@@ -829,10 +830,24 @@ impl Job<'_> {
                 .shadow(sides, &copied, &changed, pos.events_through)
                 .await?;
             m.update(|v| v.verified_keys += checked);
-            self.start_follower(sides, copied, pos.events_through + 1);
             if few {
+                // The last round before the fence: write the bulk of the record, and
+                // check the key counts at this consistent point, so that the fenced
+                // steps only deal with what changes from here on.
+                let chunks = self
+                    .step(async { record::persist_keys(target, &prefix, &copied.keys).await.map_err(Failure::from) })
+                    .await?;
+                base_chunks = chunks;
+                self.step(async {
+                    verify::counts(source, target, range, reserved, pos.events_through)
+                        .await
+                        .map_err(Failure::Verify)
+                })
+                .await?;
+                self.start_follower(sides, copied, pos.events_through + 1);
                 break;
             }
+            self.start_follower(sides, copied, pos.events_through + 1);
         }
 
         // Fenced: the source refuses tenant writes from here on.
@@ -868,9 +883,6 @@ impl Job<'_> {
                 .shadow(sides, &copied, &changed, fence_rev)
                 .await?;
             m.update(|v| v.verified_keys += checked);
-            verify::counts(source, target, range, reserved, fence_rev)
-                .await
-                .map_err(Failure::Verify)?;
 
             // The translation, persisted in the target; T is its revision.
             let virt = |r: i64| view.as_deref().map_or(r, |v| v.to_virtual(r));
@@ -885,7 +897,7 @@ impl Job<'_> {
                     leases.insert(client_id, *tgt);
                 }
             }
-            let t = record::persist(target, &prefix, s, l, &copied.keys, &leases).await?;
+            let t = record::persist_final(target, &prefix, s, l, base_chunks, &changed, &copied.keys, &leases).await?;
             let translation = Arc::new(Translation {
                 s,
                 t,
@@ -1025,13 +1037,15 @@ pub(crate) mod ops {
     }
 
     /// Keys of the tenant range, cutover's own left out.
-    pub async fn count_tenant(ds: &Datastore, range_: &KeyRange, reserved: &Bytes) -> Result<i64, ProxyError> {
+    /// At `revision` (0: now).
+    pub async fn count_tenant(ds: &Datastore, range_: &KeyRange, reserved: &Bytes, revision: i64) -> Result<i64, ProxyError> {
         let all = range(
             ds,
             RangeRequest {
                 key: range_.start.clone(),
                 range_end: range_.end.clone(),
                 count_only: true,
+                revision,
                 ..Default::default()
             },
         )

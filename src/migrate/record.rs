@@ -66,11 +66,26 @@ fn get_signed(buf: &mut Bytes) -> Result<i64, RecordError> {
 
 /// K as chunks of (key length, key, six revisions) records.
 pub fn encode_keys(keys: &HashMap<Bytes, CopiedKey>) -> Vec<Bytes> {
+    let mut sorted: Vec<_> = keys.iter().map(|(k, v)| (k, Some(*v))).collect();
+    sorted.sort_by(|a, b| a.0.cmp(b.0));
+    encode_entries(sorted)
+}
+
+/// Entries of K in chunks; `None` is a key that left K (all six revisions 0: a real
+/// entry never has a target create_revision of 0).
+fn encode_entries<'a>(entries: impl IntoIterator<Item = (&'a Bytes, Option<CopiedKey>)>) -> Vec<Bytes> {
     let mut chunks = Vec::new();
     let mut cur = BytesMut::new();
-    let mut sorted: Vec<_> = keys.iter().collect();
-    sorted.sort_by(|a, b| a.0.cmp(b.0));
-    for (key, k) in sorted {
+    let removed = CopiedKey {
+        target_create: 0,
+        target_mod: 0,
+        target_version: 0,
+        source_create: 0,
+        source_mod: 0,
+        source_version: 0,
+    };
+    for (key, k) in entries {
+        let k = k.unwrap_or(removed);
         put_varint(&mut cur, key.len() as u64);
         cur.put_slice(key);
         for v in [
@@ -104,6 +119,10 @@ pub fn decode_keys(chunk: Bytes, into: &mut HashMap<Bytes, CopiedKey>) -> Result
         let mut v = [0i64; 6];
         for slot in &mut v {
             *slot = get_signed(&mut buf)?;
+        }
+        if v[0] == 0 {
+            into.remove(&key);
+            continue;
         }
         into.insert(
             key,
@@ -144,6 +163,17 @@ pub async fn persist(
     keys: &HashMap<Bytes, CopiedKey>,
     leases: &HashMap<i64, i64>,
 ) -> Result<i64, RecordError> {
+    let chunks = persist_keys(target, tenant_prefix, keys).await?;
+    persist_final(target, tenant_prefix, s, l, chunks, &[], keys, leases).await
+}
+
+/// Writes K as it is now (before the fence: the bulk of the record). Returns the number of
+/// chunks written.
+pub async fn persist_keys(
+    target: &Datastore,
+    tenant_prefix: &[u8],
+    keys: &HashMap<Bytes, CopiedKey>,
+) -> Result<u32, RecordError> {
     let base = record_prefix(tenant_prefix);
     let chunks = encode_keys(keys);
     for (i, chunk) in chunks.iter().enumerate() {
@@ -151,10 +181,35 @@ pub async fn persist(
         key.extend_from_slice(format!("keys/{i:08}").as_bytes());
         put(target, key.freeze(), chunk.clone()).await?;
     }
+    Ok(chunks.len() as u32)
+}
+
+/// Completes the record while fenced: the entries of the keys `changed` since
+/// [`persist_keys`] (as K has them now, or removed), then the parameters, whose revision
+/// is T. Returns T.
+#[allow(clippy::too_many_arguments)]
+pub async fn persist_final(
+    target: &Datastore,
+    tenant_prefix: &[u8],
+    s: i64,
+    l: i64,
+    base_chunks: u32,
+    changed: &[Bytes],
+    keys: &HashMap<Bytes, CopiedKey>,
+    leases: &HashMap<i64, i64>,
+) -> Result<i64, RecordError> {
+    let base = record_prefix(tenant_prefix);
+    // Sorted after the bulk chunks ("delta/" > "0000..."), so read back after them.
+    let delta = encode_entries(changed.iter().map(|k| (k, keys.get(k).copied())));
+    for (i, chunk) in delta.iter().enumerate() {
+        let mut key = BytesMut::from(&base[..]);
+        key.extend_from_slice(format!("keys/delta/{i:08}").as_bytes());
+        put(target, key.freeze(), chunk.clone()).await?;
+    }
     let params = Params {
         s,
         l,
-        chunks: chunks.len() as u32,
+        chunks: base_chunks + delta.len() as u32,
         leases: leases.iter().filter(|(s, t)| s != t).map(|(s, t)| (*s, *t)).collect(),
     };
     let json = serde_json::to_vec(&params).map_err(|e| RecordError::Damaged(e.to_string()))?;
@@ -237,6 +292,24 @@ mod tests {
         assert!(chunks.iter().all(|c| c.len() < CHUNK_BYTES + 1024));
         let mut back = HashMap::new();
         for c in chunks {
+            decode_keys(c, &mut back).unwrap();
+        }
+        assert_eq!(back, keys);
+    }
+
+    #[test]
+    fn delta_entries_update_and_remove_keys() {
+        let mut keys = sample(3);
+        let mut back = HashMap::new();
+        for c in encode_keys(&keys) {
+            decode_keys(c, &mut back).unwrap();
+        }
+        let gone = Bytes::from("/registry/pods/ns/pod-000001");
+        let changed = Bytes::from("/registry/pods/ns/pod-000002");
+        keys.remove(&gone);
+        keys.get_mut(&changed).unwrap().target_mod += 5;
+        let delta = [gone.clone(), changed.clone()];
+        for c in encode_entries(delta.iter().map(|k| (k, keys.get(k).copied()))) {
             decode_keys(c, &mut back).unwrap();
         }
         assert_eq!(back, keys);

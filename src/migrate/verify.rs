@@ -268,18 +268,19 @@ pub async fn keys(
     Ok(())
 }
 
-/// The same number of tenant keys on both sides (the source is fenced at `_at`).
+/// The same number of tenant keys on both sides: the source at `at`, the target now (the
+/// catch-up is stopped there).
 pub async fn counts(
     source: &Datastore,
     target: &Datastore,
     range: &KeyRange,
     reserved: &Bytes,
-    _at: i64,
+    at: i64,
 ) -> Result<(), String> {
-    let s = ops::count_tenant(source, range, reserved)
+    let s = ops::count_tenant(source, range, reserved, at)
         .await
         .map_err(|e| format!("source: {e}"))?;
-    let t = ops::count_tenant(target, range, reserved)
+    let t = ops::count_tenant(target, range, reserved, 0)
         .await
         .map_err(|e| format!("target: {e}"))?;
     if s != t {

@@ -213,6 +213,7 @@ impl Context {
         let deadline = Instant::now() + policy.hold_timeout;
         let mut backoff = Duration::from_millis(5);
         let mut held: Option<HeldGuard> = None;
+        let mut changes: Option<tokio::sync::watch::Receiver<u64>> = None;
         loop {
             // Each attempt asks for the route again: a held write goes to whichever
             // datastore is authoritative when the fence lifts, in that one's revisions.
@@ -268,8 +269,17 @@ impl Context {
             }
             if held.is_none() {
                 held = Some(HeldGuard::new(&self.metrics.held_writes));
+                changes = Some(self.router.changes());
             }
-            tokio::time::sleep(backoff).await;
+            // A route swap (the commit) ends the wait at once.
+            if let Some(changes) = changes.as_mut() {
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = changes.changed() => {}
+                }
+            } else {
+                tokio::time::sleep(backoff).await;
+            }
             backoff = (backoff * 2).min(Duration::from_millis(100));
         }
     }
