@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
@@ -721,6 +721,26 @@ impl Job<'_> {
         self.follower = Some(Follower { stop, position, task });
     }
 
+    /// Waits until the restarted catch-up watch delivers new events. etcd serves a watch
+    /// that starts in the past from a background loop that runs every 100 ms; fencing
+    /// before it caught up would add that wait to the fence. A write to a reserved key
+    /// (inside the watched range, never applied, never shown to clients) shows when the
+    /// watch is live.
+    async fn until_follower_is_live(&mut self, sides: &Sides) -> Result<(), Failure> {
+        let mut key = BytesMut::from(&sides.reserved[..]);
+        key.extend_from_slice(b"catch-up");
+        let value = Bytes::from(self.id.clone());
+        let rev = self
+            .step(async { ops::put(&sides.source, key.freeze(), value).await.map_err(on("source")) })
+            .await?;
+        let mut position = self.follower.as_ref().expect("follower running").position.clone();
+        let live = tokio::time::timeout(Duration::from_secs(5), position.wait_for(|p| p.events_through >= rev)).await;
+        if live.is_err() {
+            tracing::warn!(migration = %self.id, "the catch-up watch did not show its marker write within 5 s; fencing anyway");
+        }
+        Ok(())
+    }
+
     /// Stops the catch-up once it has applied `at` (None: what it knows of now).
     async fn stop_follower(&mut self, at: Option<i64>) -> Result<(CopyOutcome, Position), Failure> {
         let f = self.follower.take().expect("follower running");
@@ -845,6 +865,7 @@ impl Job<'_> {
                 })
                 .await?;
                 self.start_follower(sides, copied, pos.events_through + 1);
+                self.until_follower_is_live(sides).await?;
                 break;
             }
             self.start_follower(sides, copied, pos.events_through + 1);
@@ -1089,6 +1110,21 @@ pub(crate) mod ops {
                 _ => None,
             })
             .unwrap_or(0))
+    }
+
+    /// A plain Put (of cutover's own keys); the revision it made.
+    pub async fn put(ds: &Datastore, key: Bytes, value: Bytes) -> Result<i64, ProxyError> {
+        let req = PutRequest {
+            key,
+            value,
+            ..Default::default()
+        };
+        ds.unary(Retry::IfNotSent, |ch, token| {
+            let r = own_request(req.clone(), token);
+            async move { client!(KvClient, ch).put(r).await }
+        })
+        .await
+        .map(|r| r.into_inner().header.map_or(0, |h| h.revision))
     }
 
     pub async fn grant(ds: &Datastore, ttl: i64) -> Result<i64, ProxyError> {
