@@ -123,14 +123,14 @@ pub fn spawn(
                 }
             };
             for change in diff(&current, &new) {
-                apply(&migrator, change);
+                apply(&migrator, change).await;
             }
             current = new;
         }
     })
 }
 
-fn apply(migrator: &Arc<Migrator>, change: ConfigChange) {
+async fn apply(migrator: &Arc<Migrator>, change: ConfigChange) {
     match change {
         ConfigChange::DataStoreChanged { from, to } => {
             let authoritative = migrator.router().route().datastore_name.clone();
@@ -139,10 +139,12 @@ fn apply(migrator: &Arc<Migrator>, change: ConfigChange) {
                 return;
             }
             tracing::info!(%from, %to, "config: dataStore changed; starting a migration");
-            match migrator.start(&to, false, "config") {
+            match migrator.start_checked(&to, false, "config").await {
                 Ok(view) => {
                     tracing::info!(migration = %view.id, from = %view.from, %to, "config: migration started")
                 }
+                // The same change reached another replica first: one migration, followed here.
+                Err(e @ crate::migrate::StartError::LedElsewhere { .. }) => tracing::info!(%to, "config: {e}"),
                 Err(e) => tracing::error!(%to, error = %e, "config: cannot start the migration"),
             }
         }

@@ -27,7 +27,7 @@ pub struct StartBody {
 }
 
 pub async fn start(State(s): State<Arc<AdminState>>, body: Json<StartBody>) -> Response {
-    match s.migrator.start(&body.to, body.overwrite, "api") {
+    match s.migrator.start_checked(&body.to, body.overwrite, "api").await {
         Ok(view) => (StatusCode::ACCEPTED, Json(view)).into_response(),
         Err(e @ StartError::UnknownDatastore(_)) => refuse(StatusCode::NOT_FOUND, e),
         Err(e) => refuse(StatusCode::CONFLICT, e),

@@ -144,6 +144,11 @@ async fn read_value(ds: &Datastore, key: &Bytes) -> Result<Option<Bytes>, ProxyE
     Ok(r.kvs.into_iter().next().map(|kv| kv.value))
 }
 
+/// The marker at `key`, if any.
+pub async fn read_key(ds: &Datastore, key: &Bytes) -> Result<Option<Marker>, ProxyError> {
+    Ok(read_value(ds, key).await?.as_deref().and_then(Marker::parse))
+}
+
 /// The marker in a datastore's fence key, if any.
 pub async fn read(ds: &Datastore, guard: &Guard) -> Result<Option<Marker>, ProxyError> {
     Ok(read_value(ds, guard.fence_key())
@@ -240,8 +245,14 @@ pub fn spawn_follower(router: std::sync::Arc<crate::route::Router>) -> tokio::ta
                         ..Default::default()
                     })),
                 };
-                let req = crate::upstream::own_request(futures::StreamExt::chain(futures::stream::iter([create]), futures::stream::pending()), token);
-                let mut stream = crate::server::client!(WatchClient, channel).watch(req).await?.into_inner();
+                let req = crate::upstream::own_request(
+                    futures::StreamExt::chain(futures::stream::iter([create]), futures::stream::pending()),
+                    token,
+                );
+                let mut stream = crate::server::client!(WatchClient, channel)
+                    .watch(req)
+                    .await?
+                    .into_inner();
                 // A marker written before the watch started is read once here.
                 if let Ok(Some(Marker::Moved { .. })) = read(&ds, &router.fence().guard).await {
                     return Ok::<bool, tonic::Status>(true);

@@ -77,6 +77,8 @@ pub enum Outcome {
     Succeeded,
     Failed,
     Aborted,
+    /// Another proxy replica took the migration lock first: this one never started.
+    Refused,
 }
 
 impl Outcome {
@@ -86,6 +88,7 @@ impl Outcome {
             Outcome::Succeeded => "succeeded",
             Outcome::Failed => "failed",
             Outcome::Aborted => "aborted",
+            Outcome::Refused => "refused",
         }
     }
 }
@@ -177,6 +180,12 @@ pub enum StartError {
     UnknownDatastore(String),
     #[error("the tenant is already on datastore {0:?}")]
     AlreadyThere(String),
+    #[error("migration {migration} to {to:?} is already running, led by {leader}; this proxy follows its commit")]
+    LedElsewhere {
+        migration: String,
+        leader: String,
+        to: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -342,6 +351,25 @@ impl Migrator {
         Ok(view)
     }
 
+    /// Like [`Migrator::start`], after checking the migration lock in the authoritative
+    /// datastore: another replica's running migration is a clear refusal, not a second
+    /// migration.
+    pub async fn start_checked(
+        self: &Arc<Self>,
+        to: &str,
+        overwrite: bool,
+        trigger: &str,
+    ) -> Result<MigrationView, StartError> {
+        let route = self.router.route();
+        let lock = marker::lock_key(&self.router.fence().tenant_prefix);
+        if let Ok(Some(Marker::Lock { migration, leader, to })) = marker::read_key(&route.datastore, &lock).await {
+            if self.abort.lock().as_ref().is_none_or(|(id, _)| *id != migration) {
+                return Err(StartError::LedElsewhere { migration, leader, to });
+            }
+        }
+        self.start(to, overwrite, trigger)
+    }
+
     /// Asks the running migration to stop and leave the tenant on the source.
     pub fn abort(&self) -> Result<MigrationView, AbortError> {
         let slot = self.abort.lock();
@@ -394,6 +422,8 @@ impl Migrator {
         let outcome = match &result {
             Ok(()) => Outcome::Succeeded,
             Err(Failure::Aborted) => Outcome::Aborted,
+            // Another replica's lock, taken between our check and our attempt.
+            Err(Failure::Locked(_)) if job.fenced_at.is_none() => Outcome::Refused,
             Err(_) => Outcome::Failed,
         };
         if let Err(e) = &result {
@@ -649,8 +679,13 @@ impl Job<'_> {
         link: &Arc<MigrationLink>,
         guard: &crate::route::fence::Guard,
     ) -> Result<(), Failure> {
-        let (source, target, range, reserved, view) =
-            (&sides.source, &sides.target, &sides.range, &sides.reserved, sides.view.clone());
+        let (source, target, range, reserved, view) = (
+            &sides.source,
+            &sides.target,
+            &sides.range,
+            &sides.reserved,
+            sides.view.clone(),
+        );
         let m = Arc::clone(self.m);
         let settings = &m.settings;
         self.phase(Phase::Copying);
@@ -846,16 +881,18 @@ impl Job<'_> {
             last_change = last_change.max(pos.last_change);
             let changed: Vec<Bytes> = copied.touched.drain().collect();
             let few = changed.len() <= 64;
-            let checked = self
-                .shadow(sides, &copied, &changed, pos.events_through)
-                .await?;
+            let checked = self.shadow(sides, &copied, &changed, pos.events_through).await?;
             m.update(|v| v.verified_keys += checked);
             if few {
                 // The last round before the fence: write the bulk of the record, and
                 // check the key counts at this consistent point, so that the fenced
                 // steps only deal with what changes from here on.
                 let chunks = self
-                    .step(async { record::persist_keys(target, &prefix, &copied.keys).await.map_err(Failure::from) })
+                    .step(async {
+                        record::persist_keys(target, &prefix, &copied.keys)
+                            .await
+                            .map_err(Failure::from)
+                    })
                     .await?;
                 base_chunks = chunks;
                 self.step(async {
@@ -900,9 +937,7 @@ impl Job<'_> {
             let mut copied = copied;
             last_change = last_change.max(pos.last_change);
             let changed: Vec<Bytes> = copied.touched.drain().collect();
-            let checked = self
-                .shadow(sides, &copied, &changed, fence_rev)
-                .await?;
+            let checked = self.shadow(sides, &copied, &changed, fence_rev).await?;
             m.update(|v| v.verified_keys += checked);
 
             // The translation, persisted in the target; T is its revision.
@@ -1059,7 +1094,12 @@ pub(crate) mod ops {
 
     /// Keys of the tenant range, cutover's own left out.
     /// At `revision` (0: now).
-    pub async fn count_tenant(ds: &Datastore, range_: &KeyRange, reserved: &Bytes, revision: i64) -> Result<i64, ProxyError> {
+    pub async fn count_tenant(
+        ds: &Datastore,
+        range_: &KeyRange,
+        reserved: &Bytes,
+        revision: i64,
+    ) -> Result<i64, ProxyError> {
         let all = range(
             ds,
             RangeRequest {

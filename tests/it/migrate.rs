@@ -952,5 +952,85 @@ async fn another_replica_follows_the_commit() {
     load.progress(20).await;
     let seen = load.finish().await;
     check_load(&seen, &tenant_state(&replica.endpoint).await);
-    assert_eq!(tenant_state(&replica.endpoint).await, tenant_state(&leader.endpoint).await);
+    assert_eq!(
+        tenant_state(&replica.endpoint).await,
+        tenant_state(&leader.endpoint).await
+    );
+}
+
+/// Several replicas: the same config change reaching all of them, or requests to two of
+/// them at once, make one migration; the others get a clear answer and follow its commit.
+#[tokio::test]
+async fn replicas_asked_together_make_one_migration() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let config = two_stores(&a, &b, "migration: {stepDelay: 300ms}\n");
+    let one = Proxy::start(&config).await;
+    let two = Proxy::start(&config).await;
+    let mut c = client(&one.endpoint).await;
+    for i in 0..20 {
+        c.put(format!("{TENANT}k{i}"), "v", None).await.unwrap();
+    }
+    let load = Load::start(&two.endpoint).await;
+
+    // Declarative: the same ConfigMap change reaches both replicas.
+    for p in [&one, &two] {
+        let path = p.config_path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("dataStore: default", "dataStore: dedicated")).unwrap();
+    }
+    for p in [&one, &two] {
+        eventually(
+            "both replicas end on the new datastore",
+            Duration::from_secs(30),
+            || async { p.status().await["dataStore"] == "dedicated" },
+        )
+        .await;
+    }
+    let succeeded = |m: &str| m.contains("cutover_migrations_total{outcome=\"succeeded\"} 1");
+    let (m1, m2) = (one.metrics().await, two.metrics().await);
+    assert!(
+        succeeded(&m1) != succeeded(&m2),
+        "exactly one replica ran the migration:\n{m1}\n{m2}"
+    );
+    assert!(
+        !m1.contains("outcome=\"failed\"") && !m2.contains("outcome=\"failed\""),
+        "no failed migration"
+    );
+
+    // Imperative, back to default, asked of both at once (after clearing the old copy).
+    let (code, body) = one.admin_post("/v1/cleanup", json!({"datastore": "default"})).await;
+    assert_eq!(code, 200, "{body}");
+    let ((c1, b1), (c2, b2)) = tokio::join!(
+        one.admin_post("/v1/migrations", json!({"to": "default"})),
+        two.admin_post("/v1/migrations", json!({"to": "default"})),
+    );
+    assert!(c1 == 202 || c2 == 202, "{b1} {b2}");
+    for (code, body) in [(c1, &b1), (c2, &b2)] {
+        if code != 202 {
+            assert_eq!(code, 409, "{body}");
+            assert!(body["error"].as_str().unwrap().contains("already running"), "{body}");
+        }
+    }
+    for p in [&one, &two] {
+        eventually("both replicas end on default", Duration::from_secs(30), || async {
+            let st = p.status().await;
+            st["dataStore"] == "default" && st["phase"] == "Ready"
+        })
+        .await;
+    }
+    let outcomes: Vec<String> = [&one, &two]
+        .iter()
+        .map(|p| p.log())
+        .flat_map(|l| {
+            l.lines()
+                .filter(|x| x.contains("migration committed"))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(outcomes.len(), 2, "one commit per direction: {outcomes:?}");
+    load.progress(10).await;
+    let seen = load.finish().await;
+    check_load(&seen, &tenant_state(&two.endpoint).await);
 }
