@@ -184,7 +184,7 @@ impl Metrics {
         let migrations = Family::<OutcomeLabels, Counter>::default();
         registry.register(
             "migrations",
-            "Migrations ended, by outcome: succeeded, failed, aborted",
+            "Migrations ended, by outcome: succeeded, failed, aborted, refused (another replica leads)",
             migrations.clone(),
         );
         let build = Family::<BuildLabels, Gauge>::default();
