@@ -87,6 +87,7 @@ pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> 
     // Another replica may run a migration: follow its commit as soon as it happens.
     crate::migrate::marker::spawn_follower(router.clone());
     let migrator = Migrator::new(router.clone(), metrics.clone(), config.migration.clone());
+    migrator.spawn_status_follower();
 
     let ctx = Arc::new(Context {
         router: router.clone(),

@@ -177,9 +177,26 @@ pub async fn copy_range(
     )
     .await
     .map_err(on("target"))?;
-    if existing.count > 0 {
+    // cutover's own keys (the exclude prefix) do not make the target "not empty".
+    let mut existing_count = existing.count;
+    if let Some(skip) = &opts.exclude {
+        let own = range(
+            target,
+            RangeRequest {
+                key: skip.clone(),
+                range_end: prefix_end(skip),
+                count_only: true,
+                revision: existing.header.map_or(0, |h| h.revision),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(on("target"))?;
+        existing_count -= own.count;
+    }
+    if existing_count > 0 {
         if !opts.overwrite {
-            return Err(CopyError::TargetNotEmpty { count: existing.count });
+            return Err(CopyError::TargetNotEmpty { count: existing_count });
         }
         let delete = TxnRequest {
             success: vec![RequestOp {

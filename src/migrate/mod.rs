@@ -408,6 +408,10 @@ impl Migrator {
 
     async fn run(self: Arc<Self>, id: String, to: String, overwrite: bool, abort: watch::Receiver<bool>) {
         let started = Instant::now();
+        // Other replicas show this migration too: its view is published in the source.
+        let source = self.router.route().datastore.clone();
+        let target = self.router.datastores()[&to].clone();
+        let publisher = self.publish(source.clone());
         let mut job = Job {
             m: &self,
             id: id.clone(),
@@ -457,9 +461,94 @@ impl Migrator {
                 }
             }
         });
+        publisher.abort();
+        // The final view, where the replicas read it now: the target after a commit (only
+        // then is it ours to write to), else the source.
+        let _ = self.publish_once(&source).await;
+        if outcome == Outcome::Succeeded {
+            let _ = self.publish_once(&target).await;
+        }
         if outcome == Outcome::Succeeded {
             tracing::info!(migration = %id, to = %to, seconds = started.elapsed().as_secs_f64(), fence_ms = fence_ms.unwrap_or_default(), "migration committed; serving from the target");
         }
+    }
+
+    fn status_key(&self) -> Bytes {
+        let mut key = BytesMut::from(&reserved_prefix(&self.router.fence().tenant_prefix)[..]);
+        key.extend_from_slice(b"status");
+        key.freeze()
+    }
+
+    async fn publish_once(&self, ds: &Datastore) -> Result<i64, ProxyError> {
+        let view = self.snapshot().migration;
+        let json = serde_json::to_vec(&view).unwrap_or_default();
+        ops::put(ds, self.status_key(), Bytes::from(json)).await
+    }
+
+    /// Writes the migration's view to `ds` on every change, at most four times a second.
+    fn publish(self: &Arc<Self>, ds: Arc<Datastore>) -> tokio::task::JoinHandle<()> {
+        let me = Arc::clone(self);
+        let mut changes = self.subscribe();
+        tokio::spawn(async move {
+            loop {
+                if me.publish_once(&ds).await.is_err() {
+                    tracing::debug!("could not publish the migration's status");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+    }
+
+    /// On a replica that runs no migration: shows the one another replica runs (or ran
+    /// last), as published in the authoritative datastore.
+    pub fn spawn_status_follower(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if me.abort.lock().is_some() {
+                    continue;
+                }
+                let ds = me.router.route().datastore.clone();
+                let Ok(resp) = ops::range(
+                    &ds,
+                    RangeRequest {
+                        key: me.status_key(),
+                        ..Default::default()
+                    },
+                )
+                .await
+                else {
+                    continue;
+                };
+                let Some(view) = resp
+                    .kvs
+                    .first()
+                    .and_then(|kv| serde_json::from_slice::<Option<MigrationView>>(&kv.value).ok())
+                    .flatten()
+                else {
+                    continue;
+                };
+                if view.leader == me.leader || me.abort.lock().is_some() {
+                    continue;
+                }
+                let phase = if view.outcome == Outcome::Running {
+                    view.phase
+                } else {
+                    Phase::Ready
+                };
+                let current = me.snapshot();
+                if current.migration.as_ref() != Some(&view) || current.phase != phase {
+                    me.state.send_replace(Snapshot {
+                        phase,
+                        migration: Some(view),
+                    });
+                }
+            }
+        })
     }
 
     /// Deletes the tenant's data from a datastore it has left (keeping the marker that

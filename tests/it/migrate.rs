@@ -949,6 +949,16 @@ async fn another_replica_follows_the_commit() {
         replica.status().await["dataStore"] == "dedicated"
     })
     .await;
+    // And its status shows the same migration, with who led it.
+    eventually(
+        "the replica shows the leader's migration",
+        Duration::from_secs(10),
+        || async {
+            let m = replica.status().await["migration"].clone();
+            m["id"] == view["id"] && m["leader"] == view["leader"] && m["outcome"] == "Succeeded"
+        },
+    )
+    .await;
     load.progress(20).await;
     let seen = load.finish().await;
     check_load(&seen, &tenant_state(&replica.endpoint).await);
