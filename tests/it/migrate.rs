@@ -1044,3 +1044,57 @@ async fn replicas_asked_together_make_one_migration() {
     let seen = load.finish().await;
     check_load(&seen, &tenant_state(&two.endpoint).await);
 }
+
+/// The leading replica SIGKILLed in each phase before the commit: the fence dies with its
+/// lease, the tenant stays on the source, the other replica's clients see no error, and
+/// the restarted leader can migrate again.
+#[tokio::test]
+async fn killing_the_leader_in_any_phase_before_the_commit_leaves_everyone_on_the_source() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let config = two_stores(&a, &b, "migration: {stepDelay: 1s, fenceDelay: 1s, leaseTTL: 2s}\n");
+    let mut leader = Proxy::start(&config).await;
+    let other = Proxy::start(&config).await;
+    let mut c = client(&other.endpoint).await;
+    for i in 0..20 {
+        c.put(format!("{TENANT}k{i}"), "v", None).await.unwrap();
+    }
+    let load = Load::start(&other.endpoint).await;
+    for phase in ["Preparing", "Copying", "CatchingUp", "Fenced", "Committing"] {
+        // The previous dead leader's lock lasts until its lease expires: 409 until then.
+        eventually("a migration can start", Duration::from_secs(20), || async {
+            let (code, body) = leader
+                .admin_post("/v1/migrations", json!({"to": "dedicated", "overwrite": true}))
+                .await;
+            assert!(code == 202 || code == 409, "{code} {body}");
+            code == 202
+        })
+        .await;
+        wait_phase(&leader, phase).await;
+        leader.kill();
+        // The other replica stays on the source and its writes flow (after the fence's
+        // lease expires, when it was fenced).
+        load.progress(10).await;
+        assert_eq!(other.status().await["dataStore"], "default", "leader killed in {phase}");
+        leader = Proxy::start(&config).await;
+        assert_eq!(leader.status().await["dataStore"], "default");
+    }
+    // The lock went with the dead leader's lease: a new attempt succeeds.
+    eventually("a new migration can start", Duration::from_secs(20), || async {
+        leader
+            .admin_post("/v1/migrations", json!({"to": "dedicated", "overwrite": true}))
+            .await
+            .0
+            == 202
+    })
+    .await;
+    let view = wait_end(&leader).await;
+    assert_eq!(view["outcome"], "Succeeded", "{view}");
+    eventually("the other replica follows", Duration::from_secs(10), || async {
+        other.status().await["dataStore"] == "dedicated"
+    })
+    .await;
+    load.progress(10).await;
+    let seen = load.finish().await;
+    check_load(&seen, &tenant_state(&other.endpoint).await);
+}
