@@ -216,34 +216,40 @@ pub fn holds(actual: i64, relation: Relation, value: i64) -> bool {
     }
 }
 
+/// The translation the tests of this module and of `translate` use.
+/// Source: key "a" created at 5, last modified at 40, version 7; the tenant's last change
+/// at 90; source at 100 when committing, gap 1000 -> s = 1100.
+/// Target: "a" copied at 12, modified again by catch-up at 30 (version 2 there); the
+/// metadata write at t = 50; lease 7 got ID 9 there.
+#[cfg(test)]
+pub(crate) fn sample() -> Translation {
+    let mut keys = HashMap::new();
+    keys.insert(
+        Bytes::from_static(b"a"),
+        CopiedKey {
+            target_create: 12,
+            target_mod: 30,
+            target_version: 2,
+            source_create: 5,
+            source_mod: 40,
+            source_version: 7,
+        },
+    );
+    Translation {
+        s: 1100,
+        t: 50,
+        l: 90,
+        keys,
+        leases: [(7, 9)].into_iter().collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Source: key "a" created at 5, last modified at 40, version 7; the tenant's last
-    /// change at 90; source at 100 when committing, gap 1000 -> s = 1100.
-    /// Target: "a" copied at 12, modified again by catch-up at 30 (version 2 there); the
-    /// metadata write at t = 50.
     fn translation() -> Translation {
-        let mut keys = HashMap::new();
-        keys.insert(
-            Bytes::from_static(b"a"),
-            CopiedKey {
-                target_create: 12,
-                target_mod: 30,
-                target_version: 2,
-                source_create: 5,
-                source_mod: 40,
-                source_version: 7,
-            },
-        );
-        Translation {
-            s: 1100,
-            t: 50,
-            l: 90,
-            keys,
-            leases: HashMap::new(),
-        }
+        sample()
     }
 
     #[test]

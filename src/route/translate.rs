@@ -411,32 +411,12 @@ impl Translate for TxnRequest {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::HashMap;
 
     use super::*;
     use crate::proto::etcdserverpb::ResponseOp;
-    use crate::route::revision::CopiedKey;
 
     fn translation() -> Translation {
-        let mut keys = HashMap::new();
-        keys.insert(
-            Bytes::from_static(b"a"),
-            CopiedKey {
-                target_create: 12,
-                target_mod: 30,
-                target_version: 2,
-                source_create: 5,
-                source_mod: 40,
-                source_version: 7,
-            },
-        );
-        Translation {
-            s: 1100,
-            t: 50,
-            l: 90,
-            keys,
-            leases: [(7, 9)].into_iter().collect(),
-        }
+        crate::route::revision::sample()
     }
 
     fn kv_at(key: &'static [u8], create: i64, modified: i64, version: i64) -> KeyValue {

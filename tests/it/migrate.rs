@@ -162,6 +162,7 @@ impl Load {
                         }
                         Err(e) => seen.lock().errors.push(format!("txn {key}: {e}")),
                     }
+                    // Pacing: the load's write rate, not a wait for a condition.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }));
@@ -198,6 +199,7 @@ impl Load {
                             Err(e) => seen.lock().errors.push(format!("put {key}: {e}")),
                         }
                     }
+                    // Pacing: the load's write rate, not a wait for a condition.
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
             }));
@@ -231,6 +233,7 @@ impl Load {
                             return;
                         }
                     }
+                    // Pacing: one keep-alive every half second, as a client sends them.
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }));
