@@ -471,7 +471,7 @@ pub struct Overrides {
     /// `migration.stepDelay`: pause at the start of each phase before the fence, for rehearsals and demos [default: 0s]
     #[arg(long, env = "CUTOVER_MIGRATION_STEP_DELAY", value_name = "DURATION")]
     pub migration_step_delay: Option<String>,
-    /// `migration.fenceDelay`: keep the source fenced this much longer in Fenced and Committing, for rehearsals [default: 0s]
+    /// `migration.fenceDelay`: keep the source fenced this much longer in Fenced and Committing, and pause as long after the commit marker before switching, for rehearsals [default: 0s]
     #[arg(long, env = "CUTOVER_MIGRATION_FENCE_DELAY", value_name = "DURATION")]
     pub migration_fence_delay: Option<String>,
     /// `workerThreads`: threads serving requests; 1 = a single-threaded runtime [default: 1]

@@ -1071,7 +1071,11 @@ impl Job<'_> {
             Ok(r) => r?,
             Err(_) => return Err(Failure::FenceTimeout(settings.fence_timeout)),
         };
-        // The commit point has passed: from here on, only forward.
+        // The commit point has passed: from here on, only forward. A rehearsal
+        // (fenceDelay) lingers here too, so a test can kill the leader right after the marker.
+        if !settings.fence_delay.is_zero() {
+            tokio::time::sleep(settings.fence_delay).await;
+        }
         m.router
             .switch_to(to, Some(translation))
             .expect("the target is a configured datastore");
