@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod coalesce;
 pub mod config;
 pub mod error;
 pub mod metrics;

@@ -25,6 +25,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Channel, Identity, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status};
 
+use crate::coalesce::Coalesced;
 use crate::config::FenceMode;
 use crate::config::{Config, ListenAddr};
 use crate::error::{Blame, ProxyError};
@@ -538,12 +539,15 @@ pub async fn serve(
     match listener {
         Listener::Tcp(l) => {
             let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+            let incoming = tokio_stream::StreamExt::map(incoming, |conn| conn.map(Coalesced::new));
             router.serve_with_incoming_shutdown(incoming, shutdown).await?;
         }
         Listener::Unix(l, path) => {
             // Older grpc-go clients send the socket path as :authority; see uds.rs.
             let incoming =
-                tokio_stream::StreamExt::map(UnixListenerStream::new(l), |conn| conn.map(uds::FixAuthority::new));
+                tokio_stream::StreamExt::map(UnixListenerStream::new(l), |conn| {
+                    conn.map(|c| Coalesced::new(uds::FixAuthority::new(c)))
+                });
             let result = router.serve_with_incoming_shutdown(incoming, shutdown).await;
             let _ = std::fs::remove_file(&path);
             result?;

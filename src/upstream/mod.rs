@@ -17,6 +17,11 @@ use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Response, Status};
 
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::coalesce::Coalesced;
 use crate::config::DataStore as DataStoreConfig;
 use crate::error::ProxyError;
 use crate::metrics::{DatastoreLabels, EndpointLabels, Metrics};
@@ -178,6 +183,16 @@ pub struct Datastore {
     metrics: Arc<Metrics>,
 }
 
+/// TCP connections to etcd, with writes gathered per call (see coalesce.rs). TLS, when
+/// configured, is layered on top by tonic.
+fn connector() -> tower::util::MapResponse<HttpConnector, fn(TokioIo<TcpStream>) -> TokioIo<Coalesced<TcpStream>>> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(3)));
+    tower::ServiceExt::map_response(http, |io| TokioIo::new(Coalesced::new(io.into_inner())))
+}
+
 impl Datastore {
     pub fn new(cfg: &DataStoreConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>, UpstreamError> {
         let tls = tls::client_config(cfg)?;
@@ -209,7 +224,7 @@ impl Datastore {
                 .set(0);
             endpoints.push(UpstreamEndpoint {
                 url: url.clone(),
-                channel: ep.connect_lazy(),
+                channel: ep.connect_with_connector_lazy(connector()),
                 healthy: AtomicBool::new(true),
             });
         }
