@@ -185,7 +185,9 @@ pub struct Datastore {
 
 /// TCP connections to etcd, with writes gathered per call (see coalesce.rs). TLS, when
 /// configured, is layered on top by tonic.
-fn connector() -> tower::util::MapResponse<HttpConnector, fn(TokioIo<TcpStream>) -> TokioIo<Coalesced<TcpStream>>> {
+type Connector = tower::util::MapResponse<HttpConnector, fn(TokioIo<TcpStream>) -> TokioIo<Coalesced<TcpStream>>>;
+
+fn connector() -> Connector {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
