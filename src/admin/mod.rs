@@ -112,6 +112,16 @@ async fn healthz() -> &'static str {
 /// Ready when the authoritative datastore has an endpoint that answers.
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
     let route = s.router.route();
+    if let Some(stranded) = &route.stranded {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the tenant moved from datastore {:?} to {:?}, which cannot be used yet: {}\n",
+                route.datastore_name, stranded.moved_to, stranded.reason
+            ),
+        )
+            .into_response();
+    }
     if route.datastore.is_ready() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
@@ -142,6 +152,11 @@ pub struct Status {
     pub data_store: String,
     pub phase: &'static str,
     pub ready: bool,
+    /// Since when (Unix ms) this replica serves from `dataStore`.
+    pub data_store_since_unix_ms: u64,
+    /// Set when the tenant moved to another datastore that this replica cannot use yet:
+    /// it refuses every request meanwhile.
+    pub stranded: Option<String>,
     pub uptime_seconds: u64,
     pub data_stores: Vec<DatastoreStatus>,
     /// The current or last migration (null: none has run since the proxy started).
@@ -193,7 +208,12 @@ fn status_doc(s: &AdminState, snap: crate::migrate::Snapshot) -> Status {
         version: env!("CARGO_PKG_VERSION"),
         data_store: route.datastore_name.clone(),
         phase: snap.phase.as_str(),
-        ready: route.datastore.is_ready(),
+        ready: route.stranded.is_none() && route.datastore.is_ready(),
+        data_store_since_unix_ms: route.since_unix_ms,
+        stranded: route
+            .stranded
+            .as_ref()
+            .map(|x| format!("moved to {:?}, unusable: {}", x.moved_to, x.reason)),
         uptime_seconds: s.started.elapsed().as_secs(),
         data_stores,
         migration: snap.migration,

@@ -181,22 +181,41 @@ pub enum ResolveError {
 /// now, and routes there with its translation. A proxy restarted after a commit with its
 /// old configuration thus serves from the target.
 pub async fn follow_markers(router: &crate::route::Router) -> Result<(), ResolveError> {
-    let mut name = router.route().datastore_name.clone();
+    let from = router.route().datastore_name.clone();
+    let result = resolve_and_switch(router, &from).await;
+    if let Err((Some(moved_to), e)) = &result {
+        // The tenant left `from`: serving it from there would be stale, so serve nothing
+        // until the new home can be used.
+        router.strand(moved_to, e.to_string());
+    }
+    result.map_err(|(_, e)| e)
+}
+
+/// Follows the markers from `from`; on failure, also says where the tenant went if it is
+/// known to have left `from`.
+async fn resolve_and_switch(router: &crate::route::Router, from: &str) -> Result<(), (Option<String>, ResolveError)> {
+    let mut name = from.to_string();
+    let left = |name: &String| (name != from).then(|| name.clone());
     let mut seen = vec![name.clone()];
     let guard = router.fence().guard.clone();
     loop {
         let ds = router.datastores()[&name].clone();
-        let marker = read(&ds, &guard).await.map_err(|source| ResolveError::Datastore {
-            name: name.clone(),
-            source,
+        let marker = read(&ds, &guard).await.map_err(|source| {
+            (
+                left(&name),
+                ResolveError::Datastore {
+                    name: name.clone(),
+                    source,
+                },
+            )
         })?;
         match marker {
             Some(Marker::Moved { to, .. }) => {
                 if !router.datastores().contains_key(&to) {
-                    return Err(ResolveError::UnknownTarget { from: name, to });
+                    return Err((None, ResolveError::UnknownTarget { from: name, to }));
                 }
                 if seen.contains(&to) {
-                    return Err(ResolveError::Loop(to));
+                    return Err((None, ResolveError::Loop(to)));
                 }
                 tracing::info!(from = %name, to = %to, "the tenant moved; following the marker");
                 seen.push(to.clone());
@@ -208,9 +227,14 @@ pub async fn follow_markers(router: &crate::route::Router) -> Result<(), Resolve
     let ds = router.datastores()[&name].clone();
     let translation = super::record::load(&ds, &router.fence().tenant_prefix)
         .await
-        .map_err(|source| ResolveError::Record {
-            name: name.clone(),
-            source,
+        .map_err(|source| {
+            (
+                left(&name),
+                ResolveError::Record {
+                    name: name.clone(),
+                    source,
+                },
+            )
         })?;
     if translation.is_some() || name != router.route().datastore_name {
         if let Some(t) = &translation {
@@ -223,68 +247,149 @@ pub async fn follow_markers(router: &crate::route::Router) -> Result<(), Resolve
     Ok(())
 }
 
-/// Watches the authoritative datastore's fence key and follows a "moved" marker as soon
-/// as it appears: a proxy replica that did not run the migration switches to the target
-/// right after the commit, moving its own watches and keep-alives, instead of holding its
-/// writes until a restart.
+/// What a replica that does not lead the migration does while one runs.
+#[derive(Default)]
+struct FollowerLink {
+    link: Option<std::sync::Arc<crate::route::MigrationLink>>,
+    mirror: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl FollowerLink {
+    /// Joins the migration to `to`: lease grants are mirrored to it, and lease changes
+    /// wait while the source is fenced, as on the leading replica.
+    fn join(&mut self, router: &crate::route::Router, to: &str, fenced: bool) {
+        if let Some(link) = &self.link {
+            if fenced {
+                let _ = link.fenced.send(true);
+            }
+            return;
+        }
+        // The leading replica has a link of its own.
+        if router.link().is_some() {
+            return;
+        }
+        let Some(target) = router.datastores().get(to).cloned() else {
+            return;
+        };
+        let link = std::sync::Arc::new(crate::route::MigrationLink::new(target));
+        let _ = link.fenced.send(fenced);
+        router.set_link(Some(link.clone()));
+        self.mirror = Some(ops::mirror_leases(router.route().datastore.clone(), link.clone()));
+        tracing::info!(to, fenced, "following a migration led by another replica");
+        self.link = Some(link);
+    }
+
+    fn unfence(&self) {
+        if let Some(link) = &self.link {
+            let _ = link.fenced.send(false);
+        }
+    }
+
+    /// The migration ended (committed, released, or its leader died): held lease changes
+    /// go on, on whatever route is current.
+    fn leave(&mut self, router: &crate::route::Router) {
+        if let Some(m) = self.mirror.take() {
+            m.abort();
+        }
+        if let Some(link) = self.link.take() {
+            if router.link().is_some_and(|l| std::sync::Arc::ptr_eq(&l, &link)) {
+                router.set_link(None);
+            }
+            let _ = link.fenced.send(false);
+        }
+    }
+}
+
+/// Watches the authoritative datastore's lock and fence keys. A replica that does not lead
+/// the migration follows it: it mirrors its clients' lease grants to the target and holds
+/// their lease changes while the source is fenced, and it switches to the target as soon
+/// as the "moved" marker appears, moving its own watches and keep-alives, instead of
+/// holding its writes until a restart.
 pub fn spawn_follower(router: std::sync::Arc<crate::route::Router>) -> tokio::task::JoinHandle<()> {
     use crate::proto::etcdserverpb::watch_client::WatchClient;
     use crate::proto::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest};
+    let me = super::instance_name();
     tokio::spawn(async move {
         let mut changes = router.changes();
+        let mut follower = FollowerLink::default();
+        let fence_key = router.fence().guard.fence_key().clone();
+        let lock = lock_key(&router.fence().tenant_prefix);
+        // What one marker key says now: `None` when it was deleted (or expired).
+        let on_marker = |follower: &mut FollowerLink, key: &[u8], marker: Option<Marker>| -> Option<String> {
+            match marker {
+                Some(Marker::Moved { to, .. }) => return Some(to),
+                Some(Marker::Lock { to, leader, .. }) if leader != me => follower.join(&router, &to, false),
+                Some(Marker::Fenced { to, .. }) => follower.join(&router, &to, true),
+                None if key == &fence_key[..] => follower.unfence(),
+                None if key == &lock[..] => follower.leave(&router),
+                _ => {}
+            }
+            None
+        };
         loop {
             let route = router.route();
             let ds = route.datastore.clone();
-            let key = router.fence().guard.fence_key().clone();
             let watched = async {
                 let (_, channel) = ds.pick();
                 let token = ds.token(&channel).await.ok().flatten();
-                let create = WatchRequest {
+                let create = |key: &Bytes| WatchRequest {
                     request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
                         key: key.clone(),
                         ..Default::default()
                     })),
                 };
                 let req = crate::upstream::own_request(
-                    futures::StreamExt::chain(futures::stream::iter([create]), futures::stream::pending()),
+                    futures::StreamExt::chain(
+                        futures::stream::iter([create(&lock), create(&fence_key)]),
+                        futures::stream::pending(),
+                    ),
                     token,
                 );
                 let mut stream = crate::server::client!(WatchClient, channel)
                     .watch(req)
                     .await?
                     .into_inner();
-                // A marker written before the watch started is read once here.
-                if let Ok(Some(Marker::Moved { .. })) = read(&ds, &router.fence().guard).await {
-                    return Ok::<bool, tonic::Status>(true);
-                }
-                while let Some(resp) = stream.message().await? {
-                    let moved = resp
-                        .events
-                        .iter()
-                        .filter_map(|e| e.kv.as_ref())
-                        .any(|kv| matches!(Marker::parse(&kv.value), Some(Marker::Moved { .. })));
-                    if moved {
-                        return Ok(true);
+                // What was written before the watch started is read once here.
+                for key in [&lock, &fence_key] {
+                    let now = read_key(&ds, key).await.map_err(|e| e.to_status())?;
+                    if let Some(to) = on_marker(&mut follower, key, now) {
+                        return Ok::<Option<String>, tonic::Status>(Some(to));
                     }
                 }
-                Ok(false)
+                while let Some(resp) = stream.message().await? {
+                    for e in &resp.events {
+                        let Some(kv) = e.kv.as_ref() else { continue };
+                        let marker = if e.r#type == crate::proto::mvccpb::event::EventType::Delete as i32 {
+                            None
+                        } else {
+                            Marker::parse(&kv.value)
+                        };
+                        if let Some(to) = on_marker(&mut follower, &kv.key, marker) {
+                            return Ok(Some(to));
+                        }
+                    }
+                }
+                Ok(None)
             };
             let outcome = tokio::select! {
                 r = watched => r,
                 _ = changes.changed() => continue,
             };
             match outcome {
-                Ok(true) => {
+                Ok(Some(to)) => {
                     // The migrating proxy swaps its own route; give it the first go.
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                     if router.route().generation == route.generation {
                         if let Err(e) = follow_markers(&router).await {
-                            tracing::warn!(error = %e, "the tenant moved, but the new datastore cannot be used yet; retrying");
+                            tracing::warn!(to, error = %e, "the tenant moved, but its new datastore cannot be used yet; refusing requests and retrying");
+                            follower.leave(&router);
                             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                            continue;
                         }
                     }
+                    follower.leave(&router);
                 }
-                Ok(false) | Err(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
+                Ok(None) | Err(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
             }
         }
     })

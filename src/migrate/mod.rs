@@ -118,6 +118,9 @@ pub struct MigrationView {
     pub shadow_mismatches: u64,
     /// How long the source refused writes (fence written to route swapped, or released).
     pub fence_ms: Option<f64>,
+    /// When the commit marker was written (Unix ms).
+    #[serde(default)]
+    pub committed_unix_ms: Option<u64>,
     /// Keys compared by the verification, and the digest both sides agreed on.
     pub verified_keys: u64,
     pub digest: Option<String>,
@@ -269,7 +272,7 @@ fn now_ms() -> u64 {
 }
 
 /// This process, as named in the lock and in status.
-fn instance_name() -> String {
+pub(crate) fn instance_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
@@ -1064,6 +1067,7 @@ impl Job<'_> {
                 .await
                 .map_err(on("source"))?
                 .map_err(Failure::FenceLost)?;
+            m.update(|v| v.committed_unix_ms = Some(now_ms()));
             Ok::<_, Failure>(translation)
         })
         .await;

@@ -42,6 +42,39 @@ pub struct Route {
     pub translation: Option<Arc<Translation>>,
     /// Bumped on every swap, so a stream can tell that it is on an old route.
     pub generation: u64,
+    /// When this route was taken (Unix ms): how long replicas took to follow a commit.
+    pub since_unix_ms: u64,
+    /// Set when the tenant has moved away from `datastore` but its new home cannot be used
+    /// yet (unreachable, or its translation unreadable): requests are refused rather than
+    /// served stale from, or written to, the old store.
+    pub stranded: Option<Stranded>,
+}
+
+impl Route {
+    /// Refuses requests on a stranded route, as for a datastore with no reachable endpoint
+    /// (clients retry that, and nothing was sent anywhere).
+    pub fn usable(&self) -> Result<(), crate::error::ProxyError> {
+        match &self.stranded {
+            None => Ok(()),
+            Some(s) => Err(crate::error::ProxyError::NoEndpoint {
+                datastore: s.moved_to.clone(),
+                detail: format!("the tenant moved there from {:?}, which no longer serves it: {}", self.datastore_name, s.reason),
+            }),
+        }
+    }
+}
+
+/// Why a replica serves nothing: the datastore the tenant moved to, and the last error.
+#[derive(Debug, Clone)]
+pub struct Stranded {
+    pub moved_to: String,
+    pub reason: String,
+}
+
+fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// What the data path must do for a migration in progress: mirror lease grants and
@@ -106,6 +139,8 @@ impl Router {
                 datastore: ds,
                 translation: None,
                 generation: 0,
+                since_unix_ms: now_unix_ms(),
+                stranded: None,
             }),
             datastores,
             scope: scope::Scope::new(&fence.tenant_prefix),
@@ -147,9 +182,33 @@ impl Router {
             datastore: ds,
             translation,
             generation,
+            since_unix_ms: now_unix_ms(),
+            stranded: None,
         }));
         self.changes.send_replace(generation);
         Ok(())
+    }
+
+    /// The tenant moved to `moved_to`, which cannot be used yet: every request is refused
+    /// (streams too, as they learn of the change) until [`Router::switch_to`] succeeds.
+    pub fn strand(&self, moved_to: &str, reason: String) {
+        let cur = self.current.load_full();
+        if cur.stranded.as_ref().is_some_and(|s| s.moved_to == moved_to && s.reason == reason) {
+            return;
+        }
+        let generation = cur.generation + 1;
+        self.current.store(Arc::new(Route {
+            datastore_name: cur.datastore_name.clone(),
+            datastore: cur.datastore.clone(),
+            translation: cur.translation.clone(),
+            generation,
+            since_unix_ms: cur.since_unix_ms,
+            stranded: Some(Stranded {
+                moved_to: moved_to.to_string(),
+                reason,
+            }),
+        }));
+        self.changes.send_replace(generation);
     }
 
     /// Notified with the new generation after every swap.

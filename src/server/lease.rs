@@ -235,6 +235,11 @@ async fn relay_keep_alive(
             .as_ref()
             .map_or(id, |t| translate::lease_id_to_target(t, id))
     };
+    if let Err(e) = route.usable() {
+        let _ = down.send(Err(e.to_status())).await;
+        ctx.metrics.observe_stream_end("Lease", "LeaseKeepAlive", Code::Unavailable);
+        return;
+    }
     let mut upstream = open(&route);
     let mut reconnect = Reconnect::new();
     // Lease IDs sent and not yet answered: resent if the stream has to be opened again.
@@ -244,6 +249,10 @@ async fn relay_keep_alive(
             _ = changes.changed() => {
                 // A migration committed: keep-alives go to the new datastore from now on.
                 route = ctx.router.route();
+                if let Err(e) = route.usable() {
+                    let _ = down.send(Err(e.to_status())).await;
+                    break Code::Unavailable;
+                }
                 upstream = open(&route);
                 for id in &unanswered {
                     upstream.send(LeaseKeepAliveRequest { id: to_target(&route, *id) });

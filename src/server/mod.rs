@@ -219,6 +219,7 @@ impl Context {
             // Each attempt asks for the route again: a held write goes to whichever
             // datastore is authoritative when the fence lifts, in that one's revisions.
             let route = self.router.route();
+            route.usable()?;
             let (write, shape) = match &route.translation {
                 Some(t) => msg.clone().to_target(t)?,
                 None => (msg.clone(), TxnShape::default()),
@@ -367,6 +368,7 @@ impl Context {
         F: Fn(Channel, Request<Req>) -> Fut,
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
+        route.usable()?;
         let (metadata, _, msg) = request.into_parts();
         self.check_size(&msg)?;
         let fwd = Forwarded::from_incoming(&metadata);

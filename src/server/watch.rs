@@ -112,12 +112,23 @@ impl WatchSession {
         if self.ctx.router.route().generation != self.route.generation {
             self.route = self.ctx.router.route();
         }
+        if let Err(e) = self.route.usable() {
+            let _ = self.down.send(Err(e.to_status())).await;
+            self.ctx.metrics.observe_stream_end("Watch", "Watch", Code::Unavailable);
+            return;
+        }
         let mut upstream = self.open_upstream();
         let mut reconnect = Reconnect::new();
         let mut inbound_open = true;
         let code = loop {
             tokio::select! {
                 _ = changes.changed() => {
+                    // The tenant left this datastore and its new one cannot be used: end
+                    // the stream (the client re-opens it) rather than stay on a frozen store.
+                    if let Err(e) = self.ctx.router.route().usable() {
+                        let _ = self.down.send(Err(e.to_status())).await;
+                        break Code::Unavailable;
+                    }
                     if self.move_to_new_route(&mut upstream).await.is_err() {
                         break Code::Cancelled;
                     }
