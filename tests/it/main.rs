@@ -13,4 +13,5 @@ mod etcdctl;
 mod failover;
 mod fence;
 mod migrate;
+mod replicas;
 mod tls;

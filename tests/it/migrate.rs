@@ -3,6 +3,7 @@
 //! Each test checks the invariants of docs/ARCHITECTURE.md (I1-I7) across the cutover.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,9 +15,9 @@ use tokio::task::JoinHandle;
 
 use crate::support::{client, eventually, Etcd, Proxy};
 
-const TENANT: &str = "/registry/";
+pub(crate) const TENANT: &str = "/registry/";
 
-fn two_stores(a: &Etcd, b: &Etcd, extra: &str) -> String {
+pub(crate) fn two_stores(a: &Etcd, b: &Etcd, extra: &str) -> String {
     format!(
         "{extra}prefix: {TENANT}\ndataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\"]\n  dedicated:\n    endpoints: [\"{}\"]\n",
         a.endpoint, b.endpoint
@@ -25,22 +26,49 @@ fn two_stores(a: &Etcd, b: &Etcd, extra: &str) -> String {
 
 /// What the load saw: every acknowledged write, every error, every watch event.
 #[derive(Default)]
-struct Seen {
+pub(crate) struct Seen {
     /// key -> the values acknowledged, in order (None: a delete).
-    acked: BTreeMap<String, Vec<Option<String>>>,
-    errors: Vec<String>,
+    pub acked: BTreeMap<String, Vec<Option<String>>>,
+    /// key -> writes whose outcome the client cannot know (answered "request timed out",
+    /// or cut short by the death of the proxy the load used): (the number of writes of
+    /// the key acknowledged before it, the value or None for a delete).
+    pub unknown: BTreeMap<String, Vec<(usize, Option<String>)>>,
+    /// Writes answered `etcdserver: request timed out` (etcd's "outcome unknown").
+    pub timeouts: Vec<String>,
+    /// The proxy the load used was killed under it ([`Load::abandon`]).
+    pub abandoned: bool,
+    pub errors: Vec<String>,
     /// Header revisions that went backwards for one client (I2).
-    backwards: Vec<String>,
+    pub backwards: Vec<String>,
     /// (watch_id, key, value or None for a delete, mod_revision)
-    events: Vec<(i64, String, Option<String>, i64)>,
-    watch_cancels: usize,
+    pub events: Vec<(i64, String, Option<String>, i64)>,
+    pub watch_cancels: usize,
 }
 
-struct Load {
+pub(crate) struct Load {
     seen: Arc<Mutex<Seen>>,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     pub lease: i64,
+    /// Set by [`Load::abandon`]: errors from here on are the proxy's death, not findings.
+    dead: Arc<AtomicBool>,
+}
+
+/// A write that got no answer: returns whether the task should end (its proxy is dead).
+fn write_failed(seen: &Mutex<Seen>, dead: &AtomicBool, key: &str, value: Option<String>, error: String) -> bool {
+    let mut s = seen.lock();
+    let before = s.acked.get(key).map_or(0, Vec::len);
+    if dead.load(Ordering::SeqCst) {
+        s.unknown.entry(key.to_string()).or_default().push((before, value));
+        return true;
+    }
+    if error.contains("etcdserver: request timed out") {
+        s.unknown.entry(key.to_string()).or_default().push((before, value));
+        s.timeouts.push(error);
+        return false;
+    }
+    s.errors.push(error);
+    false
 }
 
 fn note_rev(seen: &Mutex<Seen>, who: &str, last: &mut i64, rev: i64) {
@@ -51,7 +79,15 @@ fn note_rev(seen: &Mutex<Seen>, who: &str, last: &mut i64, rev: i64) {
 }
 
 impl Load {
-    async fn start(endpoint: &str) -> Load {
+    pub(crate) async fn start(endpoint: &str) -> Load {
+        Self::start_in(endpoint, "").await
+    }
+
+    /// A load on the keys under `TENANT` + `ns` only (its watcher too), so that several
+    /// loads, through several proxies, can run side by side and be checked one by one.
+    pub(crate) async fn start_in(endpoint: &str, ns: &str) -> Load {
+        let base = format!("{TENANT}{ns}");
+        let dead = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (stop, stop_rx) = watch::channel(false);
         let mut tasks = Vec::new();
@@ -72,7 +108,7 @@ impl Load {
             let mut stop = stop_rx.clone();
             let (_w, mut stream) = c
                 .watch(
-                    TENANT,
+                    base.as_str(),
                     Some(
                         WatchOptions::new()
                             .with_prefix()
@@ -129,14 +165,17 @@ impl Load {
             let mut c = client(endpoint).await;
             let seen = seen.clone();
             let stop = stop_rx.clone();
+            let dead = dead.clone();
+            let base = base.clone();
             tasks.push(tokio::spawn(async move {
                 let mut last = 0;
                 let mut n = 0;
                 while !*stop.borrow() {
-                    let key = format!("{TENANT}pods/ns/pod-{w}-{}", n % 5);
+                    let key = format!("{base}pods/ns/pod-{w}-{}", n % 5);
                     n += 1;
                     let got = match c.get(key.as_str(), None).await {
                         Ok(g) => g,
+                        Err(_) if dead.load(Ordering::SeqCst) => return,
                         Err(e) => {
                             seen.lock().errors.push(format!("get {key}: {e}"));
                             continue;
@@ -160,7 +199,11 @@ impl Load {
                                     .push(format!("txn on {key} at {rev} did not succeed"));
                             }
                         }
-                        Err(e) => seen.lock().errors.push(format!("txn {key}: {e}")),
+                        Err(e) => {
+                            if write_failed(&seen, &dead, &key, Some(value), format!("txn {key}: {e}")) {
+                                return;
+                            }
+                        }
                     }
                     // Pacing: the load's write rate, not a wait for a condition.
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -173,12 +216,14 @@ impl Load {
             let mut c = client(endpoint).await;
             let seen = seen.clone();
             let stop = stop_rx.clone();
+            let dead = dead.clone();
+            let base = base.clone();
             tasks.push(tokio::spawn(async move {
                 let mut last = 0;
                 let mut n = 0u64;
                 while !*stop.borrow() {
                     n += 1;
-                    let key = format!("{TENANT}events/ev-{}", n % 7);
+                    let key = format!("{base}events/ev-{}", n % 7);
                     if n.is_multiple_of(3) {
                         match c.delete(key.as_str(), None).await {
                             Ok(d) => {
@@ -187,7 +232,11 @@ impl Load {
                                     seen.lock().acked.entry(key).or_default().push(None);
                                 }
                             }
-                            Err(e) => seen.lock().errors.push(format!("delete {key}: {e}")),
+                            Err(e) => {
+                                if write_failed(&seen, &dead, &key, None, format!("delete {key}: {e}")) {
+                                    return;
+                                }
+                            }
                         }
                     } else {
                         let value = format!("e{n}");
@@ -196,7 +245,11 @@ impl Load {
                                 note_rev(&seen, "put", &mut last, p.header().unwrap().revision());
                                 seen.lock().acked.entry(key).or_default().push(Some(value));
                             }
-                            Err(e) => seen.lock().errors.push(format!("put {key}: {e}")),
+                            Err(e) => {
+                                if write_failed(&seen, &dead, &key, Some(value), format!("put {key}: {e}")) {
+                                    return;
+                                }
+                            }
                         }
                     }
                     // Pacing: the load's write rate, not a wait for a condition.
@@ -207,7 +260,7 @@ impl Load {
 
         // A lease with a key on it, kept alive through the proxy.
         let lease = c.lease_grant(5, None).await.unwrap().id();
-        let key = format!("{TENANT}leases/holder");
+        let key = format!("{base}leases/holder");
         c.put(
             key.as_str(),
             "alive",
@@ -220,16 +273,21 @@ impl Load {
             let (mut keeper, mut stream) = c.lease_keep_alive(lease).await.unwrap();
             let seen = seen.clone();
             let stop = stop_rx.clone();
+            let dead = dead.clone();
             tasks.push(tokio::spawn(async move {
                 while !*stop.borrow() {
                     if let Err(e) = keeper.keep_alive().await {
-                        seen.lock().errors.push(format!("keep-alive send: {e}"));
+                        if !dead.load(Ordering::SeqCst) {
+                            seen.lock().errors.push(format!("keep-alive send: {e}"));
+                        }
                         return;
                     }
                     match stream.message().await {
                         Ok(Some(r)) if r.ttl() > 0 => {}
                         other => {
-                            seen.lock().errors.push(format!("keep-alive answer: {other:?}"));
+                            if !dead.load(Ordering::SeqCst) {
+                                seen.lock().errors.push(format!("keep-alive answer: {other:?}"));
+                            }
                             return;
                         }
                     }
@@ -243,21 +301,31 @@ impl Load {
             stop,
             tasks,
             lease,
+            dead,
         }
     }
 
-    async fn finish(self) -> Seen {
+    /// Says that the proxy this load uses is about to be killed: its clients' errors from
+    /// now on are that death, and the writes they were making have an unknown outcome.
+    pub(crate) fn abandon(&self) {
+        self.dead.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) async fn finish(self) -> Seen {
         let _ = self.stop.send(true);
         for t in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
-        Arc::try_unwrap(self.seen)
+        let abandoned = self.dead.load(Ordering::SeqCst);
+        let mut seen = Arc::try_unwrap(self.seen)
             .map(|m| m.into_inner())
-            .unwrap_or_else(|_| panic!("load tasks still hold the record"))
+            .unwrap_or_else(|_| panic!("load tasks still hold the record"));
+        seen.abandoned = abandoned;
+        seen
     }
 
     /// Waits until the load has acknowledged `n` more writes.
-    async fn progress(&self, n: usize) {
+    pub(crate) async fn progress(&self, n: usize) {
         let count = || self.seen.lock().acked.values().map(Vec::len).sum::<usize>();
         let target = count() + n;
         eventually("the load makes progress", Duration::from_secs(20), || async {
@@ -287,7 +355,7 @@ async fn migrate(proxy: &Proxy, to: &str) -> serde_json::Value {
 }
 
 /// Every key of the tenant with (value, create, mod, version), as a client sees it.
-async fn tenant_state(endpoint: &str) -> BTreeMap<String, (String, i64, i64, i64)> {
+pub(crate) async fn tenant_state(endpoint: &str) -> BTreeMap<String, (String, i64, i64, i64)> {
     let mut c = client(endpoint).await;
     let r = c.get(TENANT, Some(GetOptions::new().with_prefix())).await.unwrap();
     r.kvs()
@@ -306,11 +374,30 @@ async fn tenant_state(endpoint: &str) -> BTreeMap<String, (String, i64, i64, i64
         .collect()
 }
 
-fn check_load(seen: &Seen, after: &BTreeMap<String, (String, i64, i64, i64)>) {
+pub(crate) type TenantState = BTreeMap<String, (String, i64, i64, i64)>;
+
+/// I1, I2, I4 and I5 for one load: no error, every acknowledged write in place, revisions
+/// never backwards, the watch saw every write once, in order, on one watch ID, and the
+/// lease was kept alive.
+pub(crate) fn check_load(seen: &Seen, after: &TenantState) {
+    check_load_allowing(seen, after, 0)
+}
+
+/// [`check_load`], allowing up to `timeouts` writes answered `etcdserver: request timed
+/// out` (a datastore member lost with the write in flight: etcd's own "outcome unknown").
+/// Writes of unknown outcome (those, and the ones cut short when the load's proxy was
+/// killed, [`Load::abandon`]) may or may not have happened; every other write is checked
+/// as strictly as ever. For an abandoned load, the watch is checked up to where it ended.
+pub(crate) fn check_load_allowing(seen: &Seen, after: &TenantState, timeouts: usize) {
     assert!(
         seen.errors.is_empty(),
         "client errors in hold mode: {:?}",
         &seen.errors[..seen.errors.len().min(10)]
+    );
+    assert!(
+        seen.timeouts.len() <= timeouts,
+        "writes with an unknown outcome (at most {timeouts} allowed): {:?}",
+        seen.timeouts
     );
     assert!(
         seen.backwards.is_empty(),
@@ -318,14 +405,36 @@ fn check_load(seen: &Seen, after: &BTreeMap<String, (String, i64, i64, i64)>) {
         seen.backwards
     );
     assert_eq!(seen.watch_cancels, 0, "I4: the watch was canceled");
-    // I1: the last acknowledged state of every key is what clients read now.
-    for (key, values) in &seen.acked {
-        let last = values.last().unwrap();
-        assert_eq!(after.get(key).map(|v| &v.0), last.as_ref(), "I1: {key}");
+    let no_unknown = Vec::new();
+    let unknown = |key: &str| seen.unknown.get(key).unwrap_or(&no_unknown);
+    let mut keys: std::collections::BTreeSet<&String> = seen.acked.keys().collect();
+    keys.extend(seen.unknown.keys());
+    // I1: the last acknowledged state of every key is what clients read now (or a later
+    // write of unknown outcome).
+    for key in &keys {
+        if seen.abandoned && key.contains("leases/holder") {
+            continue; // nobody keeps its lease alive any more
+        }
+        let acked = seen.acked.get(*key).map_or(&[][..], Vec::as_slice);
+        let last = acked.last().cloned().flatten();
+        let now = after.get(*key).map(|v| v.0.clone());
+        let later: Vec<&Option<String>> = unknown(key)
+            .iter()
+            .filter(|(before, _)| *before == acked.len())
+            .map(|(_, v)| v)
+            .collect();
+        assert!(
+            now == last || later.contains(&&now),
+            "I1: {key} is {now:?}; last acknowledged {last:?}, unknown outcome after it {later:?}"
+        );
     }
     // I4: one event per acknowledged write, in order, on one watch_id.
     let ids: std::collections::BTreeSet<i64> = seen.events.iter().map(|e| e.0).collect();
-    assert_eq!(ids.len(), 1, "I4: events on one watch_id: {ids:?}");
+    if seen.abandoned {
+        assert!(ids.len() <= 1, "I4: events on one watch_id: {ids:?}");
+    } else {
+        assert_eq!(ids.len(), 1, "I4: events on one watch_id: {ids:?}");
+    }
     let mut by_key: HashMap<&str, Vec<Option<String>>> = HashMap::new();
     let mut last_rev = 0;
     for (_, key, value, rev) in &seen.events {
@@ -336,15 +445,71 @@ fn check_load(seen: &Seen, after: &BTreeMap<String, (String, i64, i64, i64)>) {
         last_rev = *rev;
         by_key.entry(key.as_str()).or_default().push(value.clone());
     }
-    for (key, values) in &seen.acked {
+    for key in by_key.keys() {
+        assert!(
+            keys.iter().any(|k| k.as_str() == *key),
+            "I4: an event for {key}, which the load never wrote"
+        );
+    }
+    for key in &keys {
         if key.contains("leases/holder") {
             continue; // written before the watch started
         }
-        assert_eq!(
-            by_key.get(key.as_str()).cloned().unwrap_or_default(),
-            *values,
-            "I4: the events of {key} are its acknowledged writes, once each"
+        let acked = seen.acked.get(*key).map_or(&[][..], Vec::as_slice);
+        let events = by_key.get(key.as_str()).cloned().unwrap_or_default();
+        if unknown(key).is_empty() && !seen.abandoned {
+            assert_eq!(
+                events, acked,
+                "I4: the events of {key} are its acknowledged writes, once each"
+            );
+            continue;
+        }
+        // Acknowledged writes must each appear; writes of unknown outcome may.
+        let mut expected: Vec<(Option<String>, bool)> = Vec::new();
+        for i in 0..=acked.len() {
+            for (before, v) in unknown(key) {
+                if *before == i {
+                    expected.push((v.clone(), true));
+                }
+            }
+            if let Some(v) = acked.get(i) {
+                expected.push((v.clone(), false));
+            }
+        }
+        assert!(
+            events_match(&events, &expected, seen.abandoned),
+            "I4: the events of {key} ({events:?}) are its writes once each, in order \
+             (acknowledged: {acked:?}, unknown outcome: {:?})",
+            unknown(key)
         );
+    }
+}
+
+/// Whether `events` are `expected` in order, where the items marked `true` may be missing;
+/// with `prefix_ok`, the events may end before the expected list does (a watch whose
+/// proxy was killed).
+fn events_match(events: &[Option<String>], expected: &[(Option<String>, bool)], prefix_ok: bool) -> bool {
+    let (n, m) = (events.len(), expected.len());
+    // reach[i][j]: events[..i] are expected[..j].
+    let mut reach = vec![vec![false; m + 1]; n + 1];
+    reach[0][0] = true;
+    for i in 0..=n {
+        for j in 0..m {
+            if !reach[i][j] {
+                continue;
+            }
+            if expected[j].1 {
+                reach[i][j + 1] = true;
+            }
+            if i < n && events[i] == expected[j].0 {
+                reach[i + 1][j + 1] = true;
+            }
+        }
+    }
+    if prefix_ok {
+        reach[n].iter().any(|r| *r)
+    } else {
+        reach[n][m]
     }
 }
 
@@ -525,7 +690,7 @@ async fn a_live_migration_keeps_every_write_watch_revision_and_lease() {
 }
 
 /// Waits until the running migration reaches `phase`.
-async fn wait_phase(proxy: &Proxy, phase: &str) {
+pub(crate) async fn wait_phase(proxy: &Proxy, phase: &str) {
     eventually(
         &format!("the migration reaches {phase}"),
         Duration::from_secs(30),
@@ -534,7 +699,7 @@ async fn wait_phase(proxy: &Proxy, phase: &str) {
     .await;
 }
 
-async fn wait_end(proxy: &Proxy) -> serde_json::Value {
+pub(crate) async fn wait_end(proxy: &Proxy) -> serde_json::Value {
     eventually("the migration ends", Duration::from_secs(60), || async {
         let st = proxy.status().await;
         st["migration"]["outcome"] != "Running" && st["phase"] == "Ready"

@@ -494,3 +494,106 @@ impl Etcd {
         self.launch();
     }
 }
+
+/// A TCP forwarder on 127.0.0.1 that the test controls: it relays every connection to
+/// `target` until [`Forwarder::cut`] drops them all and closes the port (new connections
+/// are refused), and [`Forwarder::restore`] opens the same port again. It runs on a
+/// runtime of its own, so that it keeps relaying while the test's runtime is busy.
+pub struct Forwarder {
+    /// `127.0.0.1:PORT`, to give as an endpoint instead of `target`.
+    pub addr: String,
+    target: String,
+    rt: Option<tokio::runtime::Runtime>,
+    accept: Option<tokio::task::JoinHandle<()>>,
+    conns: std::sync::Arc<parking_lot::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Forwarder {
+    pub fn start(target: &str) -> Forwarder {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("forwarder runtime");
+        let listener = TcpListener::bind("127.0.0.1:0").expect("forwarder port");
+        let mut f = Forwarder {
+            addr: listener.local_addr().expect("address").to_string(),
+            target: target.to_string(),
+            rt: Some(rt),
+            accept: None,
+            conns: Default::default(),
+        };
+        f.serve(listener);
+        f
+    }
+
+    fn serve(&mut self, listener: TcpListener) {
+        listener.set_nonblocking(true).expect("nonblocking");
+        let conns = self.conns.clone();
+        let target = self.target.clone();
+        let rt = self.rt.as_ref().expect("runtime");
+        self.accept = Some(rt.spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("listener");
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    continue;
+                };
+                let target = target.clone();
+                let relay = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                let mut c = conns.lock();
+                c.retain(|t| !t.is_finished());
+                c.push(relay);
+            }
+        }));
+    }
+
+    /// Drops every relayed connection and closes the port; returns once both are done.
+    pub fn cut(&mut self) {
+        let mut tasks: Vec<_> = self.conns.lock().drain(..).collect();
+        tasks.extend(self.accept.take());
+        for t in &tasks {
+            t.abort();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !tasks.iter().all(|t| t.is_finished()) {
+            assert!(Instant::now() < deadline, "the forwarder's tasks did not stop");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(
+            std::net::TcpStream::connect(&self.addr).is_err(),
+            "the forwarder's port still accepts connections"
+        );
+    }
+
+    /// Opens the port again and relays new connections.
+    pub fn restore(&mut self) {
+        assert!(self.accept.is_none(), "the forwarder is not cut");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let listener = loop {
+            match TcpListener::bind(&self.addr) {
+                Ok(l) => break l,
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => panic!("cannot listen on {} again: {e}", self.addr),
+            }
+        };
+        self.serve(listener);
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        for t in self.conns.lock().drain(..).chain(self.accept.take()) {
+            t.abort();
+        }
+        if let Some(rt) = self.rt.take() {
+            rt.shutdown_background();
+        }
+    }
+}
