@@ -145,7 +145,10 @@ mod tests {
         w.write_all(b"DATA").await.unwrap();
         // Nothing reached the peer before the flush.
         let mut probe = [0u8; 16];
-        assert!(b.read(&mut probe).now_or_never().is_none(), "bytes left before the flush");
+        assert!(
+            b.read(&mut probe).now_or_never().is_none(),
+            "bytes left before the flush"
+        );
         w.flush().await.unwrap();
         let n = b.read(&mut probe).await.unwrap();
         assert_eq!(&probe[..n], b"HEADERSDATA");

@@ -65,7 +65,7 @@ pub fn prefix_end(prefix: &[u8]) -> Bytes {
     Bytes::from_static(b"\0")
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct CopyOptions {
     /// Keys read from the source per Range.
     pub page_size: i64,
@@ -80,6 +80,9 @@ pub struct CopyOptions {
     /// The source's own translation, when it was itself the target of an earlier
     /// migration: K records the revisions clients see, so migrations compose.
     pub view: Option<Arc<Translation>>,
+    /// The running migration: each lease copied joins the ones it keeps alive on the
+    /// target, so a copy that outlasts a lease's TTL does not lose that lease's keys.
+    pub link: Option<Arc<crate::route::MigrationLink>>,
 }
 
 impl Default for CopyOptions {
@@ -91,6 +94,7 @@ impl Default for CopyOptions {
             overwrite: false,
             exclude: None,
             view: None,
+            link: None,
         }
     }
 }
@@ -272,6 +276,9 @@ pub async fn copy_range(
                 let id = copy_lease(source, target, kv.lease).await?;
                 out.lease_ids.insert(kv.lease, id);
                 leases_done.insert(kv.lease, id);
+                if let Some(link) = &opts.link {
+                    link.leases.lock().insert(kv.lease, id);
+                }
                 out.stats.leases += 1;
             }
         }

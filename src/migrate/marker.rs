@@ -377,8 +377,11 @@ pub fn spawn_follower(router: std::sync::Arc<crate::route::Router>) -> tokio::ta
             };
             match outcome {
                 Ok(Some(to)) => {
-                    // The migrating proxy swaps its own route; give it the first go.
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    // The migrating proxy swaps its own route: give it the first go (all
+                    // the time it needs when it runs in this process).
+                    let leads_here = router.link().is_some() && follower.link.is_none();
+                    let grace = std::time::Duration::from_millis(if leads_here { 30_000 } else { 20 });
+                    let _ = tokio::time::timeout(grace, changes.changed()).await;
                     if router.route().generation == route.generation {
                         if let Err(e) = follow_markers(&router).await {
                             tracing::warn!(to, error = %e, "the tenant moved, but its new datastore cannot be used yet; refusing requests and retrying");

@@ -515,7 +515,28 @@ impl Migrator {
                 if me.abort.lock().is_some() {
                     continue;
                 }
-                let ds = me.router.route().datastore.clone();
+                let route = me.router.route();
+                let ds = route.datastore.clone();
+                // A leader that died right after its commit marker never wrote its final
+                // view; this replica following the marker to the target says how it ended.
+                let current = me.snapshot();
+                if let Some(m) = current.migration.as_ref() {
+                    if m.outcome == Outcome::Running
+                        && m.leader != me.leader
+                        && m.to == route.datastore_name
+                        && route.stranded.is_none()
+                    {
+                        let mut done = m.clone();
+                        done.outcome = Outcome::Succeeded;
+                        done.phase = Phase::Ready;
+                        done.finished_unix_ms = Some(route.since_unix_ms);
+                        me.state.send_replace(Snapshot {
+                            phase: Phase::Ready,
+                            migration: Some(done),
+                        });
+                        continue;
+                    }
+                }
                 let Ok(resp) = ops::range(
                     &ds,
                     RangeRequest {
@@ -787,8 +808,11 @@ impl Job<'_> {
             concurrency: settings.concurrency,
             exclude: Some(reserved.clone()),
             view: view.clone(),
+            link: Some(link.clone()),
             ..Default::default()
         };
+        // From the first lease copied on, the target's copies live as long as the source's.
+        let mirror = ops::mirror_leases(source.clone(), link.clone());
         let copy_started = Instant::now();
         let copied = {
             let m2 = Arc::clone(&m);
@@ -804,7 +828,14 @@ impl Job<'_> {
                 .await
                 .map_err(Failure::from)
             })
-            .await?
+            .await
+        };
+        let copied = match copied {
+            Ok(c) => c,
+            Err(e) => {
+                mirror.abort();
+                return Err(e);
+            }
         };
         m.metrics.keys_copied.inc_by(copied.stats.keys);
         m.metrics.bytes_copied.inc_by(copied.stats.bytes);
@@ -817,7 +848,6 @@ impl Job<'_> {
         // CatchingUp: follow the source; verify everything once at a consistent point,
         // then the keys changed since, in rounds, until the lag is small.
         self.phase(Phase::CatchingUp);
-        let mirror = ops::mirror_leases(source.clone(), link.clone());
         let result = self.catch_up_and_commit(sides, copied, r0, link, guard).await;
         mirror.abort();
         result

@@ -58,7 +58,10 @@ impl Route {
             None => Ok(()),
             Some(s) => Err(crate::error::ProxyError::NoEndpoint {
                 datastore: s.moved_to.clone(),
-                detail: format!("the tenant moved there from {:?}, which no longer serves it: {}", self.datastore_name, s.reason),
+                detail: format!(
+                    "the tenant moved there from {:?}, which no longer serves it: {}",
+                    self.datastore_name, s.reason
+                ),
             }),
         }
     }
@@ -193,7 +196,11 @@ impl Router {
     /// (streams too, as they learn of the change) until [`Router::switch_to`] succeeds.
     pub fn strand(&self, moved_to: &str, reason: String) {
         let cur = self.current.load_full();
-        if cur.stranded.as_ref().is_some_and(|s| s.moved_to == moved_to && s.reason == reason) {
+        if cur
+            .stranded
+            .as_ref()
+            .is_some_and(|s| s.moved_to == moved_to && s.reason == reason)
+        {
             return;
         }
         let generation = cur.generation + 1;

@@ -237,7 +237,8 @@ async fn relay_keep_alive(
     };
     if let Err(e) = route.usable() {
         let _ = down.send(Err(e.to_status())).await;
-        ctx.metrics.observe_stream_end("Lease", "LeaseKeepAlive", Code::Unavailable);
+        ctx.metrics
+            .observe_stream_end("Lease", "LeaseKeepAlive", Code::Unavailable);
         return;
     }
     let mut upstream = open(&route);

@@ -546,10 +546,9 @@ pub async fn serve(
         }
         Listener::Unix(l, path) => {
             // Older grpc-go clients send the socket path as :authority; see uds.rs.
-            let incoming =
-                tokio_stream::StreamExt::map(UnixListenerStream::new(l), |conn| {
-                    conn.map(|c| Coalesced::new(uds::FixAuthority::new(c)))
-                });
+            let incoming = tokio_stream::StreamExt::map(UnixListenerStream::new(l), |conn| {
+                conn.map(|c| Coalesced::new(uds::FixAuthority::new(c)))
+            });
             let result = router.serve_with_incoming_shutdown(incoming, shutdown).await;
             let _ = std::fs::remove_file(&path);
             result?;
