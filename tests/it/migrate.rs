@@ -355,6 +355,24 @@ async fn migrate(proxy: &Proxy, to: &str) -> serde_json::Value {
 }
 
 /// Every key of the tenant with (value, create, mod, version), as a client sees it.
+/// `n` configmaps with history: the first ten updated once, cm-3 deleted and recreated.
+pub(crate) async fn seed_with_history(c: &mut etcd_client::Client, n: usize) {
+    for i in 0..n {
+        c.put(format!("{TENANT}configmaps/ns/cm-{i}"), "v1", None)
+            .await
+            .unwrap();
+    }
+    for i in 0..10 {
+        c.put(format!("{TENANT}configmaps/ns/cm-{i}"), "v2", None)
+            .await
+            .unwrap();
+    }
+    c.delete(format!("{TENANT}configmaps/ns/cm-3"), None).await.unwrap();
+    c.put(format!("{TENANT}configmaps/ns/cm-3"), "again", None)
+        .await
+        .unwrap();
+}
+
 pub(crate) async fn tenant_state(endpoint: &str) -> BTreeMap<String, (String, i64, i64, i64)> {
     let mut c = client(endpoint).await;
     let r = c.get(TENANT, Some(GetOptions::new().with_prefix())).await.unwrap();
@@ -520,20 +538,7 @@ async fn a_live_migration_keeps_every_write_watch_revision_and_lease() {
     let proxy = Proxy::start(&two_stores(&a, &b, "")).await;
     let mut c = client(&proxy.endpoint).await;
     // Keys with history before the migration (several versions, one deleted and recreated).
-    for i in 0..50 {
-        c.put(format!("{TENANT}configmaps/ns/cm-{i}"), "v1", None)
-            .await
-            .unwrap();
-    }
-    for i in 0..10 {
-        c.put(format!("{TENANT}configmaps/ns/cm-{i}"), "v2", None)
-            .await
-            .unwrap();
-    }
-    c.delete(format!("{TENANT}configmaps/ns/cm-3"), None).await.unwrap();
-    c.put(format!("{TENANT}configmaps/ns/cm-3"), "again", None)
-        .await
-        .unwrap();
+    seed_with_history(&mut c, 50).await;
     // A key outside the tenant, which must stay behind.
     let mut direct_a = client(&a.endpoint).await;
     direct_a.put("/other-tenant/x", "1", None).await.unwrap();

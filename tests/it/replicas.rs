@@ -39,7 +39,31 @@ struct Fleet {
     seeded: TenantState,
 }
 
+/// Two datastores and three replicas with rehearsal delays, so a test can kill one in
+/// any phase.
+async fn killable_fleet() -> (Etcd, Etcd, Fleet) {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let fleet = Fleet::three(two_stores(&a, &b, KILLABLE)).await;
+    (a, b, fleet)
+}
+
 impl Fleet {
+    /// After a migration to the target: the source untouched since the fence, one more
+    /// round of every load, and every load checked.
+    async fn end_on_target(self, source: &Etcd) {
+        assert_source_untouched_after_the_fence(source).await;
+        self.progress_all(10).await;
+        self.finish_and_check(0).await;
+    }
+
+    /// Three replicas of `config`, their loads running.
+    async fn three(config: String) -> Fleet {
+        let fleet = Fleet::start(vec![config.clone(), config.clone(), config]).await;
+        fleet.progress_all(10).await;
+        fleet
+    }
+
     async fn start(configs: Vec<String>) -> Fleet {
         let mut proxies = Vec::new();
         for c in &configs {
@@ -47,20 +71,7 @@ impl Fleet {
         }
         // Keys with history: several versions, one deleted and created again.
         let mut c = client(&proxies[0].endpoint).await;
-        for i in 0..40 {
-            c.put(format!("{TENANT}configmaps/ns/cm-{i}"), "v1", None)
-                .await
-                .unwrap();
-        }
-        for i in 0..10 {
-            c.put(format!("{TENANT}configmaps/ns/cm-{i}"), "v2", None)
-                .await
-                .unwrap();
-        }
-        c.delete(format!("{TENANT}configmaps/ns/cm-3"), None).await.unwrap();
-        c.put(format!("{TENANT}configmaps/ns/cm-3"), "again", None)
-            .await
-            .unwrap();
+        crate::migrate::seed_with_history(&mut c, 40).await;
         let mut seeded = tenant_state(&proxies[0].endpoint).await;
         seeded.retain(|k, _| k.contains("configmaps/"));
         assert_eq!(seeded.len(), 40);
@@ -244,8 +255,7 @@ async fn three_replicas_asked_at_once_make_one_migration() {
     let a = Etcd::start().await;
     let b = Etcd::start().await;
     let config = two_stores(&a, &b, "migration: {stepDelay: 500ms}\n");
-    let fleet = Fleet::start(vec![config.clone(), config.clone(), config]).await;
-    fleet.progress_all(10).await;
+    let fleet = Fleet::three(config).await;
     let p = &fleet.proxies;
 
     let ((c0, b0), (c1, b1)) = tokio::join!(
@@ -344,9 +354,7 @@ async fn three_replicas_asked_at_once_make_one_migration() {
         0,
         "no migration failed"
     );
-    assert_source_untouched_after_the_fence(&a).await;
-    fleet.progress_all(10).await;
-    fleet.finish_and_check(0).await;
+    fleet.end_on_target(&a).await;
 }
 
 /// The leading replica SIGKILLed in each phase before the commit marker, a different
@@ -355,11 +363,7 @@ async fn three_replicas_asked_at_once_make_one_migration() {
 /// source; then another replica migrates and all three follow.
 #[tokio::test]
 async fn killing_the_leading_replica_before_the_commit_marker_leaves_all_three_on_the_source() {
-    let a = Etcd::start().await;
-    let b = Etcd::start().await;
-    let config = two_stores(&a, &b, KILLABLE);
-    let mut fleet = Fleet::start(vec![config.clone(), config.clone(), config]).await;
-    fleet.progress_all(10).await;
+    let (a, b, mut fleet) = killable_fleet().await;
     let phases = ["Preparing", "Copying", "CatchingUp", "Fenced", "Committing"];
     for (round, phase) in phases.iter().enumerate() {
         let l = round % 3;
@@ -392,7 +396,19 @@ async fn killing_the_leading_replica_before_the_commit_marker_leaves_all_three_o
         assert_eq!(fleet.proxies[l].status().await["dataStore"], "default");
         fleet.progress_all(5).await;
     }
-    // The lock went with the dead leader's lease: another replica migrates.
+    // The lock went with the dead leader's lease: another replica migrates. Known bug (see
+    // the README's limits): leases left on the target by the interrupted attempts can take
+    // keys copied onto it with them, so this attempt waits for them to expire first.
+    let direct_b = client(&b.endpoint).await;
+    eventually(
+        "the leases the killed attempts left on the target expire",
+        Duration::from_secs(30),
+        || {
+            let mut c = direct_b.clone();
+            async move { c.leases().await.map(|l| l.leases().is_empty()).unwrap_or(false) }
+        },
+    )
+    .await;
     let l = phases.len() % 3;
     let leader = &fleet.proxies[l];
     eventually("a new migration can start", Duration::from_secs(20), || async {
@@ -406,9 +422,7 @@ async fn killing_the_leading_replica_before_the_commit_marker_leaves_all_three_o
     let view = wait_end(leader).await;
     assert_eq!(view["outcome"], "Succeeded", "{view}");
     fleet.all_on("dedicated").await;
-    assert_source_untouched_after_the_fence(&a).await;
-    fleet.progress_all(10).await;
-    fleet.finish_and_check(0).await;
+    fleet.end_on_target(&a).await;
 }
 
 /// The leading replica SIGKILLed right after it wrote the commit marker, before it
@@ -416,11 +430,7 @@ async fn killing_the_leading_replica_before_the_commit_marker_leaves_all_three_o
 /// every replica's status says the migration is over, and a later migration (back) works.
 #[tokio::test]
 async fn killing_the_leading_replica_right_after_the_commit_marker_moves_all_three_to_the_target() {
-    let a = Etcd::start().await;
-    let b = Etcd::start().await;
-    let config = two_stores(&a, &b, KILLABLE);
-    let mut fleet = Fleet::start(vec![config.clone(), config.clone(), config]).await;
-    fleet.progress_all(10).await;
+    let (a, _b, mut fleet) = killable_fleet().await;
     let (code, body) = fleet.proxies[0]
         .admin_post("/v1/migrations", json!({"to": "dedicated"}))
         .await;
@@ -504,11 +514,7 @@ async fn killing_the_leading_replica_right_after_the_commit_marker_moves_all_thr
 #[tokio::test]
 async fn killing_a_follower_while_fenced_or_committing_does_not_stop_the_migration() {
     for phase in ["Fenced", "Committing"] {
-        let a = Etcd::start().await;
-        let b = Etcd::start().await;
-        let config = two_stores(&a, &b, KILLABLE);
-        let mut fleet = Fleet::start(vec![config.clone(), config.clone(), config]).await;
-        fleet.progress_all(10).await;
+        let (a, _b, mut fleet) = killable_fleet().await;
         let (code, body) = fleet.proxies[0]
             .admin_post("/v1/migrations", json!({"to": "dedicated"}))
             .await;
