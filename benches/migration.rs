@@ -10,19 +10,30 @@
 //! started: the source ("default") and the target ("dedicated"). The source is loaded
 //! directly (Txns of 128 puts, 8 in flight), then the tenant (`/registry/`) is moved:
 //!
-//! 1. `cutover`: the cutover binary (release build) in front of both members, with a write
-//!    load of `BENCH_WRITE_RATE` (200) writes/s through it during the whole migration:
-//!    6 of 8 writers kube-style (linearizable get, then a Txn comparing mod_revision with
-//!    what the get returned, put on success), 2 plain puts, each writer on its own keys,
-//!    open loop (a fixed schedule, a late write is not made up for). The migration is
-//!    started with `POST /v1/migrations {"to": "dedicated"}` and followed by polling
-//!    `GET /v1/status` every 20 ms. Reported: the copy phase's throughput (keysCopied and
+//! 1. `cutover`: `BENCH_REPLICAS` (3) cutover replicas (the release binary, the same config,
+//!    each with its own listen and admin port), all in front of both members, as the
+//!    sidecars of three kube-apiserver replicas. A write load of `BENCH_WRITE_RATE` (200)
+//!    writes/s runs through them during the whole migration: 6 of 8 writers kube-style
+//!    (linearizable get, then a Txn comparing mod_revision with what the get returned, put
+//!    on success), 2 plain puts, each writer on its own keys and bound to one replica
+//!    (writer `w` to replica `w % BENCH_REPLICAS`), open loop (a fixed schedule, a late
+//!    write is not made up for). The migration is started on replica 0 with
+//!    `POST /v1/migrations {"to": "dedicated"}` and followed by polling its
+//!    `GET /v1/status` every 20 ms; once it succeeded, every replica's status is polled
+//!    until it serves from `dedicated`, and for each replica `dataStoreSinceUnixMs` (when it
+//!    started serving from its datastore) minus the leader's `migration.committedUnixMs`
+//!    (when the commit marker was written) is the time from the commit marker to that
+//!    replica serving from the target (the leader's own included; the replicas share the
+//!    machine's wall clock). The largest of them, commit marker to the last replica, is
+//!    reported per run. Also reported: the copy phase's throughput (keysCopied and
 //!    bytesCopied over the copy's duration, from the proxy's `copy done` log line, or from
 //!    the polled phases if that line is missing), the proxy's `fenceMs`, the
 //!    client-observed write-blocked window (the longest gap between consecutive write
 //!    completions that overlaps the fence, i.e. [finishedUnixMs - fenceMs,
-//!    finishedUnixMs] widened by 50 ms each side), the longest write latency overlapping the
-//!    fence, every client error, and the total time (startedUnixMs to finishedUnixMs).
+//!    finishedUnixMs] widened by 50 ms each side, over the completions through all
+//!    replicas; the same per replica is in the details), the longest write latency
+//!    overlapping the fence, every client error, and the total time (startedUnixMs to
+//!    finishedUnixMs).
 //! 2. `kamaji`: Kamaji's stop-the-world migration. Writes are frozen (no load runs: the
 //!    freeze is the start of the clock), one unpaginated prefix Get of the whole tenant
 //!    from the source, then one Put per key to the target, sequentially, as Kamaji's etcd
@@ -38,7 +49,9 @@
 //! It prints one row per method and data set, the ratios (cutover's copy speed over each
 //! baseline's, the stop-the-world window over cutover's), and PASS/MISS for the targets:
 //! fence window <= 100 ms and independent of the key count, copy >= 5x faster than both
-//! baselines, no client error under the hold fence. Nothing is asserted.
+//! baselines, no client error under the hold fence. The commit-marker-to-last-replica time
+//! (median and max over the repetitions, next to the fence columns) has no target. Nothing
+//! is asserted; a value the proxy did not report prints as `-`.
 //!
 //! Environment:
 //!
@@ -46,12 +59,15 @@
 //! * `BENCH_REPS` (default 1): repetitions of every (size, method); with more than one, the
 //!   table shows medians and the maximum of the write-blocked window;
 //! * `BENCH_METHODS` (default `cutover,kamaji,make-mirror`);
-//! * `BENCH_VALUE_BYTES` (default 1024); `BENCH_WRITE_RATE` (default 200 writes/s);
+//! * `BENCH_REPLICAS` (default 3): cutover replicas of the `cutover` method (1: a single
+//!   proxy, as before);
+//! * `BENCH_VALUE_BYTES` (default 1024); `BENCH_WRITE_RATE` (default 200 writes/s, the
+//!   total over all replicas);
 //! * `BENCH_KAMAJI_CONCURRENCY` (default 1 = sequential, as Kamaji);
 //! * `BENCH_CUTOVER_YAML`: extra top-level YAML appended to cutover's config, e.g.
 //!   `BENCH_CUTOVER_YAML=$'migration:\n  concurrency: 8\n'`;
 //! * `BENCH_CUTOVER_LOG` (default `info`): cutover's `log.level`, e.g. `cutover=debug,info`;
-//! * `BENCH_LOG_DIR`: keep the logs of every run (etcd, cutover, make-mirror) in
+//! * `BENCH_LOG_DIR`: keep the logs of every run (etcd, every cutover replica, make-mirror) in
 //!   `BENCH_LOG_DIR/run-N/` instead of deleting them with the temp dir;
 //! * `CUTOVER_BIN` (default: the binary cargo built for this bench, `CARGO_BIN_EXE_cutover`),
 //!   `ETCD_BIN` (default `etcd`), `ETCDCTL_BIN` (default `etcdctl`).
@@ -109,6 +125,8 @@ struct Settings {
     methods: Vec<Method>,
     value_bytes: usize,
     write_rate: f64,
+    /// Cutover replicas of the `cutover` method.
+    replicas: usize,
     kamaji_concurrency: usize,
     cutover_yaml: String,
     /// cutover's `log.level` (the copy time is read from its info-level `copy done` line).
@@ -161,6 +179,7 @@ impl Settings {
             methods,
             value_bytes: env_parse("BENCH_VALUE_BYTES", 1024usize),
             write_rate: env_parse("BENCH_WRITE_RATE", 200.0f64),
+            replicas: env_parse("BENCH_REPLICAS", 3usize).max(1),
             kamaji_concurrency: env_parse("BENCH_KAMAJI_CONCURRENCY", 1usize).max(1),
             cutover_yaml: std::env::var("BENCH_CUTOVER_YAML").unwrap_or_default(),
             cutover_log: std::env::var("BENCH_CUTOVER_LOG")
@@ -493,6 +512,8 @@ struct WriteRec {
     issued: Instant,
     done: Instant,
     ok: bool,
+    /// The replica the writer is bound to.
+    replica: usize,
 }
 
 #[derive(Default)]
@@ -546,9 +567,11 @@ async fn kube_write(kv: &mut KvClient<Channel>, key: &Bytes, value: &Bytes) -> R
     }
 }
 
-/// One writer: a write every `period`, starting at `first`, until told to stop.
+/// One writer: a write every `period`, starting at `first`, until told to stop, through
+/// `ch` (replica `replica`).
 async fn writer(
     ch: Channel,
+    replica: usize,
     w: usize,
     period: Duration,
     first: tokio::time::Instant,
@@ -598,9 +621,10 @@ async fn writer(
             issued,
             done,
             ok: r.is_ok(),
+            replica,
         });
         if let Err(e) = r {
-            out.errors.push((done, e));
+            out.errors.push((done, format!("via replica {replica}: {e}")));
         }
     }
 }
@@ -611,14 +635,16 @@ struct Load {
 }
 
 impl Load {
-    fn start(ch: &Channel, rate: f64) -> Load {
+    /// `rate` writes/s in all; writer `w` writes through `replicas[w % replicas.len()]`.
+    fn start(replicas: &[Channel], rate: f64) -> Load {
         let (stop, rx) = watch::channel(false);
         let period = Duration::from_secs_f64(WRITERS as f64 / rate.max(1.0));
         let start = tokio::time::Instant::now() + Duration::from_millis(20);
         let tasks = (0..WRITERS)
             .map(|w| {
                 let first = start + period.mul_f64(w as f64 / WRITERS as f64);
-                tokio::spawn(writer(ch.clone(), w, period, first, rx.clone()))
+                let i = w % replicas.len();
+                tokio::spawn(writer(replicas[i].clone(), i, w, period, first, rx.clone()))
             })
             .collect();
         Load { stop, tasks }
@@ -656,6 +682,10 @@ struct RunResult {
     fence_ms: Option<f64>,
     /// cutover: the longest write latency overlapping the fence.
     fence_max_latency_ms: Option<f64>,
+    /// cutover: from the commit marker to the last replica serving from the target (the
+    /// largest `dataStoreSinceUnixMs - committedUnixMs` over the replicas); none if a
+    /// replica's value is unknown.
+    commit_to_last_ms: Option<f64>,
     errors: u64,
     writes: u64,
     failed: Option<String>,
@@ -777,12 +807,13 @@ struct CutoverProc {
     admin: String,
 }
 
-fn start_cutover(dir: &Path, src: &Etcd, dst: &Etcd, extra_yaml: &str, log_level: &str) -> CutoverProc {
+/// Replica `i`: the same config as every other replica but for its ports.
+fn start_cutover(i: usize, dir: &Path, src: &Etcd, dst: &Etcd, extra_yaml: &str, log_level: &str) -> CutoverProc {
     let port = free_port();
     let admin_port = free_port();
     let token = dir.join("admin-token");
     std::fs::write(&token, ADMIN_TOKEN).expect("write the admin token");
-    let config = dir.join("cutover.yaml");
+    let config = dir.join(format!("cutover-{i}.yaml"));
     let mut yaml = format!(
         "listen: 127.0.0.1:{port}\nadmin:\n  listen: 127.0.0.1:{admin_port}\n  tokenFile: {}\n\
          prefix: {TENANT}\ndataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\"]\n  \
@@ -802,7 +833,11 @@ fn start_cutover(dir: &Path, src: &Etcd, dst: &Etcd, extra_yaml: &str, log_level
     let mut cmd = Command::new(cutover_binary());
     cmd.arg("serve").arg("--config").arg(&config).env_remove("RUST_LOG");
     CutoverProc {
-        proc: Proc::spawn("cutover", cmd, dir.join("cutover.log")),
+        proc: Proc::spawn(
+            &format!("cutover replica {i}"),
+            cmd,
+            dir.join(format!("cutover-{i}.log")),
+        ),
         endpoint: format!("127.0.0.1:{port}"),
         admin: format!("http://127.0.0.1:{admin_port}"),
     }
@@ -837,6 +872,108 @@ async fn get_status(http: &reqwest::Client, admin: &str) -> Result<serde_json::V
     r.json().await.map_err(|e| format!("GET /v1/status: {e}"))
 }
 
+/// How long the replicas that follow may take to serve from the target once the leader
+/// reports success.
+const FOLLOW_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Every replica, once the migration succeeded.
+struct Follow {
+    /// When the commit marker was written (Unix ms): the leader's `committedUnixMs`, or
+    /// another replica's copy of it if the leader's view has none.
+    committed_ms: Option<f64>,
+    /// Per replica: `dataStoreSinceUnixMs` once it serves from `dedicated` (none: it did
+    /// not within FOLLOW_DEADLINE, or the field is missing).
+    since_ms: Vec<Option<f64>>,
+    /// Per replica: the `migration.committedUnixMs` it published (when first seen on the
+    /// target, then a second after the leader finished).
+    their_committed_ms: Vec<Option<f64>>,
+    /// Per replica, a second after the leader finished: its migration's id, phase, outcome.
+    their_migration: Vec<String>,
+    notes: Vec<String>,
+}
+
+impl Follow {
+    /// Per replica: commit marker to serving from the target, in ms.
+    fn delays(&self) -> Vec<Option<f64>> {
+        self.since_ms
+            .iter()
+            .map(|s| Some(s.as_ref()? - self.committed_ms?))
+            .collect()
+    }
+}
+
+/// Polls every replica's status until each serves from `dedicated` (or FOLLOW_DEADLINE).
+async fn await_replicas(http: &reqwest::Client, proxies: &mut [CutoverProc], view: &serde_json::Value) -> Follow {
+    let n = proxies.len();
+    let deadline = Instant::now() + FOLLOW_DEADLINE;
+    let mut on = vec![false; n];
+    let mut last: Vec<serde_json::Value> = vec![serde_json::Value::Null; n];
+    let mut notes = Vec::new();
+    loop {
+        for i in 0..n {
+            if on[i] {
+                continue;
+            }
+            if let Err(e) = proxies[i].proc.check_alive() {
+                notes.push(format!("replica {i}: {}", e.lines().next().unwrap_or("")));
+                on[i] = true; // nothing more to wait for
+                continue;
+            }
+            match get_status(http, &proxies[i].admin).await {
+                Ok(st) => {
+                    on[i] = st["dataStore"] == "dedicated";
+                    last[i] = st;
+                }
+                Err(e) => last[i] = serde_json::Value::String(e),
+            }
+        }
+        if on.iter().all(|&x| x) {
+            break;
+        }
+        if Instant::now() > deadline {
+            for i in (0..n).filter(|&i| !on[i]) {
+                notes.push(format!(
+                    "replica {i} did not serve from dedicated within {FOLLOW_DEADLINE:?}; last status: {}",
+                    last[i]
+                ));
+            }
+            break;
+        }
+        tokio::time::sleep(STATUS_POLL).await;
+    }
+    let since_ms = last
+        .iter()
+        .map(|st| {
+            if st["dataStore"] == "dedicated" {
+                st["dataStoreSinceUnixMs"].as_f64()
+            } else {
+                None
+            }
+        })
+        .collect();
+    let their_committed_ms: Vec<Option<f64>> = last
+        .iter()
+        .map(|st| {
+            let m = &st["migration"];
+            if m["id"] == view["id"] {
+                m["committedUnixMs"].as_f64()
+            } else {
+                None
+            }
+        })
+        .collect();
+    let committed_ms = view["committedUnixMs"]
+        .as_f64()
+        .or_else(|| their_committed_ms.iter().flatten().next().copied());
+    Follow {
+        committed_ms,
+        since_ms,
+        their_committed_ms,
+        their_migration: Vec::new(),
+        notes,
+    }
+}
+
 async fn run_cutover(s: &Settings, data: &DataSet, dir: &Path, tag: &str) -> RunResult {
     let src = Etcd::start("source", dir);
     let dst = Etcd::start("target", dir);
@@ -846,20 +983,26 @@ async fn run_cutover(s: &Settings, data: &DataSet, dir: &Path, tag: &str) -> Run
     eprintln!("  {tag}: source loaded in {:.1}s", loaded.as_secs_f64());
 
     let http = reqwest::Client::new();
-    let mut proxy = start_cutover(dir, &src, &dst, &s.cutover_yaml, &s.cutover_log);
-    if let Err(e) = wait_cutover_ready(&mut proxy, &http).await {
-        return RunResult::failure(e);
+    let mut proxies: Vec<CutoverProc> = (0..s.replicas)
+        .map(|i| start_cutover(i, dir, &src, &dst, &s.cutover_yaml, &s.cutover_log))
+        .collect();
+    let mut channels = Vec::new();
+    for (i, p) in proxies.iter_mut().enumerate() {
+        if let Err(e) = wait_cutover_ready(p, &http).await {
+            return RunResult::failure(format!("replica {i}: {e}"));
+        }
+        channels.push(connect_ready(&format!("cutover replica {i}"), &p.endpoint).await);
     }
-    let ch = connect_ready("cutover", &proxy.endpoint).await;
 
     // The load runs a second before, during, and a second after the migration.
-    let load = Load::start(&ch, s.write_rate);
+    let load = Load::start(&channels, s.write_rate);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
+    // Replica 0 is asked, and leads.
     let clock = Clock::now();
     let posted = Instant::now();
     let resp = http
-        .post(format!("{}/v1/migrations", proxy.admin))
+        .post(format!("{}/v1/migrations", proxies[0].admin))
         .bearer_auth(ADMIN_TOKEN)
         .json(&serde_json::json!({ "to": "dedicated" }))
         .send()
@@ -888,11 +1031,11 @@ async fn run_cutover(s: &Settings, data: &DataSet, dir: &Path, tag: &str) -> Run
     let mut last_status = serde_json::Value::Null;
     let mut poll_errors = 0;
     let view = loop {
-        if let Err(e) = proxy.proc.check_alive() {
+        if let Some(e) = proxies.iter_mut().find_map(|p| p.proc.check_alive().err()) {
             let _ = load.finish().await;
             return RunResult::failure(format!("{e}\nlast status: {last_status}"));
         }
-        match get_status(&http, &proxy.admin).await {
+        match get_status(&http, &proxies[0].admin).await {
             Ok(st) => {
                 let now = Instant::now();
                 let m = &st["migration"];
@@ -915,14 +1058,38 @@ async fn run_cutover(s: &Settings, data: &DataSet, dir: &Path, tag: &str) -> Run
             let _ = load.finish().await;
             return RunResult::failure(format!(
                 "the migration did not end within {MIGRATION_DEADLINE:?}; last status: {last_status}\nproxy log tail:\n{}",
-                proxy.proc.log_tail(40)
+                proxies[0].proc.log_tail(40)
             ));
         }
         tokio::time::sleep(STATUS_POLL).await;
     };
     let seen_done = Instant::now();
+    // Every replica, until it serves from the target (the load keeps running meanwhile).
+    let follow = if view["outcome"] == "Succeeded" {
+        Some(await_replicas(&http, &mut proxies, &view).await)
+    } else {
+        None
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
     let out = load.finish().await;
+    // What each replica publishes of the migration, a second later.
+    let mut follow = follow;
+    if let Some(f) = follow.as_mut() {
+        for (i, p) in proxies.iter().enumerate() {
+            let st = get_status(&http, &p.admin).await.unwrap_or_default();
+            let m = &st["migration"];
+            f.their_committed_ms[i] = if m["id"] == view["id"] {
+                m["committedUnixMs"].as_f64()
+            } else {
+                None
+            };
+            f.their_migration.push(if m.is_null() {
+                "none".to_string()
+            } else {
+                format!("{} {} {}", m["id"], m["phase"], m["outcome"])
+            });
+        }
+    }
 
     let mut r = RunResult {
         writes: out.recs.len() as u64,
@@ -934,7 +1101,7 @@ async fn run_cutover(s: &Settings, data: &DataSet, dir: &Path, tag: &str) -> Run
             "outcome {}: status {}\nproxy log tail:\n{}",
             view["outcome"],
             serde_json::to_string_pretty(&last_status).unwrap_or_default(),
-            proxy.proc.log_tail(40)
+            proxies[0].proc.log_tail(40)
         ));
     }
 
@@ -955,7 +1122,7 @@ async fn run_cutover(s: &Settings, data: &DataSet, dir: &Path, tag: &str) -> Run
         (Some(a), Some(b)) => Some(secs_between(a, b)),
         _ => None,
     };
-    let logged_copy = copy_seconds_from_log(&proxy.proc.log);
+    let logged_copy = copy_seconds_from_log(&proxies[0].proc.log);
     r.copy_s = logged_copy.or(polled_copy).unwrap_or(r.total_s);
 
     // The fence in this program's clock: it ends at the route switch, just before
@@ -1064,6 +1231,85 @@ async fn run_cutover(s: &Settings, data: &DataSet, dir: &Path, tag: &str) -> Run
             "writes overlapping the fence: {overlapping_fence}, longest {l:.1} ms"
         ));
     }
+
+    // Commit marker to each replica serving from the target.
+    let fmt_delay = |d: Option<f64>| d.map_or("-".to_string(), |d| format!("{d:+.0}"));
+    if let Some(f) = &follow {
+        let delays = f.delays();
+        r.commit_to_last_ms = if delays.iter().all(Option::is_some) {
+            Some(max_of(&delays.iter().flatten().copied().collect::<Vec<_>>()))
+        } else {
+            None
+        };
+        let each: Vec<String> = delays
+            .iter()
+            .enumerate()
+            .map(|(i, d)| format!("r{i}{} {}", if i == 0 { " (leader)" } else { "" }, fmt_delay(*d)))
+            .collect();
+        r.details.push(format!(
+            "commit marker to serving from the target, ms (dataStoreSinceUnixMs - committedUnixMs {}): {}; last replica {}",
+            f.committed_ms.map_or("-".to_string(), |c| format!("{c:.0}")),
+            each.join(", "),
+            fmt_delay(r.commit_to_last_ms)
+        ));
+        let differ: Vec<String> = f
+            .their_committed_ms
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c != f.committed_ms)
+            .map(|(i, c)| {
+                format!(
+                    "r{i} {} (migration {})",
+                    c.map_or("-".to_string(), |c| format!("{c:.0}")),
+                    f.their_migration.get(i).map_or("?", String::as_str)
+                )
+            })
+            .collect();
+        if !differ.is_empty() {
+            r.details.push(format!(
+                "committedUnixMs published by the replicas a second after the leader finished differs from the leader's: {}",
+                differ.join(", ")
+            ));
+        }
+        r.details.extend(f.notes.iter().cloned());
+        // Per replica, the writes through it from the fence to its own switch.
+        if let Some((f0, _)) = fence {
+            let mut per = Vec::new();
+            for (i, since) in f.since_ms.iter().enumerate() {
+                let Some(since) = since else { continue };
+                let switched = clock.instant(*since);
+                let mine: Vec<WriteRec> = out.recs.iter().filter(|w| w.replica == i).copied().collect();
+                let gap = mine
+                    .iter()
+                    .filter(|w| w.ok)
+                    .collect::<Vec<_>>()
+                    .windows(2)
+                    .filter(|p| p[1].done >= f0 - margin && p[0].done <= switched + margin)
+                    .map(|p| p[1].done.duration_since(p[0].done).as_secs_f64() * 1000.0)
+                    .fold(None, |m, x| Some(m.map_or(x, |m: f64| m.max(x))));
+                let held = mine
+                    .iter()
+                    .filter(|w| w.issued <= switched && w.done >= f0)
+                    .map(lat_ms)
+                    .fold(None, |m, x| Some(m.map_or(x, |m: f64| m.max(x))));
+                per.push(format!(
+                    "r{i}: {} writes, {} errors, switch at {:+.3}s, longest gap {}, longest write {}",
+                    mine.len(),
+                    out.errors
+                        .iter()
+                        .filter(|e| e.1.starts_with(&format!("via replica {i}:")))
+                        .count(),
+                    secs_between(posted, switched),
+                    gap.map_or("-".to_string(), |g| format!("{g:.1} ms")),
+                    held.map_or("-".to_string(), |l| format!("{l:.1} ms"))
+                ));
+            }
+            r.details.push(format!(
+                "per replica, fence start (-50 ms) to its own switch (+50 ms): {}",
+                per.join("; ")
+            ));
+        }
+    }
     let timeline: Vec<String> = phases
         .iter()
         .map(|(p, t)| format!("{p} {:+.3}s", secs_between(posted, *t)))
@@ -1118,8 +1364,8 @@ async fn run_cutover(s: &Settings, data: &DataSet, dir: &Path, tag: &str) -> Run
             data.kvs.len()
         ));
     }
-    drop(ch);
-    drop(proxy);
+    drop(channels);
+    drop(proxies);
     drop(src);
     drop(dst);
     r
@@ -1376,6 +1622,8 @@ struct Agg {
     fence_med: f64,
     fence_max: f64,
     fence_lat_max: f64,
+    last_med: f64,
+    last_max: f64,
     errors: u64,
     writes: u64,
 }
@@ -1394,6 +1642,8 @@ fn aggregate(runs: &[RunResult]) -> Agg {
         fence_med: median(&col(&|r| r.fence_ms)),
         fence_max: max_of(&col(&|r| r.fence_ms)),
         fence_lat_max: max_of(&col(&|r| r.fence_max_latency_ms)),
+        last_med: median(&col(&|r| r.commit_to_last_ms)),
+        last_max: max_of(&col(&|r| r.commit_to_last_ms)),
         errors: runs.iter().map(|r| r.errors).sum(),
         writes: runs.iter().map(|r| r.writes).sum(),
     }
@@ -1423,11 +1673,12 @@ fn main() {
     );
     println!("cutover: {}", cutover_bin.display());
     println!(
-        "settings: keys {:?}, {} B values, {} repetition(s), methods {}, cutover load {} writes/s ({} writers, {} kube-style get+txn, {} plain put), {} CPUs",
+        "settings: keys {:?}, {} B values, {} repetition(s), methods {}, cutover {} replica(s), load {} writes/s ({} writers spread over the replicas, {} kube-style get+txn, {} plain put), {} CPUs",
         s.sizes,
         s.value_bytes,
         s.reps,
         s.methods.iter().map(|&m| s.method_name(m)).collect::<Vec<_>>().join(","),
+        s.replicas,
         s.write_rate,
         WRITERS,
         KUBE_WRITERS,
@@ -1490,7 +1741,7 @@ fn main() {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<12} {:>7} {:>2} | {:>9} {:>10} {:>8} | {:>14} {:>14} | {:>10} {:>10} {:>10} | {:>9}",
+        "{:<12} {:>7} {:>2} | {:>9} {:>10} {:>8} | {:>14} {:>14} | {:>10} {:>10} {:>10} | {:>17} {:>17} | {:>9}",
         "method",
         "keys",
         "n",
@@ -1502,9 +1753,11 @@ fn main() {
         "fence med",
         "fence max",
         "fence lat",
+        "commit->last med",
+        "commit->last max",
         "errors"
     );
-    let _ = writeln!(out, "{}", "-".repeat(137));
+    let _ = writeln!(out, "{}", "-".repeat(175));
     for &size in &s.sizes {
         for &m in &s.methods {
             let Some(runs) = results.get(&(size, m)) else { continue };
@@ -1513,9 +1766,15 @@ fn main() {
                 Method::MakeMirror => ("n/a".to_string(), "n/a".to_string()),
                 _ => (fmt_ms(a.blocked_med), fmt_ms(a.blocked_max)),
             };
-            let (fmed, fmax, flat) = match m {
-                Method::Cutover => (fmt_ms(a.fence_med), fmt_ms(a.fence_max), fmt_ms(a.fence_lat_max)),
-                _ => ("-".to_string(), "-".to_string(), "-".to_string()),
+            let (fmed, fmax, flat, lmed, lmax) = match m {
+                Method::Cutover => (
+                    fmt_ms(a.fence_med),
+                    fmt_ms(a.fence_max),
+                    fmt_ms(a.fence_lat_max),
+                    fmt_ms(a.last_med),
+                    fmt_ms(a.last_max),
+                ),
+                _ => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
             };
             let errors = match m {
                 Method::Cutover => format!("{}/{}", a.errors, a.writes),
@@ -1528,7 +1787,7 @@ fn main() {
             };
             let _ = writeln!(
                 out,
-                "{:<12} {:>7} {:>2} | {:>8.2}s {:>10.0} {:>8.2} | {:>14} {:>14} | {:>10} {:>10} {:>10} | {:>9}{failed}",
+                "{:<12} {:>7} {:>2} | {:>8.2}s {:>10.0} {:>8.2} | {:>14} {:>14} | {:>10} {:>10} {:>10} | {:>17} {:>17} | {:>9}{failed}",
                 s.method_name(m),
                 size,
                 a.n,
@@ -1540,6 +1799,8 @@ fn main() {
                 fmed,
                 fmax,
                 flat,
+                lmed,
+                lmax,
                 errors
             );
         }
@@ -1550,8 +1811,11 @@ fn main() {
          copy k/s, MiB/s = keys and key+value bytes copied over the copy time (cutover: its Copying phase; baselines: their total)\n\
          blocked = writes blocked: cutover the client-observed window (longest gap between write completions overlapping the fence),\n  \
          kamaji the whole stop-the-world copy (a lower bound: the control plane restart is not counted); make-mirror blocks nothing but gives no cutover\n\
-         fence = cutover's fenceMs (proxy-reported); fence lat = the longest write (get+txn or put) overlapping the fence (max over reps)\n\
-         errors = client errors / writes of the load through the proxy"
+         fence = cutover's fenceMs (proxy-reported, leading replica); fence lat = the longest write (get+txn or put) overlapping the fence (max over reps)\n\
+         commit->last = cutover: commit marker to the last of its {} replica(s) serving from the target (max over the replicas of\n  \
+         dataStoreSinceUnixMs - the leader's committedUnixMs), median and max over reps\n\
+         errors = client errors / writes of the load through the proxies",
+        s.replicas
     );
     print!("{out}");
 
@@ -1621,6 +1885,12 @@ fn main() {
             fmt_ms(c.fence_max),
             fmt_ms(c.blocked_max),
             pass(ok)
+        );
+        println!(
+            "  {size:>7} keys: commit marker to the last of {} replica(s) serving from the target: median {}, max {} (no target)",
+            s.replicas,
+            fmt_ms(c.last_med),
+            fmt_ms(c.last_max)
         );
         let ok = c.errors == 0;
         if !ok {
