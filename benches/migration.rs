@@ -387,16 +387,7 @@ const RESOURCES: &[(&str, &str, &str, usize)] = &[
     ("leases", "lease", "Lease", 3),
 ];
 
-fn prefix_end(prefix: &[u8]) -> Bytes {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Bytes::from(end);
-        }
-    }
-    Bytes::from_static(b"\0")
-}
+use cutover::migrate::copy::prefix_end;
 
 struct DataSet {
     kvs: Vec<(Bytes, Bytes)>,
@@ -451,6 +442,29 @@ async fn timed<T, E: std::fmt::Display>(fut: impl std::future::Future<Output = R
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {OP_TIMEOUT:?}")),
+    }
+}
+
+/// A fresh source and target etcd for one run, the source loaded with the data set.
+struct Pair {
+    src: Etcd,
+    dst: Etcd,
+    src_ch: Channel,
+    dst_ch: Channel,
+}
+
+async fn fresh_pair(data: &DataSet, dir: &Path, tag: &str) -> Pair {
+    let src = Etcd::start("source", dir);
+    let dst = Etcd::start("target", dir);
+    let src_ch = connect_ready("source etcd", &src.endpoint).await;
+    let dst_ch = connect_ready("target etcd", &dst.endpoint).await;
+    let loaded = load_source(&src_ch, data).await;
+    eprintln!("  {tag}: source loaded in {:.1}s", loaded.as_secs_f64());
+    Pair {
+        src,
+        dst,
+        src_ch,
+        dst_ch,
     }
 }
 
@@ -975,12 +989,12 @@ async fn await_replicas(http: &reqwest::Client, proxies: &mut [CutoverProc], vie
 }
 
 async fn run_cutover(s: &Settings, data: &DataSet, dir: &Path, tag: &str) -> RunResult {
-    let src = Etcd::start("source", dir);
-    let dst = Etcd::start("target", dir);
-    let src_ch = connect_ready("source etcd", &src.endpoint).await;
-    let dst_ch = connect_ready("target etcd", &dst.endpoint).await;
-    let loaded = load_source(&src_ch, data).await;
-    eprintln!("  {tag}: source loaded in {:.1}s", loaded.as_secs_f64());
+    let Pair {
+        src,
+        dst,
+        src_ch: _,
+        dst_ch,
+    } = fresh_pair(data, dir, tag).await;
 
     let http = reqwest::Client::new();
     let mut proxies: Vec<CutoverProc> = (0..s.replicas)
@@ -1375,12 +1389,12 @@ async fn run_cutover(s: &Settings, data: &DataSet, dir: &Path, tag: &str) -> Run
 // Method 2: Kamaji's stop-the-world copy
 
 async fn run_kamaji(s: &Settings, data: &DataSet, dir: &Path, tag: &str) -> RunResult {
-    let src = Etcd::start("source", dir);
-    let dst = Etcd::start("target", dir);
-    let src_ch = connect_ready("source etcd", &src.endpoint).await;
-    let dst_ch = connect_ready("target etcd", &dst.endpoint).await;
-    let loaded = load_source(&src_ch, data).await;
-    eprintln!("  {tag}: source loaded in {:.1}s", loaded.as_secs_f64());
+    let Pair {
+        src,
+        dst,
+        src_ch,
+        dst_ch,
+    } = fresh_pair(data, dir, tag).await;
 
     // The freeze: from here on the tenant's writes are refused.
     let t0 = Instant::now();
@@ -1473,12 +1487,12 @@ async fn run_kamaji(s: &Settings, data: &DataSet, dir: &Path, tag: &str) -> RunR
 // Method 3: etcdctl make-mirror
 
 async fn run_mirror(data: &DataSet, dir: &Path, tag: &str) -> RunResult {
-    let src = Etcd::start("source", dir);
-    let dst = Etcd::start("target", dir);
-    let src_ch = connect_ready("source etcd", &src.endpoint).await;
-    let dst_ch = connect_ready("target etcd", &dst.endpoint).await;
-    let loaded = load_source(&src_ch, data).await;
-    eprintln!("  {tag}: source loaded in {:.1}s", loaded.as_secs_f64());
+    let Pair {
+        src,
+        dst,
+        src_ch: _,
+        dst_ch,
+    } = fresh_pair(data, dir, tag).await;
 
     let want = data.kvs.len() as i64;
     let t0 = Instant::now();

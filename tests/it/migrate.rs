@@ -355,6 +355,19 @@ async fn migrate(proxy: &Proxy, to: &str) -> serde_json::Value {
 }
 
 /// Every key of the tenant with (value, create, mod, version), as a client sees it.
+/// Asks `proxy` to migrate to "dedicated" until it accepts: a dead leader's lock lasts
+/// until its lease expires, and the answer is 409 until then.
+pub(crate) async fn start_when_unlocked(proxy: &Proxy) {
+    eventually("a migration can start", Duration::from_secs(20), || async {
+        let (code, body) = proxy
+            .admin_post("/v1/migrations", json!({"to": "dedicated", "overwrite": true}))
+            .await;
+        assert!(code == 202 || code == 409, "{code} {body}");
+        code == 202
+    })
+    .await;
+}
+
 /// `n` configmaps with history: the first ten updated once, cm-3 deleted and recreated.
 pub(crate) async fn seed_with_history(c: &mut etcd_client::Client, n: usize) {
     for i in 0..n {
@@ -1234,15 +1247,7 @@ async fn killing_the_leader_in_any_phase_before_the_commit_leaves_everyone_on_th
     }
     let load = Load::start(&other.endpoint).await;
     for phase in ["Preparing", "Copying", "CatchingUp", "Fenced", "Committing"] {
-        // The previous dead leader's lock lasts until its lease expires: 409 until then.
-        eventually("a migration can start", Duration::from_secs(20), || async {
-            let (code, body) = leader
-                .admin_post("/v1/migrations", json!({"to": "dedicated", "overwrite": true}))
-                .await;
-            assert!(code == 202 || code == 409, "{code} {body}");
-            code == 202
-        })
-        .await;
+        start_when_unlocked(&leader).await;
         wait_phase(&leader, phase).await;
         leader.kill();
         // The other replica stays on the source and its writes flow (after the fence's

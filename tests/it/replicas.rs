@@ -39,6 +39,16 @@ struct Fleet {
     seeded: TenantState,
 }
 
+/// Waits until `etcd` holds no lease at all (the ones named `what` expired).
+async fn leases_expire(etcd: &Etcd, what: &str) {
+    let c = client(&etcd.endpoint).await;
+    eventually(&format!("{what} expire"), Duration::from_secs(30), || {
+        let mut c = c.clone();
+        async move { c.leases().await.map(|l| l.leases().is_empty()).unwrap_or(false) }
+    })
+    .await;
+}
+
 /// Two datastores and three replicas with rehearsal delays, so a test can kill one in
 /// any phase.
 async fn killable_fleet() -> (Etcd, Etcd, Fleet) {
@@ -368,16 +378,8 @@ async fn killing_the_leading_replica_before_the_commit_marker_leaves_all_three_o
     for (round, phase) in phases.iter().enumerate() {
         let l = round % 3;
         let survivors: Vec<usize> = (0..3).filter(|&i| i != l).collect();
-        // The previous dead leader's lock lasts until its lease expires: 409 until then.
         let leader = &fleet.proxies[l];
-        eventually("a migration can start", Duration::from_secs(20), || async {
-            let (code, body) = leader
-                .admin_post("/v1/migrations", json!({"to": "dedicated", "overwrite": true}))
-                .await;
-            assert!(code == 202 || code == 409, "{code} {body}");
-            code == 202
-        })
-        .await;
+        crate::migrate::start_when_unlocked(leader).await;
         wait_phase(leader, phase).await;
         fleet.kill(l).await;
         // Writes flow through the others (after the fence's lease expired, if fenced).
@@ -399,16 +401,7 @@ async fn killing_the_leading_replica_before_the_commit_marker_leaves_all_three_o
     // The lock went with the dead leader's lease: another replica migrates. Known bug (see
     // the README's limits): leases left on the target by the interrupted attempts can take
     // keys copied onto it with them, so this attempt waits for them to expire first.
-    let direct_b = client(&b.endpoint).await;
-    eventually(
-        "the leases the killed attempts left on the target expire",
-        Duration::from_secs(30),
-        || {
-            let mut c = direct_b.clone();
-            async move { c.leases().await.map(|l| l.leases().is_empty()).unwrap_or(false) }
-        },
-    )
-    .await;
+    leases_expire(&b, "the leases the killed attempts left on the target").await;
     let l = phases.len() % 3;
     let leader = &fleet.proxies[l];
     eventually("a new migration can start", Duration::from_secs(20), || async {
@@ -482,16 +475,7 @@ async fn killing_the_leading_replica_right_after_the_commit_marker_moves_all_thr
     // Known bug (not fixed yet): migrating back to a datastore while the leases the tenant
     // left there have not expired loses keys copied back onto it when those old leases
     // expire. Until it is fixed, the migration back waits for them to expire.
-    let direct_a = client(&a.endpoint).await;
-    eventually(
-        "the leases left on the old source expire",
-        Duration::from_secs(30),
-        || {
-            let mut c = direct_a.clone();
-            async move { c.leases().await.map(|l| l.leases().is_empty()).unwrap_or(false) }
-        },
-    )
-    .await;
+    leases_expire(&a, "the leases left on the old source").await;
     let (code, body) = fleet.proxies[1]
         .admin_post("/v1/cleanup", json!({"datastore": "default"}))
         .await;
