@@ -134,6 +134,9 @@ pub struct Follow<'a> {
     /// notification cannot prove that a revision has been drained; an event can. Use it
     /// when the stop revision is an event in the range (the fence write).
     pub strict: bool,
+    /// The migration's shared lease map: a lease copied during the catch-up is added, so
+    /// its copy is kept alive and the fence can hold it (see `MigrationLink::leases`).
+    pub link: Option<&'a crate::route::MigrationLink>,
 }
 
 /// Follows the range on the source and applies every change to the target, keeping the
@@ -153,6 +156,7 @@ pub async fn follow(
         from,
         view,
         strict,
+        link,
     } = spec;
     let keys = &mut copied.keys;
     let lease_ids = &mut copied.lease_ids;
@@ -257,8 +261,16 @@ pub async fn follow(
             for e in &events[start..end] {
                 if let Some(kv) = &e.kv {
                     if kv.lease != 0 && !lease_ids.contains_key(&kv.lease) {
-                        let id = super::copy::copy_lease(source, target, kv.lease).await?;
+                        // A grant mirrored by the data path is on the target already.
+                        let mirrored = link.and_then(|l| l.leases.lock().get(&kv.lease).copied());
+                        let id = match mirrored {
+                            Some(id) => id,
+                            None => super::copy::copy_lease(source, target, kv.lease).await?,
+                        };
                         lease_ids.insert(kv.lease, id);
+                        if let Some(link) = link {
+                            link.leases.lock().insert(kv.lease, id);
+                        }
                     }
                 }
             }

@@ -370,7 +370,7 @@ pub(super) async fn copy_lease(source: &Datastore, target: &Datastore, id: i64) 
             .await
             .map(|r| r.into_inner())
     };
-    match grant(id).await {
+    let copied = match grant(id).await {
         Ok(r) => Ok(r.id),
         Err(ProxyError::Etcd(s)) if is_lease_exists(&s) => grant(0).await.map(|r| r.id).map_err(on("target")),
         Err(ProxyError::Etcd(s)) => Err(CopyError::Lease {
@@ -378,10 +378,14 @@ pub(super) async fn copy_lease(source: &Datastore, target: &Datastore, id: i64) 
             message: s.message().to_string(),
         }),
         Err(e) => Err(on("target")(e)),
+    };
+    if let Ok(to) = copied {
+        tracing::debug!(lease = format!("{id:x}"), on_target = format!("{to:x}"), ttl = granted, remaining = ttl.ttl, "copied a lease");
     }
+    copied
 }
 
-fn is_lease_exists(s: &Status) -> bool {
+pub(crate) fn is_lease_exists(s: &Status) -> bool {
     s.message() == "etcdserver: lease already exists"
 }
 

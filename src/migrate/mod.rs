@@ -625,6 +625,8 @@ struct Sides {
     view: Option<Arc<Translation>>,
     /// The target's name.
     to: String,
+    /// What the data path shares with the migration (the lease map among it).
+    link: Arc<MigrationLink>,
 }
 
 /// The running catch-up task and how to stop it.
@@ -760,6 +762,7 @@ impl Job<'_> {
             reserved: reserved.clone(),
             view: view.clone(),
             to: to.to_string(),
+            link: link.clone(),
         });
         // Copying, then CatchingUp. A source compaction past the copy's pinned revision
         // (another tenant's compactor, etcd's auto-compaction; the tenant's own Compacts
@@ -871,6 +874,7 @@ impl Job<'_> {
                 from,
                 view: sides.view.as_deref(),
                 strict: true,
+                link: Some(&sides.link),
             };
             let r = catchup::follow(spec, &mut copied, stop_rx, &pos_tx).await;
             (copied, r)
@@ -884,18 +888,23 @@ impl Job<'_> {
     /// (inside the watched range, never applied, never shown to clients) shows when the
     /// watch is live.
     async fn until_follower_is_live(&mut self, sides: &Sides) -> Result<(), Failure> {
-        let mut key = BytesMut::from(&sides.reserved[..]);
-        key.extend_from_slice(b"catch-up");
-        let value = Bytes::from(self.id.clone());
-        let rev = self
-            .step(async { ops::put(&sides.source, key.freeze(), value).await.map_err(on("source")) })
-            .await?;
+        let rev = self.reserved_write(sides, "catch-up").await?;
         let mut position = self.follower.as_ref().expect("follower running").position.clone();
         let live = tokio::time::timeout(Duration::from_secs(5), position.wait_for(|p| p.events_through >= rev)).await;
         if live.is_err() {
             tracing::warn!(migration = %self.id, "the catch-up watch did not show its marker write within 5 s; fencing anyway");
         }
         Ok(())
+    }
+
+    /// Writes cutover's reserved key `name` on the source (inside the followed range, never
+    /// copied): the catch-up sees its revision. Returns that revision.
+    async fn reserved_write(&mut self, sides: &Sides, name: &str) -> Result<i64, Failure> {
+        let mut key = BytesMut::from(&sides.reserved[..]);
+        key.extend_from_slice(name.as_bytes());
+        let value = Bytes::from(self.id.clone());
+        self.step(async { ops::put(&sides.source, key.freeze(), value).await.map_err(on("source")) })
+            .await
     }
 
     /// Stops the catch-up once it has applied `at` (None: what it knows of now).
@@ -1054,20 +1063,36 @@ impl Job<'_> {
         self.pause_for(settings.fence_delay).await?;
         let fence_deadline = tokio::time::Instant::now() + settings.fence_timeout;
         let committed = tokio::time::timeout_at(fence_deadline, async {
-            // Drain: every change up to the fence is on the target.
-            let (copied, pos) = self.stop_follower(Some(fence_rev)).await?;
+            // The fence stops every tenant write but a lease expiry. Once the catch-up has
+            // seen the fence (so the lease map names every lease a tenant key is on), hold
+            // those leases until the commit, and drain to a write made after the deletes of
+            // the ones that had already expired: nothing of the tenant changes after it.
+            let mut position = self.follower.as_ref().expect("follower running").position.clone();
+            let _ = position.wait_for(|p| p.events_through >= fence_rev).await;
+            let ids: Vec<i64> = link.leases.lock().keys().copied().collect();
+            let _held = tokio_util::task::AbortOnDropHandle::new(
+                ops::hold_leases(source.clone(), ids).await.map_err(on("source"))?,
+            );
+            let settled_rev = self.reserved_write(sides, "settled").await?;
+
+            // Drain: every change up to that write is on the target.
+            let (copied, pos) = self.stop_follower(Some(settled_rev)).await?;
             let mut copied = copied;
             last_change = last_change.max(pos.last_change);
             let changed: Vec<Bytes> = copied.touched.drain().collect();
-            let checked = self.shadow(sides, &copied, &changed, fence_rev).await?;
+            let checked = self.shadow(sides, &copied, &changed, settled_rev).await?;
             m.update(|v| v.verified_keys += checked);
 
             // The translation, persisted in the target; T is its revision.
             let virt = |r: i64| view.as_deref().map_or(r, |v| v.to_virtual(r));
-            let s = virt(fence_rev) + settings.revision_gap;
+            let s = virt(settled_rev) + settings.revision_gap;
             let l = virt(last_change);
+            // Every lease the target has a copy of: copied with a key, or a grant the
+            // data path mirrored (it may have no key yet).
+            let mut all_leases = link.leases.lock().clone();
+            all_leases.extend(copied.lease_ids.iter().map(|(a, b)| (*a, *b)));
             let mut leases: HashMap<i64, i64> = HashMap::new();
-            for (src, tgt) in &copied.lease_ids {
+            for (src, tgt) in &all_leases {
                 let client_id = view
                     .as_deref()
                     .map_or(*src, |v| crate::route::translate::lease_id_to_virtual(v, *src));
@@ -1313,9 +1338,11 @@ pub(crate) mod ops {
     }
 
     /// Refreshes `ids` on `ds` once (one keep-alive stream, one message per lease).
-    pub async fn refresh(ds: &Datastore, ids: &[i64]) -> Result<(), ProxyError> {
+    /// Returns the ones the datastore no longer keeps (expired, or revoked).
+    pub async fn refresh(ds: &Datastore, ids: &[i64]) -> Result<Vec<i64>, ProxyError> {
+        let mut gone = Vec::new();
         if ids.is_empty() {
-            return Ok(());
+            return Ok(gone);
         }
         let (_, channel) = ds.pick();
         let token = ds.token(&channel).await.map_err(ProxyError::Etcd)?;
@@ -1329,12 +1356,52 @@ pub(crate) mod ops {
             .into_inner();
         for _ in 0..n {
             match stream.message().await {
+                Ok(Some(r)) if r.ttl <= 0 => gone.push(r.id),
                 Ok(Some(_)) => {}
                 Ok(None) => break,
                 Err(s) => return Err(ProxyError::Etcd(s)),
             }
         }
-        Ok(())
+        Ok(gone)
+    }
+
+    /// Keeps the source's copies of `ids` from expiring while the source is fenced: the
+    /// fence stops every tenant write but a lease expiry, and a key deleted by an expiry
+    /// after the drain point would be on the target and not on the source. etcd itself
+    /// extends every lease on a leader change; this extends them by the fence window.
+    /// Returns the task (abort it at the commit or the release) once the leases that had
+    /// already expired are revoked, so that their deletes come before the next write.
+    pub async fn hold_leases(
+        ds: Arc<Datastore>,
+        ids: Vec<i64>,
+    ) -> Result<tokio::task::JoinHandle<()>, ProxyError> {
+        let gone = refresh(&ds, &ids).await?;
+        // etcd's smallest lease TTL is above a second: refreshing twice a second holds all.
+        let holder = {
+            let ds = ds.clone();
+            let ids: Vec<i64> = ids.iter().copied().filter(|id| !gone.contains(id)).collect();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if let Err(e) = refresh(&ds, &ids).await {
+                        tracing::warn!(error = %e, "could not hold the tenant's leases on the fenced source");
+                    }
+                }
+            })
+        };
+        // An expired lease stays listed until etcd's revoke (and its deletes) is applied.
+        while !gone.is_empty() {
+            match source_leases(&ds).await {
+                Ok(listed) if gone.iter().all(|id| !listed.contains(id)) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    holder.abort();
+                    return Err(e);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(holder)
     }
 
     /// Keeps the migration's lease alive until the task is aborted.

@@ -31,6 +31,16 @@ pub struct LeaseService {
 }
 
 impl LeaseService {
+    /// The ID the current datastore knows a client's lease by.
+    fn source_lease_id(&self, client_id: i64) -> i64 {
+        self.ctx
+            .router
+            .route()
+            .translation
+            .as_ref()
+            .map_or(client_id, |t| translate::lease_id_to_target(t, client_id))
+    }
+
     pub fn new(ctx: Arc<Context>) -> Self {
         LeaseService { ctx }
     }
@@ -64,7 +74,8 @@ impl Lease for LeaseService {
             )
             .await?;
         if let Some(link) = self.ctx.router.link() {
-            mirror_grant(&link, resp.get_ref().id, ttl).await;
+            let client_id = resp.get_ref().id;
+            mirror_grant(&link, self.source_lease_id(client_id), client_id, ttl).await;
         }
         Ok(resp)
     }
@@ -93,7 +104,7 @@ impl Lease for LeaseService {
             )
             .await?;
         if let Some(link) = self.ctx.router.link() {
-            let target_id = link.leases.lock().remove(&id);
+            let target_id = link.leases.lock().remove(&self.source_lease_id(id));
             if let Some(target_id) = target_id {
                 let _ = crate::migrate::ops::revoke(&link.target, target_id).await;
             }
@@ -195,22 +206,30 @@ impl LeaseService {
     }
 }
 
-/// Grants the same lease on the migration's target, so it is there at the commit.
-async fn mirror_grant(link: &MigrationLink, id: i64, ttl: i64) {
-    let grant = LeaseGrantRequest { ttl, id };
-    let result = link
-        .target
-        .unary(Retry::IfNotSent, |ch, token| {
-            let r = own_request(grant, token);
-            async move { client!(LeaseClient, ch).lease_grant(r).await }
-        })
-        .await;
+/// Grants the lease on the migration's target too, so it is there at the commit: with the
+/// client's ID when the target has it free (no translation needed), another one otherwise.
+/// The link maps the source's ID to the target's.
+async fn mirror_grant(link: &MigrationLink, source_id: i64, client_id: i64, ttl: i64) {
+    let grant = |id: i64| async move {
+        link.target
+            .unary(Retry::IfNotSent, |ch, token| {
+                let r = own_request(LeaseGrantRequest { ttl, id }, token);
+                async move { client!(LeaseClient, ch).lease_grant(r).await }
+            })
+            .await
+    };
+    let result = match grant(client_id).await {
+        Err(crate::error::ProxyError::Etcd(s)) if crate::migrate::copy::is_lease_exists(&s) => grant(0).await,
+        other => other,
+    };
     match result {
         Ok(r) => {
-            link.leases.lock().insert(id, r.into_inner().id);
+            let to = r.into_inner().id;
+            tracing::debug!(lease = format!("{client_id:x}"), on_target = format!("{to:x}"), "mirrored a lease grant");
+            link.leases.lock().insert(source_id, to);
         }
         Err(e) => {
-            tracing::warn!(lease = format!("{id:x}"), error = %e, "could not mirror a lease grant to the migration target")
+            tracing::warn!(lease = format!("{client_id:x}"), error = %e, "could not mirror a lease grant to the migration target")
         }
     }
 }

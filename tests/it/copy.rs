@@ -190,6 +190,7 @@ async fn catch_up_applies_every_later_change_and_keeps_k_current() {
                 // The stop revision is the last change's own: wait for its event (a
                 // progress answer of etcd 3.4 can overtake pending events).
                 strict: true,
+                link: None,
             };
             let r = follow(spec, &mut copied, stop_rx, &pos_tx).await;
             (r, copied.keys, copied.lease_ids)
