@@ -50,6 +50,9 @@ pub(crate) struct Load {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     pub lease: i64,
+    /// The key on the lease, and the client that revokes the lease when the load ends.
+    holder: String,
+    client: etcd_client::Client,
     /// Set by [`Load::abandon`]: errors from here on are the proxy's death, not findings.
     dead: Arc<AtomicBool>,
 }
@@ -268,7 +271,7 @@ impl Load {
         )
         .await
         .unwrap();
-        seen.lock().acked.entry(key).or_default().push(Some("alive".into()));
+        seen.lock().acked.entry(key.clone()).or_default().push(Some("alive".into()));
         {
             let (mut keeper, mut stream) = c.lease_keep_alive(lease).await.unwrap();
             let seen = seen.clone();
@@ -301,6 +304,8 @@ impl Load {
             stop,
             tasks,
             lease,
+            holder: key,
+            client: c,
             dead,
         }
     }
@@ -317,6 +322,17 @@ impl Load {
             let _ = tokio::time::timeout(Duration::from_secs(10), t).await;
         }
         let abandoned = self.dead.load(Ordering::SeqCst);
+        // A load that ends revokes its lease through the proxy: the key on it goes now, as
+        // an acknowledged delete, instead of when the lease expires, maybe after a check.
+        if !abandoned {
+            let mut c = self.client.clone();
+            match c.lease_revoke(self.lease).await {
+                Ok(_) => self.seen.lock().acked.entry(self.holder.clone()).or_default().push(None),
+                Err(e) => {
+                    write_failed(&self.seen, &self.dead, &self.holder, None, format!("revoke the load's lease: {e}"));
+                }
+            }
+        }
         let mut seen = Arc::try_unwrap(self.seen)
             .map(|m| m.into_inner())
             .unwrap_or_else(|_| panic!("load tasks still hold the record"));
@@ -579,7 +595,12 @@ async fn a_live_migration_keeps_every_write_watch_revision_and_lease() {
     let view = migrate(&proxy, "dedicated").await;
     assert_eq!(view["outcome"], "Succeeded", "{view}");
     load.progress(30).await;
+    // I5: the lease kept its ID and is alive on the target (until the load ends).
     let lease = load.lease;
+    let ttl = c.lease_time_to_live(lease, None).await.unwrap();
+    assert!(ttl.ttl() > 0, "I5: the kept-alive lease lives on");
+    let on_target = client(&b.endpoint).await.lease_time_to_live(lease, None).await.unwrap();
+    assert!(on_target.ttl() > 0, "I5: same lease ID on the target");
     let seen = load.finish().await;
 
     let st = proxy.status().await;
@@ -677,12 +698,6 @@ async fn a_live_migration_keeps_every_write_watch_revision_and_lease() {
         }
         other => panic!("keys outside the tenant's prefix are not its to read: {other:?}"),
     }
-
-    // I5: the lease kept its ID and is alive on the target.
-    let ttl = c.lease_time_to_live(lease, None).await.unwrap();
-    assert!(ttl.ttl() > 0, "I5: the kept-alive lease lives on");
-    let on_target = direct_b.lease_time_to_live(lease, None).await.unwrap();
-    assert!(on_target.ttl() > 0, "I5: same lease ID on the target");
 
     // Writes after the cutover land in the target only, with revisions above every old one.
     let p = c.put(format!("{TENANT}after"), "1", None).await.unwrap();
@@ -1275,4 +1290,93 @@ async fn killing_the_leader_in_any_phase_before_the_commit_leaves_everyone_on_th
     load.progress(10).await;
     let seen = load.finish().await;
     check_load(&seen, &tenant_state(&other.endpoint).await);
+}
+
+/// A lease whose client stops keeping it alive just as the source is fenced expires while
+/// fenced (the fence cannot stop an expiry): its key is gone on the target too, and a
+/// watcher sees its delete exactly once. A lease kept alive through the whole migration
+/// keeps its key, and answers keep-alives through the proxy after the commit.
+#[tokio::test]
+async fn a_lease_that_expires_while_fenced_takes_its_key_on_both_sides() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    // The fenced pause (2.5 s) outlasts the dying lease's TTL (2 s).
+    let proxy = Proxy::start(&two_stores(&a, &b, "migration: {stepDelay: 500ms, fenceDelay: 2500ms}\n")).await;
+    let mut c = client(&proxy.endpoint).await;
+    let dying_key = format!("{TENANT}leases/dying");
+    let kept_key = format!("{TENANT}leases/kept");
+    let dying = c.lease_grant(2, None).await.unwrap().id();
+    let kept = c.lease_grant(5, None).await.unwrap().id();
+    let with = |l: i64| Some(etcd_client::PutOptions::new().with_lease(l));
+    c.put(dying_key.as_str(), "d", with(dying)).await.unwrap();
+    c.put(kept_key.as_str(), "k", with(kept)).await.unwrap();
+    let (_watcher, mut events) = c.watch(dying_key.as_str(), None).await.unwrap();
+
+    // Both leases kept alive through the proxy; the dying one only until the fence.
+    let fenced = Arc::new(AtomicBool::new(false));
+    let keepers: Vec<JoinHandle<()>> = [(dying, true), (kept, false)]
+        .into_iter()
+        .map(|(id, stops_at_fence)| {
+            let (mut c, fenced) = (c.clone(), fenced.clone());
+            tokio::spawn(async move {
+                let (mut keeper, mut answers) = c.lease_keep_alive(id).await.unwrap();
+                while !(stops_at_fence && fenced.load(Ordering::SeqCst)) {
+                    keeper.keep_alive().await.unwrap();
+                    let answer = answers.message().await.unwrap().unwrap();
+                    assert!(answer.ttl() > 0, "lease {id:x} answered TTL {}", answer.ttl());
+                    // Pacing: a keep-alive every 300 ms, as a client sends them.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            })
+        })
+        .collect();
+
+    let (code, body) = proxy.admin_post("/v1/migrations", json!({"to": "dedicated"})).await;
+    assert_eq!(code, 202, "{body}");
+    wait_phase(&proxy, "Fenced").await;
+    fenced.store(true, Ordering::SeqCst);
+    let view = wait_end(&proxy).await;
+    assert_eq!(view["outcome"], "Succeeded", "{view}");
+    assert_eq!(proxy.status().await["dataStore"], "dedicated");
+
+    // The dying lease expired on the source while fenced: its key is gone everywhere.
+    let mut direct_b = client(&b.endpoint).await;
+    assert_eq!(direct_b.get(dying_key.as_str(), None).await.unwrap().count(), 0, "on the target");
+    assert_eq!(c.get(dying_key.as_str(), None).await.unwrap().count(), 0, "through the proxy");
+    // The kept one lives on, on the target, and is kept alive through the proxy there.
+    let kv = c.get(kept_key.as_str(), None).await.unwrap();
+    assert_eq!(kv.kvs().first().map(|kv| kv.lease()), Some(kept), "{kv:?}");
+    let ttl = c.lease_time_to_live(kept, None).await.unwrap();
+    assert!(ttl.ttl() > 0, "the kept lease after the commit: {ttl:?}");
+
+    // Once every copy of the dying lease on the target is gone, the watcher has seen its
+    // delete once: no key resurrected on the target to be deleted again.
+    eventually("the target's copy of the dying lease is gone", Duration::from_secs(10), || {
+        let mut direct_b = direct_b.clone();
+        async move {
+            let leases = direct_b.leases().await.unwrap();
+            leases.leases().len() == 1 // the kept lease's copy only
+        }
+    })
+    .await;
+    c.put(dying_key.as_str(), "again", None).await.unwrap();
+    let mut kinds = Vec::new();
+    while kinds.last() != Some(&"put again".to_string()) {
+        let resp = tokio::time::timeout(Duration::from_secs(10), events.message())
+            .await
+            .expect("the watcher's events")
+            .unwrap()
+            .expect("the watch is open");
+        for e in resp.events() {
+            let value = e.kv().map(|kv| kv.value_str().unwrap_or("").to_string()).unwrap_or_default();
+            kinds.push(match e.event_type() {
+                EventType::Put => format!("put {value}"),
+                EventType::Delete => "delete".to_string(),
+            });
+        }
+    }
+    assert_eq!(kinds, ["delete", "put again"], "the dying key's events");
+    for k in keepers {
+        k.abort();
+    }
 }
