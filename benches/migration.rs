@@ -825,7 +825,9 @@ struct CutoverProc {
 fn start_cutover(i: usize, dir: &Path, src: &Etcd, dst: &Etcd, extra_yaml: &str, log_level: &str) -> CutoverProc {
     let port = free_port();
     let admin_port = free_port();
-    let token = dir.join("admin-token");
+    // One token file per replica: rewriting a shared one while another replica starts
+    // and reads it can show that replica an empty file.
+    let token = dir.join(format!("admin-token-{i}"));
     std::fs::write(&token, ADMIN_TOKEN).expect("write the admin token");
     let config = dir.join(format!("cutover-{i}.yaml"));
     let mut yaml = format!(
