@@ -40,7 +40,9 @@
 //! * `ETCD_BIN` (default `etcd`);
 //! * `BENCH_TCP_RELAY=1` adds a fourth target for reference: a byte-copying TCP relay
 //!   process (this program in another mode), i.e. the cost of one more process and
-//!   loopback hop with no HTTP/2 or protobuf work at all.
+//!   loopback hop with no HTTP/2 or protobuf work at all. `BENCH_TCP_RELAY=h2` makes that
+//!   relay terminate HTTP/2 on both sides (hyper server and client, frames re-sent
+//!   unchanged, no gRPC or protobuf work): the floor for a proxy that routes requests.
 //!
 //! * `BENCH_CUTOVER_ENV="K=V ..."`: extra environment for the cutover process only, e.g.
 //!   `BENCH_CUTOVER_ENV=TOKIO_WORKER_THREADS=1`;
@@ -482,7 +484,7 @@ impl Kind {
             Kind::Direct => "direct",
             Kind::GrpcProxy => "grpc-proxy",
             Kind::Cutover => "cutover",
-            Kind::TcpRelay => "tcp-relay",
+            Kind::TcpRelay => relay_label(),
         }
     }
 }
@@ -926,6 +928,58 @@ fn pass(ok: bool) -> &'static str {
 /// Set (internally) on a copy of this program that runs as the tcp-relay target.
 const RELAY_ENV: &str = "OVERHEAD_BENCH_RELAY";
 
+fn h2_relay() -> bool {
+    std::env::var("BENCH_TCP_RELAY").is_ok_and(|v| v == "h2")
+}
+
+fn relay_label() -> &'static str {
+    if h2_relay() {
+        "h2-relay"
+    } else {
+        "tcp-relay"
+    }
+}
+
+/// The h2-relay target: one hyper HTTP/2 server connection per client connection, one
+/// hyper HTTP/2 client connection to etcd for it; every request (head, body, trailers)
+/// and its response are passed on as they come, parsed no further than HTTP/2.
+fn h2_relay_main(listen: &str, upstream: String) -> ! {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen).await.expect("relay bind");
+        loop {
+            let Ok((down, _)) = listener.accept().await else {
+                continue;
+            };
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let _ = down.set_nodelay(true);
+                let Ok(up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let _ = up.set_nodelay(true);
+                let Ok((sender, conn)) =
+                    hyper::client::conn::http2::handshake::<_, _, hyper::body::Incoming>(TokioExecutor::new(), TokioIo::new(up)).await
+                else {
+                    return;
+                };
+                tokio::spawn(conn);
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let mut sender = sender.clone();
+                    async move { sender.send_request(req).await }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(down), service)
+                    .await;
+            });
+        }
+    })
+}
+
 /// The tcp-relay target: accepts on one address and copies bytes both ways to another,
 /// one upstream connection per client connection, on a default tokio runtime (so
 /// TOKIO_WORKER_THREADS applies as it does to cutover). It parses nothing: what it adds is
@@ -933,6 +987,9 @@ const RELAY_ENV: &str = "OVERHEAD_BENCH_RELAY";
 fn relay_main(spec: &str) -> ! {
     let (listen, upstream) = spec.split_once(',').expect("LISTEN,UPSTREAM");
     let upstream = upstream.to_string();
+    if h2_relay() {
+        h2_relay_main(listen, upstream);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -962,7 +1019,7 @@ fn main() {
     }
     let began = Instant::now();
     let settings = Settings::from_env();
-    let with_relay = env_parse("BENCH_TCP_RELAY", 0u8) != 0;
+    let with_relay = h2_relay() || env_parse("BENCH_TCP_RELAY", 0u8) != 0;
     let command = invocation();
     let cutover_bin = cutover_binary();
     let etcd_bin = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into());
@@ -1048,7 +1105,7 @@ fn main() {
         proxies.push((
             Kind::TcpRelay,
             port,
-            Proc::spawn("tcp-relay", cmd, dir.path().join("tcp-relay.log"), pin.proxy),
+            Proc::spawn(relay_label(), cmd, dir.path().join("tcp-relay.log"), pin.proxy),
         ));
     }
 
@@ -1291,7 +1348,7 @@ fn main() {
     println!();
     println!("added p50 latency over direct (target: cutover's at most half of grpc-proxy's)");
     let relay_hdr = if with_relay {
-        format!("{:>12}", "tcp-relay")
+        format!("{:>12}", relay_label())
     } else {
         String::new()
     };
@@ -1342,7 +1399,7 @@ fn main() {
             misses.push(format!("throughput {}", op.name()));
         }
         let relay = match rows.get(&(op, max_conc, Kind::TcpRelay)) {
-            Some(r) => format!("  (tcp-relay {:.0}/s, {:.1}%)", r.ops_s, 100.0 * r.ops_s / d),
+            Some(r) => format!("  ({} {:.0}/s, {:.1}%)", relay_label(), r.ops_s, 100.0 * r.ops_s / d),
             None => String::new(),
         };
         println!(
