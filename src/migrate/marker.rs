@@ -377,11 +377,12 @@ pub fn spawn_follower(router: std::sync::Arc<crate::route::Router>) -> tokio::ta
             };
             match outcome {
                 Ok(Some(to)) => {
-                    // The migrating proxy swaps its own route: give it the first go (all
-                    // the time it needs when it runs in this process).
+                    // The migrating proxy swaps its own route: when it runs in this process,
+                    // give it all the time it needs. A follower switches at once.
                     let leads_here = router.link().is_some() && follower.link.is_none();
-                    let grace = std::time::Duration::from_millis(if leads_here { 30_000 } else { 20 });
-                    let _ = tokio::time::timeout(grace, changes.changed()).await;
+                    if leads_here {
+                        let _ = tokio::time::timeout(std::time::Duration::from_secs(30), changes.changed()).await;
+                    }
                     if router.route().generation == route.generation {
                         if let Err(e) = follow_markers(&router).await {
                             tracing::warn!(to, error = %e, "the tenant moved, but its new datastore cannot be used yet; refusing requests and retrying");
