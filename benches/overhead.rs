@@ -940,56 +940,15 @@ fn relay_label() -> &'static str {
     }
 }
 
-/// The h2-relay target: one hyper HTTP/2 server connection per client connection, one
-/// hyper HTTP/2 client connection to etcd for it; every request (head, body, trailers)
-/// and its response are passed on as they come, parsed no further than HTTP/2.
-fn h2_relay_main(listen: &str, upstream: String) -> ! {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await.expect("relay bind");
-        loop {
-            let Ok((down, _)) = listener.accept().await else {
-                continue;
-            };
-            let upstream = upstream.clone();
-            tokio::spawn(async move {
-                let _ = down.set_nodelay(true);
-                let Ok(up) = tokio::net::TcpStream::connect(&upstream).await else {
-                    return;
-                };
-                let _ = up.set_nodelay(true);
-                let Ok((sender, conn)) =
-                    hyper::client::conn::http2::handshake::<_, _, hyper::body::Incoming>(TokioExecutor::new(), TokioIo::new(up)).await
-                else {
-                    return;
-                };
-                tokio::spawn(conn);
-                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let mut sender = sender.clone();
-                    async move { sender.send_request(req).await }
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(down), service)
-                    .await;
-            });
-        }
-    })
-}
-
-/// The tcp-relay target: accepts on one address and copies bytes both ways to another,
-/// one upstream connection per client connection, on a default tokio runtime (so
-/// TOKIO_WORKER_THREADS applies as it does to cutover). It parses nothing: what it adds is
-/// the cost of one more process and loopback hop, the floor for any proxy.
+/// The relay target: accepts on one address and relays each connection to another, one
+/// upstream connection per client connection, on a default tokio runtime (so
+/// TOKIO_WORKER_THREADS applies as it does to cutover). The tcp-relay copies bytes and
+/// parses nothing: what it adds is the cost of one more process and loopback hop, the floor
+/// for any proxy. The h2-relay terminates HTTP/2 on both sides (see [`relay_h2`]).
 fn relay_main(spec: &str) -> ! {
     let (listen, upstream) = spec.split_once(',').expect("LISTEN,UPSTREAM");
     let upstream = upstream.to_string();
-    if h2_relay() {
-        h2_relay_main(listen, upstream);
-    }
+    let h2 = h2_relay();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1007,10 +966,34 @@ fn relay_main(spec: &str) -> ! {
                     return;
                 };
                 let _ = up.set_nodelay(true);
-                let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                if h2 {
+                    relay_h2(down, up).await;
+                } else {
+                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
+                }
             });
         }
     })
+}
+
+/// One hyper HTTP/2 server connection for the client, one hyper HTTP/2 client connection
+/// to etcd: every request (head, body, trailers) and its response are passed on as they
+/// come, parsed no further than HTTP/2.
+async fn relay_h2(down: tokio::net::TcpStream, up: tokio::net::TcpStream) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let Ok((sender, conn)) =
+        hyper::client::conn::http2::handshake::<_, _, hyper::body::Incoming>(TokioExecutor::new(), TokioIo::new(up)).await
+    else {
+        return;
+    };
+    tokio::spawn(conn);
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        let mut sender = sender.clone();
+        async move { sender.send_request(req).await }
+    });
+    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(down), service)
+        .await;
 }
 
 fn main() {
