@@ -982,7 +982,8 @@ fn relay_main(spec: &str) -> ! {
 async fn relay_h2(down: tokio::net::TcpStream, up: tokio::net::TcpStream) {
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let Ok((sender, conn)) =
-        hyper::client::conn::http2::handshake::<_, _, hyper::body::Incoming>(TokioExecutor::new(), TokioIo::new(up)).await
+        hyper::client::conn::http2::handshake::<_, _, hyper::body::Incoming>(TokioExecutor::new(), TokioIo::new(up))
+            .await
     else {
         return;
     };

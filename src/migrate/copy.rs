@@ -380,7 +380,13 @@ pub(super) async fn copy_lease(source: &Datastore, target: &Datastore, id: i64) 
         Err(e) => Err(on("target")(e)),
     };
     if let Ok(to) = copied {
-        tracing::debug!(lease = format!("{id:x}"), on_target = format!("{to:x}"), ttl = granted, remaining = ttl.ttl, "copied a lease");
+        tracing::debug!(
+            lease = format!("{id:x}"),
+            on_target = format!("{to:x}"),
+            ttl = granted,
+            remaining = ttl.ttl,
+            "copied a lease"
+        );
     }
     copied
 }

@@ -1371,10 +1371,7 @@ pub(crate) mod ops {
     /// extends every lease on a leader change; this extends them by the fence window.
     /// Returns the task (abort it at the commit or the release) once the leases that had
     /// already expired are revoked, so that their deletes come before the next write.
-    pub async fn hold_leases(
-        ds: Arc<Datastore>,
-        ids: Vec<i64>,
-    ) -> Result<tokio::task::JoinHandle<()>, ProxyError> {
+    pub async fn hold_leases(ds: Arc<Datastore>, ids: Vec<i64>) -> Result<tokio::task::JoinHandle<()>, ProxyError> {
         let gone = refresh(&ds, &ids).await?;
         // etcd's smallest lease TTL is above a second: refreshing twice a second holds all.
         let holder = {

@@ -225,7 +225,11 @@ async fn mirror_grant(link: &MigrationLink, source_id: i64, client_id: i64, ttl:
     match result {
         Ok(r) => {
             let to = r.into_inner().id;
-            tracing::debug!(lease = format!("{client_id:x}"), on_target = format!("{to:x}"), "mirrored a lease grant");
+            tracing::debug!(
+                lease = format!("{client_id:x}"),
+                on_target = format!("{to:x}"),
+                "mirrored a lease grant"
+            );
             link.leases.lock().insert(source_id, to);
         }
         Err(e) => {

@@ -271,7 +271,11 @@ impl Load {
         )
         .await
         .unwrap();
-        seen.lock().acked.entry(key.clone()).or_default().push(Some("alive".into()));
+        seen.lock()
+            .acked
+            .entry(key.clone())
+            .or_default()
+            .push(Some("alive".into()));
         {
             let (mut keeper, mut stream) = c.lease_keep_alive(lease).await.unwrap();
             let seen = seen.clone();
@@ -327,9 +331,21 @@ impl Load {
         if !abandoned {
             let mut c = self.client.clone();
             match c.lease_revoke(self.lease).await {
-                Ok(_) => self.seen.lock().acked.entry(self.holder.clone()).or_default().push(None),
+                Ok(_) => self
+                    .seen
+                    .lock()
+                    .acked
+                    .entry(self.holder.clone())
+                    .or_default()
+                    .push(None),
                 Err(e) => {
-                    write_failed(&self.seen, &self.dead, &self.holder, None, format!("revoke the load's lease: {e}"));
+                    write_failed(
+                        &self.seen,
+                        &self.dead,
+                        &self.holder,
+                        None,
+                        format!("revoke the load's lease: {e}"),
+                    );
                 }
             }
         }
@@ -1301,7 +1317,12 @@ async fn a_lease_that_expires_while_fenced_takes_its_key_on_both_sides() {
     let a = Etcd::start().await;
     let b = Etcd::start().await;
     // The fenced pause (2.5 s) outlasts the dying lease's TTL (2 s).
-    let proxy = Proxy::start(&two_stores(&a, &b, "migration: {stepDelay: 500ms, fenceDelay: 2500ms}\n")).await;
+    let proxy = Proxy::start(&two_stores(
+        &a,
+        &b,
+        "migration: {stepDelay: 500ms, fenceDelay: 2500ms}\n",
+    ))
+    .await;
     let mut c = client(&proxy.endpoint).await;
     let dying_key = format!("{TENANT}leases/dying");
     let kept_key = format!("{TENANT}leases/kept");
@@ -1341,8 +1362,16 @@ async fn a_lease_that_expires_while_fenced_takes_its_key_on_both_sides() {
 
     // The dying lease expired on the source while fenced: its key is gone everywhere.
     let mut direct_b = client(&b.endpoint).await;
-    assert_eq!(direct_b.get(dying_key.as_str(), None).await.unwrap().count(), 0, "on the target");
-    assert_eq!(c.get(dying_key.as_str(), None).await.unwrap().count(), 0, "through the proxy");
+    assert_eq!(
+        direct_b.get(dying_key.as_str(), None).await.unwrap().count(),
+        0,
+        "on the target"
+    );
+    assert_eq!(
+        c.get(dying_key.as_str(), None).await.unwrap().count(),
+        0,
+        "through the proxy"
+    );
     // The kept one lives on, on the target, and is kept alive through the proxy there.
     let kv = c.get(kept_key.as_str(), None).await.unwrap();
     assert_eq!(kv.kvs().first().map(|kv| kv.lease()), Some(kept), "{kv:?}");
@@ -1351,13 +1380,17 @@ async fn a_lease_that_expires_while_fenced_takes_its_key_on_both_sides() {
 
     // Once every copy of the dying lease on the target is gone, the watcher has seen its
     // delete once: no key resurrected on the target to be deleted again.
-    eventually("the target's copy of the dying lease is gone", Duration::from_secs(10), || {
-        let mut direct_b = direct_b.clone();
-        async move {
-            let leases = direct_b.leases().await.unwrap();
-            leases.leases().len() == 1 // the kept lease's copy only
-        }
-    })
+    eventually(
+        "the target's copy of the dying lease is gone",
+        Duration::from_secs(10),
+        || {
+            let mut direct_b = direct_b.clone();
+            async move {
+                let leases = direct_b.leases().await.unwrap();
+                leases.leases().len() == 1 // the kept lease's copy only
+            }
+        },
+    )
     .await;
     c.put(dying_key.as_str(), "again", None).await.unwrap();
     let mut kinds = Vec::new();
@@ -1368,7 +1401,10 @@ async fn a_lease_that_expires_while_fenced_takes_its_key_on_both_sides() {
             .unwrap()
             .expect("the watch is open");
         for e in resp.events() {
-            let value = e.kv().map(|kv| kv.value_str().unwrap_or("").to_string()).unwrap_or_default();
+            let value = e
+                .kv()
+                .map(|kv| kv.value_str().unwrap_or("").to_string())
+                .unwrap_or_default();
             kinds.push(match e.event_type() {
                 EventType::Put => format!("put {value}"),
                 EventType::Delete => "delete".to_string(),

@@ -447,7 +447,11 @@ impl Drop for Proxy {
         if let Some(dir) = std::env::var_os("CUTOVER_TEST_LOGS") {
             // Keep every proxy's whole log for a post-mortem (the name says which test).
             let test = std::thread::current().name().unwrap_or("test").replace("::", ".");
-            let to = PathBuf::from(dir).join(format!("{test}.{}.{}.log", self.endpoint.replace(':', "_"), std::process::id()));
+            let to = PathBuf::from(dir).join(format!(
+                "{test}.{}.{}.log",
+                self.endpoint.replace(':', "_"),
+                std::process::id()
+            ));
             let _ = std::fs::create_dir_all(to.parent().unwrap_or(std::path::Path::new(".")));
             let _ = std::fs::copy(self.dir.path().join("cutover.log"), to);
         }
