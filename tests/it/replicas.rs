@@ -553,6 +553,27 @@ fn through(a: &Etcd, fwd: &Forwarder, extra: &str) -> String {
     )
 }
 
+/// The cut replica 2 of `fleet`: a write through it fails and lands nowhere, and a key
+/// written through replica 0 after the commit (returned) is never read stale through it.
+async fn cut_replica_serves_nothing_stale(
+    fleet: &Fleet,
+    a: &Etcd,
+    b: &Etcd,
+    label: &str,
+    problems: &mut Vec<String>,
+) -> String {
+    let cut = &fleet.proxies[2];
+    write_fails_and_lands_nowhere(cut, a, b, &format!("{TENANT}cut/{label}"), problems).await;
+    let fresh = format!("{TENANT}cut/fresh");
+    client(&fleet.proxies[0].endpoint)
+        .await
+        .put(fresh.as_str(), "new", None)
+        .await
+        .unwrap();
+    read_is_not_stale(cut, &fresh, "new", problems).await;
+    fresh
+}
+
 /// A write through `p` that must fail, and be in neither datastore.
 async fn write_fails_and_lands_nowhere(p: &Proxy, a: &Etcd, b: &Etcd, key: &str, problems: &mut Vec<String>) {
     let mut c = client(&p.endpoint).await;
@@ -616,14 +637,7 @@ async fn a_replica_cut_from_the_target_after_the_commit_goes_not_ready_and_write
     })
     .await;
     let mut problems = Vec::new();
-    write_fails_and_lands_nowhere(cut, &a, &b, &format!("{TENANT}cut/after-commit"), &mut problems).await;
-    let fresh = format!("{TENANT}cut/fresh");
-    client(&fleet.proxies[0].endpoint)
-        .await
-        .put(fresh.as_str(), "new", None)
-        .await
-        .unwrap();
-    read_is_not_stale(cut, &fresh, "new", &mut problems).await;
+    let fresh = cut_replica_serves_nothing_stale(&fleet, &a, &b, "after-commit", &mut problems).await;
     assert!(problems.is_empty(), "{problems:#?}");
     // The others never noticed.
     fleet.progress(&[0, 1], 10).await;
@@ -690,14 +704,7 @@ async fn a_replica_cut_from_the_target_before_the_commit_cannot_follow_and_is_no
 
     let cut = &fleet.proxies[2];
     let mut problems = Vec::new();
-    write_fails_and_lands_nowhere(cut, &a, &b, &format!("{TENANT}cut/before-commit"), &mut problems).await;
-    let fresh = format!("{TENANT}cut/fresh");
-    client(&fleet.proxies[0].endpoint)
-        .await
-        .put(fresh.as_str(), "new", None)
-        .await
-        .unwrap();
-    read_is_not_stale(cut, &fresh, "new", &mut problems).await;
+    let fresh = cut_replica_serves_nothing_stale(&fleet, &a, &b, "before-commit", &mut problems).await;
     let stale = format!("{TENANT}configmaps/ns/cm-0");
     client(&fleet.proxies[0].endpoint)
         .await
