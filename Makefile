@@ -29,7 +29,7 @@ unit:
 	$(CARGO) test --lib --bins
 
 it:
-	$(CARGO) test --test it -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test --features failpoints --test it -- --test-threads=$(TEST_THREADS)
 
 ## e2e: kube-apiserver (built offline from Debian's source package, cached) through cutover.
 e2e: deps build

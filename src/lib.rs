@@ -9,6 +9,7 @@ pub mod cli;
 pub mod coalesce;
 pub mod config;
 pub mod error;
+pub mod failpoint;
 pub mod metrics;
 pub mod migrate;
 pub mod proto;

@@ -135,6 +135,11 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(&config);
+            #[cfg(feature = "failpoints")]
+            if let Err(e) = cutover::failpoint::from_env() {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
             // One thread (no work stealing, no cross-thread wake-ups) costs the least CPU
             // per request; more threads are for sidecars with CPU to spare.
             let mut builder = if config.worker_threads <= 1 {

@@ -18,6 +18,31 @@ use serde_json::json;
 
 mod migrations;
 
+/// Fault injection for tests (builds with the `failpoints` feature only).
+#[cfg(feature = "failpoints")]
+mod failpoints {
+    use axum::extract::Path;
+    use axum::http::StatusCode;
+    use axum::response::{IntoResponse, Response};
+    use axum::Json;
+
+    pub async fn list() -> Response {
+        Json(crate::failpoint::list()).into_response()
+    }
+
+    pub async fn set(Path(name): Path<String>, actions: String) -> Response {
+        match crate::failpoint::configure(&name, &actions) {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(e) => super::refuse(StatusCode::BAD_REQUEST, e),
+        }
+    }
+
+    pub async fn remove(Path(name): Path<String>) -> Response {
+        crate::failpoint::remove(&name);
+        StatusCode::NO_CONTENT.into_response()
+    }
+}
+
 use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::route::Router;
@@ -36,15 +61,21 @@ pub fn routes(state: Arc<AdminState>) -> HttpRouter {
     let changes = HttpRouter::new()
         .route("/v1/migrations", post(migrations::start))
         .route("/v1/migrations/abort", post(migrations::abort))
-        .route("/v1/cleanup", post(migrations::cleanup))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
-    HttpRouter::new()
+        .route("/v1/cleanup", post(migrations::cleanup));
+    #[cfg(feature = "failpoints")]
+    let changes = changes.route(
+        "/v1/failpoints/{name}",
+        axum::routing::put(failpoints::set).delete(failpoints::remove),
+    );
+    let changes = changes.route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+    let reads = HttpRouter::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v1/status", get(status))
-        .merge(changes)
-        .with_state(state)
+        .route("/v1/status", get(status));
+    #[cfg(feature = "failpoints")]
+    let reads = reads.route("/v1/failpoints", get(failpoints::list));
+    reads.merge(changes).with_state(state)
 }
 
 /// `{"error": message}` with `code`.

@@ -111,6 +111,8 @@ pub enum CopyError {
     },
     #[error("lease {id:x}: the target refused it: {message}")]
     Lease { id: i64, message: String },
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
 }
 
 /// Progress and result of a copy.
@@ -267,6 +269,7 @@ pub async fn copy_range(
     let mut leases_done: HashMap<i64, i64> = HashMap::new();
     while let Some(page) = pages_rx.recv().await {
         let mut page = page?;
+        crate::failpoint!("migrate.copy.page")?;
         if let Some(skip) = &opts.exclude {
             page.retain(|kv| !kv.key.starts_with(skip));
         }

@@ -115,10 +115,26 @@ pub async fn commit(
         success: vec![ops::put_op(fence_key.clone(), moved.to_bytes(), 0)],
         failure: vec![range_op(fence_key)],
     };
-    match ops::txn(ds, req).await {
+    let mut sent = ops::txn(ds, req).await;
+    if let Err(e) = crate::failpoint!("migrate.commit.answer") {
+        if e.answer_lost() {
+            sent = Err(ProxyError::OutcomeUnknown {
+                datastore: ds.name.clone(),
+                endpoint: "failpoint".into(),
+                detail: e.to_string(),
+            });
+        }
+    }
+    match sent {
         Ok(resp) if resp.succeeded => Ok(Ok(())),
         Ok(resp) => Ok(Err(first_value(&resp))),
         Err(ProxyError::OutcomeUnknown { .. }) => {
+            if let Err(e) = crate::failpoint!("migrate.commit.read_back") {
+                return Err(ProxyError::NoEndpoint {
+                    datastore: ds.name.clone(),
+                    detail: e.to_string(),
+                });
+            }
             let now = read_value(ds, fence_key).await?;
             if now.as_deref().and_then(Marker::parse).as_ref() == Some(moved) {
                 Ok(Ok(()))
@@ -383,6 +399,7 @@ pub fn spawn_follower(router: std::sync::Arc<crate::route::Router>) -> tokio::ta
                     if leads_here {
                         let _ = tokio::time::timeout(std::time::Duration::from_secs(30), changes.changed()).await;
                     }
+                    let _ = crate::failpoint!("follower.switch");
                     if router.route().generation == route.generation {
                         if let Err(e) = follow_markers(&router).await {
                             tracing::warn!(to, error = %e, "the tenant moved, but its new datastore cannot be used yet; refusing requests and retrying");

@@ -240,6 +240,8 @@ enum Failure {
     FenceLost(String),
     #[error("translation record: {0}")]
     Record(#[from] record::RecordError),
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
 }
 
 /// Copy attempts when the source is compacted under the migration.
@@ -1118,10 +1120,10 @@ impl Job<'_> {
                 migration: self.id.clone(),
                 to: to.to_string(),
             };
-            marker::commit(source, &fence_key, &fence_value, &moved)
-                .await
-                .map_err(on("source"))?
-                .map_err(Failure::FenceLost)?;
+            crate::failpoint!("migrate.commit.before_send")?;
+            let committed = marker::commit(source, &fence_key, &fence_value, &moved).await;
+            crate::failpoint!("migrate.commit.after_send")?;
+            committed.map_err(on("source"))?.map_err(Failure::FenceLost)?;
             m.update(|v| v.committed_unix_ms = Some(now_ms()));
             Ok::<_, Failure>(translation)
         })

@@ -11,6 +11,7 @@ mod deploy;
 mod errors;
 mod etcdctl;
 mod failover;
+mod faults;
 mod fence;
 mod migrate;
 mod replicas;

@@ -368,7 +368,7 @@ impl Load {
 }
 
 /// Starts a migration through the admin API and waits for its end; returns the view.
-async fn migrate(proxy: &Proxy, to: &str) -> serde_json::Value {
+pub(crate) async fn migrate(proxy: &Proxy, to: &str) -> serde_json::Value {
     let (code, body) = proxy.admin_post("/v1/migrations", json!({ "to": to })).await;
     assert_eq!(code, 202, "{body}");
     let mut last = serde_json::Value::Null;

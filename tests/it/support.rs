@@ -432,6 +432,50 @@ impl Proxy {
             .expect("status JSON")
     }
 
+    /// Sets a failpoint's actions (src/failpoint.rs), e.g. `return(pause)`.
+    pub async fn failpoint(&self, name: &str, actions: &str) {
+        let r = reqwest::Client::new()
+            .put(format!("{}/v1/failpoints/{name}", self.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .body(actions.to_string())
+            .send()
+            .await
+            .expect("admin API answers");
+        assert_eq!(
+            r.status().as_u16(),
+            204,
+            "failpoint {name}={actions}: {:?}",
+            r.text().await
+        );
+    }
+
+    /// Releases a paused failpoint and turns it off.
+    pub async fn release(&self, name: &str) {
+        self.failpoint(name, "off").await;
+    }
+
+    /// (hits, callers paused now) of a failpoint.
+    pub async fn failpoint_state(&self, name: &str) -> (u64, u64) {
+        let all: serde_json::Value = reqwest::get(format!("{}/v1/failpoints", self.admin))
+            .await
+            .expect("failpoints")
+            .json()
+            .await
+            .expect("failpoints JSON");
+        let p = &all[name];
+        (p["hits"].as_u64().unwrap_or(0), p["paused"].as_u64().unwrap_or(0))
+    }
+
+    /// Waits until something is paused at failpoint `name`.
+    pub async fn wait_paused(&self, name: &str) {
+        eventually(
+            &format!("a caller paused at failpoint {name}"),
+            Duration::from_secs(60),
+            || async { self.failpoint_state(name).await.1 > 0 },
+        )
+        .await;
+    }
+
     pub async fn metrics(&self) -> String {
         reqwest::get(format!("{}/metrics", self.admin))
             .await
