@@ -66,6 +66,11 @@ pub enum ProxyError {
 }
 
 impl ProxyError {
+    /// etcd said the revision asked for was compacted.
+    pub fn is_compacted(&self) -> bool {
+        matches!(self, ProxyError::Etcd(s) if s.message() == messages::COMPACTED)
+    }
+
     pub fn blame(&self) -> Blame {
         match self {
             ProxyError::Etcd(_) => Blame::Upstream,

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod backoff;
 pub mod cli;
 pub mod coalesce;
 pub mod config;

@@ -62,6 +62,13 @@ pub struct Metrics {
     pub unguarded_writes: Counter,
     /// Writes waiting behind the fence now.
     pub held_writes: Gauge,
+    /// Linearizable reads that found the tenant moved and wait for this replica's route.
+    pub held_reads: Gauge,
+    /// Reads sent without the read guard because the client may not read the fence key.
+    pub unguarded_reads: Counter,
+    /// Linearizable reads that found the tenant moved away from the store they were sent
+    /// to, and were sent again to its new home.
+    pub rerouted_reads: Counter,
     /// The migration phase now (0 Ready, 1 Preparing, 2 Copying, 3 CatchingUp, 4 Fenced,
     /// 5 Committing, 6 Failed).
     pub migration_phase: Gauge,
@@ -138,6 +145,24 @@ impl Metrics {
             "Writes waiting behind the fence now (hold mode)",
             held_writes.clone(),
         );
+        let held_reads = Gauge::default();
+        registry.register(
+            "held_reads",
+            "Linearizable reads waiting for this replica to follow the tenant to its new datastore",
+            held_reads.clone(),
+        );
+        let unguarded_reads = Counter::default();
+        registry.register(
+            "unguarded_reads",
+            "Linearizable reads sent without the read guard because the client's etcd user may not read the fence key",
+            unguarded_reads.clone(),
+        );
+        let rerouted_reads = Counter::default();
+        registry.register(
+            "rerouted_reads",
+            "Linearizable reads that found the tenant moved away from the datastore they were sent to and were sent to its new one",
+            rerouted_reads.clone(),
+        );
         let migration_phase = Gauge::default();
         registry.register(
             "migration_phase",
@@ -205,6 +230,9 @@ impl Metrics {
             fenced_writes,
             unguarded_writes,
             held_writes,
+            held_reads,
+            unguarded_reads,
+            rerouted_reads,
             migration_phase,
             keys_copied,
             bytes_copied,

@@ -3,7 +3,6 @@
 //! replaces the fence at the commit. Their values are JSON, readable with etcdctl.
 
 use bytes::{Bytes, BytesMut};
-use serde::{Deserialize, Serialize};
 
 use super::ops;
 use crate::error::ProxyError;
@@ -11,35 +10,18 @@ use crate::proto::etcdserverpb::{compare, request_op, response_op, Compare, Rang
 use crate::route::fence::{reserved_prefix, Guard};
 use crate::upstream::Datastore;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "state", rename_all = "camelCase")]
-pub enum Marker {
-    /// A migration is running from this datastore (bound to the migration's lease).
-    Lock {
-        migration: String,
-        leader: String,
-        to: String,
-    },
-    /// The datastore refuses the tenant's writes while a migration drains and commits
-    /// (bound to the migration's lease).
-    Fenced { migration: String, to: String },
-    /// The tenant lives in datastore `to` now; this one keeps refusing its writes.
-    Moved { migration: String, to: String },
-}
-
-impl Marker {
-    pub fn to_bytes(&self) -> Bytes {
-        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
-    }
-
-    pub fn parse(value: &[u8]) -> Option<Marker> {
-        serde_json::from_slice(value).ok()
-    }
-}
+pub use crate::route::fence::Marker;
 
 pub fn lock_key(tenant_prefix: &[u8]) -> Bytes {
     let mut b = BytesMut::from(&reserved_prefix(tenant_prefix)[..]);
     b.extend_from_slice(b"lock");
+    b.freeze()
+}
+
+/// Where a migration claims the target's range for its copy.
+pub fn claim_key(tenant_prefix: &[u8]) -> Bytes {
+    let mut b = BytesMut::from(&reserved_prefix(tenant_prefix)[..]);
+    b.extend_from_slice(b"claim");
     b.freeze()
 }
 
@@ -96,14 +78,24 @@ pub async fn put_if_absent_rev(
     }
 }
 
-/// The commit point: replaces our fence by the permanent marker, only if the fence is
-/// still ours. A lost answer is settled by reading the key back.
-pub async fn commit(
+/// What the source answered to a commit Txn.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommitAnswer {
+    /// The fence was ours and is now the "moved" marker.
+    Applied,
+    /// The fence key did not hold our fence; this is what it held (None: nothing, or a
+    /// value that is not a marker).
+    Refused(Option<Marker>),
+}
+
+/// Sends the commit Txn once: replaces our fence by the permanent marker, only if the
+/// fence is still ours. An error means the outcome is unknown (see phase/committing.rs).
+pub async fn try_commit(
     ds: &Datastore,
     fence_key: &Bytes,
     fenced: &Marker,
     moved: &Marker,
-) -> Result<Result<(), String>, ProxyError> {
+) -> Result<CommitAnswer, ProxyError> {
     let req = TxnRequest {
         compare: vec![Compare {
             result: compare::CompareResult::Equal as i32,
@@ -115,37 +107,21 @@ pub async fn commit(
         success: vec![ops::put_op(fence_key.clone(), moved.to_bytes(), 0)],
         failure: vec![range_op(fence_key)],
     };
-    let mut sent = ops::txn(ds, req).await;
+    let sent = ops::txn(ds, req).await;
     if let Err(e) = crate::failpoint!("migrate.commit.answer") {
         if e.answer_lost() {
-            sent = Err(ProxyError::OutcomeUnknown {
+            return Err(ProxyError::OutcomeUnknown {
                 datastore: ds.name.clone(),
                 endpoint: "failpoint".into(),
                 detail: e.to_string(),
             });
         }
     }
-    match sent {
-        Ok(resp) if resp.succeeded => Ok(Ok(())),
-        Ok(resp) => Ok(Err(first_value(&resp))),
-        Err(ProxyError::OutcomeUnknown { .. }) => {
-            if let Err(e) = crate::failpoint!("migrate.commit.read_back") {
-                return Err(ProxyError::NoEndpoint {
-                    datastore: ds.name.clone(),
-                    detail: e.to_string(),
-                });
-            }
-            let now = read_value(ds, fence_key).await?;
-            if now.as_deref().and_then(Marker::parse).as_ref() == Some(moved) {
-                Ok(Ok(()))
-            } else {
-                Ok(Err(now
-                    .map(|v| String::from_utf8_lossy(&v).into_owned())
-                    .unwrap_or_default()))
-            }
-        }
-        Err(e) => Err(e),
+    let resp = sent?;
+    if resp.succeeded {
+        return Ok(CommitAnswer::Applied);
     }
+    Ok(CommitAnswer::Refused(Marker::parse(first_value(&resp).as_bytes())))
 }
 
 async fn read_value(ds: &Datastore, key: &Bytes) -> Result<Option<Bytes>, ProxyError> {
@@ -197,12 +173,13 @@ pub enum ResolveError {
 /// now, and routes there with its translation. A proxy restarted after a commit with its
 /// old configuration thus serves from the target.
 pub async fn follow_markers(router: &crate::route::Router) -> Result<(), ResolveError> {
-    let from = router.route().datastore_name.clone();
+    let route = router.route();
+    let from = route.datastore_name.clone();
     let result = resolve_and_switch(router, &from).await;
     if let Err((Some(moved_to), e)) = &result {
         // The tenant left `from`: serving it from there would be stale, so serve nothing
-        // until the new home can be used.
-        router.strand(moved_to, e.to_string());
+        // until the new home can be used (unless the route changed meanwhile).
+        router.strand(route.generation, moved_to, e.to_string());
     }
     result.map_err(|(_, e)| e)
 }
@@ -390,6 +367,13 @@ pub fn spawn_follower(router: std::sync::Arc<crate::route::Router>) -> tokio::ta
             let outcome = tokio::select! {
                 r = watched => r,
                 _ = changes.changed() => continue,
+                // A request found the tenant moved before the watch told us: look now.
+                _ = router.nudged() => {
+                    match read(&ds, &router.fence().guard).await {
+                        Ok(Some(Marker::Moved { to, .. })) => Ok(Some(to)),
+                        _ => continue,
+                    }
+                }
             };
             match outcome {
                 Ok(Some(to)) => {

@@ -20,6 +20,24 @@ use crate::upstream::Datastore;
 
 const PAGE: i64 = 1000;
 
+/// Why the two sides were not shown to agree.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("{side}: {source}")]
+    Datastore {
+        side: &'static str,
+        #[source]
+        source: crate::error::ProxyError,
+    },
+    /// The sides differ (the message names the key and what differs).
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+fn on(side: &'static str) -> impl Fn(crate::error::ProxyError) -> VerifyError {
+    move |source| VerifyError::Datastore { side, source }
+}
+
 /// Keys compared and a digest of what both sides agreed on.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Digest {
@@ -131,7 +149,7 @@ pub async fn full(
     leases: &HashMap<i64, i64>,
     source_rev: i64,
     target_rev: i64,
-) -> Result<Digest, String> {
+) -> Result<Digest, VerifyError> {
     let mut hash = Fnv(0xcbf29ce484222325);
     let mut n = 0u64;
     let mut start = range.start.clone();
@@ -148,7 +166,7 @@ pub async fn full(
             },
         )
         .await
-        .map_err(|e| format!("source: {e}"))?;
+        .map_err(on("source"))?;
         // The target's keys in the same span of the key space.
         let span_end = match (page.more, page.kvs.last()) {
             (true, Some(last)) => {
@@ -168,7 +186,7 @@ pub async fn full(
             },
         )
         .await
-        .map_err(|e| format!("target: {e}"))?;
+        .map_err(on("target"))?;
         let src: Vec<KeyValue> = page
             .kvs
             .into_iter()
@@ -202,7 +220,7 @@ pub async fn full(
                 }
             };
             let key = s.or(t).map(|kv| kv.key.clone()).unwrap_or_default();
-            check(s, t, keys.get(&key), leases)?;
+            check(s, t, keys.get(&key), leases).map_err(VerifyError::Mismatch)?;
             if let Some(s) = s {
                 digest_add(&mut hash, s);
                 n += 1;
@@ -217,7 +235,11 @@ pub async fn full(
 }
 
 /// Reads `keys` in batches of Range operations in one Txn each (at `revision`, 0: now).
-async fn read_keys(ds: &Datastore, keys: &[Bytes], revision: i64) -> Result<HashMap<Bytes, KeyValue>, String> {
+async fn read_keys(
+    ds: &Datastore,
+    keys: &[Bytes],
+    revision: i64,
+) -> Result<HashMap<Bytes, KeyValue>, crate::error::ProxyError> {
     let mut out = HashMap::new();
     for batch in keys.chunks(copy::MAX_TXN_OPS) {
         let req = TxnRequest {
@@ -233,7 +255,7 @@ async fn read_keys(ds: &Datastore, keys: &[Bytes], revision: i64) -> Result<Hash
                 .collect(),
             ..Default::default()
         };
-        let resp = ops::txn(ds, req).await.map_err(|e| e.to_string())?;
+        let resp = ops::txn(ds, req).await?;
         for r in resp.responses {
             if let Some(response_op::Response::ResponseRange(x)) = r.response {
                 for kv in x.kvs {
@@ -255,15 +277,15 @@ pub async fn keys(
     leases: &HashMap<i64, i64>,
     keys: &[Bytes],
     at: i64,
-) -> Result<(), String> {
+) -> Result<(), VerifyError> {
     if keys.is_empty() {
         return Ok(());
     }
-    let src = read_keys(source, keys, at).await.map_err(|e| format!("source: {e}"))?;
-    let tgt = read_keys(target, keys, 0).await.map_err(|e| format!("target: {e}"))?;
+    let src = read_keys(source, keys, at).await.map_err(on("source"))?;
+    let tgt = read_keys(target, keys, 0).await.map_err(on("target"))?;
     for key in keys {
         let s = src.get(key).cloned().map(|kv| client_space(view, kv));
-        check(s.as_ref(), tgt.get(key), k.get(key), leases)?;
+        check(s.as_ref(), tgt.get(key), k.get(key), leases).map_err(VerifyError::Mismatch)?;
     }
     Ok(())
 }
@@ -276,15 +298,17 @@ pub async fn counts(
     range: &KeyRange,
     reserved: &Bytes,
     at: i64,
-) -> Result<(), String> {
+) -> Result<(), VerifyError> {
     let s = ops::count_tenant(source, range, reserved, at)
         .await
-        .map_err(|e| format!("source: {e}"))?;
+        .map_err(on("source"))?;
     let t = ops::count_tenant(target, range, reserved, 0)
         .await
-        .map_err(|e| format!("target: {e}"))?;
+        .map_err(on("target"))?;
     if s != t {
-        return Err(format!("{s} tenant keys on the source, {t} on the target"));
+        return Err(VerifyError::Mismatch(format!(
+            "{s} tenant keys on the source, {t} on the target"
+        )));
     }
     Ok(())
 }

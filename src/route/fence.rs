@@ -12,12 +12,26 @@
 //! one that has not noticed the fence or restarted with a stale configuration. The client
 //! gets the inner answer back unchanged, with the outer header (which is what etcd would
 //! have put on the bare request).
+//!
+//! Linearizable reads carry a guard too, of another shape: the read and a read of the
+//! fence key in one Txn whose every op is a Range,
+//!
+//! ```text
+//! Txn{ success: [the client's Range, Range(fence_key)] }          a Range
+//! Txn{ compare: [the client's], success: [..., Range(fence_key)],
+//!                                failure: [..., Range(fence_key)] }  a read-only Txn
+//! ```
+//!
+//! which etcd serves on its read path (a read index, no raft entry), at one revision. An
+//! answer that shows the "moved" marker came from a store the tenant has left, and must
+//! not reach the client: the read waits for this replica's route and goes to the new
+//! store (server/mod.rs).
 
 use bytes::{Bytes, BytesMut};
 
 use crate::proto::etcdserverpb::{
     compare, request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
-    RangeRequest, RequestOp, ResponseHeader, TxnRequest, TxnResponse,
+    RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 
 /// The message a write gets while the tenant is fenced and writes are rejected.
@@ -34,6 +48,49 @@ pub fn reserved_prefix(tenant_prefix: &[u8]) -> Bytes {
     b.extend_from_slice(tenant_prefix);
     b.extend_from_slice(RESERVED_MARKER);
     b.freeze()
+}
+
+/// What cutover keeps in its keys of a datastore (JSON, readable with etcdctl): the lock
+/// and fence of a migration, the permanent "moved" marker, and a target's claim.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", rename_all = "camelCase")]
+pub enum Marker {
+    /// A migration is running from this datastore (bound to the migration's lease).
+    Lock {
+        migration: String,
+        leader: String,
+        to: String,
+    },
+    /// The datastore refuses the tenant's writes while a migration drains and commits
+    /// (bound to the migration's lease).
+    Fenced { migration: String, to: String },
+    /// The tenant lives in datastore `to` now; this one keeps refusing its writes.
+    Moved { migration: String, to: String },
+    /// (On a target, in its claim key) a migration from datastore `from` is copying the
+    /// tenant here: what it wrote is its own, and a retry after it died may clear it.
+    Copying {
+        migration: String,
+        from: String,
+        leader: String,
+    },
+}
+
+impl Marker {
+    pub fn to_bytes(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    pub fn parse(value: &[u8]) -> Option<Marker> {
+        serde_json::from_slice(value).ok()
+    }
+
+    /// Where the tenant went, if `value` (a fence key's) is the "moved" marker.
+    pub fn moved_to(value: &[u8]) -> Option<String> {
+        match Marker::parse(value) {
+            Some(Marker::Moved { to, .. }) => Some(to),
+            _ => None,
+        }
+    }
 }
 
 /// The datastore refused the write because the fence key exists.
@@ -117,6 +174,87 @@ impl Guarded for TxnRequest {
     }
 }
 
+/// A read the read guard can carry.
+pub trait GuardedRead: Sized {
+    type Response;
+    /// The read as a Txn of Ranges; with `fence` added to every branch if given.
+    fn into_txn(self, fence: Option<RequestOp>) -> TxnRequest;
+    /// The client's answer (with the outer header), and the fence read's answer if the
+    /// Txn carried one: `Some(value)` (empty when the key does not exist).
+    fn split(resp: TxnResponse, guarded: bool) -> Result<(Self::Response, Option<Bytes>), Malformed>;
+}
+
+fn fence_value(op: Option<ResponseOp>) -> Result<Bytes, Malformed> {
+    match op.and_then(|r| r.response) {
+        Some(response_op::Response::ResponseRange(r)) => {
+            Ok(r.kvs.into_iter().next().map(|kv| kv.value).unwrap_or_default())
+        }
+        _ => Err(Malformed("the fence read is missing from the guarded read's answer")),
+    }
+}
+
+impl GuardedRead for RangeRequest {
+    type Response = RangeResponse;
+    fn into_txn(self, fence: Option<RequestOp>) -> TxnRequest {
+        let mut success = vec![RequestOp {
+            request: Some(request_op::Request::RequestRange(self)),
+        }];
+        success.extend(fence);
+        TxnRequest {
+            compare: vec![],
+            success,
+            failure: vec![],
+        }
+    }
+    fn split(resp: TxnResponse, guarded: bool) -> Result<(RangeResponse, Option<Bytes>), Malformed> {
+        let header = resp.header;
+        let mut ops = resp.responses.into_iter();
+        let range = match ops.next().and_then(|r| r.response) {
+            Some(response_op::Response::ResponseRange(r)) => RangeResponse { header, ..r },
+            _ => return Err(Malformed("the guarded read's answer is not a Range")),
+        };
+        let fence = if guarded { Some(fence_value(ops.next())?) } else { None };
+        Ok((range, fence))
+    }
+}
+
+impl GuardedRead for TxnRequest {
+    type Response = TxnResponse;
+    fn into_txn(mut self, fence: Option<RequestOp>) -> TxnRequest {
+        if let Some(f) = fence {
+            self.success.push(f.clone());
+            self.failure.push(f);
+        }
+        self
+    }
+    fn split(mut resp: TxnResponse, guarded: bool) -> Result<(TxnResponse, Option<Bytes>), Malformed> {
+        let fence = if guarded {
+            Some(fence_value(resp.responses.pop())?)
+        } else {
+            None
+        };
+        Ok((resp, fence))
+    }
+}
+
+/// Whether a Txn only reads: every op of both branches is a Range (a nested Txn is not:
+/// etcd sends such a Txn through raft).
+pub fn is_read_only(txn: &TxnRequest) -> bool {
+    txn.success
+        .iter()
+        .chain(&txn.failure)
+        .all(|op| matches!(op.request, Some(request_op::Request::RequestRange(_))))
+}
+
+/// Whether every Range of a read-only Txn is serializable (etcd then answers from the
+/// member's own state, with no read index: such a read may be stale by definition).
+pub fn is_serializable(txn: &TxnRequest) -> bool {
+    txn.success.iter().chain(&txn.failure).all(|op| match &op.request {
+        Some(request_op::Request::RequestRange(r)) => r.serializable,
+        _ => false,
+    })
+}
+
 impl Guard {
     pub fn new(tenant_prefix: &[u8]) -> Self {
         let mut key = BytesMut::from(&reserved_prefix(tenant_prefix)[..]);
@@ -128,6 +266,17 @@ impl Guard {
 
     pub fn fence_key(&self) -> &Bytes {
         &self.fence_key
+    }
+
+    /// The read of the fence key a guarded read carries (linearizable, as the reads it
+    /// guards).
+    pub fn fence_read(&self) -> RequestOp {
+        RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest {
+                key: self.fence_key.clone(),
+                ..Default::default()
+            })),
+        }
     }
 
     /// The guard Txn around one client write.
@@ -268,6 +417,107 @@ mod tests {
                 holder: Bytes::from_static(b"migration m1")
             })
         );
+    }
+
+    fn range_op_answer(value: Option<&'static [u8]>) -> ResponseOp {
+        ResponseOp {
+            response: Some(response_op::Response::ResponseRange(RangeResponse {
+                kvs: value
+                    .map(|v| KeyValue {
+                        value: Bytes::from_static(v),
+                        ..Default::default()
+                    })
+                    .into_iter()
+                    .collect(),
+                ..Default::default()
+            })),
+        }
+    }
+
+    #[test]
+    fn a_guarded_range_stays_a_txn_of_ranges_and_its_answer_comes_apart() {
+        let g = Guard::new(b"/t/");
+        let read = RangeRequest {
+            key: Bytes::from_static(b"/t/a"),
+            limit: 5,
+            ..Default::default()
+        };
+        let txn = read.clone().into_txn(Some(g.fence_read()));
+        assert!(is_read_only(&txn) && !is_serializable(&txn));
+        assert!(txn.compare.is_empty() && txn.failure.is_empty());
+        assert_eq!(
+            txn.success[0].request,
+            Some(request_op::Request::RequestRange(read.clone()))
+        );
+        let resp = TxnResponse {
+            header: header(12),
+            succeeded: true,
+            responses: vec![
+                range_op_answer(Some(b"v")),
+                range_op_answer(Some(b"{\"state\":\"moved\"}")),
+            ],
+        };
+        let (answer, fence) = RangeRequest::split(resp, true).unwrap();
+        assert_eq!(answer.header, header(12));
+        assert_eq!(answer.kvs[0].value, Bytes::from_static(b"v"));
+        assert_eq!(fence.unwrap(), Bytes::from_static(b"{\"state\":\"moved\"}"));
+
+        // Unguarded (the client may not read the fence key): the Range alone.
+        let bare = read.into_txn(None);
+        assert_eq!(bare.success.len(), 1);
+        let resp = TxnResponse {
+            header: header(3),
+            succeeded: true,
+            responses: vec![range_op_answer(None)],
+        };
+        assert_eq!(RangeRequest::split(resp, false).unwrap().1, None);
+    }
+
+    #[test]
+    fn a_read_only_txn_reads_the_fence_in_both_branches_and_keeps_its_answer_shape() {
+        let g = Guard::new(b"/t/");
+        let range = |k: &'static [u8]| RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest {
+                key: Bytes::from_static(k),
+                ..Default::default()
+            })),
+        };
+        let client = TxnRequest {
+            compare: vec![Compare {
+                key: Bytes::from_static(b"/t/a"),
+                ..Default::default()
+            }],
+            success: vec![range(b"/t/a")],
+            failure: vec![range(b"/t/b"), range(b"/t/c")],
+        };
+        assert!(is_read_only(&client));
+        let txn = client.clone().into_txn(Some(g.fence_read()));
+        assert_eq!(txn.compare, client.compare);
+        assert_eq!(txn.success.len(), 2);
+        assert_eq!(txn.failure.len(), 3);
+        assert_eq!(txn.failure.last(), Some(&g.fence_read()));
+        assert!(is_read_only(&txn), "still a read for etcd");
+        let resp = TxnResponse {
+            header: header(4),
+            succeeded: false,
+            responses: vec![range_op_answer(None), range_op_answer(None), range_op_answer(None)],
+        };
+        let (answer, fence) = TxnRequest::split(resp, true).unwrap();
+        assert_eq!(answer.responses.len(), 2, "the fence read is taken out");
+        assert!(!answer.succeeded);
+        assert_eq!(fence, Some(Bytes::new()));
+
+        let mut write = client.clone();
+        write.success.push(RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest::default())),
+        });
+        assert!(!is_read_only(&write));
+        let mut nested = client;
+        nested.failure.push(RequestOp {
+            request: Some(request_op::Request::RequestTxn(TxnRequest::default())),
+        });
+        assert!(!is_read_only(&nested), "etcd sends a nested Txn through raft");
+        assert!(RangeRequest::split(TxnResponse::default(), true).is_err());
     }
 
     #[test]

@@ -120,6 +120,9 @@ pub struct Router {
     scope: scope::Scope,
     changes: watch::Sender<u64>,
     link: ArcSwapOption<MigrationLink>,
+    /// Rung by a request that found the tenant moved while this route still points at
+    /// the old store: the marker follower looks at once instead of at its next event.
+    nudge: tokio::sync::Notify,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +153,7 @@ impl Router {
             fence,
             changes: watch::channel(0).0,
             link: ArcSwapOption::empty(),
+            nudge: tokio::sync::Notify::new(),
         })
     }
 
@@ -172,50 +176,73 @@ impl Router {
     }
 
     /// Makes `name` the authoritative datastore, with its translation, for every request
-    /// that starts after this; open streams are told through [`Router::changes`].
+    /// that starts after this; open streams are told through [`Router::changes`]. A commit
+    /// is the truth: it replaces whatever route is current (a swap, not a load and a
+    /// store, so two writers cannot lose each other's generation).
     pub fn switch_to(&self, name: &str, translation: Option<Arc<Translation>>) -> Result<(), UnknownDatastore> {
         let ds = self
             .datastores
             .get(name)
             .cloned()
             .ok_or_else(|| UnknownDatastore(name.to_string()))?;
-        let generation = self.current.load().generation + 1;
-        self.current.store(Arc::new(Route {
+        let since_unix_ms = now_unix_ms();
+        let swapped = self.current.rcu(|cur| Route {
             datastore_name: name.to_string(),
-            datastore: ds,
-            translation,
-            generation,
-            since_unix_ms: now_unix_ms(),
+            datastore: ds.clone(),
+            translation: translation.clone(),
+            generation: cur.generation + 1,
+            since_unix_ms,
             stranded: None,
-        }));
-        self.changes.send_replace(generation);
+        });
+        self.changes.send_replace(swapped.generation + 1);
         Ok(())
     }
 
     /// The tenant moved to `moved_to`, which cannot be used yet: every request is refused
     /// (streams too, as they learn of the change) until [`Router::switch_to`] succeeds.
-    pub fn strand(&self, moved_to: &str, reason: String) {
-        let cur = self.current.load_full();
-        if cur
-            .stranded
-            .as_ref()
-            .is_some_and(|s| s.moved_to == moved_to && s.reason == reason)
-        {
-            return;
+    /// Only if the route is still generation `seen` (the one the caller found stale): a
+    /// switch that won the race is never undone by a late strand.
+    pub fn strand(&self, seen: u64, moved_to: &str, reason: String) -> bool {
+        let mut stranded = false;
+        let prev = self.current.rcu(|cur| {
+            stranded = false;
+            if cur.generation != seen
+                || cur
+                    .stranded
+                    .as_ref()
+                    .is_some_and(|s| s.moved_to == moved_to && s.reason == reason)
+            {
+                return Arc::clone(cur);
+            }
+            stranded = true;
+            Arc::new(Route {
+                datastore_name: cur.datastore_name.clone(),
+                datastore: cur.datastore.clone(),
+                translation: cur.translation.clone(),
+                generation: cur.generation + 1,
+                since_unix_ms: cur.since_unix_ms,
+                stranded: Some(Stranded {
+                    moved_to: moved_to.to_string(),
+                    reason: reason.clone(),
+                }),
+            })
+        });
+        if stranded {
+            self.changes.send_replace(prev.generation + 1);
         }
-        let generation = cur.generation + 1;
-        self.current.store(Arc::new(Route {
-            datastore_name: cur.datastore_name.clone(),
-            datastore: cur.datastore.clone(),
-            translation: cur.translation.clone(),
-            generation,
-            since_unix_ms: cur.since_unix_ms,
-            stranded: Some(Stranded {
-                moved_to: moved_to.to_string(),
-                reason,
-            }),
-        }));
-        self.changes.send_replace(generation);
+        stranded
+    }
+
+    /// A request saw the "moved" marker on the store of route `generation`.
+    pub fn nudge(&self, generation: u64) {
+        if self.current.load().generation == generation {
+            self.nudge.notify_one();
+        }
+    }
+
+    /// Completes when a request has seen the tenant moved (see [`Router::nudge`]).
+    pub async fn nudged(&self) {
+        self.nudge.notified().await
     }
 
     /// Notified with the new generation after every swap.
@@ -230,5 +257,69 @@ impl Router {
 
     pub fn set_link(&self, link: Option<Arc<MigrationLink>>) {
         self.link.store(link);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn router() -> Router {
+        let metrics = Arc::new(crate::metrics::Metrics::new());
+        let mut stores = BTreeMap::new();
+        for (name, port) in [("a", 1), ("b", 2)] {
+            let cfg = crate::config::DataStore {
+                name: name.into(),
+                endpoints: vec![format!("http://127.0.0.1:{port}")],
+                tls: None,
+                basic_auth: None,
+            };
+            stores.insert(name.to_string(), Datastore::new(&cfg, metrics.clone()).unwrap());
+        }
+        let fence = FencePolicy {
+            tenant_prefix: bytes::Bytes::from_static(b"/t/"),
+            guard: Guard::new(b"/t/"),
+            mode: FenceMode::Hold,
+            hold_timeout: std::time::Duration::from_secs(1),
+        };
+        Router::new(stores, "a", fence).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_strand_decided_before_a_switch_does_not_undo_it() {
+        let r = router();
+        let seen = r.route().generation;
+        // The commit wins the race: the route moves to b.
+        r.switch_to("b", None).unwrap();
+        // A follower that found "a" stale before the switch now strands it: too late.
+        assert!(!r.strand(seen, "b", "unreachable".into()));
+        let route = r.route();
+        assert_eq!(route.datastore_name, "b");
+        assert!(route.stranded.is_none());
+        assert_eq!(route.generation, seen + 1);
+    }
+
+    #[tokio::test]
+    async fn every_swap_gets_its_own_generation_and_notification() {
+        let r = Arc::new(router());
+        let mut changes = r.changes();
+        let seen = r.route().generation;
+        assert!(r.strand(seen, "b", "unreachable".into()));
+        assert!(
+            !r.strand(seen, "b", "unreachable".into()),
+            "the same strand twice is one change"
+        );
+        let writers: Vec<_> = (0..8)
+            .map(|i| {
+                let r = r.clone();
+                std::thread::spawn(move || r.switch_to(if i % 2 == 0 { "a" } else { "b" }, None).unwrap())
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert_eq!(r.route().generation, seen + 1 + 8, "no swap lost another's generation");
+        assert!(r.route().stranded.is_none());
+        assert_eq!(*changes.borrow_and_update(), seen + 9);
     }
 }

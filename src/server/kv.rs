@@ -8,6 +8,7 @@ use super::{client, Context};
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::*;
+use crate::route::fence;
 use crate::route::revision::Translation;
 use crate::route::scope::Scope;
 use crate::route::translate::{self, RangeFixup};
@@ -27,14 +28,26 @@ impl KvService {
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let r = request.get_ref();
-        if !self.ctx.router.scope().in_tenant(&r.key, &r.range_end) {
+        let scope = self.ctx.router.scope();
+        if !scope.in_tenant(&r.key, &r.range_end) {
             // Outside the tenant's prefix: as etcd answers a user without the permission.
             return Err(crate::error::ProxyError::Reserved.into());
         }
+        let hides_reserved = scope.touches_reserved(&r.key, &r.range_end);
+        if !r.serializable {
+            // Linearizable: inside the read guard, never answered by a store the tenant left.
+            if !hides_reserved {
+                return self.ctx.guarded_read("KV", "Range", request).await;
+            }
+            let started = std::time::Instant::now();
+            let result = self.range_hiding_reserved(request).await;
+            return self.ctx.finish("KV", "Range", started, result);
+        }
+        // Serializable: may be stale by definition; sent as it is.
         let pre = |t: &Translation, r: &mut RangeRequest| Ok(translate::range_request(t, r)?);
         let post =
             |t: &Translation, resp: &mut RangeResponse, fix: RangeFixup| translate::range_response(t, resp, &fix);
-        if !self.ctx.router.scope().touches_reserved(&r.key, &r.range_end) {
+        if !hides_reserved {
             return self
                 .ctx
                 .unary_translated(
@@ -48,9 +61,7 @@ impl Kv for KvService {
                 )
                 .await;
         }
-        // The range includes cutover's reserved keys: count them at one revision, read at
-        // that revision with room for them, and leave them out of the answer.
-        let scope = self.ctx.router.scope().clone();
+        let scope = scope.clone();
         self.ctx
             .unary_translated("KV", "Range", Retry::Idempotent, request, pre, post, move |ch, req| {
                 let scope = scope.clone();
@@ -72,7 +83,18 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        self.ctx.guarded_write("KV", "Txn", request).await
+        let t = request.get_ref();
+        if !fence::is_read_only(t) {
+            return self.ctx.guarded_write("KV", "Txn", request).await;
+        }
+        // A Txn that only reads stays a read for etcd (its read path, no raft entry).
+        if !self.ctx.router.scope().txn_allowed(t) {
+            return Err(crate::error::ProxyError::Reserved.into());
+        }
+        if fence::is_serializable(t) {
+            return self.ctx.serializable_read("KV", "Txn", request).await;
+        }
+        self.ctx.guarded_read("KV", "Txn", request).await
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
@@ -121,6 +143,61 @@ impl Kv for KvService {
                 |ch, req| async move { client!(KvClient, ch).compact(req).await },
             )
             .await
+    }
+}
+
+impl KvService {
+    /// A linearizable Range over cutover's reserved keys: their count, read inside the
+    /// read guard, gives the revision and the room to leave them out; the range itself is
+    /// then read at that revision.
+    async fn range_hiding_reserved(
+        &self,
+        request: Request<RangeRequest>,
+    ) -> Result<Response<RangeResponse>, crate::error::ProxyError> {
+        let scope = self.ctx.router.scope();
+        let (metadata, extensions, asked) = request.into_parts();
+        let (key, range_end) = scope.reserved_part(&asked.key, &asked.range_end);
+        let count_req = RangeRequest {
+            key,
+            range_end,
+            count_only: true,
+            limit: 0,
+            sort_order: 0,
+            sort_target: 0,
+            ..asked.clone()
+        };
+        let hidden = self
+            .ctx
+            .forward_read(
+                Request::from_parts(metadata.clone(), extensions.clone(), count_req),
+                true,
+            )
+            .await?
+            .into_inner();
+        let at = hidden.header.map_or(0, |h| h.revision);
+        let main = RangeRequest {
+            revision: if asked.revision > 0 { asked.revision } else { at },
+            limit: if asked.limit > 0 { asked.limit + hidden.count } else { 0 },
+            ..asked.clone()
+        };
+        let mut resp = self
+            .ctx
+            .forward_translated(
+                Retry::Idempotent,
+                Request::from_parts(metadata, extensions, main),
+                |t: &Translation, r: &mut RangeRequest| Ok(translate::range_request(t, r)?),
+                |t: &Translation, resp: &mut RangeResponse, fix: RangeFixup| translate::range_response(t, resp, &fix),
+                |ch, req| async move { client!(KvClient, ch).range(req).await },
+            )
+            .await?
+            .into_inner();
+        resp.kvs.retain(|kv| !scope.is_reserved(&kv.key));
+        resp.count -= hidden.count;
+        if asked.limit > 0 && resp.kvs.len() as i64 > asked.limit {
+            resp.kvs.truncate(asked.limit as usize);
+            resp.more = true;
+        }
+        Ok(Response::new(resp))
     }
 }
 

@@ -28,6 +28,7 @@ use tonic::{Code, Request, Response, Status};
 use crate::coalesce::Coalesced;
 use crate::config::FenceMode;
 use crate::config::{Config, ListenAddr};
+use crate::error::messages;
 use crate::error::{Blame, ProxyError};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::proto::etcdserverpb::auth_server::AuthServer;
@@ -38,7 +39,7 @@ use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::etcdserverpb::TxnRequest;
-use crate::route::fence::Guarded;
+use crate::route::fence::{Guarded, GuardedRead, Marker};
 use crate::route::revision::Translation;
 use crate::route::translate::{Translate, TxnShape};
 use crate::route::{Route, Router};
@@ -126,6 +127,49 @@ impl Forwarded {
     }
 }
 
+/// A read the proxy sends inside the read guard (route/fence.rs), translated both ways
+/// when the route has a translation.
+pub(crate) trait Read: GuardedRead + prost::Message + Clone {
+    type Fixup: Default;
+    fn to_target(self, t: &Translation) -> Result<(Self, Self::Fixup), ProxyError>;
+    fn answer_to_virtual(a: Self::Response, t: &Translation, fix: Self::Fixup) -> Result<Self::Response, ProxyError>;
+    /// Takes cutover's reserved keys out of the answer.
+    fn hide_reserved(_a: &mut Self::Response, _scope: &crate::route::scope::Scope) {}
+}
+
+impl Read for crate::proto::etcdserverpb::RangeRequest {
+    type Fixup = crate::route::translate::RangeFixup;
+    fn to_target(mut self, t: &Translation) -> Result<(Self, Self::Fixup), ProxyError> {
+        let fix = crate::route::translate::range_request(t, &mut self)?;
+        Ok((self, fix))
+    }
+    fn answer_to_virtual(
+        mut a: crate::proto::etcdserverpb::RangeResponse,
+        t: &Translation,
+        fix: Self::Fixup,
+    ) -> Result<crate::proto::etcdserverpb::RangeResponse, ProxyError> {
+        crate::route::translate::range_response(t, &mut a, &fix);
+        Ok(a)
+    }
+}
+
+impl Read for TxnRequest {
+    type Fixup = TxnShape;
+    fn to_target(self, t: &Translation) -> Result<(Self, TxnShape), ProxyError> {
+        Ok(Translate::to_target(self, t)?)
+    }
+    fn answer_to_virtual(
+        a: crate::proto::etcdserverpb::TxnResponse,
+        t: &Translation,
+        shape: TxnShape,
+    ) -> Result<crate::proto::etcdserverpb::TxnResponse, ProxyError> {
+        Ok(<TxnRequest as Translate>::answer_to_virtual(a, t, shape)?)
+    }
+    fn hide_reserved(a: &mut crate::proto::etcdserverpb::TxnResponse, scope: &crate::route::scope::Scope) {
+        scope.hide_in_txn(a);
+    }
+}
+
 impl Context {
     /// Forwards one unary request to the authoritative datastore and records it.
     pub(crate) async fn unary<Req, Resp, F, Fut>(
@@ -165,24 +209,37 @@ impl Context {
         Fut: Future<Output = Result<Response<Resp>, Status>>,
     {
         let started = Instant::now();
-        let route = self.router.route();
-        let result = async {
-            let (metadata, ext, mut msg) = request.into_parts();
-            let Some(t) = route.translation.clone() else {
-                return self
-                    .forward_on(&route, retry, Request::from_parts(metadata, ext, msg), call)
-                    .await;
-            };
-            self.check_size(&msg)?;
-            let x = pre(&t, &mut msg)?;
-            let mut resp = self
-                .forward_on(&route, retry, Request::from_parts(metadata, ext, msg), call)
-                .await?;
-            post(&t, resp.get_mut(), x);
-            Ok(resp)
-        }
-        .await;
+        let result = self.forward_translated(retry, request, pre, post, call).await;
         self.finish(service, method, started, result)
+    }
+
+    async fn forward_translated<Req, Resp, F, Fut, X>(
+        &self,
+        retry: Retry,
+        request: Request<Req>,
+        pre: impl FnOnce(&Translation, &mut Req) -> Result<X, ProxyError>,
+        post: impl FnOnce(&Translation, &mut Resp, X),
+        call: F,
+    ) -> Result<Response<Resp>, ProxyError>
+    where
+        Req: prost::Message + Clone,
+        F: Fn(Channel, Request<Req>) -> Fut,
+        Fut: Future<Output = Result<Response<Resp>, Status>>,
+    {
+        let route = self.router.route();
+        let (metadata, ext, mut msg) = request.into_parts();
+        let Some(t) = route.translation.clone() else {
+            return self
+                .forward_on(&route, retry, Request::from_parts(metadata, ext, msg), call)
+                .await;
+        };
+        self.check_size(&msg)?;
+        let x = pre(&t, &mut msg)?;
+        let mut resp = self
+            .forward_on(&route, retry, Request::from_parts(metadata, ext, msg), call)
+            .await?;
+        post(&t, resp.get_mut(), x);
+        Ok(resp)
     }
 
     /// Forwards a client write inside the fence guard (route/fence.rs) and records it.
@@ -211,10 +268,7 @@ impl Context {
         }
         let fwd = Forwarded::from_incoming(&metadata);
         let policy = self.router.fence();
-        let deadline = Instant::now() + policy.hold_timeout;
-        let mut backoff = Duration::from_millis(5);
-        let mut held: Option<HeldGuard> = None;
-        let mut changes: Option<tokio::sync::watch::Receiver<u64>> = None;
+        let mut hold = Hold::new(self, &self.metrics.held_writes);
         loop {
             // Each attempt asks for the route again: a held write goes to whichever
             // datastore is authoritative when the fence lifts, in that one's revisions.
@@ -247,7 +301,7 @@ impl Context {
                         answer = W::answer_to_virtual(answer, t, shape)?;
                     }
                     W::hide_reserved(&mut answer, self.router.scope());
-                    if held.is_some() {
+                    if hold.held() {
                         self.count_fenced("held");
                     }
                     return Ok(Response::new(answer));
@@ -257,32 +311,140 @@ impl Context {
             let holder = String::from_utf8_lossy(&fenced.holder).into_owned();
             // The tenant has just moved and this proxy's route is about to follow (or has):
             // that is not a freeze, whatever the mode.
-            let moved = matches!(
-                crate::migrate::marker::Marker::parse(&fenced.holder),
-                Some(crate::migrate::marker::Marker::Moved { .. })
-            );
+            let moved = Marker::moved_to(&fenced.holder).is_some();
+            if moved {
+                self.router.nudge(route.generation);
+            }
             if policy.mode == FenceMode::Reject && !moved {
                 self.count_fenced("rejected");
                 return Err(ProxyError::Fenced { holder });
             }
-            if Instant::now() + backoff > deadline {
+            if !hold.wait().await {
                 self.count_fenced("held_rejected");
                 return Err(ProxyError::Fenced { holder });
             }
-            if held.is_none() {
-                held = Some(HeldGuard::new(&self.metrics.held_writes));
-                changes = Some(self.router.changes());
-            }
-            // A route swap (the commit) ends the wait at once.
-            if let Some(changes) = changes.as_mut() {
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = changes.changed() => {}
+        }
+    }
+
+    /// Forwards a linearizable read inside the read guard (route/fence.rs) and records it.
+    pub(crate) async fn guarded_read<R: Read>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        request: Request<R>,
+    ) -> Result<Response<R::Response>, Status> {
+        let started = Instant::now();
+        let result = self.forward_read(request, true).await;
+        self.finish(service, method, started, result)
+    }
+
+    /// A read-only Txn of serializable Ranges: as a read, without the guard (it may be
+    /// stale by definition).
+    pub(crate) async fn serializable_read<R: Read>(
+        &self,
+        service: &'static str,
+        method: &'static str,
+        request: Request<R>,
+    ) -> Result<Response<R::Response>, Status> {
+        let started = Instant::now();
+        let result = self.forward_read(request, false).await;
+        self.finish(service, method, started, result)
+    }
+
+    /// Sends a read as a Txn of Ranges, with the fence read if `linearizable`.
+    async fn forward_read<R: Read>(
+        &self,
+        request: Request<R>,
+        linearizable: bool,
+    ) -> Result<Response<R::Response>, ProxyError> {
+        let (metadata, _, msg) = request.into_parts();
+        self.check_size(&msg)?;
+        let fwd = Forwarded::from_incoming(&metadata);
+        let guard = &self.router.fence().guard;
+        let mut hold = Hold::new(self, &self.metrics.held_reads);
+        loop {
+            let route = self.router.route();
+            route.usable()?;
+            let (read, fix) = match &route.translation {
+                Some(t) => msg.clone().to_target(t)?,
+                None => (msg.clone(), R::Fixup::default()),
+            };
+            let fwd = &fwd;
+            let send = |txn: TxnRequest| {
+                route.datastore.unary(Retry::Idempotent, move |ch, token| {
+                    let req = fwd.request(txn.clone(), token);
+                    async move { client!(KvClient, ch).txn(req).await }
+                })
+            };
+            let fence_read = linearizable.then(|| guard.fence_read());
+            let (resp, guarded) = match send(read.clone().into_txn(fence_read)).await {
+                Ok(r) => (r, true),
+                // As for writes: a client that may not read the fence key reads without it.
+                Err(ProxyError::Etcd(s)) if linearizable && s.code() == Code::PermissionDenied => {
+                    self.count_unguarded_read();
+                    (send(read.into_txn(None)).await?, false)
                 }
-            } else {
-                tokio::time::sleep(backoff).await;
+                // A revision from the tenant's new home is in the future of the old one.
+                Err(ProxyError::Etcd(s)) if linearizable && s.message() == messages::FUTURE_REV => {
+                    if self.moved_from(&route).await {
+                        self.router.nudge(route.generation);
+                        if !hold.wait().await {
+                            return Err(self.not_switched(&route));
+                        }
+                        continue;
+                    }
+                    return Err(ProxyError::Etcd(s));
+                }
+                Err(e) => return Err(e),
+            };
+            let (mut answer, fence) = R::split(resp.into_inner(), guarded)?;
+            if fence.as_deref().and_then(Marker::moved_to).is_some() {
+                // Answered by a store the tenant has left: a write may already have been
+                // acknowledged on the new one. Wait for this replica's route to follow.
+                self.router.nudge(route.generation);
+                if !hold.wait().await {
+                    return Err(self.not_switched(&route));
+                }
+                continue;
             }
-            backoff = (backoff * 2).min(Duration::from_millis(100));
+            if hold.held() {
+                self.metrics.rerouted_reads.inc();
+            }
+            if let Some(t) = &route.translation {
+                answer = R::answer_to_virtual(answer, t, fix)?;
+            }
+            R::hide_reserved(&mut answer, self.router.scope());
+            return Ok(Response::new(answer));
+        }
+    }
+
+    /// Whether the fence key of `route`'s store holds the "moved" marker now.
+    async fn moved_from(&self, route: &Route) -> bool {
+        let key = self.router.fence().guard.fence_key().clone();
+        let read = route
+            .datastore
+            .unary(Retry::Idempotent, |ch, token| {
+                let req = crate::upstream::own_request(
+                    crate::proto::etcdserverpb::RangeRequest {
+                        key: key.clone(),
+                        ..Default::default()
+                    },
+                    token,
+                );
+                async move { client!(KvClient, ch).range(req).await }
+            })
+            .await;
+        read.ok()
+            .and_then(|r| r.into_inner().kvs.into_iter().next())
+            .is_some_and(|kv| Marker::moved_to(&kv.value).is_some())
+    }
+
+    /// A read held until the hold timeout because this replica has not followed the tenant.
+    fn not_switched(&self, route: &Route) -> ProxyError {
+        ProxyError::NoEndpoint {
+            datastore: route.datastore_name.clone(),
+            detail: "the tenant moved away from this datastore and this replica has not switched to its new one yet"
+                .into(),
         }
     }
 
@@ -296,6 +458,16 @@ impl Context {
             });
         }
         Ok(())
+    }
+
+    fn count_unguarded_read(&self) {
+        self.metrics.unguarded_reads.inc();
+        if !self.warned_unguarded.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            tracing::warn!(
+                "a client's etcd user may not read cutover's fence key, so its reads and writes are sent without the \
+                 fence guard; give the tenant's etcd role read access to the tenant prefix (this is logged once)"
+            );
+        }
     }
 
     fn count_unguarded(&self) {
@@ -316,7 +488,7 @@ impl Context {
     }
 
     /// Logs a failure the proxy made or relayed, and records the request.
-    fn finish<T>(
+    pub(crate) fn finish<T>(
         &self,
         service: &'static str,
         method: &'static str,
@@ -378,6 +550,54 @@ impl Context {
             .await?;
         // Only the message goes back: response headers belong to the datastore's hop.
         Ok(Response::new(resp.into_inner()))
+    }
+}
+
+/// A request waiting for the fence to lift or for the route to follow the tenant: waits
+/// with the one backoff (5 ms doubling to 100 ms), cut short by any route swap, until the
+/// fence's hold timeout. Counted in a gauge while it waits.
+struct Hold<'a> {
+    ctx: &'a Context,
+    gauge: &'a prometheus_client::metrics::gauge::Gauge,
+    /// `None`: a hold timeout beyond what the clock can count (never gives up).
+    deadline: Option<tokio::time::Instant>,
+    backoff: crate::backoff::Backoff,
+    waiting: Option<(HeldGuard, tokio::sync::watch::Receiver<u64>)>,
+}
+
+impl<'a> Hold<'a> {
+    fn new(ctx: &'a Context, gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Self {
+        Hold {
+            ctx,
+            gauge,
+            deadline: tokio::time::Instant::now().checked_add(ctx.router.fence().hold_timeout),
+            backoff: crate::backoff::Backoff::new(Duration::from_millis(5), Duration::from_millis(100)),
+            waiting: None,
+        }
+    }
+
+    /// Whether the request has waited at all.
+    fn held(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    /// Waits before the next attempt; `false` once the hold timeout would pass.
+    async fn wait(&mut self) -> bool {
+        if let Some(deadline) = self.deadline {
+            if tokio::time::Instant::now() + self.backoff.peek() > deadline {
+                return false;
+            }
+        }
+        let (_, changes) = self
+            .waiting
+            .get_or_insert_with(|| (HeldGuard::new(self.gauge), self.ctx.router.changes()));
+        let delay = self.backoff.step();
+        // A route swap (the commit) ends the wait at once.
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = changes.changed() => {}
+        }
+        true
     }
 }
 

@@ -1,0 +1,289 @@
+//! The requests the migrator makes itself, with cutover's own credentials.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::copy::{self, KeyRange};
+use crate::error::ProxyError;
+use crate::proto::etcdserverpb::kv_client::KvClient;
+use crate::proto::etcdserverpb::lease_client::LeaseClient;
+use crate::proto::etcdserverpb::{
+    compare, request_op, CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
+    LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
+};
+use crate::route::{MigrationLink, Router};
+use crate::server::client;
+use crate::upstream::{own_request, Datastore, Retry};
+
+pub async fn txn(ds: &Datastore, req: TxnRequest) -> Result<TxnResponse, ProxyError> {
+    copy::txn(ds, req).await
+}
+
+pub async fn range(ds: &Datastore, req: RangeRequest) -> Result<crate::proto::etcdserverpb::RangeResponse, ProxyError> {
+    ds.unary(Retry::Idempotent, |ch, token| {
+        let r = own_request(req.clone(), token);
+        async move { client!(KvClient, ch).range(r).await }
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+pub async fn current_revision(ds: &Datastore) -> Result<i64, ProxyError> {
+    let r = range(
+        ds,
+        RangeRequest {
+            key: Bytes::from_static(b"\0"),
+            count_only: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(r.header.map_or(0, |h| h.revision))
+}
+
+/// Keys of the tenant range, cutover's own left out.
+/// At `revision` (0: now).
+pub async fn count_tenant(
+    ds: &Datastore,
+    range_: &KeyRange,
+    reserved: &Bytes,
+    revision: i64,
+) -> Result<i64, ProxyError> {
+    let all = range(
+        ds,
+        RangeRequest {
+            key: range_.start.clone(),
+            range_end: range_.end.clone(),
+            count_only: true,
+            revision,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let rev = all.header.map_or(0, |h| h.revision);
+    let own = range(
+        ds,
+        RangeRequest {
+            key: reserved.clone(),
+            range_end: copy::prefix_end(reserved),
+            count_only: true,
+            revision: rev,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(all.count - own.count)
+}
+
+pub async fn delete(ds: &Datastore, key: Bytes, range_end: Bytes) -> Result<i64, ProxyError> {
+    let resp = txn(
+        ds,
+        TxnRequest {
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                    key,
+                    range_end,
+                    prev_kv: false,
+                })),
+            }],
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(resp
+        .responses
+        .into_iter()
+        .next()
+        .and_then(|r| match r.response {
+            Some(crate::proto::etcdserverpb::response_op::Response::ResponseDeleteRange(d)) => Some(d.deleted),
+            _ => None,
+        })
+        .unwrap_or(0))
+}
+
+/// A plain Put (of cutover's own keys); the revision it made.
+pub async fn put(ds: &Datastore, key: Bytes, value: Bytes) -> Result<i64, ProxyError> {
+    let req = PutRequest {
+        key,
+        value,
+        ..Default::default()
+    };
+    ds.unary(Retry::IfNotSent, |ch, token| {
+        let r = own_request(req.clone(), token);
+        async move { client!(KvClient, ch).put(r).await }
+    })
+    .await
+    .map(|r| r.into_inner().header.map_or(0, |h| h.revision))
+}
+
+pub async fn grant(ds: &Datastore, ttl: i64) -> Result<i64, ProxyError> {
+    ds.unary(Retry::IfNotSent, |ch, token| {
+        let r = own_request(LeaseGrantRequest { ttl, id: 0 }, token);
+        async move { client!(LeaseClient, ch).lease_grant(r).await }
+    })
+    .await
+    .map(|r| r.into_inner().id)
+}
+
+pub async fn revoke(ds: &Datastore, id: i64) -> Result<(), ProxyError> {
+    ds.unary(Retry::IfNotSent, |ch, token| {
+        let r = own_request(LeaseRevokeRequest { id }, token);
+        async move { client!(LeaseClient, ch).lease_revoke(r).await }
+    })
+    .await
+    .map(|_| ())
+}
+
+/// Refreshes `ids` on `ds` once (one keep-alive stream, one message per lease).
+/// Returns the ones the datastore no longer keeps (expired, or revoked).
+pub async fn refresh(ds: &Datastore, ids: &[i64]) -> Result<Vec<i64>, ProxyError> {
+    let mut gone = Vec::new();
+    if ids.is_empty() {
+        return Ok(gone);
+    }
+    let (_, channel) = ds.pick();
+    let token = ds.token(&channel).await.map_err(ProxyError::Etcd)?;
+    let msgs: Vec<LeaseKeepAliveRequest> = ids.iter().map(|id| LeaseKeepAliveRequest { id: *id }).collect();
+    let n = msgs.len();
+    let req = own_request(futures::stream::iter(msgs), token);
+    let mut stream = client!(LeaseClient, channel)
+        .lease_keep_alive(req)
+        .await
+        .map_err(ProxyError::Etcd)?
+        .into_inner();
+    for _ in 0..n {
+        match stream.message().await {
+            Ok(Some(r)) if r.ttl <= 0 => gone.push(r.id),
+            Ok(Some(_)) => {}
+            Ok(None) => break,
+            Err(s) => return Err(ProxyError::Etcd(s)),
+        }
+    }
+    Ok(gone)
+}
+
+/// Keeps the source's copies of `ids` from expiring while the source is fenced: the
+/// fence stops every tenant write but a lease expiry, and a key deleted by an expiry
+/// after the drain point would be on the target and not on the source. etcd itself
+/// extends every lease on a leader change; this extends them by the fence window.
+/// Returns the task (abort it at the commit or the release) once the leases that had
+/// already expired are revoked, so that their deletes come before the next write.
+pub async fn hold_leases(ds: Arc<Datastore>, ids: Vec<i64>) -> Result<tokio::task::JoinHandle<()>, ProxyError> {
+    let gone = refresh(&ds, &ids).await?;
+    // etcd's smallest lease TTL is above a second: refreshing twice a second holds all.
+    let holder = {
+        let ds = ds.clone();
+        let ids: Vec<i64> = ids.iter().copied().filter(|id| !gone.contains(id)).collect();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if let Err(e) = refresh(&ds, &ids).await {
+                    tracing::warn!(error = %e, "could not hold the tenant's leases on the fenced source");
+                }
+            }
+        })
+    };
+    // An expired lease stays listed until etcd's revoke (and its deletes) is applied.
+    while !gone.is_empty() {
+        match source_leases(&ds).await {
+            Ok(listed) if gone.iter().all(|id| !listed.contains(id)) => break,
+            Ok(_) => {}
+            Err(e) => {
+                holder.abort();
+                return Err(e);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(holder)
+}
+
+/// Keeps the migration's lease alive until the task is aborted.
+pub fn keep_alive(ds: Arc<Datastore>, id: i64, ttl: i64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let every = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
+        loop {
+            tokio::time::sleep(every).await;
+            if let Err(e) = refresh(&ds, &[id]).await {
+                tracing::warn!(error = %e, "could not refresh the migration's lease");
+            }
+        }
+    })
+}
+
+/// While the migration runs, keeps the target's copies of the tenant's leases alive
+/// as long as the source's are: a lease the source lets expire takes its keys with it
+/// there, and the catch-up carries the deletes over.
+pub fn mirror_leases(source: Arc<Datastore>, link: Arc<MigrationLink>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let pairs: Vec<(i64, i64)> = link.leases.lock().iter().map(|(a, b)| (*a, *b)).collect();
+            if pairs.is_empty() {
+                continue;
+            }
+            let alive: Vec<i64> = match source_leases(&source).await {
+                Ok(ids) => pairs.iter().filter(|(s, _)| ids.contains(s)).map(|(_, t)| *t).collect(),
+                Err(_) => continue,
+            };
+            if let Err(e) = refresh(&link.target, &alive).await {
+                tracing::debug!(error = %e, "could not refresh the target's leases");
+            }
+        }
+    })
+}
+
+async fn source_leases(ds: &Datastore) -> Result<std::collections::HashSet<i64>, ProxyError> {
+    let r = ds
+        .unary(Retry::Idempotent, |ch, token| {
+            let r = own_request(crate::proto::etcdserverpb::LeaseLeasesRequest {}, token);
+            async move { client!(LeaseClient, ch).lease_leases(r).await }
+        })
+        .await?
+        .into_inner();
+    Ok(r.leases.into_iter().map(|l| l.id).collect())
+}
+
+/// Applies a client's Compact (in the client's revision space) to the authoritative
+/// datastore.
+pub async fn compact_client_revision(router: &Router, revision: i64) -> Result<(), ProxyError> {
+    let route = router.route();
+    let mut req = CompactionRequest {
+        revision,
+        physical: false,
+    };
+    if let Some(t) = &route.translation {
+        crate::route::translate::compact_request(t, &mut req);
+    }
+    route
+        .datastore
+        .unary(Retry::IfNotSent, |ch, token| {
+            let r = own_request(req, token);
+            async move { client!(KvClient, ch).compact(r).await }
+        })
+        .await
+        .map(|_| ())
+}
+
+pub fn put_op(key: Bytes, value: Bytes, lease: i64) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key,
+            value,
+            lease,
+            ..Default::default()
+        })),
+    }
+}
+
+pub fn version_is(key: &Bytes, version: i64) -> Compare {
+    Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Version as i32,
+        key: key.clone(),
+        range_end: Bytes::new(),
+        target_union: Some(compare::TargetUnion::Version(version)),
+    }
+}

@@ -1,0 +1,85 @@
+//! Preparing: the target answers and holds nothing of the tenant (or only a copy an
+//! earlier, dead migration of this tenant left there, which is cleared); the migration's
+//! lock on the source is ours; the target's range is claimed for this migration.
+
+use tokio_util::task::AbortOnDropHandle;
+
+use super::{on, Job, MigrationLease};
+use crate::migrate::copy::{self, CopyError};
+use crate::migrate::machine::Failure;
+use crate::migrate::marker::{self, Marker};
+use crate::migrate::ops;
+
+pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
+    job.pause().await;
+    let s = job.sides.clone();
+    let prefix = job.prefix().clone();
+    let tenant_keys = ops::count_tenant(&s.target, &s.range, &s.reserved, 0)
+        .await
+        .map_err(on("target"))?;
+    // A copy cutover itself left there: a migration of this tenant from this source that
+    // died (its claim is still on the target). Only such a copy is cleared unasked.
+    let left_by = match marker::read_key(&s.target, &marker::claim_key(&prefix))
+        .await
+        .map_err(on("target"))?
+    {
+        Some(Marker::Copying { migration, from, .. }) if from == s.from => Some(migration),
+        _ => None,
+    };
+    if tenant_keys > 0 && !job.overwrite && left_by.is_none() {
+        return Err(CopyError::TargetNotEmpty { count: tenant_keys }.into());
+    }
+    let total = ops::count_tenant(&s.source, &s.range, &s.reserved, 0)
+        .await
+        .map_err(on("source"))?;
+    job.m.update(|v| v.keys_total = total as u64);
+
+    crate::failpoint!("migrate.prepare.before_lock")?;
+    let ttl = job.m.settings.lease_ttl;
+    let lease = ops::grant(&s.source, ttl).await.map_err(on("source"))?;
+    job.lease = Some(MigrationLease {
+        id: lease,
+        _keeper: AbortOnDropHandle::new(ops::keep_alive(s.source.clone(), lease, ttl)),
+    });
+    let lock = Marker::Lock {
+        migration: job.id.clone(),
+        leader: job.m.leader.clone(),
+        to: s.to.clone(),
+    };
+    if let Some(holder) = marker::put_if_absent(&s.source, &marker::lock_key(&prefix), &lock, lease)
+        .await
+        .map_err(on("source"))?
+    {
+        return Err(Failure::Locked(holder));
+    }
+    // With the lock ours nobody else can fence or commit; a fence key that is set now
+    // means the tenant left this source (another replica's migration committed while
+    // this one started): the target is authoritative, never to be cleared.
+    if let Some(m) = super::fence_marker(job).await.map_err(on("source"))? {
+        return Err(Failure::Locked(format!(
+            "the source's fence key holds {:?}",
+            String::from_utf8_lossy(&m.to_bytes())
+        )));
+    }
+    crate::failpoint!("migrate.prepare.after_lock")?;
+
+    // Clear the tenant range on the target: old data on request, a dead migration's
+    // partial copy, and cutover's own keys from an earlier migration away from it (its
+    // "moved" marker among them).
+    let (from, to) = if tenant_keys > 0 {
+        if let (Some(dead), false) = (&left_by, job.overwrite) {
+            tracing::info!(migration = %job.id, dead = %dead, keys = tenant_keys, "clearing the partial copy a dead migration of this tenant left on the target");
+        }
+        (s.range.start.clone(), s.range.end.clone())
+    } else {
+        (s.reserved.clone(), copy::prefix_end(&s.reserved))
+    };
+    ops::delete(&s.target, from, to).await.map_err(on("target"))?;
+    let claim = job.claim_value();
+    ops::put(&s.target, marker::claim_key(&prefix), claim.to_bytes())
+        .await
+        .map_err(on("target"))?;
+    job.claim = Some(claim);
+    job.m.router.set_link(Some(s.link.clone()));
+    Ok(())
+}

@@ -1,0 +1,218 @@
+//! The migration's view, shared between replicas: the leader publishes it under the
+//! reserved prefix of the source (and of the target once committed), every other replica
+//! reads it from its authoritative datastore and shows it in its own status.
+//!
+//! A replica that reads a running migration also watches over its leader: when the
+//! migration's lock is gone (its lease expired: the leader died or lost the source) and
+//! the leader has published no end, the migration failed with "leader lost". One replica
+//! records that in the source (a compare-and-swap on the published view, so a leader that
+//! comes back and publishes its own end wins), and every replica shows it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+
+use super::marker::{self, Marker};
+use super::{now_ms, ops, MigrationView, Migrator, Outcome, Phase, Snapshot};
+use crate::error::ProxyError;
+use crate::proto::etcdserverpb::{compare, Compare, RangeRequest, TxnRequest};
+use crate::route::fence::reserved_prefix;
+use crate::upstream::Datastore;
+
+/// How often a replica that does not lead reads the published view.
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+
+/// How long a running migration's lock must be gone before its leader counts as lost:
+/// enough for a leader that released it itself to publish its own end.
+const LEADER_GRACE: Duration = Duration::from_millis(500);
+
+impl Migrator {
+    pub(super) fn status_key(&self) -> Bytes {
+        let mut key = BytesMut::from(&reserved_prefix(&self.router.fence().tenant_prefix)[..]);
+        key.extend_from_slice(b"status");
+        key.freeze()
+    }
+
+    pub(super) async fn publish_once(&self, ds: &Datastore) -> Result<i64, ProxyError> {
+        let view = self.snapshot().migration;
+        let json = serde_json::to_vec(&view).unwrap_or_default();
+        ops::put(ds, self.status_key(), Bytes::from(json)).await
+    }
+
+    /// Writes the migration's view to `ds` on every change, at most four times a second,
+    /// until the handle is dropped.
+    pub(super) fn publish(self: &Arc<Self>, ds: Arc<Datastore>) -> tokio_util::task::AbortOnDropHandle<()> {
+        let me = Arc::clone(self);
+        let mut changes = self.subscribe();
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(async move {
+            loop {
+                if me.publish_once(&ds).await.is_err() {
+                    tracing::debug!("could not publish the migration's status");
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        }))
+    }
+
+    /// On a replica that runs no migration: shows the one another replica runs (or ran
+    /// last), as published in the authoritative datastore, and ends it as "leader lost"
+    /// when its leader is gone.
+    pub fn spawn_status_follower(self: &Arc<Self>) {
+        let me = Arc::clone(self);
+        self.tasks.spawn(async move {
+            let mut lock_gone_since: Option<tokio::time::Instant> = None;
+            loop {
+                tokio::time::sleep(FOLLOW_EVERY).await;
+                if me.leading() {
+                    lock_gone_since = None;
+                    continue;
+                }
+                if me.ended_by_following_the_commit() {
+                    continue;
+                }
+                let ds = me.router.route().datastore.clone();
+                let Ok(Some((raw, view))) = me.read_view(&ds).await else {
+                    continue;
+                };
+                if view.leader == me.leader || me.leading() {
+                    continue;
+                }
+                let view = if view.outcome == Outcome::Running {
+                    match me.leader_lost(&ds, &view, &mut lock_gone_since).await {
+                        Some(failed) => {
+                            me.record_leader_lost(&ds, raw, &failed).await;
+                            failed
+                        }
+                        None => view,
+                    }
+                } else {
+                    lock_gone_since = None;
+                    view
+                };
+                let phase = if view.outcome == Outcome::Running {
+                    view.phase
+                } else {
+                    Phase::Ready
+                };
+                let current = me.snapshot();
+                if current.migration.as_ref() != Some(&view) || current.phase != phase {
+                    me.state.send_replace(Snapshot {
+                        phase,
+                        migration: Some(view),
+                    });
+                }
+            }
+        });
+    }
+
+    /// A leader that died right after its commit marker never wrote its final view; a
+    /// replica that followed the marker to the target says how it ended.
+    fn ended_by_following_the_commit(&self) -> bool {
+        let route = self.router.route();
+        let current = self.snapshot();
+        let Some(m) = current.migration.as_ref() else {
+            return false;
+        };
+        if m.outcome != Outcome::Running
+            || m.leader == self.leader
+            || m.to != route.datastore_name
+            || route.stranded.is_some()
+        {
+            return false;
+        }
+        let mut done = m.clone();
+        done.outcome = Outcome::Succeeded;
+        done.phase = Phase::Ready;
+        done.finished_unix_ms = Some(route.since_unix_ms);
+        self.state.send_replace(Snapshot {
+            phase: Phase::Ready,
+            migration: Some(done),
+        });
+        true
+    }
+
+    /// The published view, with the bytes it was read as.
+    async fn read_view(&self, ds: &Datastore) -> Result<Option<(Bytes, MigrationView)>, ProxyError> {
+        let resp = ops::range(
+            ds,
+            RangeRequest {
+                key: self.status_key(),
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok(resp.kvs.into_iter().next().and_then(|kv| {
+            serde_json::from_slice::<Option<MigrationView>>(&kv.value)
+                .ok()
+                .flatten()
+                .map(|v| (kv.value, v))
+        }))
+    }
+
+    /// `Some(the failed view)` once the running migration's lock has been gone for
+    /// [`LEADER_GRACE`] and the source shows no commit of it.
+    async fn leader_lost(
+        &self,
+        ds: &Datastore,
+        view: &MigrationView,
+        gone_since: &mut Option<tokio::time::Instant>,
+    ) -> Option<MigrationView> {
+        let lock = marker::lock_key(&self.router.fence().tenant_prefix);
+        match marker::read_key(ds, &lock).await {
+            Ok(Some(Marker::Lock { migration, .. })) if migration == view.id => {
+                *gone_since = None;
+                return None;
+            }
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+        let since = *gone_since.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() < LEADER_GRACE {
+            return None;
+        }
+        // A commit is followed by the marker watcher; it is not a failure.
+        match marker::read(ds, &self.router.fence().guard).await {
+            Ok(Some(Marker::Moved { migration, .. })) if migration == view.id => return None,
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+        *gone_since = None;
+        let mut failed = view.clone();
+        failed.outcome = Outcome::Failed;
+        failed.phase = Phase::Failed;
+        failed.finished_unix_ms = Some(now_ms());
+        failed.error = Some(format!(
+            "leader lost: {} stopped renewing the migration's lease in phase {} before the commit; the tenant stays on {:?}",
+            view.leader,
+            view.phase.as_str(),
+            view.from
+        ));
+        tracing::warn!(migration = %view.id, leader = %view.leader, phase = view.phase.as_str(), "the migration's leader is gone; the migration failed before its commit");
+        Some(failed)
+    }
+
+    /// Publishes the "leader lost" end in place of the view read as `raw`, unless someone
+    /// (the leader itself, or another replica) published something else meanwhile.
+    async fn record_leader_lost(&self, ds: &Datastore, raw: Bytes, failed: &MigrationView) {
+        let json = Bytes::from(serde_json::to_vec(&Some(failed)).unwrap_or_default());
+        let key = self.status_key();
+        let req = TxnRequest {
+            compare: vec![Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Value as i32,
+                key: key.clone(),
+                range_end: Bytes::new(),
+                target_union: Some(compare::TargetUnion::Value(raw)),
+            }],
+            success: vec![ops::put_op(key, json, 0)],
+            failure: vec![],
+        };
+        if let Err(e) = ops::txn(ds, req).await {
+            tracing::debug!(error = %e, "could not record the lost leader's end");
+        }
+    }
+}
