@@ -738,16 +738,6 @@ async fn a_live_migration_keeps_every_write_watch_revision_and_lease() {
     assert!(m.contains("cutover_migrations_total{outcome=\"succeeded\"} 1"), "{m}");
 }
 
-/// Waits until the running migration reaches `phase`.
-pub(crate) async fn wait_phase(proxy: &Proxy, phase: &str) {
-    eventually(
-        &format!("the migration reaches {phase}"),
-        Duration::from_secs(30),
-        || async { proxy.status().await["phase"] == phase },
-    )
-    .await;
-}
-
 pub(crate) async fn wait_end(proxy: &Proxy) -> serde_json::Value {
     eventually("the migration ends", Duration::from_secs(60), || async {
         let st = proxy.status().await;
@@ -757,22 +747,42 @@ pub(crate) async fn wait_end(proxy: &Proxy) -> serde_json::Value {
     proxy.status().await["migration"].clone()
 }
 
-const SLOW: &str = "migration: {stepDelay: 1500ms, fenceDelay: 1500ms}\n";
+/// The failpoint at which a migration can be stopped in `phase` (src/failpoint.rs):
+/// the start of the phase, right after the fence write for Fenced, right before the
+/// commit Txn for Committing.
+pub(crate) fn phase_point(phase: &str) -> &'static str {
+    match phase {
+        "Preparing" => "migrate.preparing",
+        "Copying" => "migrate.copying",
+        "CatchingUp" => "migrate.catching_up",
+        "Fenced" => "migrate.fence.after_write",
+        "Committing" => "migrate.commit.before_send",
+        other => panic!("no failpoint for phase {other}"),
+    }
+}
+
+/// Makes `proxy`'s migrations stop in `phase` (until [`Proxy::release`]).
+pub(crate) async fn stop_in(proxy: &Proxy, phase: &str) {
+    proxy.failpoint(phase_point(phase), "return(pause)").await;
+}
 
 #[tokio::test]
 async fn reject_mode_refuses_writes_only_while_fenced() {
     let a = Etcd::start().await;
     let b = Etcd::start().await;
-    let proxy = Proxy::start(&two_stores(&a, &b, &format!("fence: {{mode: reject}}\n{SLOW}"))).await;
+    let proxy = Proxy::start(&two_stores(&a, &b, "fence: {mode: reject}\n")).await;
     let mut c = client(&proxy.endpoint).await;
     c.put(format!("{TENANT}a"), "1", None).await.unwrap();
+    stop_in(&proxy, "CatchingUp").await;
+    stop_in(&proxy, "Fenced").await;
     let (code, body) = proxy.admin_post("/v1/migrations", json!({"to": "dedicated"})).await;
     assert_eq!(code, 202, "{body}");
-    wait_phase(&proxy, "CatchingUp").await;
+    proxy.wait_paused(phase_point("CatchingUp")).await;
     c.put(format!("{TENANT}a"), "2", None)
         .await
         .expect("writes flow while catching up");
-    wait_phase(&proxy, "Fenced").await;
+    proxy.release(phase_point("CatchingUp")).await;
+    proxy.wait_paused(phase_point("Fenced")).await;
     match c.put(format!("{TENANT}a"), "3", None).await {
         Err(etcd_client::Error::GRpcStatus(s)) => {
             assert_eq!(s.code(), tonic::Code::Unavailable);
@@ -783,6 +793,10 @@ async fn reject_mode_refuses_writes_only_while_fenced() {
         }
         other => panic!("expected the freeze error while fenced, got {other:?}"),
     }
+    // Reads are served while fenced (nothing was acknowledged anywhere else yet).
+    let got = c.get(format!("{TENANT}a"), None).await.unwrap();
+    assert_eq!(got.kvs()[0].value_str().unwrap(), "2");
+    proxy.release(phase_point("Fenced")).await;
     let view = wait_end(&proxy).await;
     assert_eq!(view["outcome"], "Succeeded", "{view}");
     c.put(format!("{TENANT}a"), "4", None)
@@ -802,19 +816,21 @@ async fn reject_mode_refuses_writes_only_while_fenced() {
 async fn losing_the_target_before_the_commit_leaves_the_tenant_on_the_source() {
     let a = Etcd::start().await;
     let mut b = Etcd::start().await;
-    let proxy = Proxy::start(&two_stores(&a, &b, SLOW)).await;
+    let proxy = Proxy::start(&two_stores(&a, &b, "")).await;
     let mut c = client(&proxy.endpoint).await;
     for i in 0..20 {
         c.put(format!("{TENANT}k{i}"), "v", None).await.unwrap();
     }
     let load = Load::start(&proxy.endpoint).await;
     for phase in ["Preparing", "Copying", "CatchingUp", "Fenced"] {
+        stop_in(&proxy, phase).await;
         let (code, body) = proxy
             .admin_post("/v1/migrations", json!({"to": "dedicated", "overwrite": true}))
             .await;
         assert_eq!(code, 202, "{body}");
-        wait_phase(&proxy, phase).await;
+        proxy.wait_paused(phase_point(phase)).await;
         b.kill();
+        proxy.release(phase_point(phase)).await;
         let view = wait_end(&proxy).await;
         assert_eq!(view["outcome"], "Failed", "target lost in {phase}: {view}");
         assert!(view["error"].as_str().is_some_and(|e| !e.is_empty()), "{view}");
@@ -850,13 +866,14 @@ async fn losing_the_target_before_the_commit_leaves_the_tenant_on_the_source() {
 async fn a_proxy_killed_while_fenced_leaves_the_source_writable_after_the_lease_expires() {
     let a = Etcd::start().await;
     let b = Etcd::start().await;
-    let config = two_stores(&a, &b, "migration: {fenceDelay: 5s, leaseTTL: 2s}\n");
+    let config = two_stores(&a, &b, "migration: {leaseTTL: 2s}\n");
     let mut proxy = Proxy::start(&config).await;
     let mut c = client(&proxy.endpoint).await;
     c.put(format!("{TENANT}a"), "1", None).await.unwrap();
+    stop_in(&proxy, "Fenced").await;
     let (code, body) = proxy.admin_post("/v1/migrations", json!({"to": "dedicated"})).await;
     assert_eq!(code, 202, "{body}");
-    wait_phase(&proxy, "Fenced").await;
+    proxy.wait_paused(phase_point("Fenced")).await;
     proxy.kill();
 
     let restarted = Proxy::start(&config).await;
@@ -1046,12 +1063,11 @@ fn cutover(args: &[&str]) -> (bool, String) {
 async fn the_config_file_and_the_cli_drive_migrations() {
     let a = Etcd::start().await;
     let b = Etcd::start().await;
-    let proxy = Proxy::start(&two_stores(
-        &a,
-        &b,
-        "migration: {stepDelay: 300ms, fenceDelay: 300ms}\n",
-    ))
-    .await;
+    let proxy = Proxy::start(&two_stores(&a, &b, "")).await;
+    // Each phase lasts a moment (an injected delay), so that `--wait` shows every one.
+    for phase in ["Copying", "CatchingUp", "Fenced"] {
+        proxy.failpoint(phase_point(phase), "return(sleep:300)").await;
+    }
     let mut c = client(&proxy.endpoint).await;
     for i in 0..10 {
         c.put(format!("{TENANT}k{i}"), "v", None).await.unwrap();
@@ -1191,9 +1207,13 @@ async fn another_replica_follows_the_commit() {
 async fn replicas_asked_together_make_one_migration() {
     let a = Etcd::start().await;
     let b = Etcd::start().await;
-    let config = two_stores(&a, &b, "migration: {stepDelay: 300ms}\n");
+    let config = two_stores(&a, &b, "");
     let one = Proxy::start(&config).await;
     let two = Proxy::start(&config).await;
+    // Preparing lasts a moment on both, so that the two requests meet.
+    for p in [&one, &two] {
+        p.failpoint("migrate.preparing", "return(sleep:300)").await;
+    }
     let mut c = client(&one.endpoint).await;
     for i in 0..20 {
         c.put(format!("{TENANT}k{i}"), "v", None).await.unwrap();
@@ -1269,7 +1289,7 @@ async fn replicas_asked_together_make_one_migration() {
 async fn killing_the_leader_in_any_phase_before_the_commit_leaves_everyone_on_the_source() {
     let a = Etcd::start().await;
     let b = Etcd::start().await;
-    let config = two_stores(&a, &b, "migration: {stepDelay: 1s, fenceDelay: 1s, leaseTTL: 2s}\n");
+    let config = two_stores(&a, &b, "migration: {leaseTTL: 2s}\n");
     let mut leader = Proxy::start(&config).await;
     let other = Proxy::start(&config).await;
     let mut c = client(&other.endpoint).await;
@@ -1278,8 +1298,9 @@ async fn killing_the_leader_in_any_phase_before_the_commit_leaves_everyone_on_th
     }
     let load = Load::start(&other.endpoint).await;
     for phase in ["Preparing", "Copying", "CatchingUp", "Fenced", "Committing"] {
+        stop_in(&leader, phase).await;
         start_when_unlocked(&leader).await;
-        wait_phase(&leader, phase).await;
+        leader.wait_paused(phase_point(phase)).await;
         leader.kill();
         // The other replica stays on the source and its writes flow (after the fence's
         // lease expires, when it was fenced).
@@ -1316,13 +1337,7 @@ async fn killing_the_leader_in_any_phase_before_the_commit_leaves_everyone_on_th
 async fn a_lease_that_expires_while_fenced_takes_its_key_on_both_sides() {
     let a = Etcd::start().await;
     let b = Etcd::start().await;
-    // The fenced pause (2.5 s) outlasts the dying lease's TTL (2 s).
-    let proxy = Proxy::start(&two_stores(
-        &a,
-        &b,
-        "migration: {stepDelay: 500ms, fenceDelay: 2500ms}\n",
-    ))
-    .await;
+    let proxy = Proxy::start(&two_stores(&a, &b, "")).await;
     let mut c = client(&proxy.endpoint).await;
     let dying_key = format!("{TENANT}leases/dying");
     let kept_key = format!("{TENANT}leases/kept");
@@ -1352,10 +1367,21 @@ async fn a_lease_that_expires_while_fenced_takes_its_key_on_both_sides() {
         })
         .collect();
 
+    // The migration stops right after the fence write; the dying lease's client stops
+    // there, and the lease expires on the fenced source before the migration goes on.
+    stop_in(&proxy, "Fenced").await;
     let (code, body) = proxy.admin_post("/v1/migrations", json!({"to": "dedicated"})).await;
     assert_eq!(code, 202, "{body}");
-    wait_phase(&proxy, "Fenced").await;
+    proxy.wait_paused(phase_point("Fenced")).await;
     fenced.store(true, Ordering::SeqCst);
+    let direct_a = client(&a.endpoint).await;
+    eventually("the dying lease expires on the source", Duration::from_secs(10), || {
+        let mut direct_a = direct_a.clone();
+        let key = dying_key.clone();
+        async move { direct_a.get(key.as_str(), None).await.unwrap().count() == 0 }
+    })
+    .await;
+    proxy.release(phase_point("Fenced")).await;
     let view = wait_end(&proxy).await;
     assert_eq!(view["outcome"], "Succeeded", "{view}");
     assert_eq!(proxy.status().await["dataStore"], "dedicated");

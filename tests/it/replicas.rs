@@ -17,14 +17,13 @@ use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
 use serde_json::json;
 
 use crate::migrate::{
-    check_load_allowing, tenant_state, two_stores, wait_end, wait_phase, Load, Seen, TenantState, TENANT,
+    check_load_allowing, phase_point, stop_in, tenant_state, two_stores, wait_end, Load, Seen, TenantState, TENANT,
 };
 use crate::support::{client, eventually, Etcd, Forwarder, Proxy};
 
-/// Slow enough to kill a replica in any phase: a pause at the start of each phase, the
-/// fence held a second (and a second after the commit marker, before the switch), and a
-/// migration lease that lets a dead leader's fence lift within two seconds.
-const KILLABLE: &str = "migration: {stepDelay: 1s, fenceDelay: 1s, leaseTTL: 2s}\n";
+/// A migration lease that lets a dead leader's fence lift within two seconds. Tests stop
+/// a replica in a phase with that phase's failpoint (`migrate::phase_point`).
+const KILLABLE: &str = "migration: {leaseTTL: 2s}\n";
 
 /// Three replicas and their loads.
 struct Fleet {
@@ -254,9 +253,13 @@ async fn metric_sum(proxies: &[Proxy], line: &str) -> usize {
 async fn three_replicas_asked_at_once_make_one_migration() {
     let a = Etcd::start().await;
     let b = Etcd::start().await;
-    let config = two_stores(&a, &b, "migration: {stepDelay: 500ms}\n");
+    let config = two_stores(&a, &b, "");
     let fleet = Fleet::three(config).await;
     let p = &fleet.proxies;
+    // Whoever leads stops when it starts copying, until the checks below are done.
+    for r in &p[..2] {
+        stop_in(r, "Copying").await;
+    }
 
     let ((c0, b0), (c1, b1)) = tokio::join!(
         p[0].admin_post("/v1/migrations", json!({"to": "dedicated"})),
@@ -330,6 +333,7 @@ async fn three_replicas_asked_at_once_make_one_migration() {
         .await;
     }
 
+    p[winner].release(phase_point("Copying")).await;
     let view = wait_end(&p[winner]).await;
     assert_eq!(view["outcome"], "Succeeded", "{view}");
     fleet.all_on("dedicated").await;
@@ -369,8 +373,9 @@ async fn killing_the_leading_replica_before_the_commit_marker_leaves_all_three_o
         let l = round % 3;
         let survivors: Vec<usize> = (0..3).filter(|&i| i != l).collect();
         let leader = &fleet.proxies[l];
+        stop_in(leader, phase).await;
         crate::migrate::start_when_unlocked(leader).await;
-        wait_phase(leader, phase).await;
+        leader.wait_paused(phase_point(phase)).await;
         fleet.kill(l).await;
         // Writes flow through the others (after the fence's lease expired, if fenced).
         fleet.progress(&survivors, 10).await;
@@ -413,24 +418,21 @@ async fn killing_the_leading_replica_before_the_commit_marker_leaves_all_three_o
 #[tokio::test]
 async fn killing_the_leading_replica_right_after_the_commit_marker_moves_all_three_to_the_target() {
     let (a, _b, mut fleet) = killable_fleet().await;
+    // The leader stops right after the commit marker, before its own switch: lease, lock
+    // and final status are still to do when it is killed there.
+    fleet.proxies[0].failpoint("migrate.switch", "return(pause)").await;
     let (code, body) = fleet.proxies[0]
         .admin_post("/v1/migrations", json!({"to": "dedicated"}))
         .await;
     assert_eq!(code, 202, "{body}");
-    let direct = client(&a.endpoint).await;
-    eventually("the commit marker is in the source", Duration::from_secs(60), || {
-        let mut direct = direct.clone();
-        async move {
-            let r = direct.get(fence_key(), None).await.unwrap();
-            r.kvs()
-                .first()
-                .is_some_and(|kv| kv.value_str().unwrap_or("").contains("\"state\":\"moved\""))
-        }
-    })
-    .await;
-    // The leader pauses fenceDelay here before its own switch (its marker follower may
-    // switch its route sooner); it has not ended the migration: lease, lock and final
-    // status are still to do.
+    fleet.proxies[0].wait_paused("migrate.switch").await;
+    let r = client(&a.endpoint).await.get(fence_key(), None).await.unwrap();
+    assert!(
+        r.kvs()
+            .first()
+            .is_some_and(|kv| kv.value_str().unwrap_or("").contains("\"state\":\"moved\"")),
+        "the commit marker is in the source"
+    );
     fleet.kill(0).await;
     fleet.on(&[1, 2], "dedicated").await;
     fleet.progress(&[1, 2], 10).await;
@@ -486,12 +488,14 @@ async fn killing_the_leading_replica_right_after_the_commit_marker_moves_all_thr
 async fn killing_a_follower_while_fenced_or_committing_does_not_stop_the_migration() {
     for phase in ["Fenced", "Committing"] {
         let (a, _b, mut fleet) = killable_fleet().await;
+        stop_in(&fleet.proxies[0], phase).await;
         let (code, body) = fleet.proxies[0]
             .admin_post("/v1/migrations", json!({"to": "dedicated"}))
             .await;
         assert_eq!(code, 202, "{body}");
-        wait_phase(&fleet.proxies[0], phase).await;
+        fleet.proxies[0].wait_paused(phase_point(phase)).await;
         fleet.kill(1).await;
+        fleet.proxies[0].release(phase_point(phase)).await;
         let view = wait_end(&fleet.proxies[0]).await;
         assert_eq!(view["outcome"], "Succeeded", "follower killed in {phase}: {view}");
         eventually("replica 2 follows", Duration::from_secs(20), || async {
@@ -683,17 +687,19 @@ async fn a_replica_cut_from_the_target_before_the_commit_cannot_follow_and_is_no
     let a = Etcd::start().await;
     let b = Etcd::start().await;
     let mut fwd = Forwarder::start(&b.endpoint);
-    let config = two_stores(&a, &b, "migration: {stepDelay: 1s}\n");
-    let cut_config = through(&a, &fwd, "migration: {stepDelay: 1s}\n");
+    let config = two_stores(&a, &b, "");
+    let cut_config = through(&a, &fwd, "");
     let mut fleet = Fleet::start(vec![config.clone(), config, cut_config]).await;
     fleet.progress_all(10).await;
+    stop_in(&fleet.proxies[0], "CatchingUp").await;
     let (code, body) = fleet.proxies[0]
         .admin_post("/v1/migrations", json!({"to": "dedicated"}))
         .await;
     assert_eq!(code, 202, "{body}");
-    wait_phase(&fleet.proxies[0], "CatchingUp").await;
+    fleet.proxies[0].wait_paused(phase_point("CatchingUp")).await;
     fleet.stop_load(2).await;
     fwd.cut();
+    fleet.proxies[0].release(phase_point("CatchingUp")).await;
     let view = wait_end(&fleet.proxies[0]).await;
     assert_eq!(view["outcome"], "Succeeded", "{view}");
     eventually("replica 1 follows", Duration::from_secs(20), || async {
@@ -790,7 +796,7 @@ async fn losing_a_source_member_while_copying_is_survived_or_retried() {
     let victim = (l + 1) % 3;
     let other = (l + 2) % 3;
     let config = format!(
-        "prefix: {TENANT}\nmigration: {{stepDelay: 500ms, pageSize: 10, concurrency: 1}}\ndataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\", \"{}\", \"{}\"]\n  dedicated:\n    endpoints: [\"{}\"]\n",
+        "prefix: {TENANT}\nmigration: {{pageSize: 10, concurrency: 1}}\ndataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\", \"{}\", \"{}\"]\n  dedicated:\n    endpoints: [\"{}\"]\n",
         members[victim].endpoint, members[other].endpoint, members[l].endpoint, b.endpoint
     );
     let fleet = Fleet::start(vec![config.clone(), config.clone(), config]).await;
@@ -801,16 +807,17 @@ async fn losing_a_source_member_while_copying_is_survived_or_retried() {
         c.put(format!("{TENANT}secrets/ns/s-{i:03}"), "v", None).await.unwrap();
     }
     fleet.progress_all(10).await;
+    // The copy stops after five pages; the member is lost there.
+    fleet.proxies[0]
+        .failpoint("migrate.copy.page", "5*off->return(pause)")
+        .await;
     let (code, body) = fleet.proxies[0]
         .admin_post("/v1/migrations", json!({"to": "dedicated"}))
         .await;
     assert_eq!(code, 202, "{body}");
-    eventually("the copy is under way", Duration::from_secs(30), || async {
-        let st = fleet.proxies[0].status().await;
-        st["phase"] == "Copying" && st["migration"]["keysCopied"].as_u64().unwrap_or(0) > 0
-    })
-    .await;
+    fleet.proxies[0].wait_paused("migrate.copy.page").await;
     members[victim].kill();
+    fleet.proxies[0].release("migrate.copy.page").await;
     let view = wait_end(&fleet.proxies[0]).await;
     eprintln!("the migration with a source member lost while copying: {view}");
     if view["outcome"] != "Succeeded" {

@@ -287,15 +287,19 @@ impl Steps for Job {
         }
     }
 
+    // Each phase starts at a failpoint of its own name, where tests stop or delay it.
     async fn prepare(&mut self) -> Result<(), Failure> {
+        crate::failpoint!("migrate.preparing")?;
         preparing::run(self).await
     }
 
     async fn copy(&mut self) -> Result<(), Failure> {
+        crate::failpoint!("migrate.copying")?;
         copying::run(self).await
     }
 
     async fn catch_up(&mut self) -> Result<(), Failure> {
+        crate::failpoint!("migrate.catching_up")?;
         catching_up::run(self).await
     }
 
