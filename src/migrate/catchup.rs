@@ -31,6 +31,8 @@ pub enum CatchUpError {
     WatchEnded(String),
     #[error("target: {0}")]
     Target(ProxyError),
+    #[error(transparent)]
+    Injected(#[from] crate::failpoint::Injected),
 }
 
 /// Where the catch-up stands.
@@ -64,6 +66,7 @@ async fn apply_revision(
     lease_ids: &HashMap<i64, i64>,
     view: Option<&Translation>,
 ) -> Result<i64, CatchUpError> {
+    crate::failpoint!("migrate.catchup.apply")?;
     let ops: Vec<RequestOp> = events
         .iter()
         .filter_map(|e| {

@@ -295,6 +295,14 @@ impl Context {
                 }
                 other => other?,
             };
+            if let Err(e) = crate::failpoint!("server.write.answer") {
+                // The write was applied; the client is told its answer was lost.
+                return Err(ProxyError::OutcomeUnknown {
+                    datastore: route.datastore_name.clone(),
+                    endpoint: "failpoint".into(),
+                    detail: e.to_string(),
+                });
+            }
             let fenced = match policy.guard.unwrap::<W>(resp.into_inner())? {
                 Ok(mut answer) => {
                     if let Some(t) = &route.translation {
@@ -376,6 +384,7 @@ impl Context {
                     async move { client!(KvClient, ch).txn(req).await }
                 })
             };
+            let _ = crate::failpoint!("server.read.before_send");
             let fence_read = linearizable.then(|| guard.fence_read());
             let (resp, guarded) = match send(read.clone().into_txn(fence_read)).await {
                 Ok(r) => (r, true),

@@ -290,6 +290,7 @@ impl WatchSession {
                 ),
             }
         }
+        let _ = crate::failpoint!("server.watch.reattach");
         tracing::debug!(from = %self.route.datastore_name, to = %new.datastore_name, watches = self.watches.len(), "moving watches to the new datastore");
         self.route = new;
         *upstream = self.open_upstream();

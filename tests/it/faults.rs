@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use etcd_client::GetOptions;
 
-use crate::migrate::{migrate, seed_with_history, tenant_state, two_stores, TENANT};
+use crate::migrate::{migrate, seed_with_history, tenant_state, two_stores, Load, TENANT};
 use crate::support::{client, eventually, Etcd, Proxy};
 
 /// The gauge a proxy exports for requests waiting on a store the tenant left.
@@ -219,4 +219,412 @@ async fn a_dead_leader_ends_as_failed_everywhere_and_a_retry_needs_no_overwrite(
     let view = crate::migrate::wait_end(&other).await;
     assert_eq!(view["outcome"], "Succeeded", "{view}");
     assert_tenant_on_target(&other, &b, &before).await;
+}
+
+/// How a scenario of the matrix disturbs the migration.
+#[derive(Clone, Copy)]
+enum Disturb {
+    /// Only the failpoints.
+    Nothing,
+    /// Abort through the admin API once the leader is paused at the point.
+    Abort(&'static str),
+    /// Revoke the migration's lease on the source (the fence and lock go with it) while
+    /// the leader is paused at the point.
+    RevokeLease(&'static str),
+}
+
+/// One fault at one step: failpoints on the leading replica, and what must come of it.
+struct Scenario {
+    name: &'static str,
+    config: &'static str,
+    points: &'static [(&'static str, &'static str)],
+    disturb: Disturb,
+    /// "Succeeded", "Failed" or "Aborted".
+    outcome: &'static str,
+    /// Words the migration's error must contain.
+    error: &'static str,
+    /// Whether the failed migration's copy stays on the target (claimed) after it.
+    copy_stays: bool,
+    /// Whether the leader crashes (a `return(crash)` point): the follower reports.
+    crashes: bool,
+}
+
+/// Runs a scenario with two replicas (the leader and a follower), each with a load, and
+/// checks I6 on both: every replica on the source with writes flowing after a failure,
+/// every replica on the target after a commit, nothing acknowledged lost (I1), no
+/// revision backwards (I2), every watch event once in order (I4), leases kept (I5).
+async fn run_scenario(s: &Scenario) {
+    eprintln!("--- scenario: {}", s.name);
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let config = two_stores(&a, &b, s.config);
+    let mut leader = Proxy::start(&config).await;
+    let follower = Proxy::start(&config).await;
+    let mut c = client(&leader.endpoint).await;
+    seed_with_history(&mut c, 40).await;
+    let seeded = tenant_state(&leader.endpoint).await;
+    let loads = [
+        Load::start_in(&leader.endpoint, "l/").await,
+        Load::start_in(&follower.endpoint, "f/").await,
+    ];
+    for l in &loads {
+        l.progress(10).await;
+    }
+    for (point, actions) in s.points {
+        leader.failpoint(point, actions).await;
+    }
+    let (code, body) = leader
+        .admin_post("/v1/migrations", serde_json::json!({ "to": "dedicated" }))
+        .await;
+    assert_eq!(code, 202, "{}: {body}", s.name);
+    match s.disturb {
+        Disturb::Nothing => {}
+        Disturb::Abort(point) => {
+            leader.wait_paused(point).await;
+            let (code, body) = leader.admin_post("/v1/migrations/abort", serde_json::json!({})).await;
+            assert_eq!(code, 200, "{}: {body}", s.name);
+            leader.release(point).await;
+        }
+        Disturb::RevokeLease(point) => {
+            leader.wait_paused(point).await;
+            let mut direct = client(&a.endpoint).await;
+            let lock = direct.get(format!("{TENANT}\0cutover/lock"), None).await.unwrap();
+            let lease = lock.kvs().first().expect("the migration's lock").lease();
+            direct.lease_revoke(lease).await.unwrap();
+            leader.release(point).await;
+        }
+    }
+    if s.crashes {
+        // Its clients' errors from here on are its death.
+        loads[0].abandon();
+        eventually(
+            &format!("{}: the leader crashed", s.name),
+            Duration::from_secs(30),
+            || {
+                let exited = leader.try_exit().is_some();
+                async move { exited }
+            },
+        )
+        .await;
+    }
+    let reporter = if s.crashes { &follower } else { &leader };
+    let view = crate::migrate::wait_end(reporter).await;
+    assert_eq!(view["outcome"], s.outcome, "{}: {view}", s.name);
+    let error = view["error"].as_str().unwrap_or("");
+    assert!(
+        error.contains(s.error),
+        "{}: the error {error:?} names {:?}",
+        s.name,
+        s.error
+    );
+    if !s.crashes {
+        for (point, _) in s.points {
+            leader.release(point).await;
+        }
+    }
+    let home = if s.outcome == "Succeeded" {
+        "dedicated"
+    } else {
+        "default"
+    };
+    let replicas: Vec<&Proxy> = if s.crashes {
+        vec![&follower]
+    } else {
+        vec![&leader, &follower]
+    };
+    for p in replicas {
+        eventually(
+            &format!("{}: every replica serves from {home}", s.name),
+            Duration::from_secs(20),
+            || async { p.status().await["dataStore"] == home && p.status().await["phase"] == "Ready" },
+        )
+        .await;
+    }
+    // Writes flow on the replicas after the end.
+    for l in &loads[usize::from(s.crashes)..] {
+        l.progress(10).await;
+    }
+    let mut seen = Vec::new();
+    for l in loads {
+        seen.push(l.finish().await);
+    }
+    let after = tenant_state(&follower.endpoint).await;
+    for (i, seen) in seen.into_iter().enumerate() {
+        let check = std::panic::AssertUnwindSafe(|| crate::migrate::check_load(&seen, &after));
+        if let Err(e) = std::panic::catch_unwind(check) {
+            panic!(
+                "{}: the load of replica {i}: {}",
+                s.name,
+                e.downcast_ref::<String>().cloned().unwrap_or_default()
+            );
+        }
+    }
+    let after = tenant_state(&follower.endpoint).await;
+    for (k, v) in &seeded {
+        if !k.contains("/l/") && !k.contains("/f/") {
+            assert_eq!(after.get(k), Some(v), "{}: I3 {k}", s.name);
+        }
+    }
+    let mut direct_a = client(&a.endpoint).await;
+    let fence = direct_a.get(format!("{TENANT}\0cutover/fence"), None).await.unwrap();
+    let lock = direct_a.get(format!("{TENANT}\0cutover/lock"), None).await.unwrap();
+    assert_eq!(lock.count(), 0, "{}: the lock is gone", s.name);
+    let on_target = client(&b.endpoint)
+        .await
+        .get(TENANT, Some(GetOptions::new().with_prefix().with_keys_only()))
+        .await
+        .unwrap();
+    let tenant_keys_on_target = on_target
+        .kvs()
+        .iter()
+        .filter(|kv| !kv.key_str().unwrap_or("").contains('\0'))
+        .count();
+    if s.outcome == "Succeeded" {
+        let marker = fence.kvs().first().map(|kv| kv.value_str().unwrap().to_string());
+        assert!(
+            marker.as_deref().unwrap_or("").contains("moved"),
+            "{}: {marker:?}",
+            s.name
+        );
+    } else {
+        assert_eq!(fence.count(), 0, "{}: the fence lifted", s.name);
+        if s.copy_stays {
+            assert!(tenant_keys_on_target > 0, "{}: the claimed copy stays", s.name);
+            // A retry clears it without --overwrite.
+            let (code, body) = follower
+                .admin_post("/v1/migrations", serde_json::json!({ "to": "dedicated" }))
+                .await;
+            assert_eq!(code, 202, "{}: {body}", s.name);
+            let view = crate::migrate::wait_end(&follower).await;
+            assert_eq!(view["outcome"], "Succeeded", "{}: the retry: {view}", s.name);
+        } else {
+            assert_eq!(tenant_keys_on_target, 0, "{}: the partial copy is cleared", s.name);
+        }
+    }
+}
+
+const ABORTS: &[Scenario] = &[
+    Scenario {
+        name: "abort while preparing",
+        config: "",
+        points: &[("migrate.preparing", "return(pause)")],
+        disturb: Disturb::Abort("migrate.preparing"),
+        outcome: "Aborted",
+        error: "aborted",
+        copy_stays: false,
+        crashes: false,
+    },
+    Scenario {
+        name: "abort while copying",
+        config: "",
+        points: &[("migrate.copy.page", "return(pause)")],
+        disturb: Disturb::Abort("migrate.copy.page"),
+        outcome: "Aborted",
+        error: "aborted",
+        copy_stays: false,
+        crashes: false,
+    },
+    Scenario {
+        name: "abort while catching up",
+        config: "",
+        points: &[("migrate.verify.full", "return(pause)")],
+        disturb: Disturb::Abort("migrate.verify.full"),
+        outcome: "Aborted",
+        error: "aborted",
+        copy_stays: false,
+        crashes: false,
+    },
+    Scenario {
+        name: "abort while fenced",
+        config: "",
+        points: &[("migrate.drain", "return(pause)")],
+        disturb: Disturb::Abort("migrate.drain"),
+        outcome: "Aborted",
+        error: "aborted",
+        copy_stays: false,
+        crashes: false,
+    },
+];
+
+const ERRORS: &[Scenario] = &[
+    Scenario {
+        name: "error after the lock",
+        config: "",
+        points: &[("migrate.prepare.after_lock", "1*return")],
+        disturb: Disturb::Nothing,
+        outcome: "Failed",
+        error: "failpoint migrate.prepare.after_lock",
+        copy_stays: false,
+        crashes: false,
+    },
+    Scenario {
+        name: "error in the catch-up's apply",
+        config: "",
+        points: &[("migrate.catchup.apply", "1*return")],
+        disturb: Disturb::Nothing,
+        outcome: "Failed",
+        error: "failpoint migrate.catchup.apply",
+        copy_stays: false,
+        crashes: false,
+    },
+    Scenario {
+        name: "error before the fence write",
+        config: "",
+        points: &[("migrate.fence.before_write", "1*return")],
+        disturb: Disturb::Nothing,
+        outcome: "Failed",
+        error: "failpoint migrate.fence.before_write",
+        copy_stays: false,
+        crashes: false,
+    },
+    Scenario {
+        name: "error after the fence write",
+        config: "",
+        points: &[("migrate.fence.after_write", "1*return")],
+        disturb: Disturb::Nothing,
+        outcome: "Failed",
+        error: "failpoint migrate.fence.after_write",
+        copy_stays: false,
+        crashes: false,
+    },
+    Scenario {
+        name: "error in a verification round",
+        config: "",
+        points: &[("migrate.verify.round", "1*return")],
+        disturb: Disturb::Nothing,
+        outcome: "Failed",
+        error: "failpoint migrate.verify.round",
+        copy_stays: false,
+        crashes: false,
+    },
+    Scenario {
+        name: "verification mismatch",
+        config: "",
+        points: &[("migrate.verify.mismatch", "1*return")],
+        disturb: Disturb::Nothing,
+        outcome: "Failed",
+        error: "verification",
+        copy_stays: false,
+        crashes: false,
+    },
+    Scenario {
+        name: "error persisting the translation",
+        config: "",
+        points: &[("migrate.record.persist", "1*return")],
+        disturb: Disturb::Nothing,
+        outcome: "Failed",
+        error: "failpoint migrate.record.persist",
+        copy_stays: false,
+        crashes: false,
+    },
+    Scenario {
+        name: "error before the commit is sent",
+        config: "",
+        points: &[("migrate.commit.before_send", "1*return")],
+        disturb: Disturb::Nothing,
+        outcome: "Failed",
+        error: "failpoint migrate.commit.before_send",
+        copy_stays: false,
+        crashes: false,
+    },
+];
+
+const FENCE: &[Scenario] = &[
+    Scenario {
+        name: "the migration's lease revoked while fenced",
+        config: "",
+        points: &[("migrate.drain", "1*return(pause)")],
+        disturb: Disturb::RevokeLease("migrate.drain"),
+        outcome: "Failed",
+        error: "fence was lost",
+        copy_stays: false,
+        crashes: false,
+    },
+    Scenario {
+        name: "fenceTimeout while fenced",
+        config: "migration: {fenceTimeout: 1s}\n",
+        points: &[("migrate.drain", "1*return(pause)")],
+        disturb: Disturb::Nothing,
+        outcome: "Failed",
+        error: "fence was held longer than 1s",
+        copy_stays: false,
+        crashes: false,
+    },
+    Scenario {
+        name: "the leader crashes in the release, before clearing its copy",
+        config: "migration: {leaseTTL: 2s}\n",
+        points: &[
+            ("migrate.verify.mismatch", "1*return"),
+            ("migrate.release.before_delete", "return(crash)"),
+        ],
+        disturb: Disturb::Nothing,
+        outcome: "Failed",
+        error: "verification",
+        copy_stays: true,
+        crashes: true,
+    },
+];
+
+const AFTER_COMMIT: &[Scenario] = &[
+    Scenario {
+        name: "the commit's answer lost, read back after failures",
+        config: "",
+        points: &[
+            ("migrate.commit.answer", "1*return(lost)"),
+            ("migrate.commit.read_back", "2*return"),
+        ],
+        disturb: Disturb::Nothing,
+        outcome: "Succeeded",
+        error: "",
+        copy_stays: false,
+        crashes: false,
+    },
+    Scenario {
+        name: "fenceTimeout while the commit is in flight",
+        config: "migration: {fenceTimeout: 1s}\n",
+        points: &[("migrate.commit.after_send", "1*return(sleep:2000)")],
+        disturb: Disturb::Nothing,
+        outcome: "Succeeded",
+        error: "",
+        copy_stays: false,
+        crashes: false,
+    },
+    Scenario {
+        name: "slow re-attach of the watches",
+        config: "",
+        points: &[("server.watch.reattach", "return(sleep:300)")],
+        disturb: Disturb::Nothing,
+        outcome: "Succeeded",
+        error: "",
+        copy_stays: false,
+        crashes: false,
+    },
+];
+
+#[tokio::test]
+async fn an_abort_in_any_phase_before_the_commit_leaves_everyone_on_the_source() {
+    for s in ABORTS {
+        run_scenario(s).await;
+    }
+}
+
+#[tokio::test]
+async fn an_error_at_any_step_before_the_commit_leaves_everyone_on_the_source() {
+    for s in ERRORS {
+        run_scenario(s).await;
+    }
+}
+
+#[tokio::test]
+async fn a_lost_fence_a_fence_timeout_or_a_crash_in_the_release_leave_everyone_on_the_source() {
+    for s in FENCE {
+        run_scenario(s).await;
+    }
+}
+
+#[tokio::test]
+async fn faults_after_the_commit_is_sent_end_with_everyone_on_the_target() {
+    for s in AFTER_COMMIT {
+        run_scenario(s).await;
+    }
 }
