@@ -13,6 +13,7 @@ mod etcdctl;
 mod failover;
 mod faults;
 mod fence;
+mod history;
 mod migrate;
 mod replicas;
 mod tls;
