@@ -5,7 +5,7 @@ CARGO ?= cargo
 # Tests start real etcd servers: two at a time fit this size of machine.
 TEST_THREADS ?= 2
 
-.PHONY: all deps build release demo test unit it e2e bench fmt clippy clean
+.PHONY: all deps build release demo test unit it e2e soak bench fmt clippy clean
 
 all: build
 
@@ -30,6 +30,21 @@ unit:
 
 it:
 	$(CARGO) test --features failpoints --test it -- --test-threads=$(TEST_THREADS)
+
+## soak: the fault-schedule soak alone, long. SEED=<hex>|random (default random), DURATION
+## seconds in all (default 1800), ROUND seconds per seed (default 120). Every round prints
+## its seed; a failing one replays with SEED=<it> DURATION=<its ROUND>.
+SEED ?= random
+DURATION ?= 1800
+ROUND ?= 120
+soak: deps
+	@end=$$(( $$(date +%s) + $(DURATION) )); round=0; \
+	while [ $$(date +%s) -lt $$end ]; do \
+	  round=$$((round + 1)); \
+	  echo "soak round $$round"; \
+	  CUTOVER_SOAK_SEED=$(SEED) CUTOVER_SOAK_SECS=$(ROUND) $(CARGO) test --features failpoints --test it soak:: -- --nocapture --test-threads=1 || exit 1; \
+	  if [ "$(SEED)" != random ]; then break; fi; \
+	done
 
 ## e2e: kube-apiserver (built offline from Debian's source package, cached) through cutover.
 e2e: deps build

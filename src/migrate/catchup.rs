@@ -58,8 +58,50 @@ impl Position {
     }
 }
 
-/// Applies the changes of one source revision to the target and updates K.
-async fn apply_revision(
+/// The end of the batch that starts at `start`: whole revisions, at most etcd's Txn
+/// limit of distinct keys (a single revision always goes whole).
+fn batch_end(events: &[Event], start: usize) -> usize {
+    let rev_of = |i: usize| events[i].kv.as_ref().map_or(0, |kv| kv.mod_revision);
+    let mut keys: std::collections::HashSet<&[u8]> = std::collections::HashSet::new();
+    let mut end = start;
+    while end < events.len() {
+        let rev = rev_of(end);
+        let mut rev_end = end + 1;
+        while rev_end < events.len() && rev_of(rev_end) == rev {
+            rev_end += 1;
+        }
+        let part = &events[end..rev_end];
+        let new_keys = part
+            .iter()
+            .filter_map(|e| e.kv.as_ref())
+            .filter(|kv| !keys.contains(&kv.key[..]))
+            .count();
+        if end > start && keys.len() + new_keys > super::copy::MAX_TXN_OPS {
+            break;
+        }
+        keys.extend(part.iter().filter_map(|e| e.kv.as_ref().map(|kv| &kv.key[..])));
+        end = rev_end;
+    }
+    end
+}
+
+/// The last change of each key in a batch: what the target must hold after it.
+fn last_per_key(events: &[Event]) -> Vec<&Event> {
+    let mut last: HashMap<&[u8], usize> = HashMap::new();
+    for (i, e) in events.iter().enumerate() {
+        if let Some(kv) = &e.kv {
+            last.insert(&kv.key[..], i);
+        }
+    }
+    let mut idx: Vec<usize> = last.into_values().collect();
+    idx.sort_unstable();
+    idx.into_iter().map(|i| &events[i]).collect()
+}
+
+/// Applies a batch of source changes (whole revisions) to the target in one Txn, each
+/// key written once with its last change of the batch, and updates K to what the target
+/// then holds (the source's revisions of that last change, one more target version).
+async fn apply_batch(
     target: &Datastore,
     events: &[Event],
     keys: &mut HashMap<Bytes, CopiedKey>,
@@ -67,7 +109,8 @@ async fn apply_revision(
     view: Option<&Translation>,
 ) -> Result<i64, CatchUpError> {
     crate::failpoint!("migrate.catchup.apply")?;
-    let ops: Vec<RequestOp> = events
+    let last = last_per_key(events);
+    let ops: Vec<RequestOp> = last
         .iter()
         .filter_map(|e| {
             let kv = e.kv.as_ref()?;
@@ -97,7 +140,7 @@ async fn apply_revision(
     };
     let resp = super::copy::txn(target, req).await.map_err(CatchUpError::Target)?;
     let rev = resp.header.map_or(0, |h| h.revision);
-    for e in events {
+    for e in last {
         let Some(kv) = &e.kv else { continue };
         let kv = &super::copy::in_client_space(view, kv);
         if e.r#type == EventType::Delete as i32 {
@@ -105,7 +148,9 @@ async fn apply_revision(
             continue;
         }
         let entry = match keys.get(&kv.key) {
-            // The key already exists on the target: same incarnation there.
+            // The key exists on the target: this write updates it there (even when the
+            // source deleted and created it again within the batch; K keeps the source's
+            // new creation).
             Some(k) => CopiedKey {
                 target_mod: rev,
                 target_version: k.target_version + 1,
@@ -238,6 +283,17 @@ pub async fn follow(
             return Err(CatchUpError::WatchEnded(resp.cancel_reason));
         }
         let header_rev = resp.header.map_or(0, |h| h.revision);
+        tracing::trace!(
+            header = header_rev,
+            events = resp.events.len(),
+            first = resp
+                .events
+                .first()
+                .and_then(|e| e.kv.as_ref())
+                .map_or(0, |kv| kv.mod_revision),
+            created = resp.created,
+            "catch-up: a watch response"
+        );
         // Only a bare progress notification says "nothing pending up to the header": a
         // create answer or a batch of events of a watch still catching up does not.
         let is_progress = !resp.created && resp.events.is_empty();
@@ -253,13 +309,14 @@ pub async fn follow(
                 _ => true,
             })
             .collect();
+        // Whole revisions, several at a time: a source Txn stays atomic on the target,
+        // and a batch never holds a key twice, so every change of a key is a write of
+        // its own there (K follows each one), but changes of different keys made at
+        // different revisions share one target Txn. One Txn per source revision could
+        // not keep up with a busy tenant.
         let mut start = 0;
         while start < events.len() {
-            let rev = events[start].kv.as_ref().map_or(0, |kv| kv.mod_revision);
-            let mut end = start + 1;
-            while end < events.len() && events[end].kv.as_ref().map_or(0, |kv| kv.mod_revision) == rev {
-                end += 1;
-            }
+            let end = batch_end(&events, start);
             // Leases new since the copy go first, with the source's ID when free.
             for e in &events[start..end] {
                 if let Some(kv) = &e.kv {
@@ -277,12 +334,13 @@ pub async fn follow(
                     }
                 }
             }
-            pos.target = apply_revision(target, &events[start..end], keys, lease_ids, view).await?;
+            pos.target = apply_batch(target, &events[start..end], keys, lease_ids, view).await?;
             for e in &events[start..end] {
                 if let Some(kv) = &e.kv {
                     touched.insert(kv.key.clone());
                 }
             }
+            let rev = events[end - 1].kv.as_ref().map_or(0, |kv| kv.mod_revision);
             pos.applied = rev;
             pos.last_change = rev;
             start = end;
@@ -297,5 +355,50 @@ pub async fn follow(
             progress_asked = false;
         }
         let _ = position.send(pos);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::mvccpb::KeyValue;
+
+    fn ev(key: &'static str, rev: i64) -> Event {
+        Event {
+            kv: Some(KeyValue {
+                key: Bytes::from_static(key.as_bytes()),
+                mod_revision: rev,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn batches_keep_revisions_whole_and_write_each_key_once() {
+        // a@1, b@2, (c, d)@3 as one Txn, a@4, e@5: one batch, a written with its last change.
+        let events = vec![ev("a", 1), ev("b", 2), ev("c", 3), ev("d", 3), ev("a", 4), ev("e", 5)];
+        assert_eq!(batch_end(&events, 0), 6);
+        let last: Vec<(&[u8], i64)> = last_per_key(&events)
+            .iter()
+            .map(|e| (&e.kv.as_ref().unwrap().key[..], e.kv.as_ref().unwrap().mod_revision))
+            .collect();
+        assert_eq!(
+            last,
+            [(&b"b"[..], 2), (b"c", 3), (b"d", 3), (b"a", 4), (b"e", 5)],
+            "each key once, with its last change"
+        );
+        // The Txn limit bounds the distinct keys of a batch, but one big revision goes whole.
+        let keys: Vec<&'static str> = (0..300)
+            .map(|i| &*Box::leak(format!("k{i}").into_boxed_str()))
+            .collect();
+        let many: Vec<Event> = keys.iter().enumerate().map(|(i, k)| ev(k, i as i64 + 1)).collect();
+        assert_eq!(batch_end(&many, 0), super::super::copy::MAX_TXN_OPS);
+        let one_txn: Vec<Event> = keys.iter().map(|k| ev(k, 7)).collect();
+        assert_eq!(batch_end(&one_txn, 0), 300);
+        // Hot keys: hundreds of revisions of a few keys make one batch.
+        let hot: Vec<Event> = (0..500).map(|i| ev(keys[i % 4], i as i64 + 1)).collect();
+        assert_eq!(batch_end(&hot, 0), 500);
+        assert_eq!(last_per_key(&hot).len(), 4);
     }
 }

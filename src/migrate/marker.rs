@@ -124,7 +124,40 @@ pub async fn try_commit(
     Ok(CommitAnswer::Refused(Marker::parse(first_value(&resp).as_bytes())))
 }
 
-async fn read_value(ds: &Datastore, key: &Bytes) -> Result<Option<Bytes>, ProxyError> {
+/// Deletes `key` if it still holds `value`; returns whether it did.
+pub async fn delete_if(ds: &Datastore, key: &Bytes, value: &Bytes) -> Result<bool, ProxyError> {
+    let resp = ops::txn(
+        ds,
+        TxnRequest {
+            compare: vec![Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Value as i32,
+                key: key.clone(),
+                range_end: Bytes::new(),
+                target_union: Some(compare::TargetUnion::Value(value.clone())),
+            }],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(
+                    crate::proto::etcdserverpb::DeleteRangeRequest {
+                        key: key.clone(),
+                        ..Default::default()
+                    },
+                )),
+            }],
+            failure: vec![],
+        },
+    )
+    .await?;
+    Ok(resp.succeeded)
+}
+
+/// Whether a "moved" marker found where the tenant's route (whose translation starts at
+/// `epoch`) leads is stale: written before the commit that brought the tenant back.
+pub fn is_stale(marker: &Marker, epoch: i64) -> bool {
+    matches!(marker, Marker::Moved { at, .. } if *at > 0 && *at <= epoch)
+}
+
+pub async fn read_value(ds: &Datastore, key: &Bytes) -> Result<Option<Bytes>, ProxyError> {
     let r = ops::range(
         ds,
         RangeRequest {
@@ -191,9 +224,11 @@ async fn resolve_and_switch(router: &crate::route::Router, from: &str) -> Result
     let left = |name: &String| (name != from).then(|| name.clone());
     let mut seen = vec![name.clone()];
     let guard = router.fence().guard.clone();
+    // Markers newer than the route's own translation lead on; an older one is stale.
+    let mut epoch = router.route().translation.as_ref().map_or(0, |t| t.s);
     loop {
         let ds = router.datastores()[&name].clone();
-        let marker = read(&ds, &guard).await.map_err(|source| {
+        let raw = read_value(&ds, guard.fence_key()).await.map_err(|source| {
             (
                 left(&name),
                 ResolveError::Datastore {
@@ -202,16 +237,31 @@ async fn resolve_and_switch(router: &crate::route::Router, from: &str) -> Result
                 },
             )
         })?;
+        let marker = raw.as_deref().and_then(Marker::parse);
         match marker {
-            Some(Marker::Moved { to, .. }) => {
+            Some(m @ Marker::Moved { .. }) if is_stale(&m, epoch) => {
+                // The tenant came back here after it had left: that marker is history.
+                tracing::info!(datastore = %name, epoch, "removing a stale \"moved\" marker from the tenant's current datastore");
+                if let Some(raw) = &raw {
+                    if let Err(e) = delete_if(&ds, guard.fence_key(), raw).await {
+                        tracing::warn!(datastore = %name, error = %e, "could not remove a stale marker");
+                    }
+                }
+                break;
+            }
+            Some(Marker::Moved { to, at, .. }) => {
                 if !router.datastores().contains_key(&to) {
                     return Err((None, ResolveError::UnknownTarget { from: name, to }));
                 }
-                if seen.contains(&to) {
+                if seen.contains(&to) && at == 0 {
                     return Err((None, ResolveError::Loop(to)));
                 }
-                tracing::info!(from = %name, to = %to, "the tenant moved; following the marker");
+                if seen.len() > router.datastores().len() * 4 {
+                    return Err((None, ResolveError::Loop(to)));
+                }
+                tracing::info!(from = %name, to = %to, at, "the tenant moved; following the marker");
                 seen.push(to.clone());
+                epoch = epoch.max(at);
                 name = to;
             }
             _ => break,
@@ -229,7 +279,14 @@ async fn resolve_and_switch(router: &crate::route::Router, from: &str) -> Result
                 },
             )
         })?;
-    if translation.is_some() || name != router.route().datastore_name {
+    let current = router.route();
+    let unchanged = name == current.datastore_name
+        && match (&translation, &current.translation) {
+            (Some(a), Some(b)) => (a.s, a.t, a.l) == (b.s, b.t, b.l),
+            (None, None) => true,
+            _ => false,
+        };
+    if !unchanged && (translation.is_some() || name != current.datastore_name) {
         if let Some(t) = &translation {
             tracing::info!(datastore = %name, s = t.s, t = t.t, l = t.l, keys = t.keys.len(), "loaded the revision translation");
         }

@@ -103,6 +103,44 @@ pub async fn delete(ds: &Datastore, key: Bytes, range_end: Bytes) -> Result<i64,
         .unwrap_or(0))
 }
 
+/// Deletes [key, range_end) except the key `keep`, in one Txn; returns the keys deleted.
+pub async fn delete_around(ds: &Datastore, key: Bytes, range_end: Bytes, keep: &Bytes) -> Result<i64, ProxyError> {
+    let inside = keep[..] >= key[..] && (range_end[..] == b"\0"[..] || keep[..] < range_end[..]);
+    if !inside {
+        return delete(ds, key, range_end).await;
+    }
+    let mut after = keep.to_vec();
+    after.push(0);
+    let del = |key: Bytes, range_end: Bytes| RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+            key,
+            range_end,
+            prev_kv: false,
+        })),
+    };
+    let mut success = Vec::new();
+    if key[..] < keep[..] {
+        success.push(del(key, keep.clone()));
+    }
+    success.push(del(Bytes::from(after), range_end));
+    let resp = txn(
+        ds,
+        TxnRequest {
+            success,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(resp
+        .responses
+        .into_iter()
+        .filter_map(|r| match r.response {
+            Some(crate::proto::etcdserverpb::response_op::Response::ResponseDeleteRange(d)) => Some(d.deleted),
+            _ => None,
+        })
+        .sum())
+}
+
 /// A plain Put (of cutover's own keys); the revision it made.
 pub async fn put(ds: &Datastore, key: Bytes, value: Bytes) -> Result<i64, ProxyError> {
     let req = PutRequest {

@@ -64,8 +64,16 @@ pub enum Marker {
     /// The datastore refuses the tenant's writes while a migration drains and commits
     /// (bound to the migration's lease).
     Fenced { migration: String, to: String },
-    /// The tenant lives in datastore `to` now; this one keeps refusing its writes.
-    Moved { migration: String, to: String },
+    /// The tenant lives in datastore `to` now; this one keeps refusing its writes. `at` is
+    /// the commit's S (the virtual revision the translation starts from): commits of one
+    /// tenant have ever larger ones, so a marker left on a store the tenant came back to
+    /// later is known to be stale (0: a marker written before markers carried it).
+    Moved {
+        migration: String,
+        to: String,
+        #[serde(default)]
+        at: i64,
+    },
     /// (On a target, in its claim key) a migration from datastore `from` is copying the
     /// tenant here: what it wrote is its own, and a retry after it died may clear it.
     Copying {

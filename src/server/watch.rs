@@ -21,6 +21,7 @@ use tonic::{Code, Request, Response, Status, Streaming};
 use super::stream::{Reconnect, UpstreamStream};
 use super::{client, Context, Forwarded};
 use crate::error::messages;
+use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::watch_client::WatchClient;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
 use crate::proto::etcdserverpb::watch_server::Watch;
@@ -56,8 +57,12 @@ impl Watch for WatchService {
 #[derive(Debug, Clone)]
 pub(crate) struct WatchState {
     pub create: WatchCreateRequest,
-    /// The first revision whose events the client has not received yet.
+    /// The first revision whose events the client has not received yet (advanced by
+    /// progress notifications too).
     pub next_rev: i64,
+    /// The same, advanced by events only: etcd 3.4 may send a progress notification
+    /// ahead of events still on their way, so only this one proves what was delivered.
+    pub delivered_rev: i64,
     /// The client asked to cancel it and waits for the answer.
     pub cancel_requested: bool,
 }
@@ -255,39 +260,21 @@ impl WatchSession {
         Ok(())
     }
 
-    /// After a route swap: let the old stream deliver everything up to now, then move
-    /// every watch to the new datastore.
+    /// After a route swap: deliver what the watches still miss on the old datastore (up
+    /// to its commit marker), then move every watch to the new one.
     async fn move_to_new_route(&mut self, upstream: &mut Upstream) -> Result<(), ClientGone> {
         let new = self.ctx.router.route();
         if new.generation == self.route.generation {
             return Ok(());
         }
-        if !self.watches.is_empty() || !self.pending.is_empty() {
-            upstream.send(WatchRequest {
-                request_union: Some(RequestUnion::ProgressRequest(WatchProgressRequest {})),
-            });
-            let drained = tokio::time::timeout(std::time::Duration::from_secs(2), async {
-                loop {
-                    match upstream.next().await {
-                        Some(Ok(r)) => {
-                            let progress = !r.created && !r.canceled && r.events.is_empty() && r.watch_id == -1;
-                            self.on_upstream(r).await?;
-                            if progress {
-                                return Ok(true);
-                            }
-                        }
-                        _ => return Ok(false),
-                    }
+        if new.datastore_name != self.route.datastore_name && !self.watches.is_empty() {
+            if let Err(why) = self.finish_on_old_store().await? {
+                // Resume from what was proven delivered: a revision the new datastore does
+                // not have is then refused as compacted (the client relists), never skipped.
+                tracing::warn!(from = %self.route.datastore_name, error = %why, watches = self.watches.len(), "could not read the watches' last events on the old datastore; resuming them from their last delivered revision");
+                for w in self.watches.values_mut() {
+                    w.next_rev = w.delivered_rev;
                 }
-            })
-            .await;
-            match drained {
-                Ok(Ok(true)) => {}
-                Ok(Err(gone)) => return Err(gone),
-                _ => tracing::warn!(
-                    watches = self.watches.len(),
-                    "the old datastore did not confirm watch progress; moving the watches from the revisions they reached"
-                ),
             }
         }
         let _ = crate::failpoint!("server.watch.reattach");
@@ -295,6 +282,156 @@ impl WatchSession {
         self.route = new;
         *upstream = self.open_upstream();
         self.reattach(upstream).await
+    }
+
+    /// Delivers, for each watch, its events on the old datastore from the last revision it
+    /// delivered up to the commit marker. Each is read through a companion watch whose
+    /// range also holds the fence key: one watcher's events arrive in revision order, so
+    /// once the marker's event has come, so has every event of the watch before it. (A
+    /// progress notification would not prove it on etcd 3.4.)
+    async fn finish_on_old_store(&mut self) -> Result<Result<(), String>, ClientGone> {
+        let old = self.route.clone();
+        let fence_key = self.ctx.router.fence().guard.fence_key().clone();
+        let marker = match old
+            .datastore
+            .unary(crate::upstream::Retry::Idempotent, |ch, token| {
+                let req = crate::upstream::own_request(
+                    RangeRequest {
+                        key: fence_key.clone(),
+                        ..Default::default()
+                    },
+                    token,
+                );
+                async move { client!(KvClient, ch).range(req).await }
+            })
+            .await
+        {
+            Ok(r) => r.into_inner().kvs.into_iter().next(),
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let Some(marker) = marker.filter(|kv| crate::route::fence::Marker::moved_to(&kv.value).is_some()) else {
+            return Ok(Err("the old datastore holds no commit marker".into()));
+        };
+        let marker_rev = old
+            .translation
+            .as_ref()
+            .map_or(marker.mod_revision, |t| t.to_virtual(marker.mod_revision));
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        let mut ids: Vec<i64> = self.watches.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            let Some(w) = self.watches.get(&id) else { continue };
+            if w.delivered_rev > marker_rev || w.cancel_requested {
+                w_done(self.watches.get_mut(&id), marker_rev);
+                continue;
+            }
+            let create = w.create.clone();
+            let from = w.delivered_rev;
+            match tokio::time::timeout_at(
+                deadline,
+                self.companion(&old, &create, id, from, &fence_key, marker_rev),
+            )
+            .await
+            {
+                Ok(Ok(Ok(()))) => w_done(self.watches.get_mut(&id), marker_rev),
+                Ok(Ok(Err(why))) => return Ok(Err(why)),
+                Ok(Err(gone)) => return Err(gone),
+                Err(_) => return Ok(Err("no commit marker event within 5 s".into())),
+            }
+        }
+        Ok(Ok(()))
+    }
+
+    /// One watch's remaining events on the old datastore, through a companion watch.
+    async fn companion(
+        &mut self,
+        old: &Arc<Route>,
+        create: &WatchCreateRequest,
+        id: i64,
+        from: i64,
+        fence_key: &bytes::Bytes,
+        marker_rev: i64,
+    ) -> Result<Result<(), String>, ClientGone> {
+        let (start, end) = spanning(&create.key, &create.range_end, fence_key);
+        let companion = WatchCreateRequest {
+            key: start,
+            range_end: end,
+            start_revision: from,
+            prev_kv: create.prev_kv,
+            fragment: create.fragment,
+            ..Default::default()
+        };
+        let companion = match &old.translation {
+            Some(t) => match t.watch_start(companion.start_revision) {
+                Ok(s) => WatchCreateRequest {
+                    start_revision: s,
+                    ..companion
+                },
+                Err(_) => return Ok(Err("the old datastore no longer has the revisions".into())),
+            },
+            None => companion,
+        };
+        let mut stream: Upstream = UpstreamStream::open(&old.datastore, &self.fwd, |ch, req| async move {
+            client!(WatchClient, ch).watch(req).await
+        });
+        stream.send(WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(companion)),
+        });
+        let scope = self.ctx.router.scope().clone();
+        loop {
+            let mut r = match stream.next().await {
+                Some(Ok(r)) => r,
+                Some(Err(s)) => return Ok(Err(s.message().to_string())),
+                None => return Ok(Err("the companion stream ended".into())),
+            };
+            if r.canceled {
+                return Ok(Err(format!("the companion watch was canceled: {}", r.cancel_reason)));
+            }
+            if let Some(t) = &old.translation {
+                translate::watch_response(t, &mut r);
+            }
+            let reached = r
+                .events
+                .iter()
+                .filter_map(|e| e.kv.as_ref())
+                .any(|kv| kv.mod_revision >= marker_rev);
+            r.events.retain(|e| {
+                e.kv.as_ref().is_some_and(|kv| {
+                    kv.mod_revision >= from
+                        && kv.mod_revision < marker_rev
+                        && in_range(&kv.key, &create.key, &create.range_end)
+                        && !scope.is_reserved(&kv.key)
+                        && !filtered(create, e)
+                })
+            });
+            if !r.events.is_empty() {
+                let last = r
+                    .events
+                    .last()
+                    .and_then(|e| e.kv.as_ref())
+                    .map_or(0, |kv| kv.mod_revision);
+                if let Some(h) = r.header {
+                    self.last_header = Some(h);
+                }
+                let fragment = r.fragment;
+                self.send_down(WatchResponse {
+                    watch_id: id,
+                    created: false,
+                    canceled: false,
+                    ..r
+                })
+                .await?;
+                if let Some(w) = self.watches.get_mut(&id) {
+                    if !fragment {
+                        w.next_rev = w.next_rev.max(last + 1);
+                        w.delivered_rev = w.delivered_rev.max(last + 1);
+                    }
+                }
+            }
+            if reached {
+                return Ok(Ok(()));
+            }
+        }
     }
 
     async fn send_down(&self, r: WatchResponse) -> Result<(), ClientGone> {
@@ -323,6 +460,7 @@ impl WatchSession {
                             WatchState {
                                 create,
                                 next_rev,
+                                delivered_rev: next_rev,
                                 cancel_requested: false,
                             },
                         );
@@ -353,6 +491,7 @@ impl WatchSession {
                 if !r.fragment {
                     if let Some(last) = r.events.last().and_then(|e| e.kv.as_ref()) {
                         w.next_rev = w.next_rev.max(last.mod_revision + 1);
+                        w.delivered_rev = w.delivered_rev.max(last.mod_revision + 1);
                     }
                 }
             }
@@ -452,5 +591,80 @@ impl WatchSession {
             }
         }
         Ok(())
+    }
+}
+
+/// A watch whose events up to the commit marker are all delivered resumes after it.
+fn w_done(w: Option<&mut WatchState>, marker_rev: i64) {
+    if let Some(w) = w {
+        w.next_rev = w.next_rev.max(marker_rev + 1);
+        w.delivered_rev = w.delivered_rev.max(marker_rev + 1);
+    }
+}
+
+/// Whether `key` is in a watch's range, in etcd's terms (an empty end: the key alone;
+/// "\0": every key from `start` on).
+fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
+    match end {
+        [] => key == start,
+        [0] => key >= start,
+        _ => key >= start && key < end,
+    }
+}
+
+/// The smallest range holding both a watch's range and `also` (a single key).
+fn spanning(start: &bytes::Bytes, end: &bytes::Bytes, also: &bytes::Bytes) -> (bytes::Bytes, bytes::Bytes) {
+    let mut after_also = also.to_vec();
+    after_also.push(0);
+    let lo = if also < start { also.clone() } else { start.clone() };
+    let hi = match &end[..] {
+        [0] => end.clone(),
+        [] => {
+            let mut after = start.to_vec();
+            after.push(0);
+            std::cmp::max(bytes::Bytes::from(after), bytes::Bytes::from(after_also))
+        }
+        _ => std::cmp::max(end.clone(), bytes::Bytes::from(after_also)),
+    };
+    (lo, hi)
+}
+
+/// Whether the watch's filters (NOPUT, NODELETE) leave `e` out.
+fn filtered(create: &WatchCreateRequest, e: &crate::proto::mvccpb::Event) -> bool {
+    use crate::proto::mvccpb::event::EventType;
+    let put = e.r#type == EventType::Put as i32;
+    create.filters.iter().any(|f| {
+        (*f == watch_create_request::FilterType::Noput as i32 && put)
+            || (*f == watch_create_request::FilterType::Nodelete as i32 && !put)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn a_companion_range_holds_the_watch_and_the_fence_key() {
+        let fence = Bytes::from_static(b"/t/\0cutover/fence");
+        let b = |s: &'static [u8]| Bytes::from_static(s);
+        // A prefix watch after the fence key.
+        assert_eq!(
+            spanning(&b(b"/t/pods/"), &b(b"/t/pods0"), &fence),
+            (fence.clone(), b(b"/t/pods0"))
+        );
+        // A single key.
+        let (lo, hi) = spanning(&b(b"/t/a"), &b(b""), &fence);
+        assert_eq!((lo, hi), (fence.clone(), b(b"/t/a\0")));
+        // The tenant's own prefix key sorts before the fence key.
+        let (lo, hi) = spanning(&b(b"/t/"), &b(b""), &fence);
+        assert_eq!((lo, hi), (b(b"/t/"), b(b"/t/\0cutover/fence\0")));
+        // To the end of the key space.
+        assert_eq!(spanning(&b(b"/t/a"), &b(b"\0"), &fence), (fence.clone(), b(b"\0")));
+        assert!(in_range(b"/t/a", b"/t/a", b""));
+        assert!(!in_range(b"/t/ab", b"/t/a", b""));
+        assert!(in_range(b"/t/pods/x", b"/t/pods/", b"/t/pods0"));
+        assert!(!in_range(&fence, b"/t/pods/", b"/t/pods0"));
+        assert!(in_range(b"zzz", b"/t/a", b"\0"));
     }
 }

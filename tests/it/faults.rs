@@ -628,3 +628,91 @@ async fn faults_after_the_commit_is_sent_end_with_everyone_on_the_target() {
         run_scenario(s).await;
     }
 }
+
+/// The tenant goes A -> B, then back B -> A. While the way back runs (A is its target), a
+/// proxy that starts with the old configuration (`dataStore: default`, which is A) must
+/// still be sent on to B by A's "moved" marker, and write there; and if the leader dies
+/// right after the commit, before it removed A's old marker, a proxy that starts then
+/// must find A authoritative (A's marker is older than B's) and clear the old marker.
+/// Found by the soak: Preparing used to delete the target's marker at once.
+#[tokio::test]
+async fn a_proxy_starting_while_the_tenant_moves_back_finds_its_home() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let config = two_stores(&a, &b, "migration: {leaseTTL: 2s}\n");
+    let mut leader = Proxy::start(&config).await;
+    let mut c = client(&leader.endpoint).await;
+    seed_with_history(&mut c, 20).await;
+    let view = migrate(&leader, "dedicated").await;
+    assert_eq!(view["outcome"], "Succeeded", "{view}");
+
+    // Back to A, stopped while catching up: A's marker must still send proxies to B.
+    leader.failpoint("migrate.catching_up", "return(pause)").await;
+    let (code, body) = leader
+        .admin_post(
+            "/v1/migrations",
+            serde_json::json!({ "to": "default", "overwrite": true }),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    leader.wait_paused("migrate.catching_up").await;
+    let late = Proxy::start(&config).await;
+    assert_eq!(
+        late.status().await["dataStore"],
+        "dedicated",
+        "a proxy starting now serves from B"
+    );
+    let key = format!("{TENANT}configmaps/ns/late");
+    let put = client(&late.endpoint).await.put(key.as_str(), "v", None).await.unwrap();
+    assert!(
+        put.header().unwrap().revision() > 1_000_000,
+        "in B's (translated) revisions"
+    );
+    assert_eq!(
+        client(&b.endpoint).await.get(key.as_str(), None).await.unwrap().count(),
+        1
+    );
+    assert_eq!(
+        client(&a.endpoint).await.get(key.as_str(), None).await.unwrap().count(),
+        0
+    );
+    drop(late);
+
+    // The leader dies right after the commit, before it cleared A's old marker.
+    leader.failpoint("migrate.committed", "return(crash)").await;
+    leader.release("migrate.catching_up").await;
+    eventually("the leader crashed after the commit", Duration::from_secs(30), || {
+        let exited = leader.try_exit().is_some();
+        async move { exited }
+    })
+    .await;
+    let b_marker = client(&b.endpoint)
+        .await
+        .get(format!("{TENANT}\0cutover/fence"), None)
+        .await
+        .unwrap();
+    assert!(
+        b_marker.kvs()[0].value_str().unwrap().contains("moved"),
+        "B says the tenant moved back"
+    );
+    let restarted = Proxy::start(&config).await;
+    assert_eq!(
+        restarted.status().await["dataStore"],
+        "default",
+        "A is the tenant's home again"
+    );
+    let mut c = client(&restarted.endpoint).await;
+    let put = tokio::time::timeout(Duration::from_secs(10), c.put(key.as_str(), "w", None))
+        .await
+        .expect("a write on A is not held by its stale marker")
+        .unwrap();
+    assert!(put.header().unwrap().revision() > 2_000_000);
+    let got = c.get(key.as_str(), None).await.unwrap();
+    assert_eq!(got.kvs()[0].value_str().unwrap(), "w");
+    let a_marker = client(&a.endpoint)
+        .await
+        .get(format!("{TENANT}\0cutover/fence"), None)
+        .await
+        .unwrap();
+    assert_eq!(a_marker.count(), 0, "A's stale marker was removed");
+}

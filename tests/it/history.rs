@@ -38,17 +38,34 @@ pub struct Kv {
 /// What a client asked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Call {
-    Put { key: String, value: String, lease: i64 },
+    Put {
+        key: String,
+        value: String,
+        lease: i64,
+    },
     /// A delete of one key, with prev_kv.
-    Delete { key: String },
+    Delete {
+        key: String,
+    },
     /// kube-apiserver's update: `mod_revision(key) == expect` then put, else get.
-    KubeTxn { key: String, expect: i64, value: String },
+    KubeTxn {
+        key: String,
+        expect: i64,
+        value: String,
+    },
     /// A linearizable Get of one key.
-    Get { key: String },
+    Get {
+        key: String,
+    },
     /// A linearizable Range over a prefix.
-    List { prefix: String },
+    List {
+        prefix: String,
+    },
     /// A read-only Txn: `mod_revision(key) == expect` then get key, else get key.
-    ReadTxn { key: String, expect: i64 },
+    ReadTxn {
+        key: String,
+        expect: i64,
+    },
 }
 
 impl Call {
@@ -330,6 +347,9 @@ impl Checker<'_> {
             let got: std::collections::HashSet<(i64, &str)> =
                 s.events.iter().map(|e| (e.kv.modified, e.kv.key.as_str())).collect();
             let through = s.complete_through.max(s.events.last().map_or(0, |e| e.kv.modified));
+            if through < s.start_revision {
+                continue;
+            }
             for (rev, evs) in log.by_rev.range(s.start_revision..=through) {
                 for e in evs {
                     if e.kv.key.starts_with(&s.prefix) && !got.contains(&(*rev, e.kv.key.as_str())) {
@@ -438,18 +458,17 @@ impl Checker<'_> {
                         );
                     }
                 }
-                (Call::Put { key, value, .. } | Call::KubeTxn { key, value, .. }, Outcome::Failed(why)) => {
+                (Call::Put { key, value, .. } | Call::KubeTxn { key, value, .. }, Outcome::Failed(why))
                     if log
                         .by_rev
                         .values()
                         .flatten()
-                        .any(|e| e.put && e.kv.key == *key && e.kv.value == *value)
-                    {
-                        self.flag(
-                            "failed write applied",
-                            format!("{key}={value} failed for sure ({why}) but is in the log"),
-                        );
-                    }
+                        .any(|e| e.put && e.kv.key == *key && e.kv.value == *value) =>
+                {
+                    self.flag(
+                        "failed write applied",
+                        format!("{key}={value} failed for sure ({why}) but is in the log"),
+                    );
                 }
                 _ => {}
             }
@@ -612,16 +631,13 @@ impl Checker<'_> {
     /// Whether an answered op made a revision of its own (a write that changed something).
     fn makes_revision(op: &Op, a: &Answer) -> bool {
         {
-            let new_revision = match a {
-                Answer::Write {
-                    succeeded, deleted, ..
-                } => match op.call {
+            match a {
+                Answer::Write { succeeded, deleted, .. } => match op.call {
                     Call::Delete { .. } => !deleted.is_empty(),
                     _ => *succeeded,
                 },
                 Answer::Read { .. } => false,
-            };
-            new_revision
+            }
         }
     }
 
@@ -646,7 +662,11 @@ impl Checker<'_> {
         let Some(prefix) = prefixes.iter().min_by_key(|p| p.len()) else {
             return;
         };
-        let want: BTreeMap<String, Kv> = log.list(prefix, *rev).into_iter().map(|kv| (kv.key.clone(), kv)).collect();
+        let want: BTreeMap<String, Kv> = log
+            .list(prefix, *rev)
+            .into_iter()
+            .map(|kv| (kv.key.clone(), kv))
+            .collect();
         let got: BTreeMap<String, Kv> = state
             .iter()
             .filter(|(k, _)| k.starts_with(prefix))
@@ -916,7 +936,10 @@ mod tests {
         for w in &mut h.watches {
             w.events.retain(|e| e.kv.modified != 14);
         }
-        h.last = Some((14, [("/p/a".to_string(), kv("/p/a", "2", 10, 11, 2))].into_iter().collect()));
+        h.last = Some((
+            14,
+            [("/p/a".to_string(), kv("/p/a", "2", 10, 11, 2))].into_iter().collect(),
+        ));
         let k = kinds(&h);
         assert!(k.contains(&"acknowledged write lost"), "{k:?}");
     }

@@ -16,4 +16,5 @@ mod fence;
 mod history;
 mod migrate;
 mod replicas;
+mod soak;
 mod tls;

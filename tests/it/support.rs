@@ -356,16 +356,26 @@ impl Proxy {
         config.push_str(body);
         let path = dir.path().join("cutover.yaml");
         std::fs::write(&path, &config).expect("write config");
+        // Addresses the body gives itself win (a replica restarted on its own ports).
+        let given = |prefix: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(prefix))
+                .map(|a| a.trim().to_string())
+                .filter(|a| a.starts_with("127.0.0.1:"))
+        };
+        let endpoint = given("listen: ").unwrap_or(format!("127.0.0.1:{port}"));
+        let admin = given("  listen: ")
+            .map(|a| format!("http://{a}"))
+            .unwrap_or(format!("http://127.0.0.1:{admin_port}"));
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_cutover"));
-        cmd.arg("serve")
-            .arg("--config")
-            .arg(&path)
-            .args(extra_args)
-            .env("RUST_LOG", "cutover=debug,info");
+        cmd.arg("serve").arg("--config").arg(&path).args(extra_args).env(
+            "RUST_LOG",
+            std::env::var("CUTOVER_TEST_RUST_LOG").unwrap_or_else(|_| "cutover=debug,info".into()),
+        );
         let child = spawn(&mut cmd, &dir.path().join("cutover.log"));
         Proxy {
-            endpoint: format!("127.0.0.1:{port}"),
-            admin: format!("http://127.0.0.1:{admin_port}"),
+            endpoint,
+            admin,
             dir,
             child: Some(child),
         }
@@ -401,6 +411,31 @@ impl Proxy {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Sends `signal` (SIGSTOP, SIGCONT, ...) to the process, if it runs.
+    pub fn signal(&self, signal: i32) {
+        if let Some(c) = &self.child {
+            // SAFETY: kill(2) on our own child's pid; no memory is involved.
+            unsafe {
+                libc::kill(c.id() as i32, signal);
+            }
+        }
+    }
+
+    /// Waits until /healthz answers (the process serves; it may not be ready).
+    pub async fn wait_alive(&self) {
+        let url = format!("{}/healthz", self.admin);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("cutover did not answer /healthz; log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -491,10 +526,13 @@ impl Drop for Proxy {
         if let Some(dir) = std::env::var_os("CUTOVER_TEST_LOGS") {
             // Keep every proxy's whole log for a post-mortem (the name says which test).
             let test = std::thread::current().name().unwrap_or("test").replace("::", ".");
+            // A replica restarted on the same port gets a log of its own.
+            static KEPT: AtomicU16 = AtomicU16::new(0);
             let to = PathBuf::from(dir).join(format!(
-                "{test}.{}.{}.log",
+                "{test}.{}.{}.{}.log",
                 self.endpoint.replace(':', "_"),
-                std::process::id()
+                std::process::id(),
+                KEPT.fetch_add(1, Ordering::SeqCst)
             ));
             let _ = std::fs::create_dir_all(to.parent().unwrap_or(std::path::Path::new(".")));
             let _ = std::fs::copy(self.dir.path().join("cutover.log"), to);

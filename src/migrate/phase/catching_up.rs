@@ -53,35 +53,46 @@ pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
     });
     tracing::info!(migration = %job.id, keys = full.keys, digest = %full.digest_hex(), at = pos.events_through, "verified the copy");
 
-    // Rounds: wait for a small lag, verify what changed, until little changes.
+    // Rounds. Each writes a tick (a reserved key, inside the followed range, never
+    // copied) and drains the catch-up to it: its event proves that everything before it
+    // was received and applied (a progress notification proves nothing on etcd 3.4,
+    // which may send one ahead of events still in flight). Then the keys changed in the
+    // round are verified. The last round is one that was short: few changed keys, and
+    // the catch-up was at most `maxLag` revisions behind the tick when it was written,
+    // or echoed it at once.
     let max_lag = job.m.settings.max_lag;
     loop {
-        let mut pos_rx = job.follower_position()?;
-        loop {
-            let p = *pos_rx.borrow_and_update();
-            job.m.update(|v| v.lag_revisions = p.lag());
-            job.m.metrics.catch_up_lag.set(p.lag());
-            if p.lag() <= max_lag {
-                break;
-            }
-            // Progress notifications move the lag too; wake at least every 200 ms.
-            let _ = tokio::time::timeout(Duration::from_millis(200), pos_rx.changed()).await;
-        }
-        let (mut copied, pos) = job.stop_follower(None).await?;
+        let behind_from = job.follower_position()?.borrow().events_through;
+        let tick = job.reserved_write("tick").await?;
+        let written = tokio::time::Instant::now();
+        let behind = tick - behind_from - 1;
+        job.m.update(|v| v.lag_revisions = behind.max(0));
+        job.m.metrics.catch_up_lag.set(behind.max(0));
+        // Stopped at the tick or past it (a response is applied whole): everything up to
+        // `through` is on the target, nothing after it.
+        let (mut copied, pos) = job.stop_follower(Some(tick)).await?;
+        let through = pos.events_through;
+        let echo = written.elapsed();
         job.last_change = job.last_change.max(pos.last_change);
         let changed: Vec<Bytes> = copied.touched.drain().collect();
         let few = changed.len() <= FEW_CHANGES;
-        let checked = job.shadow(&copied, &changed, pos.events_through).await?;
+        let checked = job.shadow(&copied, &changed, through).await?;
         job.m.update(|v| v.verified_keys += checked);
-        if few {
+        tracing::debug!(migration = %job.id, tick, through, behind, echo_ms = echo.as_secs_f64() * 1000.0, changed = changed.len(), "catch-up round");
+        if few && (behind <= max_lag || echo <= PROMPT_ECHO) {
             // The last round before the fence: write the bulk of the record, and check
             // the key counts at this consistent point.
             job.base_chunks = record::persist_keys(&s.target, job.prefix(), &copied.keys).await?;
-            verify::counts(&s.source, &s.target, &s.range, &s.reserved, pos.events_through).await?;
-            job.start_follower(copied, pos.events_through + 1);
+            verify::counts(&s.source, &s.target, &s.range, &s.reserved, through).await?;
+            job.start_follower(copied, through + 1);
             job.until_follower_is_live().await?;
+            job.m.update(|v| v.lag_revisions = 0);
+            job.m.metrics.catch_up_lag.set(0);
             return Ok(());
         }
-        job.start_follower(copied, pos.events_through + 1);
+        job.start_follower(copied, through + 1);
     }
 }
+
+/// A tick the catch-up received this soon after it was written was not behind.
+const PROMPT_ECHO: Duration = Duration::from_millis(20);

@@ -38,6 +38,7 @@ pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
     let moved = Marker::Moved {
         migration: job.id.clone(),
         to: s.to.clone(),
+        at: translation.s,
     };
     let fence_key = job.m.router.fence().guard.fence_key().clone();
     crate::failpoint!("migrate.commit.before_send")?;
@@ -60,6 +61,17 @@ pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
     }
     job.m.update(|v| v.committed_unix_ms = Some(now_ms()));
     tracing::info!(migration = %job.id, "committed: the source says the tenant moved");
+
+    let _ = crate::failpoint!("migrate.committed");
+    // The target's own "moved" marker, from when the tenant left it earlier, stayed
+    // until now so that a proxy starting with an old configuration went on to the
+    // source; now it is stale (its `at` is below this commit's). It goes, only if it is
+    // still the one Preparing saw; until then writes there are held, as while fenced.
+    if let Some(old) = job.target_fence.take() {
+        if let Err(e) = marker::delete_if(&s.target, &fence_key, &old).await {
+            tracing::warn!(migration = %job.id, error = %e, "could not remove the target's stale marker; proxies remove it when they find it");
+        }
+    }
 
     // The commit point has passed: from here on, only forward. A rehearsal (fenceDelay)
     // lingers here too, so a test can kill the leader right after the marker.

@@ -57,7 +57,9 @@ pub(super) async fn reset(job: &mut Job) -> Result<(), Failure> {
     job.copied = None;
     job.mirror = None;
     let s = job.sides.clone();
-    ops::delete(&s.target, s.range.start.clone(), s.range.end.clone())
+    // The target's own fence key (a "moved" marker) stays, as in Preparing.
+    let fence_key = job.m.router.fence().guard.fence_key().clone();
+    ops::delete_around(&s.target, s.range.start.clone(), s.range.end.clone(), &fence_key)
         .await
         .map_err(on("target"))?;
     if let Some(claim) = &job.claim {

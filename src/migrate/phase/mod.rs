@@ -76,6 +76,9 @@ pub(super) struct Job {
     lease: Option<MigrationLease>,
     /// The claim written on the target (a retry clears what it covers); `None` until then.
     claim: Option<Marker>,
+    /// What the target's fence key held at Preparing (its "moved" marker, if the tenant
+    /// lived there before): kept until the commit, then removed.
+    target_fence: Option<Bytes>,
     /// Keeps the target's lease copies alive while the migration runs.
     mirror: Option<AbortOnDropHandle<()>>,
     /// The copy's result, until the catch-up takes it over.
@@ -115,6 +118,7 @@ impl Job {
             sides,
             lease: None,
             claim: None,
+            target_fence: None,
             mirror: None,
             copied: None,
             follower: None,
@@ -229,9 +233,12 @@ impl Job {
     async fn until_follower_is_live(&self) -> Result<(), Failure> {
         let rev = self.reserved_write("catch-up").await?;
         let mut position = self.follower_position()?;
-        let live = tokio::time::timeout(Duration::from_secs(5), position.wait_for(|p| p.events_through >= rev)).await;
-        if live.is_err() {
-            tracing::warn!(migration = %self.id, "the catch-up watch did not show its marker write within 5 s; fencing anyway");
+        let live = tokio::time::timeout(Duration::from_secs(5), position.wait_for(|p| p.events_through >= rev))
+            .await
+            .is_ok();
+        if !live {
+            let p = *position.borrow();
+            tracing::warn!(migration = %self.id, marker = rev, events_through = p.events_through, applied = p.applied, source = p.source, "the catch-up watch did not show its marker write within 5 s; fencing anyway");
         }
         Ok(())
     }

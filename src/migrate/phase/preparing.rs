@@ -54,18 +54,32 @@ pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
     }
     // With the lock ours nobody else can fence or commit; a fence key that is set now
     // means the tenant left this source (another replica's migration committed while
-    // this one started): the target is authoritative, never to be cleared.
-    if let Some(m) = super::fence_marker(job).await.map_err(on("source"))? {
-        return Err(Failure::Locked(format!(
-            "the source's fence key holds {:?}",
-            String::from_utf8_lossy(&m.to_bytes())
-        )));
+    // this one started): the target is authoritative, never to be cleared. Only a stale
+    // marker (from before the tenant came back here) is removed and ignored.
+    let fence_key = job.m.router.fence().guard.fence_key().clone();
+    if let Some(raw) = marker::read_value(&s.source, &fence_key).await.map_err(on("source"))? {
+        let epoch = s.view.as_ref().map_or(0, |t| t.s);
+        match Marker::parse(&raw) {
+            Some(m) if marker::is_stale(&m, epoch) => {
+                marker::delete_if(&s.source, &fence_key, &raw)
+                    .await
+                    .map_err(on("source"))?;
+            }
+            _ => {
+                return Err(Failure::Locked(format!(
+                    "the source's fence key holds {:?}",
+                    String::from_utf8_lossy(&raw)
+                )))
+            }
+        }
     }
     crate::failpoint!("migrate.prepare.after_lock")?;
 
     // Clear the tenant range on the target: old data on request, a dead migration's
-    // partial copy, and cutover's own keys from an earlier migration away from it (its
-    // "moved" marker among them).
+    // partial copy, and cutover's own keys from an earlier migration away from it. Its
+    // "moved" marker stays until the commit: a proxy that starts meanwhile with an old
+    // configuration naming the target must still be sent on to the source.
+    job.target_fence = marker::read_value(&s.target, &fence_key).await.map_err(on("target"))?;
     let (from, to) = if tenant_keys > 0 {
         if let (Some(dead), false) = (&left_by, job.overwrite) {
             tracing::info!(migration = %job.id, dead = %dead, keys = tenant_keys, "clearing the partial copy a dead migration of this tenant left on the target");
@@ -74,7 +88,9 @@ pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
     } else {
         (s.reserved.clone(), copy::prefix_end(&s.reserved))
     };
-    ops::delete(&s.target, from, to).await.map_err(on("target"))?;
+    ops::delete_around(&s.target, from, to, &fence_key)
+        .await
+        .map_err(on("target"))?;
     let claim = job.claim_value();
     ops::put(&s.target, marker::claim_key(&prefix), claim.to_bytes())
         .await

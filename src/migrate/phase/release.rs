@@ -83,13 +83,9 @@ pub(super) async fn run(job: &mut Job, why: &Failure) -> bool {
             range_end: Bytes::new(),
             target_union: Some(compare::TargetUnion::Value(claim.to_bytes())),
         }],
-        success: vec![RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                key: s.range.start.clone(),
-                range_end: s.range.end.clone(),
-                prev_kv: false,
-            })),
-        }],
+        // Everything but the target's fence key (its "moved" marker, if the tenant lived
+        // there before, must keep sending stale proxies on).
+        success: around(&s.range.start, &s.range.end, job.m.router.fence().guard.fence_key()),
         failure: vec![],
     };
     match ops::txn(&s.target, delete).await {
@@ -102,6 +98,23 @@ pub(super) async fn run(job: &mut Job, why: &Failure) -> bool {
         }
     }
     false
+}
+
+/// DeleteRange ops for [start, end) without the key `keep` (which lies inside it).
+fn around(start: &Bytes, end: &Bytes, keep: &Bytes) -> Vec<RequestOp> {
+    let mut after = keep.to_vec();
+    after.push(0);
+    [(start.clone(), keep.clone()), (Bytes::from(after), end.clone())]
+        .into_iter()
+        .filter(|(a, b)| a < b || b[..] == b"\0"[..])
+        .map(|(key, range_end)| RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                key,
+                range_end,
+                prev_kv: false,
+            })),
+        })
+        .collect()
 }
 
 /// Shows and publishes the failed end (the driver completes it when the release is done).
