@@ -62,7 +62,8 @@
 //! * `BENCH_REPLICAS` (default 3): cutover replicas of the `cutover` method (1: a single
 //!   proxy, as before);
 //! * `BENCH_VALUE_BYTES` (default 1024); `BENCH_WRITE_RATE` (default 200 writes/s, the
-//!   total over all replicas);
+//!   total over all replicas; 0: a closed loop, every writer writing again as soon as its
+//!   last write is answered); `BENCH_WRITERS` (default 8; three in four kube-style);
 //! * `BENCH_KAMAJI_CONCURRENCY` (default 1 = sequential, as Kamaji);
 //! * `BENCH_CUTOVER_YAML`: extra top-level YAML appended to cutover's config, e.g.
 //!   `BENCH_CUTOVER_YAML=$'migration:\n  concurrency: 8\n'`;
@@ -101,9 +102,13 @@ const MIB: f64 = 1024.0 * 1024.0;
 /// Txns of this many puts load the source (etcd's default --max-txn-ops).
 const LOAD_TXN_OPS: usize = 128;
 const LOAD_IN_FLIGHT: usize = 8;
+/// Writers by default (`BENCH_WRITERS`); three in four of them (writers 0..kube_writers)
+/// do get + Txn, the others plain puts.
 const WRITERS: usize = 8;
-/// Writers 0..KUBE_WRITERS do get + Txn, the others plain puts.
-const KUBE_WRITERS: usize = 6;
+
+fn kube_writers(writers: usize) -> usize {
+    (writers * 3).div_ceil(4)
+}
 const KEYS_PER_WRITER: usize = 4;
 const STATUS_POLL: Duration = Duration::from_millis(20);
 const MIGRATION_DEADLINE: Duration = Duration::from_secs(900);
@@ -124,7 +129,10 @@ struct Settings {
     reps: usize,
     methods: Vec<Method>,
     value_bytes: usize,
+    /// Writes/s in all; 0: every writer writes again as soon as its last write is answered
+    /// (a closed loop, as fast as the system goes).
     write_rate: f64,
+    writers: usize,
     /// Cutover replicas of the `cutover` method.
     replicas: usize,
     kamaji_concurrency: usize,
@@ -179,6 +187,7 @@ impl Settings {
             methods,
             value_bytes: env_parse("BENCH_VALUE_BYTES", 1024usize),
             write_rate: env_parse("BENCH_WRITE_RATE", 200.0f64),
+            writers: env_parse("BENCH_WRITERS", WRITERS).max(1),
             replicas: env_parse("BENCH_REPLICAS", 3usize).max(1),
             kamaji_concurrency: env_parse("BENCH_KAMAJI_CONCURRENCY", 1usize).max(1),
             cutover_yaml: std::env::var("BENCH_CUTOVER_YAML").unwrap_or_default(),
@@ -583,17 +592,19 @@ async fn kube_write(kv: &mut KvClient<Channel>, key: &Bytes, value: &Bytes) -> R
 
 /// One writer: a write every `period`, starting at `first`, until told to stop, through
 /// `ch` (replica `replica`).
+#[allow(clippy::too_many_arguments)]
 async fn writer(
     ch: Channel,
     replica: usize,
     w: usize,
-    period: Duration,
+    kube: usize,
+    period: Option<Duration>,
     first: tokio::time::Instant,
     mut stop: watch::Receiver<bool>,
 ) -> LoadOut {
     let mut kv = KvClient::new(ch);
     let mut out = LoadOut::default();
-    let kube = w < KUBE_WRITERS;
+    let kube = w < kube;
     let keys: Vec<Bytes> = (0..KEYS_PER_WRITER)
         .map(|j| {
             Bytes::from(if kube {
@@ -603,13 +614,18 @@ async fn writer(
             })
         })
         .collect();
-    let mut tick = tokio::time::interval_at(first, period);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = period.map(|p| {
+        let mut t = tokio::time::interval_at(first, p);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        t
+    });
     let mut n = 0usize;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = stop.changed() => return out,
+        if let Some(tick) = tick.as_mut() {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return out,
+            }
         }
         if *stop.borrow() {
             return out;
@@ -650,15 +666,16 @@ struct Load {
 
 impl Load {
     /// `rate` writes/s in all; writer `w` writes through `replicas[w % replicas.len()]`.
-    fn start(replicas: &[Channel], rate: f64) -> Load {
+    fn start(replicas: &[Channel], rate: f64, writers: usize) -> Load {
         let (stop, rx) = watch::channel(false);
-        let period = Duration::from_secs_f64(WRITERS as f64 / rate.max(1.0));
+        let period = (rate > 0.0).then(|| Duration::from_secs_f64(writers as f64 / rate));
         let start = tokio::time::Instant::now() + Duration::from_millis(20);
-        let tasks = (0..WRITERS)
+        let kube = kube_writers(writers);
+        let tasks = (0..writers)
             .map(|w| {
-                let first = start + period.mul_f64(w as f64 / WRITERS as f64);
+                let first = start + period.map_or(Duration::ZERO, |p| p.mul_f64(w as f64 / writers as f64));
                 let i = w % replicas.len();
-                tokio::spawn(writer(replicas[i].clone(), i, w, period, first, rx.clone()))
+                tokio::spawn(writer(replicas[i].clone(), i, w, kube, period, first, rx.clone()))
             })
             .collect();
         Load { stop, tasks }
@@ -1011,7 +1028,7 @@ async fn run_cutover(s: &Settings, data: &DataSet, dir: &Path, tag: &str) -> Run
     }
 
     // The load runs a second before, during, and a second after the migration.
-    let load = Load::start(&channels, s.write_rate);
+    let load = Load::start(&channels, s.write_rate, s.writers);
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     // Replica 0 is asked, and leads.
@@ -1696,9 +1713,9 @@ fn main() {
         s.methods.iter().map(|&m| s.method_name(m)).collect::<Vec<_>>().join(","),
         s.replicas,
         s.write_rate,
-        WRITERS,
-        KUBE_WRITERS,
-        WRITERS - KUBE_WRITERS,
+        s.writers,
+        kube_writers(s.writers),
+        s.writers - kube_writers(s.writers),
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     if !s.cutover_yaml.trim().is_empty() {
