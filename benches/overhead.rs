@@ -94,6 +94,8 @@ enum Op {
     Range,
     Put,
     Txn,
+    /// A read-only Txn: compare the key's mod_revision, read it in either branch.
+    ReadTxn,
     Watch,
 }
 
@@ -103,6 +105,7 @@ impl Op {
             Op::Range => "range",
             Op::Put => "put",
             Op::Txn => "txn",
+            Op::ReadTxn => "rotxn",
             Op::Watch => "watch",
         }
     }
@@ -142,8 +145,9 @@ impl Settings {
                 "range" => Op::Range,
                 "put" => Op::Put,
                 "txn" => Op::Txn,
+                "rotxn" => Op::ReadTxn,
                 "watch" => Op::Watch,
-                other => panic!("BENCH_OPS: unknown op {other:?} (range, put, txn, watch)"),
+                other => panic!("BENCH_OPS: unknown op {other:?} (range, put, txn, rotxn, watch)"),
             })
             .collect();
         let s = Settings {
@@ -642,13 +646,13 @@ async fn unary_task(op: Op, channel: Channel, idx: usize, value: Bytes, start: A
         ..Default::default()
     };
     let my_key = match op {
-        Op::Range => range_key(),
+        Op::Range | Op::ReadTxn => range_key(),
         Op::Put => key("put", idx),
         Op::Txn => key("txn", idx),
         Op::Watch => unreachable!("watch has its own task"),
     };
     // kube-apiserver's update: it knows the object's mod_revision from its last read.
-    let mut known_rev = if op == Op::Txn {
+    let mut known_rev = if op == Op::Txn || op == Op::ReadTxn {
         match current_mod_revision(&mut kv, &my_key).await {
             Ok(r) => r,
             Err(e) => {
@@ -716,6 +720,29 @@ async fn unary_task(op: Op, channel: Channel, idx: usize, value: Bytes, start: A
                             known_rev = rr.kvs.first().map_or(0, |kv| kv.mod_revision);
                         }
                     }
+                })
+            }
+            Op::ReadTxn => {
+                let read = || RequestOp {
+                    request: Some(Op1::RequestRange(RangeRequest {
+                        key: my_key.clone(),
+                        ..Default::default()
+                    })),
+                };
+                let req = TxnRequest {
+                    compare: vec![Compare {
+                        result: CompareResult::Equal as i32,
+                        target: CompareTarget::Mod as i32,
+                        key: my_key.clone(),
+                        target_union: Some(TargetUnion::ModRevision(known_rev)),
+                        ..Default::default()
+                    }],
+                    success: vec![read()],
+                    failure: vec![read()],
+                };
+                timed(kv.txn(req)).await.and_then(|r| match r.get_ref().succeeded {
+                    true => Ok(()),
+                    false => Err("the read-only txn's compare failed (the key changed?)".into()),
                 })
             }
             Op::Watch => unreachable!(),
