@@ -6,7 +6,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::ops;
 use crate::error::ProxyError;
-use crate::proto::etcdserverpb::{compare, request_op, response_op, Compare, RangeRequest, RequestOp, TxnRequest};
+use crate::proto::etcdserverpb::{request_op, response_op, RangeRequest, RequestOp, TxnRequest};
 use crate::route::fence::{reserved_prefix, Guard};
 use crate::upstream::Datastore;
 
@@ -97,13 +97,7 @@ pub async fn try_commit(
     moved: &Marker,
 ) -> Result<CommitAnswer, ProxyError> {
     let req = TxnRequest {
-        compare: vec![Compare {
-            result: compare::CompareResult::Equal as i32,
-            target: compare::CompareTarget::Value as i32,
-            key: fence_key.clone(),
-            range_end: Bytes::new(),
-            target_union: Some(compare::TargetUnion::Value(fenced.to_bytes())),
-        }],
+        compare: vec![ops::value_is(fence_key, fenced.to_bytes())],
         success: vec![ops::put_op(fence_key.clone(), moved.to_bytes(), 0)],
         failure: vec![range_op(fence_key)],
     };
@@ -129,13 +123,7 @@ pub async fn delete_if(ds: &Datastore, key: &Bytes, value: &Bytes) -> Result<boo
     let resp = ops::txn(
         ds,
         TxnRequest {
-            compare: vec![Compare {
-                result: compare::CompareResult::Equal as i32,
-                target: compare::CompareTarget::Value as i32,
-                key: key.clone(),
-                range_end: Bytes::new(),
-                target_union: Some(compare::TargetUnion::Value(value.clone())),
-            }],
+            compare: vec![ops::value_is(key, value.clone())],
             success: vec![RequestOp {
                 request: Some(request_op::Request::RequestDeleteRange(
                     crate::proto::etcdserverpb::DeleteRangeRequest {

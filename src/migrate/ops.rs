@@ -325,3 +325,14 @@ pub fn version_is(key: &Bytes, version: i64) -> Compare {
         target_union: Some(compare::TargetUnion::Version(version)),
     }
 }
+
+/// A compare: `key` holds exactly `value`.
+pub fn value_is(key: &Bytes, value: Bytes) -> Compare {
+    Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Value as i32,
+        key: key.clone(),
+        range_end: Bytes::new(),
+        target_union: Some(compare::TargetUnion::Value(value)),
+    }
+}

@@ -16,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use super::marker::{self, Marker};
 use super::{now_ms, ops, MigrationView, Migrator, Outcome, Phase, Snapshot};
 use crate::error::ProxyError;
-use crate::proto::etcdserverpb::{compare, Compare, RangeRequest, TxnRequest};
+use crate::proto::etcdserverpb::{RangeRequest, TxnRequest};
 use crate::route::fence::reserved_prefix;
 use crate::upstream::Datastore;
 
@@ -201,13 +201,7 @@ impl Migrator {
         let json = Bytes::from(serde_json::to_vec(&Some(failed)).unwrap_or_default());
         let key = self.status_key();
         let req = TxnRequest {
-            compare: vec![Compare {
-                result: compare::CompareResult::Equal as i32,
-                target: compare::CompareTarget::Value as i32,
-                key: key.clone(),
-                range_end: Bytes::new(),
-                target_union: Some(compare::TargetUnion::Value(raw)),
-            }],
+            compare: vec![ops::value_is(&key, raw)],
             success: vec![ops::put_op(key, json, 0)],
             failure: vec![],
         };

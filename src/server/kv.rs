@@ -10,7 +10,6 @@ use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::*;
 use crate::route::fence;
 use crate::route::revision::Translation;
-use crate::route::scope::Scope;
 use crate::route::translate::{self, RangeFixup};
 use crate::upstream::Retry;
 
@@ -33,40 +32,27 @@ impl Kv for KvService {
             // Outside the tenant's prefix: as etcd answers a user without the permission.
             return Err(crate::error::ProxyError::Reserved.into());
         }
-        let hides_reserved = scope.touches_reserved(&r.key, &r.range_end);
-        if !r.serializable {
-            // Linearizable: inside the read guard, never answered by a store the tenant left.
-            if !hides_reserved {
-                return self.ctx.guarded_read("KV", "Range", request).await;
-            }
+        let linearizable = !r.serializable;
+        if scope.touches_reserved(&r.key, &r.range_end) {
             let started = std::time::Instant::now();
-            let result = self.range_hiding_reserved(request).await;
+            let result = self.range_hiding_reserved(request, linearizable).await;
             return self.ctx.finish("KV", "Range", started, result);
         }
-        // Serializable: may be stale by definition; sent as it is.
-        let pre = |t: &Translation, r: &mut RangeRequest| Ok(translate::range_request(t, r)?);
-        let post =
-            |t: &Translation, resp: &mut RangeResponse, fix: RangeFixup| translate::range_response(t, resp, &fix);
-        if !hides_reserved {
-            return self
-                .ctx
-                .unary_translated(
-                    "KV",
-                    "Range",
-                    Retry::Idempotent,
-                    request,
-                    pre,
-                    post,
-                    |ch, req| async move { client!(KvClient, ch).range(req).await },
-                )
-                .await;
+        if linearizable {
+            // Inside the read guard: never answered by a store the tenant left.
+            return self.ctx.guarded_read("KV", "Range", request).await;
         }
-        let scope = scope.clone();
+        // Serializable: may be stale by definition; sent as it is.
         self.ctx
-            .unary_translated("KV", "Range", Retry::Idempotent, request, pre, post, move |ch, req| {
-                let scope = scope.clone();
-                async move { range_without_reserved(ch, req, &scope).await }
-            })
+            .unary_translated(
+                "KV",
+                "Range",
+                Retry::Idempotent,
+                request,
+                |t: &Translation, r: &mut RangeRequest| Ok(translate::range_request(t, r)?),
+                |t: &Translation, resp: &mut RangeResponse, fix: RangeFixup| translate::range_response(t, resp, &fix),
+                |ch, req| async move { client!(KvClient, ch).range(req).await },
+            )
             .await
     }
 
@@ -147,12 +133,13 @@ impl Kv for KvService {
 }
 
 impl KvService {
-    /// A linearizable Range over cutover's reserved keys: their count, read inside the
-    /// read guard, gives the revision and the room to leave them out; the range itself is
-    /// then read at that revision.
+    /// A Range over cutover's reserved keys: their count (read inside the read guard when
+    /// the Range is linearizable) gives the revision and the room to leave them out; the
+    /// range itself is then read at that revision.
     async fn range_hiding_reserved(
         &self,
         request: Request<RangeRequest>,
+        linearizable: bool,
     ) -> Result<Response<RangeResponse>, crate::error::ProxyError> {
         let scope = self.ctx.router.scope();
         let (metadata, extensions, asked) = request.into_parts();
@@ -170,7 +157,7 @@ impl KvService {
             .ctx
             .forward_read(
                 Request::from_parts(metadata.clone(), extensions.clone(), count_req),
-                true,
+                linearizable,
             )
             .await?
             .into_inner();
@@ -199,44 +186,4 @@ impl KvService {
         }
         Ok(Response::new(resp))
     }
-}
-
-async fn range_without_reserved(
-    ch: tonic::transport::Channel,
-    req: Request<RangeRequest>,
-    scope: &Scope,
-) -> Result<Response<RangeResponse>, Status> {
-    let (metadata, extensions, asked) = req.into_parts();
-    let (key, range_end) = scope.reserved_part(&asked.key, &asked.range_end);
-    let count_req = RangeRequest {
-        key,
-        range_end,
-        count_only: true,
-        limit: 0,
-        sort_order: 0,
-        sort_target: 0,
-        ..asked.clone()
-    };
-    let mut client = client!(KvClient, ch);
-    let hidden = client
-        .range(Request::from_parts(metadata.clone(), extensions.clone(), count_req))
-        .await?
-        .into_inner();
-    let at = hidden.header.map_or(0, |h| h.revision);
-    let main = RangeRequest {
-        revision: if asked.revision > 0 { asked.revision } else { at },
-        limit: if asked.limit > 0 { asked.limit + hidden.count } else { 0 },
-        ..asked.clone()
-    };
-    let mut resp = client
-        .range(Request::from_parts(metadata, extensions, main))
-        .await?
-        .into_inner();
-    resp.kvs.retain(|kv| !scope.is_reserved(&kv.key));
-    resp.count -= hidden.count;
-    if asked.limit > 0 && resp.kvs.len() as i64 > asked.limit {
-        resp.kvs.truncate(asked.limit as usize);
-        resp.more = true;
-    }
-    Ok(Response::new(resp))
 }

@@ -116,24 +116,6 @@ async fn a_commit_answered_after_the_fence_timeout_is_not_undone() {
     assert_tenant_on_target(&p, &b, &before).await;
 }
 
-/// The commit Txn is applied but its answer is lost, and reading the fence key back fails
-/// a few times: the outcome is read until it is known, and the migration rolls forward.
-#[tokio::test]
-async fn a_commit_whose_answer_is_lost_is_read_back_until_known() {
-    let a = Etcd::start().await;
-    let b = Etcd::start().await;
-    let p = Proxy::start(&two_stores(&a, &b, "")).await;
-    let mut c = client(&p.endpoint).await;
-    seed_with_history(&mut c, 40).await;
-    let before = tenant_state(&p.endpoint).await;
-
-    p.failpoint("migrate.commit.answer", "1*return(lost)").await;
-    p.failpoint("migrate.commit.read_back", "3*return").await;
-    let view = migrate(&p, "dedicated").await;
-    assert_eq!(view["outcome"], "Succeeded", "{view}");
-    assert_tenant_on_target(&p, &b, &before).await;
-}
-
 /// After a commit: the proxy serves from the target, the tenant is there whole (directly
 /// on the target too), and the source holds the "moved" marker.
 async fn assert_tenant_on_target(p: &Proxy, b: &Etcd, before: &crate::migrate::TenantState) {

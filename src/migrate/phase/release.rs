@@ -12,7 +12,7 @@ use super::{fence_marker, Job};
 use crate::migrate::machine::Failure;
 use crate::migrate::marker::{self, Marker};
 use crate::migrate::{ops, Outcome, Phase};
-use crate::proto::etcdserverpb::{compare, request_op, Compare, DeleteRangeRequest, RequestOp, TxnRequest};
+use crate::proto::etcdserverpb::{request_op, DeleteRangeRequest, RequestOp, TxnRequest};
 
 pub(super) async fn run(job: &mut Job, why: &Failure) -> bool {
     tracing::error!(migration = %job.id, error = %why, "migration failed; releasing it");
@@ -76,13 +76,7 @@ pub(super) async fn run(job: &mut Job, why: &Failure) -> bool {
         return false;
     };
     let delete = TxnRequest {
-        compare: vec![Compare {
-            result: compare::CompareResult::Equal as i32,
-            target: compare::CompareTarget::Value as i32,
-            key: marker::claim_key(job.prefix()),
-            range_end: Bytes::new(),
-            target_union: Some(compare::TargetUnion::Value(claim.to_bytes())),
-        }],
+        compare: vec![ops::value_is(&marker::claim_key(job.prefix()), claim.to_bytes())],
         // Everything but the target's fence key (its "moved" marker, if the tenant lived
         // there before, must keep sending stale proxies on).
         success: around(&s.range.start, &s.range.end, job.m.router.fence().guard.fence_key()),
