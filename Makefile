@@ -5,7 +5,7 @@ CARGO ?= cargo
 # Tests start real etcd servers: two at a time fit this size of machine.
 TEST_THREADS ?= 2
 
-.PHONY: all deps build release demo test unit it e2e soak bench fmt clippy clean
+.PHONY: all deps build release demo test unit it soak-short e2e soak bench fmt clippy clean
 
 all: build
 
@@ -22,14 +22,20 @@ release:
 demo: deps release
 	scripts/demo.sh target/release/cutover
 
-## test: every tier (unit, integration against real etcd, kube-apiserver end to end).
-test: deps unit it e2e
+## test: every tier (unit, integration against real etcd, the soak's short schedule,
+## kube-apiserver end to end).
+test: deps unit it soak-short e2e
 
 unit:
 	$(CARGO) test --lib --bins
 
 it:
-	$(CARGO) test --features failpoints --test it -- --test-threads=$(TEST_THREADS)
+	$(CARGO) test --features failpoints --test it -- --test-threads=$(TEST_THREADS) --skip soak::
+
+## soak-short: the fault-schedule soak's CI schedule (two fixed seeds, 45 s each), alone
+## on the machine.
+soak-short:
+	$(CARGO) test --features failpoints --test it soak:: -- --test-threads=1 --nocapture
 
 ## soak: the fault-schedule soak alone, long. SEED=<hex>|random (default random), DURATION
 ## seconds in all (default 1800), ROUND seconds per seed (default 120). Every round prints

@@ -17,24 +17,43 @@ use tempfile::TempDir;
 
 /// A port on 127.0.0.1 that nothing listens on now. Ports are handed out from a range
 /// chosen by process id so that concurrent test processes rarely collide, and each is
-/// checked by binding it.
+/// checked by binding it. The range lies below the kernel's ephemeral ports, so that a
+/// server restarted on its old port (an etcd member after a kill) never finds it taken by
+/// some outgoing connection meanwhile.
 pub fn free_port() -> u16 {
     static NEXT: AtomicU16 = AtomicU16::new(0);
+    let (lo, hi) = test_ports();
+    let span = (hi - lo) / 10;
     let _ = NEXT.compare_exchange(
         0,
-        20000 + (std::process::id() % 2000) as u16 * 10,
+        lo + (std::process::id() % span as u32) as u16 * 10,
         Ordering::SeqCst,
         Ordering::SeqCst,
     );
     loop {
         let p = NEXT.fetch_add(1, Ordering::SeqCst);
-        if p > 60000 {
-            NEXT.store(20000, Ordering::SeqCst);
+        if p >= hi {
+            NEXT.store(lo, Ordering::SeqCst);
             continue;
         }
         if TcpListener::bind(("127.0.0.1", p)).is_ok() {
             return p;
         }
+    }
+}
+
+/// [lo, hi) of the ports tests use: below the ephemeral range when there is room.
+fn test_ports() -> (u16, u16) {
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            let mut it = s.split_whitespace().map(|x| x.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        });
+    match ephemeral {
+        Some((elo, _)) if elo > 15_000 => (10_000, elo),
+        Some((_, ehi)) if ehi < 55_000 => (ehi + 1, 65_000),
+        _ => (20_000, 60_000),
     }
 }
 
