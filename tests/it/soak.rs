@@ -435,6 +435,8 @@ impl Cluster {
 struct Tally {
     faults: BTreeMap<&'static str, usize>,
     migrations: BTreeMap<String, usize>,
+    /// (replica, failpoint) set, to clear at the end.
+    points: Vec<(usize, &'static str)>,
 }
 
 const FAILPOINTS: &[(&str, &[&str])] = &[
@@ -518,6 +520,7 @@ async fn inject(cl: &mut Cluster, rng: &mut fastrand::Rng, tally: &mut Tally) {
                 if r.is_err() {
                     return;
                 }
+                tally.points.push((i, point));
             }
             tokio::time::sleep(Duration::from_millis(500 + rng.u64(0..1500))).await;
             "failpoint"
@@ -536,18 +539,22 @@ async fn revive(cl: &mut Cluster, tally: &mut Tally) {
     }
 }
 
+/// A replica's status, if it answers.
+async fn try_status(p: &Proxy) -> Option<serde_json::Value> {
+    let r = reqwest::Client::new()
+        .get(format!("{}/v1/status", p.admin))
+        .timeout(Duration::from_secs(2))
+        .send()
+        .await
+        .ok()?;
+    r.json::<serde_json::Value>().await.ok()
+}
+
 /// Status of the first replica that answers.
 async fn any_status(cl: &Cluster) -> Option<serde_json::Value> {
     for p in &cl.proxies {
-        let r = reqwest::Client::new()
-            .get(format!("{}/v1/status", p.admin))
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
-        if let Ok(r) = r {
-            if let Ok(v) = r.json::<serde_json::Value>().await {
-                return Some(v);
-            }
+        if let Some(v) = try_status(p).await {
+            return Some(v);
         }
     }
     None
@@ -664,8 +671,17 @@ async fn soak(seed: u64, secs: u64) -> history::Report {
         inject(&mut cl, &mut rng, &mut tally).await;
     }
 
-    // The end: everything restored, the last migration over, every replica on one home.
+    // The end: everything restored (failpoints cleared), the last migration over, every
+    // replica on one home.
     revive(&mut cl, &mut tally).await;
+    for (i, point) in std::mem::take(&mut tally.points) {
+        let _ = reqwest::Client::new()
+            .delete(format!("{}/v1/failpoints/{point}", cl.proxies[i].admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+    }
     for p in &cl.proxies {
         p.signal(libc::SIGCONT);
     }
@@ -674,7 +690,8 @@ async fn soak(seed: u64, secs: u64) -> history::Report {
         revive(&mut cl, &mut tally).await;
         let mut homes = Vec::new();
         for p in &cl.proxies {
-            let st = p.status().await;
+            // A replica may crash meanwhile (a failpoint set late): revived above.
+            let st = try_status(p).await.unwrap_or_default();
             homes.push((
                 st["dataStore"].as_str().unwrap_or("").to_string(),
                 st["phase"] == "Ready",
@@ -726,7 +743,7 @@ async fn soak(seed: u64, secs: u64) -> history::Report {
             let tail: Vec<&str> = log.lines().filter(|l| l.contains("watch")).collect();
             panic!(
                 "seed {seed:#x}: watcher {i} never saw the end marker; its ended sessions: {sessions:?}; status {}; its replica's watch log:\n{}",
-                cl.proxies[i].status().await,
+                try_status(&cl.proxies[i]).await.unwrap_or_default(),
                 tail[tail.len().saturating_sub(20)..].join("\n")
             );
         }
