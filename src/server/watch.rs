@@ -86,6 +86,8 @@ struct WatchSession {
     watches: HashMap<i64, WatchState>,
     pending: VecDeque<Pending>,
     last_header: Option<ResponseHeader>,
+    /// Watches to create again from their progress-advanced revision (see `reattach`).
+    resend: Vec<i64>,
 }
 
 /// The client went away; the session ends.
@@ -102,6 +104,7 @@ impl WatchSession {
             watches: HashMap::new(),
             pending: VecDeque::new(),
             last_header: None,
+            resend: Vec::new(),
         }
     }
 
@@ -154,6 +157,7 @@ impl WatchSession {
                         if self.on_upstream(r).await.is_err() {
                             break Code::Cancelled;
                         }
+                        self.resend_creates(&mut upstream);
                     }
                     Some(Err(status)) if classify(&status) == Failure::Answered => {
                         // etcd ended the stream itself (e.g. no leader with `hasleader`).
@@ -469,7 +473,22 @@ impl WatchSession {
                     self.send_down(r).await
                 }
                 Some(Pending::Reattach(id)) => {
-                    if r.canceled {
+                    // Resumed from the revision events proved delivered; if that one is
+                    // compacted but a progress notification had taken the watch past the
+                    // compaction, resume from there instead (an idle watch).
+                    let retry = r.canceled
+                        && r.compact_revision > 0
+                        && self
+                            .watches
+                            .get(&id)
+                            .is_some_and(|w| w.next_rev > w.delivered_rev && w.next_rev >= r.compact_revision);
+                    if retry {
+                        if let Some(w) = self.watches.get_mut(&id) {
+                            w.delivered_rev = w.next_rev;
+                        }
+                        self.resend.push(id);
+                        Ok(())
+                    } else if r.canceled {
                         // The datastore refused to resume it: the client learns as etcd
                         // would tell it, by a cancel on its watch.
                         self.remove(id);
@@ -522,6 +541,24 @@ impl WatchSession {
         }
     }
 
+    /// Sends again the creates `on_upstream` asked for (see `resend`).
+    fn resend_creates(&mut self, upstream: &mut Upstream) {
+        for id in std::mem::take(&mut self.resend) {
+            let Some(w) = self.watches.get(&id) else { continue };
+            let create = WatchCreateRequest {
+                watch_id: id,
+                start_revision: w.delivered_rev,
+                ..w.create.clone()
+            };
+            if let Ok(sent) = self.upstream_create(&create) {
+                self.pending.push_back(Pending::Reattach(id));
+                upstream.send(WatchRequest {
+                    request_union: Some(RequestUnion::CreateRequest(sent)),
+                });
+            }
+        }
+    }
+
     /// Creates every known watch again on a new upstream stream, with its own watch_id and
     /// from its next revision; resends creates that were never answered.
     async fn reattach(&mut self, upstream: &mut Upstream) -> Result<(), ClientGone> {
@@ -550,9 +587,11 @@ impl WatchSession {
                 .await?;
                 continue;
             }
+            // From the first revision events proved delivered: a progress notification
+            // may have run ahead of events still in flight on the broken stream (etcd 3.4).
             let create = WatchCreateRequest {
                 watch_id: id,
-                start_revision: w.next_rev,
+                start_revision: w.delivered_rev,
                 ..w.create.clone()
             };
             match self.upstream_create(&create) {

@@ -290,7 +290,17 @@ async fn run_scenario(s: &Scenario) {
         .await;
     }
     let reporter = if s.crashes { &follower } else { &leader };
-    let view = crate::migrate::wait_end(reporter).await;
+    // A replica that did not lead shows the migration once it has read its view.
+    eventually(
+        &format!("{}: the migration ends", s.name),
+        Duration::from_secs(60),
+        || async {
+            let st = reporter.status().await;
+            !st["migration"].is_null() && st["migration"]["outcome"] != "Running" && st["phase"] == "Ready"
+        },
+    )
+    .await;
+    let view = reporter.status().await["migration"].clone();
     assert_eq!(view["outcome"], s.outcome, "{}: {view}", s.name);
     let error = view["error"].as_str().unwrap_or("");
     assert!(
