@@ -10,6 +10,9 @@
 //! without them CI runs a short schedule with fixed seeds. `make soak SEED=... DURATION=...`
 //! runs long ones. A failure prints its seed; the same seed replays the same schedule
 //! (the faults and their order; the machine's timing still varies).
+//!
+//! `CUTOVER_SOAK_VERBOSE=1` prints why a replica refused a migration request;
+//! `CUTOVER_TEST_LOGS=<dir>` keeps every spawned process's log there (support.rs).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
