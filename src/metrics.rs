@@ -64,6 +64,9 @@ pub struct Metrics {
     pub held_writes: Gauge,
     /// Linearizable reads that found the tenant moved and wait for this replica's route.
     pub held_reads: Gauge,
+    /// Watch responses from a store the tenant may have left, waiting for proof that it
+    /// has not (or for this replica's route to follow it).
+    pub held_watch_responses: Gauge,
     /// Reads sent without the read guard because the client may not read the fence key.
     pub unguarded_reads: Counter,
     /// Linearizable reads that found the tenant moved away from the store they were sent
@@ -151,6 +154,12 @@ impl Metrics {
             "Linearizable reads waiting for this replica to follow the tenant to its new datastore",
             held_reads.clone(),
         );
+        let held_watch_responses = Gauge::default();
+        registry.register(
+            "held_watch_responses",
+            "Watch responses waiting for proof that the tenant still lives on the datastore that sent them",
+            held_watch_responses.clone(),
+        );
         let unguarded_reads = Counter::default();
         registry.register(
             "unguarded_reads",
@@ -231,6 +240,7 @@ impl Metrics {
             unguarded_writes,
             held_writes,
             held_reads,
+            held_watch_responses,
             unguarded_reads,
             rerouted_reads,
             migration_phase,

@@ -13,6 +13,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
 pub mod fence;
+pub mod proof;
 pub mod revision;
 pub mod scope;
 pub mod translate;
@@ -48,6 +49,9 @@ pub struct Route {
     /// yet (unreachable, or its translation unreadable): requests are refused rather than
     /// served stale from, or written to, the old store.
     pub stranded: Option<Stranded>,
+    /// What this replica has proven about the tenant still living on `datastore`, for
+    /// answers that carry no fence read of their own (see [`proof`]).
+    pub proof: Arc<proof::Proof>,
 }
 
 impl Route {
@@ -147,6 +151,7 @@ impl Router {
                 generation: 0,
                 since_unix_ms: now_unix_ms(),
                 stranded: None,
+                proof: Default::default(),
             }),
             datastores,
             scope: scope::Scope::new(&fence.tenant_prefix),
@@ -193,6 +198,7 @@ impl Router {
             generation: cur.generation + 1,
             since_unix_ms,
             stranded: None,
+            proof: Default::default(),
         });
         self.changes.send_replace(swapped.generation + 1);
         Ok(())
@@ -225,6 +231,7 @@ impl Router {
                     moved_to: moved_to.to_string(),
                     reason: reason.clone(),
                 }),
+                proof: cur.proof.clone(),
             })
         });
         if stranded {

@@ -55,6 +55,18 @@ pub struct Context {
     pub warned_unguarded: std::sync::atomic::AtomicBool,
 }
 
+/// Where the tenant stands on a route's store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Standing {
+    /// It lives there (as far as the answer in question goes).
+    Home,
+    /// It left: the "moved" marker was written at this store revision, and every later
+    /// change there is cutover's own.
+    Left { marker_rev: i64 },
+    /// The datastore does not let cutover read the fence key: the answer goes as it is.
+    Unprovable,
+}
+
 /// Client metadata that reaches the datastore (`token`, `hasleader`, ...), and the client's
 /// deadline.
 #[derive(Clone)]
@@ -386,6 +398,7 @@ impl Context {
             };
             let _ = crate::failpoint!("server.read.before_send");
             let fence_read = linearizable.then(|| guard.fence_read());
+            let sent = tokio::time::Instant::now();
             let (resp, guarded) = match send(read.clone().into_txn(fence_read)).await {
                 Ok(r) => (r, true),
                 // As for writes: a client that may not read the fence key reads without it.
@@ -406,8 +419,24 @@ impl Context {
                 }
                 Err(e) => return Err(e),
             };
-            let (mut answer, fence) = R::split(resp.into_inner(), guarded)?;
-            if fence.as_deref().and_then(Marker::moved_to).is_some() {
+            let resp = resp.into_inner();
+            let header_rev = resp.header.as_ref().map_or(0, |h| h.revision);
+            let (mut answer, fence) = R::split(resp, guarded)?;
+            let left = match &fence {
+                Some(f) if Marker::moved_to(f).is_some() => true,
+                Some(_) => {
+                    // The fence read is a proof for unguarded answers too.
+                    route.proof.record(sent, header_rev);
+                    false
+                }
+                // Unguarded (serializable, or a client that may not read the fence key):
+                // stale is allowed, a store the tenant left and cutover since wrote to is not.
+                None => match self.vouch(&route, header_rev).await? {
+                    Standing::Home | Standing::Unprovable => false,
+                    Standing::Left { marker_rev } => header_rev >= marker_rev,
+                },
+            };
+            if left {
                 // Answered by a store the tenant has left: a write may already have been
                 // acknowledged on the new one. Wait for this replica's route to follow.
                 self.router.nudge(route.generation);
@@ -429,8 +458,30 @@ impl Context {
 
     /// Whether the fence key of `route`'s store holds the "moved" marker now.
     async fn moved_from(&self, route: &Route) -> bool {
+        matches!(self.read_fence(route).await, Ok(Standing::Left { .. }))
+    }
+
+    /// Whether an answer at store revision `rev` that carries no fence read of its own
+    /// (a watch event, a serializable read) comes from the tenant's home: from the
+    /// route's proofs if they cover it, else from a read of the fence key (one at a time
+    /// per route; see `route::proof`).
+    pub(crate) async fn vouch(&self, route: &Route, rev: i64) -> Result<Standing, ProxyError> {
+        if route.proof.covers(rev) {
+            return Ok(Standing::Home);
+        }
+        let _one = route.proof.reading().await;
+        if route.proof.covers(rev) {
+            return Ok(Standing::Home);
+        }
+        self.read_fence(route).await
+    }
+
+    /// Reads the fence key of `route`'s store; without the "moved" marker, the answer
+    /// proves the tenant lived there up to its header revision.
+    async fn read_fence(&self, route: &Route) -> Result<Standing, ProxyError> {
         let key = self.router.fence().guard.fence_key().clone();
-        let read = route
+        let sent = tokio::time::Instant::now();
+        let resp = route
             .datastore
             .unary(Retry::Idempotent, |ch, token| {
                 let req = crate::upstream::own_request(
@@ -443,9 +494,32 @@ impl Context {
                 async move { client!(KvClient, ch).range(req).await }
             })
             .await;
-        read.ok()
-            .and_then(|r| r.into_inner().kvs.into_iter().next())
-            .is_some_and(|kv| Marker::moved_to(&kv.value).is_some())
+        let resp = match resp {
+            Ok(r) => r.into_inner(),
+            // The datastore refused cutover the read (auth on, and no credentials of its own
+            // that may read the fence key): nothing can be proven, as for unguarded reads.
+            Err(ProxyError::Etcd(s))
+                if matches!(
+                    s.code(),
+                    Code::PermissionDenied | Code::Unauthenticated | Code::InvalidArgument
+                ) =>
+            {
+                tracing::debug!(datastore = %route.datastore_name, error = %s.message(), "the fence key cannot be read; answers without a fence read of their own go unproven");
+                return Ok(Standing::Unprovable);
+            }
+            Err(e) => return Err(e),
+        };
+        match resp.kvs.first() {
+            Some(kv) if Marker::moved_to(&kv.value).is_some() => Ok(Standing::Left {
+                marker_rev: kv.mod_revision,
+            }),
+            _ => {
+                if let Some(h) = &resp.header {
+                    route.proof.record(sent, h.revision);
+                }
+                Ok(Standing::Home)
+            }
+        }
     }
 
     /// A read held until the hold timeout because this replica has not followed the tenant.

@@ -13,13 +13,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::stream::{Reconnect, UpstreamStream};
-use super::{client, Context, Forwarded};
+use super::{client, Context, Forwarded, HeldGuard, Standing};
 use crate::error::messages;
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::watch_client::WatchClient;
@@ -443,6 +444,25 @@ impl WatchSession {
     }
 
     async fn on_upstream(&mut self, mut r: WatchResponse) -> Result<(), ClientGone> {
+        if !r.created && !r.canceled && !r.events.is_empty() {
+            // Events carry no fence read: prove they were written while the tenant lived
+            // on this store (see `route::proof`). Reserved keys never reach the client.
+            let scope = self.ctx.router.scope();
+            let tenant_events = r
+                .events
+                .iter()
+                .any(|e| e.kv.as_ref().is_some_and(|kv| !scope.is_reserved(&kv.key)));
+            let last = r
+                .events
+                .last()
+                .and_then(|e| e.kv.as_ref())
+                .map_or(0, |kv| kv.mod_revision);
+            if tenant_events && !self.vouch(last).await? {
+                // The route changed meanwhile: the move delivers these again, from the
+                // revision this watch has delivered up to.
+                return Ok(());
+            }
+        }
         if let Some(t) = &self.route.translation {
             translate::watch_response(t, &mut r);
         }
@@ -532,6 +552,44 @@ impl WatchSession {
                 w.next_rev = w.next_rev.max(rev + 1);
             }
             self.send_down(r).await
+        }
+    }
+
+    /// Whether events up to store revision `rev` may go to the client. While the store
+    /// says the tenant left them behind, waits for this replica's route to follow (then
+    /// `false`: they are dropped and the move delivers what the watches still miss), up
+    /// to the hold timeout, after which the stream ends as unavailable (the client
+    /// resumes from its last revision).
+    async fn vouch(&mut self, rev: i64) -> Result<bool, ClientGone> {
+        if self.route.proof.covers(rev) {
+            return Ok(true);
+        }
+        let _held = HeldGuard::new(&self.ctx.metrics.held_watch_responses);
+        let deadline = tokio::time::Instant::now().checked_add(self.ctx.router.fence().hold_timeout);
+        let mut backoff = crate::backoff::Backoff::new(Duration::from_millis(5), Duration::from_millis(100));
+        let mut changes = self.ctx.router.changes();
+        loop {
+            if self.ctx.router.route().generation != self.route.generation {
+                return Ok(false);
+            }
+            match self.ctx.vouch(&self.route, rev).await {
+                Ok(Standing::Home | Standing::Unprovable) => return Ok(true),
+                Ok(Standing::Left { marker_rev }) if rev < marker_rev => return Ok(true),
+                Ok(Standing::Left { .. }) => self.ctx.router.nudge(self.route.generation),
+                Err(e) => {
+                    tracing::debug!(datastore = %self.route.datastore_name, error = %e, "could not read the fence key to vouch for watch events")
+                }
+            }
+            let delay = backoff.step();
+            if deadline.is_some_and(|d| tokio::time::Instant::now() + delay > d) {
+                tracing::warn!(datastore = %self.route.datastore_name, "watch events from a datastore the tenant may have left were held past the hold timeout; ending the stream");
+                let _ = self.down.send(Err(Status::unavailable(messages::NO_CONNECTION))).await;
+                return Err(ClientGone);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = changes.changed() => {}
+            }
         }
     }
 

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use etcd_client::GetOptions;
+use etcd_client::{EventType, GetOptions, WatchOptions};
 
 use crate::migrate::{migrate, seed_with_history, tenant_state, two_stores, Load, TENANT};
 use crate::support::{client, eventually, Etcd, Proxy};
@@ -80,6 +80,127 @@ async fn a_replica_that_has_not_switched_never_answers_a_read_from_the_store_the
         r.header().unwrap().revision()
     );
     assert_eq!(late.status().await["dataStore"], "dedicated");
+}
+
+/// The gauge a proxy exports for watch responses waiting on a store the tenant left.
+async fn held_watch_responses(p: &Proxy) -> i64 {
+    let text = p.metrics().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("cutover_held_watch_responses "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// One watch event as a client saw it: put?, key, value, mod revision, prev value.
+type SeenEvent = (bool, String, String, i64, Option<String>);
+
+/// A replica that has not switched after a commit still has its watches open on the store
+/// the tenant left. A later migration back to that store clears the tenant's range there
+/// (and copies into it): those writes are cutover's own and must never reach a client as
+/// events. The late replica must hold them until it has switched; its watcher then sees
+/// exactly the tenant's own writes. Found by the soak (seed 0x534a3615164d987e: deletes of
+/// every key between two eras).
+#[tokio::test]
+async fn a_replica_that_has_not_switched_never_forwards_what_a_later_migration_writes_on_the_store_the_tenant_left() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let config = two_stores(&a, &b, "");
+    let leader = Proxy::start(&config).await;
+    let late = Proxy::start(&config).await;
+    let mut c1 = client(&leader.endpoint).await;
+    seed_with_history(&mut c1, 20).await;
+
+    let seen: std::sync::Arc<parking_lot::Mutex<Vec<SeenEvent>>> = Default::default();
+    let mut w = client(&late.endpoint).await;
+    let (_watcher, mut stream) = w
+        .watch(TENANT, Some(WatchOptions::new().with_prefix().with_prev_key()))
+        .await
+        .unwrap();
+    let collect = {
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(r)) = stream.message().await {
+                for e in r.events() {
+                    let kv = e.kv().unwrap();
+                    seen.lock().push((
+                        e.event_type() == EventType::Put,
+                        kv.key_str().unwrap().to_string(),
+                        kv.value_str().unwrap().to_string(),
+                        kv.mod_revision(),
+                        e.prev_kv().map(|p| p.value_str().unwrap().to_string()),
+                    ));
+                }
+            }
+        })
+    };
+
+    late.failpoint("follower.switch", "return(pause)").await;
+    let view = migrate(&leader, "dedicated").await;
+    assert_eq!(view["outcome"], "Succeeded", "{view}");
+    late.wait_paused("follower.switch").await;
+
+    // Back to A, stopped once Preparing has cleared the tenant's old copy there.
+    leader.failpoint("migrate.copying", "return(pause)").await;
+    let (code, body) = leader
+        .admin_post(
+            "/v1/migrations",
+            serde_json::json!({ "to": "default", "overwrite": true }),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    leader.wait_paused("migrate.copying").await;
+    let mut on_a = client(&a.endpoint).await;
+    let tenant_keys_on_a = on_a
+        .get(TENANT, Some(GetOptions::new().with_prefix().with_keys_only()))
+        .await
+        .unwrap()
+        .kvs()
+        .iter()
+        .filter(|kv| !kv.key().windows(9).any(|w| w == b"\0cutover/"))
+        .count();
+    assert_eq!(tenant_keys_on_a, 0, "Preparing cleared the tenant's old copy on A");
+
+    // Those deletes must be held by the late replica, never forwarded.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = seen.lock().clone();
+        if !got.is_empty() {
+            panic!(
+                "the late replica forwarded {} events a later migration wrote on the store the tenant left, \
+                 the first: {:?}",
+                got.len(),
+                &got[..got.len().min(3)]
+            );
+        }
+        if held_watch_responses(&late).await > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the late replica neither forwarded nor held A's events"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    late.release("follower.switch").await;
+    eventually("the late replica switches to B", Duration::from_secs(20), || async {
+        late.status().await["dataStore"] == "dedicated"
+    })
+    .await;
+
+    // The tenant's own write on B arrives, and it is the only event.
+    let key = format!("{TENANT}configmaps/ns/after");
+    let put = c1.put(key.as_str(), "new", None).await.unwrap();
+    let put_rev = put.header().unwrap().revision();
+    eventually("the watcher sees the write on B", Duration::from_secs(20), || {
+        let n = seen.lock().len();
+        async move { n > 0 }
+    })
+    .await;
+    let got = seen.lock().clone();
+    assert_eq!(got, vec![(true, key, "new".to_string(), put_rev, None)]);
+    assert_eq!(held_watch_responses(&late).await, 0);
+    leader.release("migrate.copying").await;
+    collect.abort();
 }
 
 /// The commit Txn is applied but its answer comes later than `fenceTimeout`: the

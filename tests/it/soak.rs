@@ -792,6 +792,9 @@ async fn soak(seed: u64, secs: u64) -> history::Report {
         "seed {seed:#x}: I4: open watches canceled: {cancels:?}"
     );
     assert!(lease_problems.is_empty(), "seed {seed:#x}: I5: {lease_problems:?}");
+    if !report.violations.is_empty() {
+        dump(seed, &history, &report.violations);
+    }
     assert!(
         report.violations.is_empty(),
         "seed {seed:#x}: {} violations, the first: {:#?}",
@@ -829,4 +832,40 @@ async fn a_seeded_fault_schedule_keeps_every_promise() {
         total.events += r.events;
     }
     eprintln!("soak: {} ops and {} events checked in all", total.ops, total.events);
+}
+
+/// Writes every violation and the whole recorded history to a file beside the processes'
+/// logs (`CUTOVER_TEST_LOGS`, else the temp dir), for reading a failure after the fact.
+fn dump(seed: u64, history: &History, violations: &[history::Violation]) {
+    use std::fmt::Write as _;
+    let dir = std::env::var_os("CUTOVER_TEST_LOGS")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let path = dir.join(format!("soak-{seed:#x}.history.txt"));
+    let mut out = String::new();
+    for v in violations {
+        let _ = writeln!(out, "violation {v:?}");
+    }
+    let _ = writeln!(out, "initial at {}: {:?}", history.initial_revision, history.initial);
+    for s in &history.watches {
+        let _ = writeln!(
+            out,
+            "session watcher {} from {} prefix {} prev_kv {} complete_through {}",
+            s.watcher, s.start_revision, s.prefix, s.prev_kv, s.complete_through
+        );
+        for e in &s.events {
+            let _ = writeln!(out, "  event {e:?}");
+        }
+    }
+    for op in &history.ops {
+        let _ = writeln!(out, "op {op:?}");
+    }
+    let _ = std::fs::create_dir_all(&dir);
+    match std::fs::write(&path, out) {
+        Ok(()) => eprintln!(
+            "soak {seed:#x}: the history and every violation are in {}",
+            path.display()
+        ),
+        Err(e) => eprintln!("soak {seed:#x}: could not write {}: {e}", path.display()),
+    }
 }

@@ -80,6 +80,18 @@ pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
     // "moved" marker stays until the commit: a proxy that starts meanwhile with an old
     // configuration naming the target must still be sent on to the source.
     job.target_fence = marker::read_value(&s.target, &fence_key).await.map_err(on("target"))?;
+    if job
+        .target_fence
+        .as_deref()
+        .and_then(crate::route::fence::Marker::moved_to)
+        .is_some()
+    {
+        // The tenant lived on the target once. A replica that has not followed it since
+        // may still watch there; it vouches for what it forwards by proofs that last
+        // less than this wait, so none of what follows can reach its clients as theirs.
+        tracing::info!(migration = %job.id, wait = ?crate::route::proof::LEFT_STORE_QUIET, "the target is a datastore the tenant left; leaving it alone a moment before clearing it");
+        tokio::time::sleep(crate::route::proof::LEFT_STORE_QUIET).await;
+    }
     let (from, to) = if tenant_keys > 0 {
         if let (Some(dead), false) = (&left_by, job.overwrite) {
             tracing::info!(migration = %job.id, dead = %dead, keys = tenant_keys, "clearing the partial copy a dead migration of this tenant left on the target");
