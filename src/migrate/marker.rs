@@ -423,8 +423,13 @@ pub fn spawn_follower(router: std::sync::Arc<crate::route::Router>) -> tokio::ta
             match outcome {
                 Ok(Some(to)) => {
                     // The migrating proxy swaps its own route: when it runs in this process,
-                    // give it all the time it needs. A follower switches at once.
-                    let leads_here = router.link().is_some() && follower.link.is_none();
+                    // give it all the time it needs. A follower switches at once, and so
+                    // does a leader still finishing a migration that already took it to
+                    // the store this marker is on: the marker is another replica's.
+                    let leads_here = follower.link.is_none()
+                        && router
+                            .link()
+                            .is_some_and(|l| l.target.name == to && l.target.name != route.datastore_name);
                     if leads_here {
                         let _ = tokio::time::timeout(std::time::Duration::from_secs(30), changes.changed()).await;
                     }

@@ -203,6 +203,63 @@ async fn a_replica_that_has_not_switched_never_forwards_what_a_later_migration_w
     collect.abort();
 }
 
+/// A leader whose migration has committed and switched, but is still finishing (its
+/// lease, the target's claim), must follow the next migration, led by another replica,
+/// at once: that "moved" marker is not its own. Found by the soak (seed
+/// 0xf0909eecd751d370): the former leader waited 30 s for a swap of its own, its watch
+/// meanwhile held on the store the tenant had left, and a watch that missed four
+/// migrations could only be canceled as compacted.
+#[tokio::test]
+async fn a_leader_still_finishing_follows_the_next_migration_at_once() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let config = two_stores(&a, &b, "");
+    let first = Proxy::start(&config).await;
+    let second = Proxy::start(&config).await;
+    let mut c = client(&first.endpoint).await;
+    seed_with_history(&mut c, 10).await;
+
+    first.failpoint("migrate.switched", "return(pause)").await;
+    let (code, body) = first
+        .admin_post("/v1/migrations", serde_json::json!({ "to": "dedicated" }))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    first.wait_paused("migrate.switched").await;
+    eventually("the other replica follows to B", Duration::from_secs(20), || async {
+        second.status().await["dataStore"] == "dedicated"
+    })
+    .await;
+
+    // Back to A, led by the other replica, while the first still finishes its own.
+    let (code, body) = second
+        .admin_post(
+            "/v1/migrations",
+            serde_json::json!({ "to": "default", "overwrite": true }),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    eventually("the migration back to A commits", Duration::from_secs(30), || async {
+        second.status().await["dataStore"] == "default"
+    })
+    .await;
+    let started = Instant::now();
+    eventually(
+        "the first replica follows back to A",
+        Duration::from_secs(20),
+        || async { first.status().await["dataStore"] == "default" },
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the first replica took {:?} to follow a migration it did not lead",
+        started.elapsed()
+    );
+    first.release("migrate.switched").await;
+    let key = format!("{TENANT}configmaps/ns/after");
+    let put = c.put(key.as_str(), "v", None).await.unwrap();
+    assert!(put.header().unwrap().revision() > 2_000_000, "written in A's new era");
+}
+
 /// The commit Txn is applied but its answer comes later than `fenceTimeout`: the
 /// migration must not be given up (the source already says "moved"), and no data may be
 /// deleted from the target.

@@ -95,6 +95,7 @@ pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
         v.lag_revisions = 0;
     });
     job.m.metrics.catch_up_lag.set(0);
+    let _ = crate::failpoint!("migrate.switched");
     // The lock goes with the lease; the marker has none and stays.
     if let Some(lease) = job.lease.take() {
         let _ = ops::revoke(&s.source, lease.id).await;
