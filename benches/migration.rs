@@ -396,7 +396,7 @@ const RESOURCES: &[(&str, &str, &str, usize)] = &[
     ("leases", "lease", "Lease", 3),
 ];
 
-use cutover::migrate::copy::prefix_end;
+use cutover::keys::prefix_end;
 
 struct DataSet {
     kvs: Vec<(Bytes, Bytes)>,

@@ -18,6 +18,23 @@ pub mod messages {
     /// grpc-go's load-balancer message when no connection exists: clientv3 treats it as
     /// "never sent" and retries even writes.
     pub const NO_CONNECTION: &str = "there is no connection available";
+    /// What a write gets while the tenant is fenced and writes are rejected.
+    pub const FROZEN: &str =
+        "the current Control Plane is in freezing mode due to a maintenance mode, all the changes are blocked";
+}
+
+/// A datastore answer that does not have the shape the guard asked for.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the datastore answered the guarded write with an unexpected shape: {0}")]
+pub struct Malformed(pub &'static str);
+
+/// A request revision that the target cannot answer: it lies before the tenant's last
+/// change on the source, which the target never saw.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("revision {requested} is older than the migration (last source change at {last})")]
+pub struct Compacted {
+    pub requested: i64,
+    pub last: i64,
 }
 
 /// Who caused an error (after pingora): the datastore, the client, or the proxy itself.
@@ -49,14 +66,14 @@ pub enum ProxyError {
     Fenced { holder: String },
     /// The datastore answered the guard Txn in a shape the proxy did not ask for.
     #[error("{0}")]
-    Malformed(#[from] crate::route::fence::Malformed),
+    Malformed(#[from] Malformed),
     /// The request touches cutover's reserved keys.
     #[error("the request touches cutover's reserved keys")]
     Reserved,
     /// A revision from before the tenant's last change on a datastore it has left: the
     /// current datastore never had it, as if compacted.
     #[error("{0}")]
-    Compacted(#[from] crate::route::revision::Compacted),
+    Compacted(#[from] Compacted),
     /// A request the revision translation cannot carry to the target faithfully.
     #[error("{0}")]
     Untranslatable(String),
@@ -112,7 +129,7 @@ impl ProxyError {
             // What etcd says when it cannot tell whether a proposal was applied.
             ProxyError::OutcomeUnknown { .. } => Status::unavailable(messages::REQUEST_TIMED_OUT),
             // Unavailable: the refusal is temporary, and clientv3 does not resend writes on it.
-            ProxyError::Fenced { .. } => Status::unavailable(crate::route::fence::FREEZE_MESSAGE),
+            ProxyError::Fenced { .. } => Status::unavailable(messages::FROZEN),
             ProxyError::Malformed(e) => Status::internal(format!("cutover: {e}")),
             // As etcd answers a user without permission on a key.
             ProxyError::Reserved => Status::permission_denied(messages::PERMISSION_DENIED),

@@ -11,6 +11,7 @@ pub mod coalesce;
 pub mod config;
 pub mod error;
 pub mod failpoint;
+pub mod keys;
 pub mod metrics;
 pub mod migrate;
 pub mod proto;

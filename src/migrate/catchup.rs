@@ -9,7 +9,8 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
-use super::copy::{CopyError, CopyOutcome, KeyRange};
+use super::copy::{CopyError, CopyOutcome};
+use crate::keys::KeyRange;
 use crate::error::ProxyError;
 use crate::proto::etcdserverpb::watch_client::WatchClient;
 use crate::proto::etcdserverpb::{

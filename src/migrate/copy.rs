@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 use tonic::Status;
 
 use crate::error::ProxyError;
+use crate::keys::{prefix_end, KeyRange};
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::lease_client::LeaseClient;
 use crate::proto::etcdserverpb::{
@@ -27,43 +28,6 @@ use crate::upstream::{own_request, Datastore, Retry};
 
 /// etcd's default limit on operations in one Txn.
 pub const MAX_TXN_OPS: usize = 128;
-
-/// The half-open key range [start, end) of a tenant.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyRange {
-    pub start: Bytes,
-    /// Empty with a non-empty start means "this key only"; `\0` means "to the end".
-    pub end: Bytes,
-}
-
-impl KeyRange {
-    /// Every key under `prefix`; an empty prefix is the whole key space.
-    pub fn prefix(prefix: &[u8]) -> KeyRange {
-        if prefix.is_empty() {
-            return KeyRange {
-                start: Bytes::from_static(b"\0"),
-                end: Bytes::from_static(b"\0"),
-            };
-        }
-        KeyRange {
-            start: Bytes::copy_from_slice(prefix),
-            end: prefix_end(prefix),
-        }
-    }
-}
-
-/// The first key after every key that starts with `prefix` (etcd's convention).
-pub fn prefix_end(prefix: &[u8]) -> Bytes {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return Bytes::from(end);
-        }
-    }
-    // All 0xff: to the end of the key space.
-    Bytes::from_static(b"\0")
-}
 
 #[derive(Clone)]
 pub struct CopyOptions {
@@ -396,23 +360,4 @@ pub(super) async fn copy_lease(source: &Datastore, target: &Datastore, id: i64) 
 
 pub(crate) fn is_lease_exists(s: &Status) -> bool {
     s.message() == "etcdserver: lease already exists"
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prefix_ends_follow_etcd() {
-        assert_eq!(&prefix_end(b"/a/")[..], b"/a0");
-        assert_eq!(&prefix_end(b"a\xff")[..], b"b");
-        assert_eq!(&prefix_end(b"\xff\xff")[..], b"\0");
-        assert_eq!(
-            KeyRange::prefix(b""),
-            KeyRange {
-                start: Bytes::from_static(b"\0"),
-                end: Bytes::from_static(b"\0")
-            }
-        );
-    }
 }

@@ -35,7 +35,7 @@ use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::route::fence::reserved_prefix;
 use crate::route::Router;
-use copy::KeyRange;
+use crate::keys::KeyRange;
 use marker::Marker;
 
 /// Where the tenant is in a migration.
@@ -446,7 +446,7 @@ impl Migrator {
         let mut deleted = 0;
         for (start, end) in [
             (range.start.clone(), reserved.clone()),
-            (copy::prefix_end(&reserved), range.end.clone()),
+            (crate::keys::prefix_end(&reserved), range.end.clone()),
         ] {
             if start >= end && end[..] != b"\0"[..] {
                 continue;

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::copy::{self, KeyRange};
+use super::copy;
+use crate::keys::KeyRange;
 use crate::error::ProxyError;
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::lease_client::LeaseClient;
@@ -67,7 +68,7 @@ pub async fn count_tenant(
         ds,
         RangeRequest {
             key: reserved.clone(),
-            range_end: copy::prefix_end(reserved),
+            range_end: crate::keys::prefix_end(reserved),
             count_only: true,
             revision: rev,
             ..Default::default()

@@ -223,7 +223,7 @@ pub async fn load(target: &Datastore, tenant_prefix: &[u8]) -> Result<Option<Tra
     let base = record_prefix(tenant_prefix);
     let req = RangeRequest {
         key: base.clone(),
-        range_end: crate::migrate::copy::prefix_end(&base),
+        range_end: crate::keys::prefix_end(&base),
         ..Default::default()
     };
     let resp = target

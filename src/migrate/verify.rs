@@ -11,7 +11,8 @@ use std::hash::Hasher;
 
 use bytes::Bytes;
 
-use super::copy::{self, KeyRange};
+use super::copy;
+use crate::keys::KeyRange;
 use super::ops;
 use crate::proto::etcdserverpb::{request_op, response_op, RangeRequest, RequestOp, TxnRequest};
 use crate::proto::mvccpb::KeyValue;

@@ -34,9 +34,6 @@ use crate::proto::etcdserverpb::{
     RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 
-/// The message a write gets while the tenant is fenced and writes are rejected.
-pub const FREEZE_MESSAGE: &str =
-    "the current Control Plane is in freezing mode due to a maintenance mode, all the changes are blocked";
 
 /// cutover's own keys sit under the tenant prefix, after this marker: inside the key space
 /// the tenant's credentials may touch, and sorted before every ordinary key (a NUL byte).
@@ -108,10 +105,7 @@ pub struct Fenced {
     pub holder: Bytes,
 }
 
-/// A datastore answer that does not have the shape the guard asked for.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the datastore answered the guarded write with an unexpected shape: {0}")]
-pub struct Malformed(pub &'static str);
+pub use crate::error::Malformed;
 
 /// Wraps writes in the guard Txn and unwraps the answers.
 #[derive(Debug, Clone)]

@@ -41,14 +41,7 @@ pub struct Translation {
     pub leases: HashMap<i64, i64>,
 }
 
-/// A request revision that the target cannot answer: it lies before the tenant's last
-/// change on the source, which the target never saw.
-#[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("revision {requested} is older than the migration (last source change at {last})")]
-pub struct Compacted {
-    pub requested: i64,
-    pub last: i64,
-}
+pub use crate::error::Compacted;
 
 /// A key-value's revision fields, in one space or the other.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -33,11 +33,11 @@ pub struct Scope {
 impl Scope {
     pub fn new(tenant_prefix: &[u8]) -> Scope {
         let reserved = reserved_prefix(tenant_prefix);
-        let reserved_end = crate::migrate::copy::prefix_end(&reserved);
+        let reserved_end = crate::keys::prefix_end(&reserved);
         let tenant = (!tenant_prefix.is_empty()).then(|| {
             (
                 Bytes::copy_from_slice(tenant_prefix),
-                crate::migrate::copy::prefix_end(tenant_prefix),
+                crate::keys::prefix_end(tenant_prefix),
             )
         });
         Scope {

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 use tokio_util::task::AbortOnDropHandle;
 
 use super::catchup::{self, CatchUpError, Follow, Position};
-use super::copy::{CopyOutcome, KeyRange};
+use super::copy::CopyOutcome;
+use crate::keys::KeyRange;
 use super::machine::{Failure, Steps};
 use super::marker::{self, Marker};
 use super::{ops, verify, Migrator, Phase};

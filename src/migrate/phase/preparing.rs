@@ -5,7 +5,7 @@
 use tokio_util::task::AbortOnDropHandle;
 
 use super::{on, Job, MigrationLease};
-use crate::migrate::copy::{self, CopyError};
+use crate::migrate::copy::CopyError;
 use crate::migrate::machine::Failure;
 use crate::migrate::marker::{self, Marker};
 use crate::migrate::ops;
@@ -98,7 +98,7 @@ pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
         }
         (s.range.start.clone(), s.range.end.clone())
     } else {
-        (s.reserved.clone(), copy::prefix_end(&s.reserved))
+        (s.reserved.clone(), crate::keys::prefix_end(&s.reserved))
     };
     ops::delete_around(&s.target, from, to, &fence_key)
         .await

@@ -1,0 +1,60 @@
+//! Key ranges in etcd's terms: a half-open range [start, end), where an empty end means
+//! the start key alone and `\0` means every key from start on.
+
+use bytes::Bytes;
+
+/// The half-open key range [start, end) of a tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    pub start: Bytes,
+    /// Empty with a non-empty start means "this key only"; `\0` means "to the end".
+    pub end: Bytes,
+}
+
+impl KeyRange {
+    /// Every key under `prefix`; an empty prefix is the whole key space.
+    pub fn prefix(prefix: &[u8]) -> KeyRange {
+        if prefix.is_empty() {
+            return KeyRange {
+                start: Bytes::from_static(b"\0"),
+                end: Bytes::from_static(b"\0"),
+            };
+        }
+        KeyRange {
+            start: Bytes::copy_from_slice(prefix),
+            end: prefix_end(prefix),
+        }
+    }
+}
+
+/// The first key after every key that starts with `prefix` (etcd's convention).
+pub fn prefix_end(prefix: &[u8]) -> Bytes {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Bytes::from(end);
+        }
+    }
+    // All 0xff: to the end of the key space.
+    Bytes::from_static(b"\0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_ends_follow_etcd() {
+        assert_eq!(&prefix_end(b"/a/")[..], b"/a0");
+        assert_eq!(&prefix_end(b"a\xff")[..], b"b");
+        assert_eq!(&prefix_end(b"\xff\xff")[..], b"\0");
+        assert_eq!(
+            KeyRange::prefix(b""),
+            KeyRange {
+                start: Bytes::from_static(b"\0"),
+                end: Bytes::from_static(b"\0")
+            }
+        );
+    }
+}
