@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_norway::{Mapping, Value};
@@ -153,26 +154,67 @@ impl Default for MigrationConfig {
     }
 }
 
+// The file's defaults are the checked settings' own, written once (MigrationSettings).
 fn default_page_size() -> i64 {
-    1000
+    MigrationSettings::default().page_size
 }
 fn default_concurrency() -> usize {
-    4
+    MigrationSettings::default().concurrency
 }
 fn default_max_lag() -> i64 {
-    20
+    MigrationSettings::default().max_lag
 }
 fn default_fence_timeout() -> String {
-    "10s".into()
+    humantime::format_duration(MigrationSettings::default().fence_timeout).to_string()
 }
 fn default_lease_ttl() -> String {
-    "10s".into()
+    humantime::format_duration(Duration::from_secs(MigrationSettings::default().lease_ttl as u64)).to_string()
 }
 fn default_revision_gap() -> i64 {
-    1_000_000
+    MigrationSettings::default().revision_gap
 }
 fn default_step_delay() -> String {
-    "0s".into()
+    humantime::format_duration(MigrationSettings::default().step_delay).to_string()
+}
+
+/// Tunables of a migration (defaults suit a kube-apiserver tenant).
+#[derive(Debug, Clone)]
+pub struct MigrationSettings {
+    /// S = the source's revision at the fence + this gap: no client can have seen a
+    /// revision above S from the source.
+    pub revision_gap: i64,
+    pub page_size: i64,
+    pub concurrency: usize,
+    /// The catch-up is close enough to fence when the target is this many source
+    /// revisions behind or less.
+    pub max_lag: i64,
+    /// Give up if the catch-up does not get close enough in this time.
+    pub catch_up_timeout: Duration,
+    /// Give up (and drop the fence) if drain, verification and commit take longer.
+    pub fence_timeout: Duration,
+    /// TTL of the migration's lease on the source: a crashed migrator's fence and lock
+    /// disappear after this.
+    pub lease_ttl: i64,
+    /// A pause at the start of each phase before the fence (rehearsals, demos, tests).
+    pub step_delay: Duration,
+    /// Extra time the source stays fenced, in Fenced and in Committing (rehearsals, tests).
+    pub fence_delay: Duration,
+}
+
+impl Default for MigrationSettings {
+    fn default() -> Self {
+        MigrationSettings {
+            revision_gap: 1_000_000,
+            page_size: 1000,
+            concurrency: 4,
+            max_lag: 20,
+            catch_up_timeout: Duration::from_secs(600),
+            fence_timeout: Duration::from_secs(10),
+            lease_ttl: 10,
+            step_delay: Duration::ZERO,
+            fence_delay: Duration::ZERO,
+        }
+    }
 }
 
 /// What a write meets while the tenant is fenced.
@@ -342,7 +384,7 @@ pub struct Config {
     pub prefix: bytes::Bytes,
     pub fence_mode: FenceMode,
     pub hold_timeout: std::time::Duration,
-    pub migration: crate::migrate::Settings,
+    pub migration: MigrationSettings,
     pub log: LogConfig,
 }
 
@@ -792,7 +834,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     })
 }
 
-fn migration_settings(m: &MigrationConfig) -> Result<crate::migrate::Settings, ConfigError> {
+fn migration_settings(m: &MigrationConfig) -> Result<MigrationSettings, ConfigError> {
     let duration = |key: &'static str, v: &str| {
         humantime::parse_duration(v).map_err(|e| ConfigError::invalid(key, format!("{v:?}: {e}")))
     };
@@ -818,7 +860,7 @@ fn migration_settings(m: &MigrationConfig) -> Result<crate::migrate::Settings, C
     if lease_ttl < std::time::Duration::from_secs(2) {
         return Err(ConfigError::invalid("migration.leaseTTL", "must be at least 2s"));
     }
-    Ok(crate::migrate::Settings {
+    Ok(MigrationSettings {
         revision_gap: m.revision_gap,
         page_size: m.page_size,
         concurrency: m.concurrency,
@@ -950,6 +992,36 @@ mod tests {
         assert_eq!(
             (d.fence_mode, d.hold_timeout),
             (FenceMode::Hold, std::time::Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn a_file_without_migration_settings_gets_the_built_in_defaults() {
+        let from_file = migration_settings(&MigrationConfig::default()).unwrap();
+        let built_in = MigrationSettings::default();
+        assert_eq!(
+            (
+                from_file.page_size,
+                from_file.concurrency,
+                from_file.max_lag,
+                from_file.fence_timeout,
+                from_file.lease_ttl,
+                from_file.revision_gap,
+                from_file.step_delay,
+                from_file.fence_delay,
+                from_file.catch_up_timeout,
+            ),
+            (
+                built_in.page_size,
+                built_in.concurrency,
+                built_in.max_lag,
+                built_in.fence_timeout,
+                built_in.lease_ttl,
+                built_in.revision_gap,
+                built_in.step_delay,
+                built_in.fence_delay,
+                built_in.catch_up_timeout,
+            )
         );
     }
 

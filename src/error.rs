@@ -18,6 +18,7 @@ pub mod messages {
     /// grpc-go's load-balancer message when no connection exists: clientv3 treats it as
     /// "never sent" and retries even writes.
     pub const NO_CONNECTION: &str = "there is no connection available";
+    pub const LEASE_EXISTS: &str = "etcdserver: lease already exists";
     /// What a write gets while the tenant is fenced and writes are rejected.
     pub const FROZEN: &str =
         "the current Control Plane is in freezing mode due to a maintenance mode, all the changes are blocked";
@@ -148,6 +149,11 @@ impl From<ProxyError> for Status {
     fn from(e: ProxyError) -> Status {
         e.to_status()
     }
+}
+
+/// etcd refused a lease grant because the asked-for ID is taken.
+pub fn is_lease_exists(s: &Status) -> bool {
+    s.message() == messages::LEASE_EXISTS
 }
 
 /// gRPC code names as grpc-go spells them (used in metrics labels and logs).

@@ -1,5 +1,6 @@
-//! Key ranges in etcd's terms: a half-open range [start, end), where an empty end means
-//! the start key alone and `\0` means every key from start on.
+//! Key ranges in etcd's terms (a half-open range [start, end), where an empty end means
+//! the start key alone and `\0` means every key from start on), and where cutover keeps
+//! its own keys inside a tenant's range.
 
 use bytes::Bytes;
 
@@ -38,6 +39,18 @@ pub fn prefix_end(prefix: &[u8]) -> Bytes {
     }
     // All 0xff: to the end of the key space.
     Bytes::from_static(b"\0")
+}
+
+/// cutover's own keys sit under the tenant prefix, after this marker: inside the key space
+/// the tenant's credentials may touch, and sorted before every ordinary key (a NUL byte).
+pub const RESERVED_MARKER: &[u8] = b"\x00cutover/";
+
+/// The reserved key prefix for a tenant prefix.
+pub fn reserved_prefix(tenant_prefix: &[u8]) -> Bytes {
+    let mut b = bytes::BytesMut::with_capacity(tenant_prefix.len() + RESERVED_MARKER.len());
+    b.extend_from_slice(tenant_prefix);
+    b.extend_from_slice(RESERVED_MARKER);
+    b.freeze()
 }
 
 #[cfg(test)]

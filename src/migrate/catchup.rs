@@ -10,8 +10,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use super::copy::{CopyError, CopyOutcome};
-use crate::keys::KeyRange;
 use crate::error::ProxyError;
+use crate::keys::KeyRange;
 use crate::proto::etcdserverpb::watch_client::WatchClient;
 use crate::proto::etcdserverpb::{
     request_op, watch_request, DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, WatchCreateRequest,
@@ -19,7 +19,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::mvccpb::{event::EventType, Event};
 use crate::route::revision::{CopiedKey, Translation};
-use crate::server::client;
+use crate::upstream::client;
 use crate::upstream::Datastore;
 
 #[derive(Debug, thiserror::Error)]

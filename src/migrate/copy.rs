@@ -11,7 +11,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::mpsc;
-use tonic::Status;
 
 use crate::error::ProxyError;
 use crate::keys::{prefix_end, KeyRange};
@@ -23,7 +22,7 @@ use crate::proto::etcdserverpb::{
 };
 use crate::proto::mvccpb::KeyValue;
 use crate::route::revision::{CopiedKey, Translation};
-use crate::server::client;
+use crate::upstream::client;
 use crate::upstream::{own_request, Datastore, Retry};
 
 /// etcd's default limit on operations in one Txn.
@@ -339,7 +338,9 @@ pub(super) async fn copy_lease(source: &Datastore, target: &Datastore, id: i64) 
     };
     let copied = match grant(id).await {
         Ok(r) => Ok(r.id),
-        Err(ProxyError::Etcd(s)) if is_lease_exists(&s) => grant(0).await.map(|r| r.id).map_err(on("target")),
+        Err(ProxyError::Etcd(s)) if crate::error::is_lease_exists(&s) => {
+            grant(0).await.map(|r| r.id).map_err(on("target"))
+        }
         Err(ProxyError::Etcd(s)) => Err(CopyError::Lease {
             id,
             message: s.message().to_string(),
@@ -356,8 +357,4 @@ pub(super) async fn copy_lease(source: &Datastore, target: &Datastore, id: i64) 
         );
     }
     copied
-}
-
-pub(crate) fn is_lease_exists(s: &Status) -> bool {
-    s.message() == "etcdserver: lease already exists"
 }

@@ -383,7 +383,7 @@ pub fn spawn_follower(router: std::sync::Arc<crate::route::Router>) -> tokio::ta
                     ),
                     token,
                 );
-                let mut stream = crate::server::client!(WatchClient, channel)
+                let mut stream = crate::upstream::client!(WatchClient, channel)
                     .watch(req)
                     .await?
                     .into_inner();

@@ -26,16 +26,16 @@ mod status;
 pub mod verify;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::error::ProxyError;
+use crate::keys::KeyRange;
 use crate::metrics::Metrics;
 use crate::route::fence::reserved_prefix;
 use crate::route::Router;
-use crate::keys::KeyRange;
 use marker::Marker;
 
 /// Where the tenant is in a migration.
@@ -135,45 +135,8 @@ pub struct Snapshot {
     pub migration: Option<MigrationView>,
 }
 
-/// Tunables of a migration (defaults suit a kube-apiserver tenant).
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// S = the source's revision at the fence + this gap: no client can have seen a
-    /// revision above S from the source.
-    pub revision_gap: i64,
-    pub page_size: i64,
-    pub concurrency: usize,
-    /// The catch-up is close enough to fence when the target is this many source
-    /// revisions behind or less.
-    pub max_lag: i64,
-    /// Give up if the catch-up does not get close enough in this time.
-    pub catch_up_timeout: Duration,
-    /// Give up (and drop the fence) if drain, verification and commit take longer.
-    pub fence_timeout: Duration,
-    /// TTL of the migration's lease on the source: a crashed migrator's fence and lock
-    /// disappear after this.
-    pub lease_ttl: i64,
-    /// A pause at the start of each phase before the fence (rehearsals, demos, tests).
-    pub step_delay: Duration,
-    /// Extra time the source stays fenced, in Fenced and in Committing (rehearsals, tests).
-    pub fence_delay: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Settings {
-            revision_gap: 1_000_000,
-            page_size: 1000,
-            concurrency: 4,
-            max_lag: 20,
-            catch_up_timeout: Duration::from_secs(600),
-            fence_timeout: Duration::from_secs(10),
-            lease_ttl: 10,
-            step_delay: Duration::ZERO,
-            fence_delay: Duration::ZERO,
-        }
-    }
-}
+/// Tunables of a migration, as the configuration checked them.
+pub use crate::config::MigrationSettings as Settings;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -6,16 +6,16 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::copy;
-use crate::keys::KeyRange;
 use crate::error::ProxyError;
+use crate::keys::KeyRange;
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::lease_client::LeaseClient;
 use crate::proto::etcdserverpb::{
-    compare, request_op, CompactionRequest, Compare, DeleteRangeRequest, LeaseGrantRequest, LeaseKeepAliveRequest,
-    LeaseRevokeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, TxnResponse,
+    compare, request_op, CompactionRequest, Compare, DeleteRangeRequest, LeaseKeepAliveRequest, PutRequest,
+    RangeRequest, RequestOp, TxnRequest, TxnResponse,
 };
 use crate::route::{MigrationLink, Router};
-use crate::server::client;
+use crate::upstream::client;
 use crate::upstream::{own_request, Datastore, Retry};
 
 pub async fn txn(ds: &Datastore, req: TxnRequest) -> Result<TxnResponse, ProxyError> {
@@ -157,23 +157,7 @@ pub async fn put(ds: &Datastore, key: Bytes, value: Bytes) -> Result<i64, ProxyE
     .map(|r| r.into_inner().header.map_or(0, |h| h.revision))
 }
 
-pub async fn grant(ds: &Datastore, ttl: i64) -> Result<i64, ProxyError> {
-    ds.unary(Retry::IfNotSent, |ch, token| {
-        let r = own_request(LeaseGrantRequest { ttl, id: 0 }, token);
-        async move { client!(LeaseClient, ch).lease_grant(r).await }
-    })
-    .await
-    .map(|r| r.into_inner().id)
-}
-
-pub async fn revoke(ds: &Datastore, id: i64) -> Result<(), ProxyError> {
-    ds.unary(Retry::IfNotSent, |ch, token| {
-        let r = own_request(LeaseRevokeRequest { id }, token);
-        async move { client!(LeaseClient, ch).lease_revoke(r).await }
-    })
-    .await
-    .map(|_| ())
-}
+pub use crate::upstream::calls::{grant, revoke};
 
 /// Refreshes `ids` on `ds` once (one keep-alive stream, one message per lease).
 /// Returns the ones the datastore no longer keeps (expired, or revoked).

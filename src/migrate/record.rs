@@ -16,7 +16,7 @@ use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::{PutRequest, RangeRequest};
 use crate::route::fence::reserved_prefix;
 use crate::route::revision::{CopiedKey, Translation};
-use crate::server::client;
+use crate::upstream::client;
 use crate::upstream::{own_request, Datastore, Retry};
 
 /// Bytes of K per chunk: far below etcd's default 1.5 MiB request limit.

@@ -12,8 +12,8 @@ use std::hash::Hasher;
 use bytes::Bytes;
 
 use super::copy;
-use crate::keys::KeyRange;
 use super::ops;
+use crate::keys::KeyRange;
 use crate::proto::etcdserverpb::{request_op, response_op, RangeRequest, RequestOp, TxnRequest};
 use crate::proto::mvccpb::KeyValue;
 use crate::route::revision::{CopiedKey, Translation};

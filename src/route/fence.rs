@@ -34,18 +34,7 @@ use crate::proto::etcdserverpb::{
     RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 
-
-/// cutover's own keys sit under the tenant prefix, after this marker: inside the key space
-/// the tenant's credentials may touch, and sorted before every ordinary key (a NUL byte).
-pub const RESERVED_MARKER: &[u8] = b"\x00cutover/";
-
-/// The reserved key prefix for a tenant prefix.
-pub fn reserved_prefix(tenant_prefix: &[u8]) -> Bytes {
-    let mut b = BytesMut::with_capacity(tenant_prefix.len() + RESERVED_MARKER.len());
-    b.extend_from_slice(tenant_prefix);
-    b.extend_from_slice(RESERVED_MARKER);
-    b.freeze()
-}
+pub use crate::keys::reserved_prefix;
 
 /// What cutover keeps in its keys of a datastore (JSON, readable with etcdctl): the lock
 /// and fence of a migration, the permanent "moved" marker, and a target's claim.

@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 
-use super::fence::reserved_prefix;
+use crate::keys::reserved_prefix;
 use crate::proto::etcdserverpb::{request_op, response_op, Compare, RequestOp, TxnRequest, TxnResponse};
 
 /// A key range in etcd's terms: `end` empty = the key alone, `end == "\0"` = every key

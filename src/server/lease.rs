@@ -106,7 +106,7 @@ impl Lease for LeaseService {
         if let Some(link) = self.ctx.router.link() {
             let target_id = link.leases.lock().remove(&self.source_lease_id(id));
             if let Some(target_id) = target_id {
-                let _ = crate::migrate::ops::revoke(&link.target, target_id).await;
+                let _ = crate::upstream::calls::revoke(&link.target, target_id).await;
             }
         }
         Ok(resp)
@@ -219,7 +219,7 @@ async fn mirror_grant(link: &MigrationLink, source_id: i64, client_id: i64, ttl:
             .await
     };
     let result = match grant(client_id).await {
-        Err(crate::error::ProxyError::Etcd(s)) if crate::migrate::copy::is_lease_exists(&s) => grant(0).await,
+        Err(crate::error::ProxyError::Etcd(s)) if crate::error::is_lease_exists(&s) => grant(0).await,
         other => other,
     };
     match result {

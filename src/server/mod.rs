@@ -700,15 +700,7 @@ impl Drop for HeldGuard {
     }
 }
 
-/// Builds a generated client with no limit on what the datastore may send back.
-macro_rules! client {
-    ($client:ident, $channel:expr) => {
-        $client::new($channel)
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(usize::MAX)
-    };
-}
-pub(crate) use client;
+pub(crate) use crate::upstream::client;
 
 /// Implements a unary method by forwarding it unchanged. Written in the shape
 /// `#[tonic::async_trait]` gives trait methods, since that attribute does not look inside
@@ -728,7 +720,7 @@ macro_rules! forward {
             Box::pin(async move {
                 self.ctx
                     .unary($svc, $method, $retry, request, |ch, req| async move {
-                        crate::server::client!($client, ch).$name(req).await
+                        crate::upstream::client!($client, ch).$name(req).await
                     })
                     .await
             })

@@ -6,6 +6,7 @@
 //! response only if it is idempotent.
 
 mod auth;
+pub mod calls;
 mod tls;
 
 use std::future::Future;
@@ -29,6 +30,16 @@ use crate::proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use crate::proto::etcdserverpb::StatusRequest;
 
 pub use auth::TokenSource;
+
+/// Builds a generated client with no limit on what the datastore may send back.
+macro_rules! client {
+    ($client:ident, $channel:expr) => {
+        $client::new($channel)
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    };
+}
+pub(crate) use client;
 
 /// A request of the proxy's own (the migration's), with the proxy's auth token if any.
 pub fn own_request<T>(msg: T, token: Option<AsciiMetadataValue>) -> tonic::Request<T> {

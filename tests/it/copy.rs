@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use cutover::config::DataStore as DataStoreConfig;
-use cutover::metrics::Metrics;
 use cutover::keys::KeyRange;
+use cutover::metrics::Metrics;
 use cutover::migrate::copy::{copy_range, CopyError, CopyOptions};
 use cutover::upstream::Datastore;
 use etcd_client::{GetOptions, LeaseGrantOptions, PutOptions};

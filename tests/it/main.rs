@@ -14,6 +14,7 @@ mod failover;
 mod faults;
 mod fence;
 mod history;
+mod layers;
 mod migrate;
 mod replicas;
 mod soak;

@@ -19,11 +19,11 @@ use tokio_util::task::AbortOnDropHandle;
 
 use super::catchup::{self, CatchUpError, Follow, Position};
 use super::copy::CopyOutcome;
-use crate::keys::KeyRange;
 use super::machine::{Failure, Steps};
 use super::marker::{self, Marker};
 use super::{ops, verify, Migrator, Phase};
 use crate::error::ProxyError;
+use crate::keys::KeyRange;
 use crate::route::fence::reserved_prefix;
 use crate::route::revision::Translation;
 use crate::route::{MigrationLink, Route};
