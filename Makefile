@@ -5,7 +5,7 @@ CARGO ?= cargo
 # Tests start real etcd servers: two at a time fit this size of machine.
 TEST_THREADS ?= 2
 
-.PHONY: all deps build release demo test unit it soak-short e2e soak bench fmt clippy clean
+.PHONY: all deps build release demo test lint unit it soak-short e2e soak bench fmt clippy clean
 
 all: build
 
@@ -22,9 +22,18 @@ release:
 demo: deps release
 	scripts/demo.sh target/release/cutover
 
-## test: every tier (unit, integration against real etcd, the soak's short schedule,
-## kube-apiserver end to end).
-test: deps unit it soak-short e2e
+## test: every tier (lint, unit, integration against real etcd, the soak's short
+## schedule, kube-apiserver end to end).
+test: deps lint unit it soak-short e2e
+
+## lint: formatting, clippy with warnings as errors (with and without failpoints), and
+## the benches built, so that none of them rots.
+lint:
+	@$(CARGO) fmt --version >/dev/null 2>&1 && $(CARGO) clippy --version >/dev/null 2>&1 || rustup component add rustfmt clippy
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --all-targets --features failpoints -- -D warnings
+	$(CARGO) build --benches
 
 unit:
 	$(CARGO) test --lib --bins
@@ -64,7 +73,7 @@ fmt:
 	$(CARGO) fmt
 
 clippy:
-	$(CARGO) clippy --all-targets
+	$(CARGO) clippy --all-targets --features failpoints
 
 clean:
 	$(CARGO) clean
