@@ -78,6 +78,15 @@ pub enum ProxyError {
     /// A request the revision translation cannot carry to the target faithfully.
     #[error("{0}")]
     Untranslatable(String),
+    /// A gRPC path cutover does not serve.
+    #[error("{}", match .method { Some(m) => format!("unknown method {m} for service {service}"), None => format!("unknown service {service}") })]
+    UnknownMethod { service: String, method: Option<String> },
+    /// A service etcd has and cutover does not proxy.
+    #[error("cutover does not proxy the {service} service; {instead}")]
+    NotProxied { service: String, instead: &'static str },
+    /// The datastore's answer to cutover's own authentication cannot be used.
+    #[error("the datastore returned an auth token that is not ASCII")]
+    BadToken,
     /// The client sent a message larger than the configured limit.
     #[error("request of {size} bytes is larger than the limit of {limit} bytes")]
     RequestTooLarge { size: usize, limit: usize },
@@ -99,6 +108,8 @@ impl ProxyError {
             ProxyError::Compacted(_) => Blame::Downstream,
             ProxyError::Untranslatable(_) => Blame::Proxy,
             ProxyError::Malformed(_) => Blame::Upstream,
+            ProxyError::UnknownMethod { .. } | ProxyError::NotProxied { .. } => Blame::Downstream,
+            ProxyError::BadToken => Blame::Upstream,
         }
     }
 
@@ -113,6 +124,9 @@ impl ProxyError {
             ProxyError::Compacted(_) => false,
             ProxyError::Untranslatable(_) => false,
             ProxyError::Malformed(_) => false,
+            // Nothing was sent.
+            ProxyError::UnknownMethod { .. } | ProxyError::NotProxied { .. } => false,
+            ProxyError::BadToken => true,
             ProxyError::Etcd(s) => s.code() == Code::Unavailable && s.message() == messages::NO_CONNECTION,
         }
     }
@@ -137,6 +151,9 @@ impl ProxyError {
             // Exactly etcd's answer for a revision it compacted away.
             ProxyError::Compacted(_) => Status::out_of_range(messages::COMPACTED),
             ProxyError::Untranslatable(m) => Status::unimplemented(format!("cutover: {m}")),
+            // grpc-go's wording for a path the server does not register.
+            ProxyError::UnknownMethod { .. } | ProxyError::NotProxied { .. } => Status::unimplemented(self.to_string()),
+            ProxyError::BadToken => Status::internal(format!("cutover: {self}")),
             // grpc-go's wording, which etcd's server produces for an oversized message.
             ProxyError::RequestTooLarge { size, limit } => {
                 Status::resource_exhausted(format!("grpc: received message larger than max ({size} vs. {limit})"))

@@ -15,9 +15,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::stream::{Reconnect, UpstreamStream};
-use super::{client, Context, Forwarded, HeldGuard};
+use super::{client, no_connection, Context, Forwarded, HeldGuard};
 use crate::config::FenceMode;
-use crate::error::messages;
 use crate::error::ProxyError;
 use crate::proto::etcdserverpb::lease_client::LeaseClient;
 use crate::proto::etcdserverpb::lease_server::Lease;
@@ -314,7 +313,7 @@ async fn relay_keep_alive(
                     tracing::warn!(datastore = %datastore.name, endpoint = %datastore.endpoint_url(upstream.endpoint), error = %status.message(), "keep-alive stream to the datastore broke; reopening");
                     datastore.mark_failed(upstream.endpoint);
                     if !reconnect.wait().await {
-                        let _ = down.send(Err(Status::unavailable(messages::NO_CONNECTION))).await;
+                        let _ = down.send(Err(no_connection(&route.datastore.name))).await;
                         break Code::Unavailable;
                     }
                     upstream = open(&route);

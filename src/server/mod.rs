@@ -55,6 +55,16 @@ pub struct Context {
     pub warned_unguarded: std::sync::atomic::AtomicBool,
 }
 
+/// What a stream gets when the datastore cannot be reached again: as for a request never
+/// sent (clients re-open the stream).
+pub(crate) fn no_connection(datastore: &str) -> Status {
+    ProxyError::NoEndpoint {
+        datastore: datastore.to_string(),
+        detail: "the stream to the datastore broke and could not be opened again".into(),
+    }
+    .to_status()
+}
+
 /// Where the tenant stands on a route's store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Standing {
@@ -1012,17 +1022,23 @@ const SERVICES: &[(&str, &[&str])] = &[
 fn unknown_method(path: &str) -> Option<Status> {
     let rest = path.strip_prefix('/').unwrap_or(path);
     let (service, method) = rest.rsplit_once('/').unwrap_or((rest, ""));
-    match SERVICES.iter().find(|(s, _)| *s == service) {
+    let error = match SERVICES.iter().find(|(s, _)| *s == service) {
         // etcd serves these helpers; cutover does not (yet), and says so plainly.
-        None if service == "v3lockpb.Lock" || service == "v3electionpb.Election" => Some(Status::unimplemented(format!(
-            "cutover does not proxy the {service} service; lock and elect with KV, Lease and Watch (clientv3/concurrency)"
-        ))),
-        None => Some(Status::unimplemented(format!("unknown service {service}"))),
-        Some((_, methods)) if !methods.contains(&method) => {
-            Some(Status::unimplemented(format!("unknown method {method} for service {service}")))
-        }
-        Some(_) => None,
-    }
+        None if service == "v3lockpb.Lock" || service == "v3electionpb.Election" => ProxyError::NotProxied {
+            service: service.to_string(),
+            instead: "lock and elect with KV, Lease and Watch (clientv3/concurrency)",
+        },
+        None => ProxyError::UnknownMethod {
+            service: service.to_string(),
+            method: None,
+        },
+        Some((_, methods)) if !methods.contains(&method) => ProxyError::UnknownMethod {
+            service: service.to_string(),
+            method: Some(method.to_string()),
+        },
+        Some(_) => return None,
+    };
+    Some(error.to_status())
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::stream::{Reconnect, UpstreamStream};
-use super::{client, Context, Forwarded, HeldGuard, Standing};
+use super::{client, no_connection, Context, Forwarded, HeldGuard, Standing};
 use crate::error::messages;
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::watch_client::WatchClient;
@@ -175,7 +175,7 @@ impl WatchSession {
                         tracing::warn!(datastore = %ds.name, endpoint = %ds.endpoint_url(upstream.endpoint), error = %why, watches = self.watches.len(), "watch stream to the datastore broke; re-attaching");
                         ds.mark_failed(upstream.endpoint);
                         if !reconnect.wait().await {
-                            let _ = self.down.send(Err(Status::unavailable(messages::NO_CONNECTION))).await;
+                            let _ = self.down.send(Err(no_connection(&self.route.datastore.name))).await;
                             break Code::Unavailable;
                         }
                         upstream = self.open_upstream();
@@ -233,7 +233,7 @@ impl WatchSession {
                         watch_id: id,
                         created: true,
                         canceled: true,
-                        cancel_reason: "etcdserver: permission denied".into(),
+                        cancel_reason: messages::PERMISSION_DENIED.into(),
                         ..Default::default()
                     })
                     .await;
@@ -583,7 +583,7 @@ impl WatchSession {
             let delay = backoff.step();
             if deadline.is_some_and(|d| tokio::time::Instant::now() + delay > d) {
                 tracing::warn!(datastore = %self.route.datastore_name, "watch events from a datastore the tenant may have left were held past the hold timeout; ending the stream");
-                let _ = self.down.send(Err(Status::unavailable(messages::NO_CONNECTION))).await;
+                let _ = self.down.send(Err(no_connection(&self.route.datastore.name))).await;
                 return Err(ClientGone);
             }
             tokio::select! {

@@ -44,7 +44,7 @@ impl TokenSource {
             })
             .await?;
         let token = AsciiMetadataValue::try_from(resp.into_inner().token)
-            .map_err(|_| Status::internal("cutover: the datastore returned an auth token that is not ASCII"))?;
+            .map_err(|_| crate::error::ProxyError::BadToken.to_status())?;
         self.cached.store(Some(Arc::new(token.clone())));
         tracing::info!(user = %self.username, "authenticated to the datastore");
         Ok(token)

@@ -284,3 +284,24 @@ fn data_flows_server_route_upstream_and_migrate_never_sees_client_traffic() {
     }
     assert!(wrong.is_empty(), "imports against the layering: {wrong:#?}");
 }
+
+#[test]
+fn grpc_statuses_are_made_in_error_rs_only() {
+    let mut elsewhere = Vec::new();
+    for (m, text) in modules() {
+        if m == "error" || m == "proto" {
+            continue;
+        }
+        for (i, _) in text.match_indices("Status::") {
+            let name: String = text[i + 8..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            // `Status::from` converts a ProxyError through the table.
+            if name.starts_with(|c: char| c.is_ascii_lowercase()) && name != "from" {
+                elsewhere.push(format!("{m}: Status::{name}"));
+            }
+        }
+    }
+    assert!(elsewhere.is_empty(), "statuses built outside error.rs: {elsewhere:#?}");
+}
