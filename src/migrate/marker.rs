@@ -45,23 +45,22 @@ fn first_value(resp: &crate::proto::etcdserverpb::TxnResponse) -> String {
         .unwrap_or_default()
 }
 
-/// Writes `marker` at `key` unless the key exists; returns the value found if it does.
+/// What a put-if-absent found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PutIfAbsent {
+    /// Written, at this revision.
+    Written(i64),
+    /// The key existed; this is its value.
+    Held(String),
+}
+
+/// Writes `marker` at `key` unless the key exists.
 pub async fn put_if_absent(
     ds: &Datastore,
     key: &Bytes,
     marker: &Marker,
     lease: i64,
-) -> Result<Option<String>, ProxyError> {
-    Ok(put_if_absent_rev(ds, key, marker, lease).await?.err())
-}
-
-/// Like [`put_if_absent`]; on success, the revision of the write.
-pub async fn put_if_absent_rev(
-    ds: &Datastore,
-    key: &Bytes,
-    marker: &Marker,
-    lease: i64,
-) -> Result<Result<i64, String>, ProxyError> {
+) -> Result<PutIfAbsent, ProxyError> {
     let resp = ops::txn(
         ds,
         TxnRequest {
@@ -72,9 +71,9 @@ pub async fn put_if_absent_rev(
     )
     .await?;
     if resp.succeeded {
-        Ok(Ok(resp.header.map_or(0, |h| h.revision)))
+        Ok(PutIfAbsent::Written(resp.header.map_or(0, |h| h.revision)))
     } else {
-        Ok(Err(first_value(&resp)))
+        Ok(PutIfAbsent::Held(first_value(&resp)))
     }
 }
 

@@ -96,6 +96,15 @@ pub struct Fenced {
 
 pub use crate::error::Malformed;
 
+/// What a guarded write came back with.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GuardAnswer<R> {
+    /// The store was not fenced; the write was applied and this is its answer.
+    Applied(R),
+    /// The store holds the fence (or the "moved" marker); nothing was applied.
+    Fenced(Fenced),
+}
+
 /// Wraps writes in the guard Txn and unwraps the answers.
 #[derive(Debug, Clone)]
 pub struct Guard {
@@ -306,7 +315,7 @@ impl Guard {
     }
 
     /// The client's answer, or who holds the fence.
-    pub fn unwrap<W: Guarded>(&self, resp: TxnResponse) -> Result<Result<W::Response, Fenced>, Malformed> {
+    pub fn unwrap<W: Guarded>(&self, resp: TxnResponse) -> Result<GuardAnswer<W::Response>, Malformed> {
         let header = resp.header;
         let op = resp
             .responses
@@ -316,11 +325,11 @@ impl Guard {
             .ok_or(Malformed("no response op"))?;
         if resp.succeeded {
             return W::from_op(op, header)
-                .map(Ok)
+                .map(GuardAnswer::Applied)
                 .ok_or(Malformed("inner response of another kind"));
         }
         match op {
-            response_op::Response::ResponseRange(r) => Ok(Err(Fenced {
+            response_op::Response::ResponseRange(r) => Ok(GuardAnswer::Fenced(Fenced {
                 holder: r.kvs.into_iter().next().map(|kv| kv.value).unwrap_or_default(),
             })),
             _ => Err(Malformed("failure branch is not the fence read")),
@@ -380,7 +389,9 @@ mod tests {
                 response: Some(response_op::Response::ResponsePut(inner.clone())),
             }],
         };
-        let out = g.unwrap::<PutRequest>(resp).unwrap().unwrap();
+        let GuardAnswer::Applied(out) = g.unwrap::<PutRequest>(resp).unwrap() else {
+            panic!("applied")
+        };
         assert_eq!(out.header, header(7));
         assert_eq!(out.prev_kv, inner.prev_kv);
     }
@@ -404,7 +415,7 @@ mod tests {
         };
         assert_eq!(
             g.unwrap::<DeleteRangeRequest>(resp).unwrap(),
-            Err(Fenced {
+            GuardAnswer::Fenced(Fenced {
                 holder: Bytes::from_static(b"migration m1")
             })
         );

@@ -39,7 +39,7 @@ use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
 use crate::proto::etcdserverpb::TxnRequest;
-use crate::route::fence::{Guarded, GuardedRead, Marker};
+use crate::route::fence::{GuardAnswer, Guarded, GuardedRead, Marker};
 use crate::route::revision::Translation;
 use crate::route::translate::{Translate, TxnShape};
 use crate::route::{Route, Router};
@@ -326,7 +326,7 @@ impl Context {
                 });
             }
             let fenced = match policy.guard.unwrap::<W>(resp.into_inner())? {
-                Ok(mut answer) => {
+                GuardAnswer::Applied(mut answer) => {
                     if let Some(t) = &route.translation {
                         answer = W::answer_to_virtual(answer, t, shape)?;
                     }
@@ -336,7 +336,7 @@ impl Context {
                     }
                     return Ok(Response::new(answer));
                 }
-                Err(fenced) => fenced,
+                GuardAnswer::Fenced(fenced) => fenced,
             };
             let holder = String::from_utf8_lossy(&fenced.holder).into_owned();
             // The tenant has just moved and this proxy's route is about to follow (or has):

@@ -94,6 +94,14 @@ struct WatchSession {
 /// The client went away; the session ends.
 struct ClientGone;
 
+/// How far a watch's events on the old datastore were delivered at a move.
+enum Drained {
+    /// Every event up to the commit marker.
+    Complete,
+    /// Not proven, for this reason: the watch resumes from what events proved delivered.
+    Incomplete(String),
+}
+
 impl WatchSession {
     fn new(ctx: Arc<Context>, fwd: Forwarded, down: mpsc::Sender<Result<WatchResponse, Status>>) -> Self {
         let route = ctx.router.route();
@@ -273,7 +281,7 @@ impl WatchSession {
             return Ok(());
         }
         if new.datastore_name != self.route.datastore_name && !self.watches.is_empty() {
-            if let Err(why) = self.finish_on_old_store().await? {
+            if let Drained::Incomplete(why) = self.finish_on_old_store().await? {
                 // Resume from what was proven delivered: a revision the new datastore does
                 // not have is then refused as compacted (the client relists), never skipped.
                 tracing::warn!(from = %self.route.datastore_name, error = %why, watches = self.watches.len(), "could not read the watches' last events on the old datastore; resuming them from their last delivered revision");
@@ -294,7 +302,7 @@ impl WatchSession {
     /// range also holds the fence key: one watcher's events arrive in revision order, so
     /// once the marker's event has come, so has every event of the watch before it. (A
     /// progress notification would not prove it on etcd 3.4.)
-    async fn finish_on_old_store(&mut self) -> Result<Result<(), String>, ClientGone> {
+    async fn finish_on_old_store(&mut self) -> Result<Drained, ClientGone> {
         let old = self.route.clone();
         let fence_key = self.ctx.router.fence().guard.fence_key().clone();
         let marker = match old
@@ -312,10 +320,10 @@ impl WatchSession {
             .await
         {
             Ok(r) => r.into_inner().kvs.into_iter().next(),
-            Err(e) => return Ok(Err(e.to_string())),
+            Err(e) => return Ok(Drained::Incomplete(e.to_string())),
         };
         let Some(marker) = marker.filter(|kv| crate::route::fence::Marker::moved_to(&kv.value).is_some()) else {
-            return Ok(Err("the old datastore holds no commit marker".into()));
+            return Ok(Drained::Incomplete("the old datastore holds no commit marker".into()));
         };
         let marker_rev = old
             .translation
@@ -338,13 +346,13 @@ impl WatchSession {
             )
             .await
             {
-                Ok(Ok(Ok(()))) => w_done(self.watches.get_mut(&id), marker_rev),
-                Ok(Ok(Err(why))) => return Ok(Err(why)),
+                Ok(Ok(Drained::Complete)) => w_done(self.watches.get_mut(&id), marker_rev),
+                Ok(Ok(Drained::Incomplete(why))) => return Ok(Drained::Incomplete(why)),
                 Ok(Err(gone)) => return Err(gone),
-                Err(_) => return Ok(Err("no commit marker event within 5 s".into())),
+                Err(_) => return Ok(Drained::Incomplete("no commit marker event within 5 s".into())),
             }
         }
-        Ok(Ok(()))
+        Ok(Drained::Complete)
     }
 
     /// One watch's remaining events on the old datastore, through a companion watch.
@@ -356,7 +364,7 @@ impl WatchSession {
         from: i64,
         fence_key: &bytes::Bytes,
         marker_rev: i64,
-    ) -> Result<Result<(), String>, ClientGone> {
+    ) -> Result<Drained, ClientGone> {
         let (start, end) = spanning(&create.key, &create.range_end, fence_key);
         let companion = WatchCreateRequest {
             key: start,
@@ -372,7 +380,11 @@ impl WatchSession {
                     start_revision: s,
                     ..companion
                 },
-                Err(_) => return Ok(Err("the old datastore no longer has the revisions".into())),
+                Err(_) => {
+                    return Ok(Drained::Incomplete(
+                        "the old datastore no longer has the revisions".into(),
+                    ))
+                }
             },
             None => companion,
         };
@@ -386,11 +398,14 @@ impl WatchSession {
         loop {
             let mut r = match stream.next().await {
                 Some(Ok(r)) => r,
-                Some(Err(s)) => return Ok(Err(s.message().to_string())),
-                None => return Ok(Err("the companion stream ended".into())),
+                Some(Err(s)) => return Ok(Drained::Incomplete(s.message().to_string())),
+                None => return Ok(Drained::Incomplete("the companion stream ended".into())),
             };
             if r.canceled {
-                return Ok(Err(format!("the companion watch was canceled: {}", r.cancel_reason)));
+                return Ok(Drained::Incomplete(format!(
+                    "the companion watch was canceled: {}",
+                    r.cancel_reason
+                )));
             }
             if let Some(t) = &old.translation {
                 translate::watch_response(t, &mut r);
@@ -434,7 +449,7 @@ impl WatchSession {
                 }
             }
             if reached {
-                return Ok(Ok(()));
+                return Ok(Drained::Complete);
             }
         }
     }

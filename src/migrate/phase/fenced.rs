@@ -25,12 +25,12 @@ pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
     let lease = job.lease.as_ref().map_or(0, |l| l.id);
     let fence_key = job.m.router.fence().guard.fence_key().clone();
     crate::failpoint!("migrate.fence.before_write")?;
-    let revision = match marker::put_if_absent_rev(&s.source, &fence_key, &value, lease)
+    let revision = match marker::put_if_absent(&s.source, &fence_key, &value, lease)
         .await
         .map_err(on("source"))?
     {
-        Ok(rev) => rev,
-        Err(holder) => return Err(Failure::Locked(holder)),
+        marker::PutIfAbsent::Written(rev) => rev,
+        marker::PutIfAbsent::Held(holder) => return Err(Failure::Locked(holder)),
     };
     job.fence = Some(Fence {
         value,

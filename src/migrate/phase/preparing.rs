@@ -46,9 +46,10 @@ pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
         leader: job.m.leader.clone(),
         to: s.to.clone(),
     };
-    if let Some(holder) = marker::put_if_absent(&s.source, &marker::lock_key(&prefix), &lock, lease)
-        .await
-        .map_err(on("source"))?
+    if let marker::PutIfAbsent::Held(holder) =
+        marker::put_if_absent(&s.source, &marker::lock_key(&prefix), &lock, lease)
+            .await
+            .map_err(on("source"))?
     {
         return Err(Failure::Locked(holder));
     }
