@@ -403,6 +403,9 @@ impl Migrator {
             Some(Marker::Moved { .. }) => {}
             _ => return Err(CleanupError::NotLeft(name.to_string())),
         }
+        // A replica that has not followed the tenant yet may still watch there: as before
+        // a migration writes to a store the tenant left (see route::proof).
+        tokio::time::sleep(crate::route::proof::LEFT_STORE_QUIET).await;
         // Everything under the prefix but cutover's reserved keys (the marker stays).
         let range = KeyRange::prefix(prefix);
         let reserved = reserved_prefix(prefix);
