@@ -469,8 +469,11 @@ mod tests {
             release_finds_commit: true,
             ..Default::default()
         };
-        s.fails
-            .insert("fence", || Failure::Verify(VerifyError::Mismatch("x".into())));
+        s.fails.insert("fence", || {
+            Failure::Verify(VerifyError::Mismatch(crate::migrate::verify::Difference::Injected(
+                "x".into(),
+            )))
+        });
         let end = drive(&mut s, LIMITS, no_abort()).await;
         assert_eq!(end.outcome, Outcome::Succeeded);
         assert!(matches!(end.failure, Some(Failure::Verify(_))));

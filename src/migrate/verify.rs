@@ -30,9 +30,42 @@ pub enum VerifyError {
         #[source]
         source: crate::error::ProxyError,
     },
-    /// The sides differ (the message names the key and what differs).
+    /// The sides differ.
     #[error("{0}")]
-    Mismatch(String),
+    Mismatch(#[from] Difference),
+}
+
+/// What differs between the two sides (keys as text, lossily).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Difference {
+    #[error("{0} is on the source but not on the target")]
+    OnlyOnSource(String),
+    #[error("{0} is on the target but not on the source")]
+    OnlyOnTarget(String),
+    #[error("{0}: values differ")]
+    Value(String),
+    #[error("{0}: missing from the key map")]
+    NotInKeyMap(String),
+    /// (create, mod, version) found and expected.
+    #[error("{key}: target revisions {found:?} are not the copier's {expected:?}")]
+    TargetRevisions {
+        key: String,
+        found: (i64, i64, i64),
+        expected: (i64, i64, i64),
+    },
+    #[error("{key}: source revisions {found:?} are not the recorded {expected:?}")]
+    SourceRevisions {
+        key: String,
+        found: (i64, i64, i64),
+        expected: (i64, i64, i64),
+    },
+    #[error("{key}: lease {found:x} on the target, {expected:x} expected")]
+    Lease { key: String, found: i64, expected: i64 },
+    #[error("{on_source} tenant keys on the source, {on_target} on the target")]
+    Count { on_source: i64, on_target: i64 },
+    /// A test made it up (failpoint `migrate.verify.mismatch`).
+    #[error("{0}")]
+    Injected(String),
 }
 
 fn on(side: &'static str) -> impl Fn(crate::error::ProxyError) -> VerifyError {
@@ -77,41 +110,40 @@ fn check(
     tgt: Option<&KeyValue>,
     k: Option<&CopiedKey>,
     leases: &HashMap<i64, i64>,
-) -> Result<(), String> {
+) -> Result<(), Difference> {
     match (src, tgt) {
         (None, None) => Ok(()),
-        (Some(s), None) => Err(format!("{} is on the source but not on the target", show(&s.key))),
-        (None, Some(t)) => Err(format!("{} is on the target but not on the source", show(&t.key))),
+        (Some(s), None) => Err(Difference::OnlyOnSource(show(&s.key))),
+        (None, Some(t)) => Err(Difference::OnlyOnTarget(show(&t.key))),
         (Some(s), Some(t)) => {
             let key = show(&s.key);
             if s.value != t.value {
-                return Err(format!("{key}: values differ"));
+                return Err(Difference::Value(key));
             }
             let Some(k) = k else {
-                return Err(format!("{key}: missing from the key map"));
+                return Err(Difference::NotInKeyMap(key));
             };
-            if (t.create_revision, t.mod_revision, t.version) != (k.target_create, k.target_mod, k.target_version) {
-                return Err(format!(
-                    "{key}: target revisions ({}, {}, {}) are not the copier's ({}, {}, {})",
-                    t.create_revision, t.mod_revision, t.version, k.target_create, k.target_mod, k.target_version
-                ));
+            let found = (t.create_revision, t.mod_revision, t.version);
+            let expected = (k.target_create, k.target_mod, k.target_version);
+            if found != expected {
+                return Err(Difference::TargetRevisions { key, found, expected });
             }
-            if (s.create_revision, s.mod_revision, s.version) != (k.source_create, k.source_mod, k.source_version) {
-                return Err(format!(
-                    "{key}: source revisions ({}, {}, {}) are not the recorded ({}, {}, {})",
-                    s.create_revision, s.mod_revision, s.version, k.source_create, k.source_mod, k.source_version
-                ));
+            let found = (s.create_revision, s.mod_revision, s.version);
+            let expected = (k.source_create, k.source_mod, k.source_version);
+            if found != expected {
+                return Err(Difference::SourceRevisions { key, found, expected });
             }
-            let expected_lease = if s.lease == 0 {
+            let expected = if s.lease == 0 {
                 0
             } else {
                 leases.get(&s.lease).copied().unwrap_or(s.lease)
             };
-            if t.lease != expected_lease {
-                return Err(format!(
-                    "{key}: lease {:x} on the target, {:x} expected",
-                    t.lease, expected_lease
-                ));
+            if t.lease != expected {
+                return Err(Difference::Lease {
+                    key,
+                    found: t.lease,
+                    expected,
+                });
             }
             Ok(())
         }
@@ -307,9 +339,11 @@ pub async fn counts(
         .await
         .map_err(on("target"))?;
     if s != t {
-        return Err(VerifyError::Mismatch(format!(
-            "{s} tenant keys on the source, {t} on the target"
-        )));
+        return Err(Difference::Count {
+            on_source: s,
+            on_target: t,
+        }
+        .into());
     }
     Ok(())
 }

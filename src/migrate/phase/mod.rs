@@ -259,7 +259,7 @@ impl Job {
         )
         .await;
         let result = match crate::failpoint!("migrate.verify.mismatch") {
-            Err(e) => Err(verify::VerifyError::Mismatch(e.to_string())),
+            Err(e) => Err(verify::Difference::Injected(e.to_string()).into()),
             Ok(()) => result,
         };
         let n = keys.len() as u64;
