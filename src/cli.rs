@@ -10,7 +10,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 
+use crate::admin::Status;
 use crate::config::Overrides;
+use crate::migrate::{MigrationView, Outcome, Phase};
 
 /// Where the admin API is and how to authenticate to it.
 #[derive(Debug, Clone, clap::Args)]
@@ -150,7 +152,7 @@ pub struct StatusStream {
 
 impl StatusStream {
     /// The next status (its raw line and parsed); `None` when the API ends the stream.
-    pub async fn next(&mut self) -> Result<Option<(String, Value)>, CliError> {
+    pub async fn next(&mut self) -> Result<Option<(String, Status)>, CliError> {
         loop {
             if let Some(end) = self.buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = self.buf.drain(..=end).collect();
@@ -160,7 +162,7 @@ impl StatusStream {
                 }
                 let v = serde_json::from_str(&text).map_err(|e| {
                     CliError::Refused(format!(
-                        "the status stream sent something that is not JSON ({e}): {text}"
+                        "the status stream sent something that is not a status ({e}): {text}"
                     ))
                 })?;
                 return Ok(Some((text, v)));
@@ -269,13 +271,13 @@ impl Admin {
         }
     }
 
-    pub async fn status(&self) -> Result<Value, CliError> {
+    pub async fn status(&self) -> Result<Status, CliError> {
         let (code, json) = self.call(http::Method::GET, "/v1/status", None).await?;
-        if code == 200 {
-            Ok(json)
-        } else {
-            Err(CliError::Refused(format!("status: HTTP {code}: {json}")))
+        if code != 200 {
+            return Err(CliError::Refused(format!("status: HTTP {code}: {json}")));
         }
+        serde_json::from_value(json)
+            .map_err(|e| CliError::Refused(format!("the admin API sent something that is not a status: {e}")))
     }
 }
 
@@ -295,7 +297,7 @@ pub async fn migrate(admin: &Admin, to: &str, overwrite: bool, wait: bool) -> Re
         return Ok(true);
     }
     let last = follow(admin, Some(&id)).await?;
-    Ok(last["migration"]["outcome"] == "Succeeded")
+    Ok(last.migration.is_some_and(|m| m.outcome == Outcome::Succeeded))
 }
 
 pub async fn abort(admin: &Admin) -> Result<(), CliError> {
@@ -326,7 +328,7 @@ pub async fn status(admin: &Admin, watch: bool, json: bool) -> Result<(), CliErr
             say(header())?;
             say(line(&st))?;
         }
-        (false, true) => say(admin.status().await?)?,
+        (false, true) => say(serde_json::to_string(&admin.status().await?).unwrap_or_default())?,
         (true, false) => {
             follow(admin, None).await?;
         }
@@ -404,68 +406,67 @@ fn mib(bytes: u64) -> f64 {
 }
 
 /// One status line: NAME STATUS DATASTORE AGE PHASE PROGRESS LAG FENCE.
-pub fn line(st: &Value) -> String {
-    let m = &st["migration"];
-    let ds = st["dataStore"].as_str().unwrap_or("?").to_string();
-    if m.is_null() {
+pub fn line(st: &Status) -> String {
+    let ds = st.data_store.clone();
+    let Some(m) = &st.migration else {
         return row(&[
             "-".into(),
             "Ready".into(),
             ds,
             "-".into(),
-            st["phase"].as_str().unwrap_or("Ready").into(),
+            st.phase.as_str().into(),
             "-".into(),
             "-".into(),
             "-".into(),
         ]);
-    }
-    let n = |k: &str| m[k].as_u64().unwrap_or(0);
-    let fence = m["fenceMs"].as_f64().map_or("-".to_string(), |f| format!("{f:.0}ms"));
+    };
+    let fence = m.fence_ms.map_or("-".to_string(), |f| format!("{f:.0}ms"));
     let mut out = row(&[
-        m["id"].as_str().unwrap_or("-").into(),
-        m["outcome"].as_str().unwrap_or("-").into(),
+        m.id.clone(),
+        format!("{:?}", m.outcome),
         ds,
-        age(n("startedUnixMs")),
-        m["phase"].as_str().unwrap_or("-").into(),
-        format!(
-            "{}/{} ({:.1} MiB)",
-            n("keysCopied"),
-            n("keysTotal"),
-            mib(n("bytesCopied"))
-        ),
-        m["lagRevisions"].as_i64().unwrap_or(0).to_string(),
+        age(m.started_unix_ms),
+        m.phase.as_str().into(),
+        format!("{}/{} ({:.1} MiB)", m.keys_copied, m.keys_total, mib(m.bytes_copied)),
+        m.lag_revisions.to_string(),
         fence,
     ]);
-    if let Some(e) = m["error"].as_str() {
+    if let Some(e) = &m.error {
         out.push_str(&format!("\n  error: {e}"));
     }
     out
 }
 
 /// The fields whose change deserves a new line.
-fn milestone(st: &Value) -> Value {
-    let m = &st["migration"];
-    serde_json::json!([
-        st["dataStore"],
-        st["phase"],
-        m["id"],
-        m["phase"],
-        m["outcome"],
-        m["error"]
-    ])
+#[derive(PartialEq)]
+struct Milestone {
+    data_store: String,
+    phase: Phase,
+    migration: Option<(String, Phase, Outcome, Option<String>)>,
+}
+
+fn milestone(st: &Status) -> Milestone {
+    Milestone {
+        data_store: st.data_store.clone(),
+        phase: st.phase,
+        migration: st
+            .migration
+            .as_ref()
+            .map(|m| (m.id.clone(), m.phase, m.outcome, m.error.clone())),
+    }
 }
 
 /// The progress bar drawn on stderr while copying (on a terminal).
-fn progress_bar(m: &Value) -> String {
-    let total = m["keysTotal"].as_u64().unwrap_or(0);
-    let done = m["keysCopied"].as_u64().unwrap_or(0).min(total.max(1));
+fn progress_bar(m: &MigrationView) -> String {
+    let total = m.keys_total;
+    let done = m.keys_copied.min(total.max(1));
     const WIDTH: u64 = 40;
     let filled = (done * WIDTH).checked_div(total).unwrap_or(0) as usize;
     format!(
         "\r  copying [{}{}] {done}/{total} keys, {:.1} MiB",
         "#".repeat(filled),
         "-".repeat(WIDTH as usize - filled),
-        mib(m["bytesCopied"].as_u64().unwrap_or(0))
+        mib(m.bytes_copied)
     )
 }
 
@@ -475,11 +476,11 @@ fn progress_bar(m: &Value) -> String {
 /// A new line for every change of phase, outcome, datastore or error; progress changes
 /// in between draw a bar on stderr while copying on a terminal, else a line at most once
 /// a second.
-async fn follow(admin: &Admin, id: Option<&str>) -> Result<Value, CliError> {
+async fn follow(admin: &Admin, id: Option<&str>) -> Result<Status, CliError> {
     let tty = std::io::stdout().is_terminal();
     let mut stream = admin.watch_status().await?;
     say(header())?;
-    let mut last_milestone = Value::Null;
+    let mut last_milestone: Option<Milestone> = None;
     let mut last_line = String::new();
     let mut last_print = std::time::Instant::now();
     let mut bar_shown = false;
@@ -493,16 +494,15 @@ async fn follow(admin: &Admin, id: Option<&str>) -> Result<Value, CliError> {
             clear_bar(&mut bar_shown);
             return Err(stream_ended());
         };
-        let m = &st["migration"];
         let ms = milestone(&st);
         let text = line(&st);
-        if ms != last_milestone {
+        if last_milestone.as_ref() != Some(&ms) {
             clear_bar(&mut bar_shown);
             say(&text)?;
-            last_milestone = ms;
+            last_milestone = Some(ms);
             last_print = std::time::Instant::now();
         } else if text != last_line {
-            if tty && m["phase"] == "Copying" {
+            if let Some(m) = st.migration.as_ref().filter(|m| tty && m.phase == Phase::Copying) {
                 let mut err = std::io::stderr().lock();
                 let _ = write!(err, "{}", progress_bar(m)).and_then(|_| err.flush());
                 bar_shown = true;
@@ -514,14 +514,15 @@ async fn follow(admin: &Admin, id: Option<&str>) -> Result<Value, CliError> {
         }
         last_line = text;
         if let Some(id) = id {
-            if m["id"] != id {
+            let current = st.migration.as_ref();
+            if current.map(|m| m.id.as_str()) != Some(id) {
                 clear_bar(&mut bar_shown);
                 return Err(CliError::Refused(format!(
                     "migration {id} is no longer the current one (now: {}); see cutover status",
-                    m["id"].as_str().unwrap_or("none")
+                    current.map_or("none", |m| m.id.as_str())
                 )));
             }
-            if m["outcome"] != "Running" {
+            if current.is_some_and(|m| m.outcome != Outcome::Running) {
                 clear_bar(&mut bar_shown);
                 return Ok(st);
             }
@@ -533,20 +534,40 @@ async fn follow(admin: &Admin, id: Option<&str>) -> Result<Value, CliError> {
 mod tests {
     use super::*;
 
+    fn status(json: serde_json::Value) -> Status {
+        let mut doc = serde_json::json!({
+            "version": "0", "dataStore": "default", "phase": "Ready", "ready": true,
+            "dataStoreSinceUnixMs": 0, "stranded": null, "uptimeSeconds": 1, "dataStores": [],
+            "migration": null
+        });
+        for (k, v) in json.as_object().unwrap() {
+            doc[k] = v.clone();
+        }
+        serde_json::from_value(doc).unwrap()
+    }
+
+    fn view(json: serde_json::Value) -> MigrationView {
+        let mut doc = serde_json::to_value(MigrationView::default()).unwrap();
+        for (k, v) in json.as_object().unwrap() {
+            doc[k] = v.clone();
+        }
+        serde_json::from_value(doc).unwrap()
+    }
+
     #[test]
     fn status_lines_show_the_migration() {
-        let st = serde_json::json!({
-            "dataStore": "dedicated", "phase": "Ready",
-            "migration": {"id": "m-1", "outcome": "Succeeded", "phase": "Ready", "startedUnixMs": 0,
+        let m = view(
+            serde_json::json!({"id": "m-1", "outcome": "Succeeded", "phase": "Ready", "startedUnixMs": 0,
                           "keysCopied": 10, "keysTotal": 10, "bytesCopied": 2097152, "lagRevisions": 0,
-                          "fenceMs": 12.4, "error": null}
-        });
+                          "fenceMs": 12.4, "error": null}),
+        );
+        let st = status(serde_json::json!({"dataStore": "dedicated", "migration": m}));
         let l = line(&st);
         assert!(l.starts_with("m-1"), "{l}");
         for part in ["Succeeded", "dedicated", "10/10 (2.0 MiB)", "12ms"] {
             assert!(l.contains(part), "{part} in {l}");
         }
-        let none = line(&serde_json::json!({"dataStore": "default", "phase": "Ready", "migration": null}));
+        let none = line(&status(serde_json::json!({})));
         assert!(none.contains("Ready") && none.contains("default"), "{none}");
         assert_eq!(header().split_whitespace().count(), 8);
     }
@@ -554,7 +575,9 @@ mod tests {
     #[test]
     fn progress_bars_fill_with_the_copy() {
         let bar = |done: u64, total: u64| {
-            progress_bar(&serde_json::json!({"keysCopied": done, "keysTotal": total, "bytesCopied": 0}))
+            progress_bar(&view(
+                serde_json::json!({"keysCopied": done, "keysTotal": total, "bytesCopied": 0}),
+            ))
         };
         assert!(bar(0, 0).contains("[----"), "{}", bar(0, 0));
         assert!(bar(5, 10).contains(&format!("[{}{}]", "#".repeat(20), "-".repeat(20))));

@@ -175,13 +175,13 @@ async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
         .into_response()
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Status {
-    pub version: &'static str,
+    pub version: String,
     /// The authoritative datastore.
     pub data_store: String,
-    pub phase: &'static str,
+    pub phase: crate::migrate::Phase,
     pub ready: bool,
     /// Since when (Unix ms) this replica serves from `dataStore`.
     pub data_store_since_unix_ms: u64,
@@ -194,7 +194,7 @@ pub struct Status {
     pub migration: Option<crate::migrate::MigrationView>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DatastoreStatus {
     pub name: String,
@@ -202,7 +202,7 @@ pub struct DatastoreStatus {
     pub endpoints: Vec<EndpointStatus>,
 }
 
-#[derive(Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct EndpointStatus {
     pub url: String,
@@ -236,9 +236,9 @@ fn status_doc(s: &AdminState, snap: crate::migrate::Snapshot) -> Status {
         })
         .collect();
     Status {
-        version: env!("CARGO_PKG_VERSION"),
+        version: env!("CARGO_PKG_VERSION").to_string(),
         data_store: route.datastore_name.clone(),
-        phase: snap.phase.as_str(),
+        phase: snap.phase,
         ready: route.stranded.is_none() && route.datastore.is_ready(),
         data_store_since_unix_ms: route.since_unix_ms,
         stranded: route
