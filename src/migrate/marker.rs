@@ -277,9 +277,18 @@ async fn resolve_and_switch(router: &crate::route::Router, from: &str) -> Result
         if let Some(t) = &translation {
             tracing::info!(datastore = %name, s = t.s, t = t.t, l = t.l, keys = t.keys.len(), "loaded the revision translation");
         }
+        // Every name here was checked against the configured datastores above.
         router
             .switch_to(&name, translation.map(std::sync::Arc::new))
-            .expect("a configured datastore");
+            .map_err(|e| {
+                (
+                    left(&name),
+                    ResolveError::UnknownTarget {
+                        from: from.to_string(),
+                        to: e.0,
+                    },
+                )
+            })?;
     }
     Ok(())
 }

@@ -10,13 +10,19 @@ use etcd_client::{EventType, GetOptions, WatchOptions};
 use crate::migrate::{migrate, seed_with_history, tenant_state, two_stores, Load, TENANT};
 use crate::support::{client, eventually, Etcd, Proxy};
 
-/// The gauge a proxy exports for requests waiting on a store the tenant left.
-async fn held_reads(p: &Proxy) -> i64 {
+/// A gauge the proxy exports (0 when absent).
+async fn gauge(p: &Proxy, name: &str) -> i64 {
     let text = p.metrics().await;
+    let prefix = format!("{name} ");
     text.lines()
-        .find_map(|l| l.strip_prefix("cutover_held_reads "))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// The gauge a proxy exports for requests waiting on a store the tenant left.
+async fn held_reads(p: &Proxy) -> i64 {
+    gauge(p, "cutover_held_reads").await
 }
 
 /// A replica that has seen the commit marker but not switched yet (stopped at the point
@@ -84,11 +90,7 @@ async fn a_replica_that_has_not_switched_never_answers_a_read_from_the_store_the
 
 /// The gauge a proxy exports for watch responses waiting on a store the tenant left.
 async fn held_watch_responses(p: &Proxy) -> i64 {
-    let text = p.metrics().await;
-    text.lines()
-        .find_map(|l| l.strip_prefix("cutover_held_watch_responses "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+    gauge(p, "cutover_held_watch_responses").await
 }
 
 /// One watch event as a client saw it: put?, key, value, mod revision, prev value.
