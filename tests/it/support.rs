@@ -665,12 +665,20 @@ impl Forwarder {
 
     /// Drops every relayed connection and closes the port; returns once both are done.
     pub fn cut(&mut self) {
-        let mut tasks: Vec<_> = self.conns.lock().drain(..).collect();
-        tasks.extend(self.accept.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // The accept loop first: a connection it accepts while the relays are being
+        // collected would otherwise survive the cut.
+        if let Some(accept) = self.accept.take() {
+            accept.abort();
+            while !accept.is_finished() {
+                assert!(Instant::now() < deadline, "the forwarder's accept loop did not stop");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        let tasks: Vec<_> = self.conns.lock().drain(..).collect();
         for t in &tasks {
             t.abort();
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
         while !tasks.iter().all(|t| t.is_finished()) {
             assert!(Instant::now() < deadline, "the forwarder's tasks did not stop");
             std::thread::sleep(Duration::from_millis(1));
