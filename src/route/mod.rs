@@ -200,7 +200,7 @@ impl Router {
             stranded: None,
             proof: Default::default(),
         });
-        self.changes.send_replace(swapped.generation + 1);
+        self.publish(swapped.generation + 1);
         Ok(())
     }
 
@@ -235,9 +235,21 @@ impl Router {
             })
         });
         if stranded {
-            self.changes.send_replace(prev.generation + 1);
+            self.publish(prev.generation + 1);
         }
         stranded
+    }
+
+    /// Tells the streams of generation `generation`. Two swappers may get here in either
+    /// order; the newest generation wins, so the value a stream sees never goes back.
+    fn publish(&self, generation: u64) {
+        self.changes.send_if_modified(|latest| {
+            let newer = generation > *latest;
+            if newer {
+                *latest = generation;
+            }
+            newer
+        });
     }
 
     /// A request saw the "moved" marker on the store of route `generation`.
