@@ -86,9 +86,9 @@ fn sidecar_config(path: &std::path::Path) -> Result<crate::config::Config, CliEr
 }
 
 fn read_token(path: &std::path::Path) -> Result<String, CliError> {
-    std::fs::read_to_string(path)
-        .map(|t| t.trim().to_string())
-        .map_err(|e| CliError::Usage(format!("--token-file {}: {e}", path.display())))
+    crate::config::read_token(path)
+        .map(|t| t.expose().to_string())
+        .map_err(|e| CliError::Usage(format!("--token-file: {e}")))
 }
 
 impl Connect {

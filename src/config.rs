@@ -17,6 +17,16 @@ use serde_norway::{Mapping, Value};
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 /// etcd adds this much to `--max-request-bytes` for its gRPC receive limit.
 pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+/// The largest `maxRequestBytes`: far beyond what etcd itself accepts in practice, and
+/// small enough that nothing computed from it overflows.
+pub const MAX_REQUEST_BYTES_LIMIT: usize = 256 << 20;
+/// The largest `migration.revisionGap`: revisions stay far from i64's end even after
+/// many migrations of a busy tenant.
+pub const MAX_REVISION_GAP: i64 = 1_000_000_000_000;
+/// The longest a held write or read may wait for a fence to lift.
+pub const MAX_HOLD_TIMEOUT: Duration = Duration::from_secs(3600);
+/// The longest any other duration setting may be.
+pub const MAX_SETTING_DURATION: Duration = Duration::from_secs(24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -719,6 +729,39 @@ fn check_readable(key: &str, path: &Path) -> Result<(), ConfigError> {
         .map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))
 }
 
+/// Reads a bearer token file the one way the server and the CLI both use: surrounding
+/// whitespace (an editor's newline, stray spaces) is not part of the token, and a token
+/// is one word on one line.
+pub fn read_token(path: &Path) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("{} is empty", path.display()));
+    }
+    if token.contains(char::is_whitespace) {
+        return Err(format!(
+            "{} must hold the token alone, on one line (it has whitespace inside)",
+            path.display()
+        ));
+    }
+    Ok(Secret(token.to_string()))
+}
+
+/// A duration setting, at most `max`.
+fn bounded_duration(key: &str, value: &str, max: Duration) -> Result<Duration, ConfigError> {
+    let d = humantime::parse_duration(value).map_err(|e| ConfigError::invalid(key, format!("{value:?}: {e}")))?;
+    if d > max {
+        return Err(ConfigError::invalid(
+            key,
+            format!(
+                "{value:?} is longer than the most allowed, {}",
+                humantime::format_duration(max)
+            ),
+        ));
+    }
+    Ok(d)
+}
+
 fn read_secret(key: &str, path: &Path) -> Result<Secret, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| ConfigError::invalid(key, format!("cannot read {}: {e}", path.display())))?;
@@ -740,7 +783,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let admin_listen = parse_socket_addr(&raw.admin.listen).map_err(|m| ConfigError::invalid("admin.listen", m))?;
     let admin_token = match &raw.admin.token_file {
-        Some(p) => Some(read_secret("admin.tokenFile", p)?),
+        Some(p) => Some(read_token(p).map_err(|m| ConfigError::invalid("admin.tokenFile", m))?),
         None => None,
     };
     if raw.data_stores.is_empty() {
@@ -756,14 +799,26 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             format!("{:?} is not one of dataStores ({})", raw.data_store, known.join(", ")),
         ));
     }
-    let hold_timeout = humantime::parse_duration(&raw.fence.hold_timeout)
-        .map_err(|e| ConfigError::invalid("fence.holdTimeout", format!("{:?}: {e}", raw.fence.hold_timeout)))?;
+    let hold_timeout = bounded_duration("fence.holdTimeout", &raw.fence.hold_timeout, MAX_HOLD_TIMEOUT)?;
+    if !raw.prefix.is_empty() && !raw.prefix.ends_with('/') {
+        return Err(ConfigError::invalid(
+            "prefix",
+            format!(
+                "{:?} must end with \"/\" (without it the tenant would also own the keys of any tenant whose prefix starts the same, such as {:?})",
+                raw.prefix,
+                format!("{}b/", raw.prefix)
+            ),
+        ));
+    }
     let migration = migration_settings(&raw.migration)?;
     if raw.worker_threads == 0 || raw.worker_threads > 64 {
         return Err(ConfigError::invalid("workerThreads", "must be between 1 and 64"));
     }
-    if raw.max_request_bytes == 0 {
-        return Err(ConfigError::invalid("maxRequestBytes", "must be greater than zero"));
+    if raw.max_request_bytes == 0 || raw.max_request_bytes > MAX_REQUEST_BYTES_LIMIT {
+        return Err(ConfigError::invalid(
+            "maxRequestBytes",
+            format!("must be between 1 and {MAX_REQUEST_BYTES_LIMIT}"),
+        ));
     }
     let mut data_stores = BTreeMap::new();
     for (name, ds) in &raw.data_stores {
@@ -835,9 +890,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
 }
 
 fn migration_settings(m: &MigrationConfig) -> Result<MigrationSettings, ConfigError> {
-    let duration = |key: &'static str, v: &str| {
-        humantime::parse_duration(v).map_err(|e| ConfigError::invalid(key, format!("{v:?}: {e}")))
-    };
+    let duration = |key: &'static str, v: &str| bounded_duration(key, v, MAX_SETTING_DURATION);
     if !(1..=10_000).contains(&m.page_size) {
         return Err(ConfigError::invalid(
             "migration.pageSize",
@@ -850,11 +903,17 @@ fn migration_settings(m: &MigrationConfig) -> Result<MigrationSettings, ConfigEr
             "must be between 1 and 64",
         ));
     }
-    if m.max_lag < 0 {
-        return Err(ConfigError::invalid("migration.maxLag", "must not be negative"));
+    if !(0..=MAX_REVISION_GAP).contains(&m.max_lag) {
+        return Err(ConfigError::invalid(
+            "migration.maxLag",
+            format!("must be between 0 and {MAX_REVISION_GAP}"),
+        ));
     }
-    if m.revision_gap < 1 {
-        return Err(ConfigError::invalid("migration.revisionGap", "must be at least 1"));
+    if !(1..=MAX_REVISION_GAP).contains(&m.revision_gap) {
+        return Err(ConfigError::invalid(
+            "migration.revisionGap",
+            format!("must be between 1 and {MAX_REVISION_GAP}"),
+        ));
     }
     let lease_ttl = duration("migration.leaseTTL", &m.lease_ttl)?;
     if lease_ttl < std::time::Duration::from_secs(2) {
@@ -1023,6 +1082,74 @@ mod tests {
                 built_in.catch_up_timeout,
             )
         );
+    }
+
+    #[test]
+    fn a_prefix_must_end_with_a_slash() {
+        // "/tenant-a" would also hold "/tenant-ab/...": another tenant's keys.
+        let err = from_yaml(&format!("prefix: /tenant-a\n{MINIMAL}"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("config: prefix: \"/tenant-a\" must end with \"/\""),
+            "{err}"
+        );
+        assert_eq!(
+            &from_yaml(&format!("prefix: /tenant-a/\n{MINIMAL}")).unwrap().prefix[..],
+            b"/tenant-a/"
+        );
+        assert!(
+            from_yaml(MINIMAL).unwrap().prefix.is_empty(),
+            "no prefix: the whole key space"
+        );
+    }
+
+    #[test]
+    fn numbers_are_bounded_where_they_are_read() {
+        for (line, key) in [
+            ("migration: {revisionGap: 9223372036854775807}", "migration.revisionGap"),
+            ("fence: {holdTimeout: 18446744073709551615s}", "fence.holdTimeout"),
+            ("fence: {holdTimeout: 2h}", "fence.holdTimeout"),
+            ("maxRequestBytes: 18446744073709551615", "maxRequestBytes"),
+            ("maxRequestBytes: 4294967296", "maxRequestBytes"),
+            ("migration: {fenceTimeout: 100000000h}", "migration.fenceTimeout"),
+            ("migration: {leaseTTL: 100000000h}", "migration.leaseTTL"),
+            ("migration: {stepDelay: 100000000h}", "migration.stepDelay"),
+            ("migration: {maxLag: 9223372036854775807}", "migration.maxLag"),
+        ] {
+            let err = from_yaml(&format!("{line}\n{MINIMAL}"))
+                .err()
+                .unwrap_or_else(|| panic!("{line} was accepted"))
+                .to_string();
+            assert!(err.starts_with(&format!("config: {key}:")), "{line}: {err}");
+        }
+        let c = from_yaml(&format!(
+            "maxRequestBytes: 16777216\nfence: {{holdTimeout: 1h}}\nmigration: {{revisionGap: 1000000000000}}\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(c.max_request_bytes, 16 << 20);
+        assert_eq!(c.migration.revision_gap, MAX_REVISION_GAP);
+    }
+
+    #[test]
+    fn a_token_file_is_one_line_with_its_whitespace_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        let with = |text: &str| {
+            std::fs::write(&file, text).unwrap();
+            from_yaml(&format!("admin: {{tokenFile: {}}}\n{MINIMAL}", file.display()))
+        };
+        // What the server keeps is what the CLI sends (read_token, for both).
+        let c = with("  s3cret \t\r\n").unwrap();
+        assert_eq!(c.admin_token.as_ref().unwrap().expose(), "s3cret");
+        assert_eq!(read_token(&file).unwrap().expose(), "s3cret");
+        for bad in ["", " \n\n", "one\ntwo\n", "two words"] {
+            let err = with(bad)
+                .err()
+                .unwrap_or_else(|| panic!("{bad:?} was accepted"))
+                .to_string();
+            assert!(err.starts_with("config: admin.tokenFile:"), "{bad:?}: {err}");
+        }
     }
 
     #[test]

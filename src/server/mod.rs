@@ -93,14 +93,20 @@ fn hop_by_hop(key: &str) -> bool {
     ) || key.starts_with("grpc-")
 }
 
-/// Parses gRPC's `grpc-timeout` header (an integer and a unit letter).
+/// The longest client deadline passed on: any longer one (gRPC allows up to 99,999,999
+/// hours, and a client may send more) is this. No request lives that long, and nothing
+/// computed from a deadline can overflow.
+const MAX_CLIENT_DEADLINE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Parses gRPC's `grpc-timeout` header (an integer and a unit letter), clamped to
+/// [`MAX_CLIENT_DEADLINE`].
 fn parse_grpc_timeout(v: &str) -> Option<Duration> {
     if v.len() < 2 {
         return None;
     }
     let (n, unit) = v.split_at(v.len() - 1);
     let n: u64 = n.parse().ok()?;
-    Some(match unit {
+    let timeout = match unit {
         "H" => Duration::from_secs(n.saturating_mul(3600)),
         "M" => Duration::from_secs(n.saturating_mul(60)),
         "S" => Duration::from_secs(n),
@@ -108,7 +114,8 @@ fn parse_grpc_timeout(v: &str) -> Option<Duration> {
         "u" => Duration::from_micros(n),
         "n" => Duration::from_nanos(n),
         _ => return None,
-    })
+    };
+    Some(timeout.min(MAX_CLIENT_DEADLINE))
 }
 
 impl Forwarded {
@@ -1062,6 +1069,8 @@ mod tests {
         assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
         assert_eq!(parse_grpc_timeout("x"), None);
         assert_eq!(parse_grpc_timeout("10q"), None);
+        assert_eq!(parse_grpc_timeout("100000000H"), Some(MAX_CLIENT_DEADLINE));
+        assert_eq!(parse_grpc_timeout("18446744073709551615H"), Some(MAX_CLIENT_DEADLINE));
     }
 
     #[test]

@@ -164,3 +164,65 @@ async fn malformed_and_oversized_messages_get_clean_errors() {
     }
     still_serving(&proxy).await;
 }
+
+/// Sends one unary gRPC call over a bare HTTP/2 connection with `headers` as given (a
+/// client library would refuse or rewrite the odd ones); returns `grpc-status` and
+/// `grpc-message`.
+async fn h2_call(endpoint: &str, path: &str, headers: &[(&str, &str)], message: &[u8]) -> (String, String) {
+    let tcp = tokio::net::TcpStream::connect(endpoint).await.expect("connects");
+    let (mut h2, conn) = h2::client::handshake(tcp).await.expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    let mut req = http::Request::post(format!("http://{endpoint}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let (resp, mut body) = h2.send_request(req.body(()).unwrap(), false).expect("request sent");
+    let mut frame = vec![0u8];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(message);
+    body.send_data(Bytes::from(frame), true).expect("message sent");
+    let resp = tokio::time::timeout(Duration::from_secs(10), resp)
+        .await
+        .expect("an answer in time")
+        .expect("an HTTP/2 response");
+    let (head, mut recv) = resp.into_parts();
+    let mut status = head.headers.get("grpc-status").map(|v| v.to_str().unwrap().to_string());
+    let mut message = head
+        .headers
+        .get("grpc-message")
+        .map(|v| v.to_str().unwrap().to_string());
+    while let Some(chunk) = recv.data().await {
+        let chunk = chunk.expect("body");
+        let _ = recv.flow_control().release_capacity(chunk.len());
+    }
+    if let Some(t) = recv.trailers().await.expect("trailers") {
+        status = status.or(t.get("grpc-status").map(|v| v.to_str().unwrap().to_string()));
+        message = message.or(t.get("grpc-message").map(|v| v.to_str().unwrap().to_string()));
+    }
+    (status.unwrap_or_default(), message.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_client_deadline_beyond_any_clock_is_clamped_not_a_panic() {
+    let etcd = Etcd::start().await;
+    let proxy = Proxy::start_for(&[&etcd]).await;
+    // RangeRequest { key: "a" }; PutRequest { key: "a", value: "b" }.
+    let range = [0x0a, 0x01, b'a'];
+    let put = [0x0a, 0x01, b'a', 0x12, 0x01, b'b'];
+    for timeout in ["100000000H", "99999999H", "18446744073709551615n"] {
+        for (path, msg) in [
+            ("/etcdserverpb.KV/Range", &range[..]),
+            ("/etcdserverpb.KV/Put", &put[..]),
+        ] {
+            let (status, message) = h2_call(&proxy.endpoint, path, &[("grpc-timeout", timeout)], msg).await;
+            assert!(
+                status == "0" || status == "3",
+                "{path} with grpc-timeout {timeout}: status {status:?} {message:?}"
+            );
+        }
+    }
+    assert!(!proxy.log().contains("panicked"), "{}", proxy.log());
+    still_serving(&proxy).await;
+}
