@@ -281,11 +281,17 @@ impl Admin {
     }
 }
 
-pub async fn migrate(admin: &Admin, to: &str, overwrite: bool, wait: bool) -> Result<bool, CliError> {
+pub async fn migrate(
+    admin: &Admin,
+    to: &str,
+    overwrite: bool,
+    delete_whole_keyspace: bool,
+    wait: bool,
+) -> Result<bool, CliError> {
     let view = admin
         .post(
             "/v1/migrations",
-            serde_json::json!({ "to": to, "overwrite": overwrite }),
+            serde_json::json!({ "to": to, "overwrite": overwrite, "deleteWholeKeyspace": delete_whole_keyspace }),
         )
         .await?;
     let id = view["id"].as_str().unwrap_or("?").to_string();
@@ -310,9 +316,12 @@ pub async fn abort(admin: &Admin) -> Result<(), CliError> {
     Ok(())
 }
 
-pub async fn cleanup(admin: &Admin, datastore: &str) -> Result<(), CliError> {
+pub async fn cleanup(admin: &Admin, datastore: &str, delete_whole_keyspace: bool) -> Result<(), CliError> {
     let r = admin
-        .post("/v1/cleanup", serde_json::json!({ "datastore": datastore }))
+        .post(
+            "/v1/cleanup",
+            serde_json::json!({ "datastore": datastore, "deleteWholeKeyspace": delete_whole_keyspace }),
+        )
         .await?;
     say(format_args!(
         "deleted {} keys of the tenant from {datastore}",

@@ -38,6 +38,10 @@ enum Command {
         /// Delete whatever the target holds in the tenant's key range first
         #[arg(long)]
         overwrite: bool,
+        /// With --overwrite and no `prefix` configured (the tenant's range is then the
+        /// whole key space): yes, delete every key on the target, whoever wrote it
+        #[arg(long, requires = "overwrite")]
+        delete_whole_keyspace: bool,
         /// Follow the migration (as `status --watch` does) until it ends; exit 0 if it
         /// succeeded, 1 if it failed or was aborted
         #[arg(long)]
@@ -73,6 +77,10 @@ enum Command {
         /// The datastore to clean up (refused while it is authoritative or a migration runs)
         #[arg(long, value_name = "NAME")]
         datastore: String,
+        /// With no `prefix` configured (the tenant's range is then the whole key space):
+        /// yes, delete every key on that datastore, whoever wrote it
+        #[arg(long)]
+        delete_whole_keyspace: bool,
         #[command(flatten)]
         connect: cutover::cli::Connect,
     },
@@ -168,10 +176,11 @@ fn main() -> ExitCode {
         Command::Migrate {
             to,
             overwrite,
+            delete_whole_keyspace,
             wait,
             connect,
         } => admin_command(&connect, |a| async move {
-            cutover::cli::migrate(&a, &to, overwrite, wait).await
+            cutover::cli::migrate(&a, &to, overwrite, delete_whole_keyspace, wait).await
         }),
         Command::Abort { connect } => {
             admin_command(&connect, |a| async move { cutover::cli::abort(&a).await.map(|_| true) })
@@ -179,8 +188,14 @@ fn main() -> ExitCode {
         Command::Status { watch, output, connect } => admin_command(&connect, |a| async move {
             cutover::cli::status(&a, watch, output == "json").await.map(|_| true)
         }),
-        Command::Cleanup { datastore, connect } => admin_command(&connect, |a| async move {
-            cutover::cli::cleanup(&a, &datastore).await.map(|_| true)
+        Command::Cleanup {
+            datastore,
+            delete_whole_keyspace,
+            connect,
+        } => admin_command(&connect, |a| async move {
+            cutover::cli::cleanup(&a, &datastore, delete_whole_keyspace)
+                .await
+                .map(|_| true)
         }),
         Command::CheckConfig(o) => match o.load() {
             Ok(c) => {

@@ -139,7 +139,10 @@ async fn apply(migrator: &Arc<Migrator>, change: ConfigChange) {
                 return;
             }
             tracing::info!(%from, %to, "config: dataStore changed; starting a migration");
-            match migrator.start_checked(&to, false, "config").await {
+            match migrator
+                .start_checked(&to, false, crate::migrate::WholeKeyspace::Refused, "config")
+                .await
+            {
                 Ok(view) => {
                     tracing::info!(migration = %view.id, from = %view.from, %to, "config: migration started")
                 }

@@ -12,7 +12,17 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::AdminState;
-use crate::migrate::{AbortError, CleanupError, StartError};
+use crate::migrate::{AbortError, CleanupError, StartError, WholeKeyspace};
+
+/// `deleteWholeKeyspace: true`: the operator's word that a datastore holds this tenant
+/// alone (needed to overwrite or clean up without a prefix).
+fn whole(given: bool) -> WholeKeyspace {
+    if given {
+        WholeKeyspace::Allowed
+    } else {
+        WholeKeyspace::Refused
+    }
+}
 
 fn refuse(code: StatusCode, message: impl std::fmt::Display) -> Response {
     (code, Json(json!({ "error": message.to_string() }))).into_response()
@@ -24,10 +34,16 @@ pub struct StartBody {
     to: String,
     #[serde(default)]
     overwrite: bool,
+    #[serde(default, rename = "deleteWholeKeyspace")]
+    delete_whole_keyspace: bool,
 }
 
 pub async fn start(State(s): State<Arc<AdminState>>, body: Json<StartBody>) -> Response {
-    match s.migrator.start_checked(&body.to, body.overwrite, "api").await {
+    match s
+        .migrator
+        .start_checked(&body.to, body.overwrite, whole(body.delete_whole_keyspace), "api")
+        .await
+    {
         Ok(view) => (StatusCode::ACCEPTED, Json(view)).into_response(),
         Err(e @ StartError::UnknownDatastore(_)) => refuse(StatusCode::NOT_FOUND, e),
         Err(e) => refuse(StatusCode::CONFLICT, e),
@@ -45,10 +61,16 @@ pub async fn abort(State(s): State<Arc<AdminState>>) -> Response {
 #[serde(deny_unknown_fields)]
 pub struct CleanupBody {
     datastore: String,
+    #[serde(default, rename = "deleteWholeKeyspace")]
+    delete_whole_keyspace: bool,
 }
 
 pub async fn cleanup(State(s): State<Arc<AdminState>>, body: Json<CleanupBody>) -> Response {
-    match s.migrator.cleanup(&body.datastore).await {
+    match s
+        .migrator
+        .cleanup(&body.datastore, whole(body.delete_whole_keyspace))
+        .await
+    {
         Ok(deleted) => Json(json!({ "datastore": body.datastore, "deleted": deleted })).into_response(),
         Err(e @ CleanupError::UnknownDatastore(_)) => refuse(StatusCode::NOT_FOUND, e),
         Err(e @ CleanupError::Datastore(_)) => refuse(StatusCode::BAD_GATEWAY, e),

@@ -146,12 +146,24 @@ pub enum StartError {
     UnknownDatastore(String),
     #[error("the tenant is already on datastore {0:?}")]
     AlreadyThere(String),
+    #[error("no prefix is configured, so the tenant's range is the whole key space: overwriting would delete every key on datastore {0:?}, whoever wrote it; if that datastore holds this tenant alone, say so with --delete-whole-keyspace")]
+    WholeKeyspace(String),
     #[error("migration {migration} to {to:?} is already running, led by {leader}; this proxy follows its commit")]
     LedElsewhere {
         migration: String,
         leader: String,
         to: String,
     },
+}
+
+/// Whether the operator agreed to deletions over the whole key space of a datastore,
+/// which is what the tenant's range is when no prefix is configured: other tenants' keys
+/// on the same etcd would go too.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WholeKeyspace {
+    #[default]
+    Refused,
+    Allowed,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -172,6 +184,14 @@ pub enum CleanupError {
     Running(String),
     #[error("datastore {0:?} is not marked as left by the tenant (no commit marker); refusing to delete")]
     NotLeft(String),
+    #[error("no prefix is configured, so the tenant's range is the whole key space: cleanup would delete every key on datastore {0:?}, whoever wrote it; if that datastore held this tenant alone, say so with --delete-whole-keyspace")]
+    WholeKeyspace(String),
+    #[error("datastores {name:?} and {authoritative:?} are the same etcd cluster (cluster ID {cluster_id:x}): cleaning one would delete the tenant's live data")]
+    SameCluster {
+        name: String,
+        authoritative: String,
+        cluster_id: u64,
+    },
     #[error("{0}")]
     Datastore(#[from] ProxyError),
 }
@@ -237,7 +257,16 @@ impl Migrator {
     }
 
     /// Starts a migration of the tenant to datastore `to`.
-    pub fn start(self: &Arc<Self>, to: &str, overwrite: bool, trigger: &str) -> Result<MigrationView, StartError> {
+    pub fn start(
+        self: &Arc<Self>,
+        to: &str,
+        overwrite: bool,
+        whole: WholeKeyspace,
+        trigger: &str,
+    ) -> Result<MigrationView, StartError> {
+        if overwrite && self.router.fence().tenant_prefix.is_empty() && whole != WholeKeyspace::Allowed {
+            return Err(StartError::WholeKeyspace(to.to_string()));
+        }
         let mut slot = self.abort.lock();
         if let Some((id, _)) = slot.as_ref() {
             return Err(StartError::AlreadyRunning(id.clone()));
@@ -283,6 +312,7 @@ impl Migrator {
         self: &Arc<Self>,
         to: &str,
         overwrite: bool,
+        whole: WholeKeyspace,
         trigger: &str,
     ) -> Result<MigrationView, StartError> {
         let route = self.router.route();
@@ -292,7 +322,7 @@ impl Migrator {
                 return Err(StartError::LedElsewhere { migration, leader, to });
             }
         }
-        self.start(to, overwrite, trigger)
+        self.start(to, overwrite, whole, trigger)
     }
 
     /// Asks the running migration to stop and leave the tenant on the source.
@@ -385,7 +415,7 @@ impl Migrator {
 
     /// Deletes the tenant's data from a datastore it has left (keeping the marker that
     /// sends stale proxies to the new one). Returns the number of keys deleted.
-    pub async fn cleanup(&self, name: &str) -> Result<i64, CleanupError> {
+    pub async fn cleanup(&self, name: &str, whole: WholeKeyspace) -> Result<i64, CleanupError> {
         let ds = self
             .router
             .datastores()
@@ -395,10 +425,24 @@ impl Migrator {
         if let Some((id, _)) = self.abort.lock().as_ref() {
             return Err(CleanupError::Running(id.clone()));
         }
-        if self.router.route().datastore_name == name {
+        let route = self.router.route();
+        if route.datastore_name == name {
             return Err(CleanupError::Authoritative(name.to_string()));
         }
         let prefix = &self.router.fence().tenant_prefix;
+        if prefix.is_empty() && whole != WholeKeyspace::Allowed {
+            return Err(CleanupError::WholeKeyspace(name.to_string()));
+        }
+        // The same etcd under a second name (`localhost:P` beside `127.0.0.1:P`) carries
+        // the tenant's live data, and the marker of a move away from it once.
+        let cluster_id = ops::cluster_id(&ds).await?;
+        if cluster_id == ops::cluster_id(&route.datastore).await? {
+            return Err(CleanupError::SameCluster {
+                name: name.to_string(),
+                authoritative: route.datastore_name.clone(),
+                cluster_id,
+            });
+        }
         match marker::read(&ds, &self.router.fence().guard).await? {
             Some(Marker::Moved { .. }) => {}
             _ => return Err(CleanupError::NotLeft(name.to_string())),

@@ -44,6 +44,21 @@ pub async fn current_revision(ds: &Datastore) -> Result<i64, ProxyError> {
     Ok(r.header.map_or(0, |h| h.revision))
 }
 
+/// The ID of the etcd cluster behind `ds`, from a response header: two datastore names
+/// for one cluster show the same ID.
+pub async fn cluster_id(ds: &Datastore) -> Result<u64, ProxyError> {
+    let r = range(
+        ds,
+        RangeRequest {
+            key: Bytes::from_static(b"\0"),
+            count_only: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    Ok(r.header.map_or(0, |h| h.cluster_id))
+}
+
 /// Keys of the tenant range, cutover's own left out.
 /// At `revision` (0: now).
 pub async fn count_tenant(

@@ -18,4 +18,5 @@ mod layers;
 mod migrate;
 mod replicas;
 mod soak;
+mod tenancy;
 mod tls;
