@@ -94,6 +94,14 @@ pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> 
         metrics: metrics.clone(),
         max_recv_bytes: config.max_recv_message_bytes(),
         warned_unguarded: Default::default(),
+        access: crate::server::access::Access::new(
+            !config.prefix.is_empty(),
+            config
+                .tls
+                .as_ref()
+                .map(|t| t.operator_common_names.clone())
+                .unwrap_or_default(),
+        ),
     });
     if let Some(o) = reload {
         if let Some(path) = o.config.clone() {

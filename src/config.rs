@@ -280,6 +280,11 @@ pub struct ServerTls {
     /// When set, clients must present a certificate signed by this CA.
     #[serde(default, rename = "clientCAFile")]
     pub client_ca_file: Option<PathBuf>,
+    /// Clients whose verified certificate has one of these common names are the
+    /// operator: with a `prefix`, only they may call cluster-wide RPCs (member changes,
+    /// auth changes, snapshots, defragmentation, ...). Needs clientCAFile.
+    #[serde(default)]
+    pub operator_common_names: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -432,6 +437,15 @@ pub struct Overrides {
     /// `tls.clientCAFile`: require client certificates signed by this CA
     #[arg(long, env = "CUTOVER_TLS_CLIENT_CA_FILE", value_name = "FILE")]
     pub tls_client_ca_file: Option<PathBuf>,
+    /// `tls.operatorCommonNames`: client certificate common names that may call
+    /// cluster-wide RPCs when a prefix is set (comma-separated)
+    #[arg(
+        long,
+        env = "CUTOVER_TLS_OPERATOR_COMMON_NAMES",
+        value_name = "CN,...",
+        value_delimiter = ','
+    )]
+    pub tls_operator_common_names: Vec<String>,
     /// `admin.listen`: the admin HTTP address [default: 127.0.0.1:9180]
     #[arg(long, env = "CUTOVER_ADMIN_LISTEN", value_name = "ADDR")]
     pub admin_listen: Option<String>,
@@ -581,6 +595,10 @@ impl Overrides {
         }
         if let Some(v) = &self.tls_client_ca_file {
             set_path(doc, &["tls", "clientCAFile"], p(v));
+        }
+        if !self.tls_operator_common_names.is_empty() {
+            let names = self.tls_operator_common_names.iter().map(|n| s(n)).collect();
+            set_path(doc, &["tls", "operatorCommonNames"], Value::Sequence(names));
         }
         if let Some(v) = &self.admin_listen {
             set_path(doc, &["admin", "listen"], s(v));
@@ -779,6 +797,18 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         check_readable("tls.keyFile", &tls.key_file)?;
         if let Some(ca) = &tls.client_ca_file {
             check_readable("tls.clientCAFile", ca)?;
+        }
+        if !tls.operator_common_names.is_empty() && tls.client_ca_file.is_none() {
+            return Err(ConfigError::invalid(
+                "tls.operatorCommonNames",
+                "needs tls.clientCAFile: a common name counts only on a certificate cutover verified",
+            ));
+        }
+        if tls.operator_common_names.iter().any(String::is_empty) {
+            return Err(ConfigError::invalid(
+                "tls.operatorCommonNames",
+                "a name must not be empty",
+            ));
         }
     }
     let admin_listen = parse_socket_addr(&raw.admin.listen).map_err(|m| ConfigError::invalid("admin.listen", m))?;

@@ -71,6 +71,12 @@ pub enum ProxyError {
     /// The request touches cutover's reserved keys.
     #[error("the request touches cutover's reserved keys")]
     Reserved,
+    /// A tenant called an RPC that acts on the whole shared datastore.
+    #[error("{service}.{method} acts on the whole datastore; only the operator may call it")]
+    NotTheTenants {
+        service: &'static str,
+        method: &'static str,
+    },
     /// A revision from before the tenant's last change on a datastore it has left: the
     /// current datastore never had it, as if compacted.
     #[error("{0}")]
@@ -104,7 +110,7 @@ impl ProxyError {
             ProxyError::NoEndpoint { .. } | ProxyError::OutcomeUnknown { .. } => Blame::Upstream,
             ProxyError::RequestTooLarge { .. } => Blame::Downstream,
             ProxyError::Fenced { .. } => Blame::Proxy,
-            ProxyError::Reserved => Blame::Downstream,
+            ProxyError::Reserved | ProxyError::NotTheTenants { .. } => Blame::Downstream,
             ProxyError::Compacted(_) => Blame::Downstream,
             ProxyError::Untranslatable(_) => Blame::Proxy,
             ProxyError::Malformed(_) => Blame::Upstream,
@@ -120,7 +126,7 @@ impl ProxyError {
             ProxyError::OutcomeUnknown { .. } => false,
             ProxyError::RequestTooLarge { .. } => false,
             ProxyError::Fenced { .. } => true,
-            ProxyError::Reserved => false,
+            ProxyError::Reserved | ProxyError::NotTheTenants { .. } => false,
             ProxyError::Compacted(_) => false,
             ProxyError::Untranslatable(_) => false,
             ProxyError::Malformed(_) => false,
@@ -147,7 +153,9 @@ impl ProxyError {
             ProxyError::Fenced { .. } => Status::unavailable(messages::FROZEN),
             ProxyError::Malformed(e) => Status::internal(format!("cutover: {e}")),
             // As etcd answers a user without permission on a key.
-            ProxyError::Reserved => Status::permission_denied(messages::PERMISSION_DENIED),
+            ProxyError::Reserved | ProxyError::NotTheTenants { .. } => {
+                Status::permission_denied(messages::PERMISSION_DENIED)
+            }
             // Exactly etcd's answer for a revision it compacted away.
             ProxyError::Compacted(_) => Status::out_of_range(messages::COMPACTED),
             ProxyError::Untranslatable(m) => Status::unimplemented(format!("cutover: {m}")),

@@ -85,6 +85,8 @@ pub struct Metrics {
     pub shadow_mismatches: Counter,
     /// Migrations ended, by outcome (succeeded, failed, aborted).
     pub migrations: Family<OutcomeLabels, Counter>,
+    /// Cluster-wide RPCs refused to a tenant.
+    pub tenant_refused: Family<MethodLabels, Counter>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -221,6 +223,12 @@ impl Metrics {
             "Migrations ended, by outcome: succeeded, failed, aborted, refused (another replica leads)",
             migrations.clone(),
         );
+        let tenant_refused = Family::<MethodLabels, Counter>::default();
+        registry.register(
+            "tenant_refused_requests",
+            "Cluster-wide RPCs a tenant called and was refused (permission denied), by method",
+            tenant_refused.clone(),
+        );
         let build = Family::<BuildLabels, Gauge>::default();
         build
             .get_or_create(&BuildLabels {
@@ -251,7 +259,14 @@ impl Metrics {
             shadow_reads,
             shadow_mismatches,
             migrations,
+            tenant_refused,
         }
+    }
+
+    pub fn tenant_refused(&self, service: &'static str, method: &'static str) {
+        self.tenant_refused
+            .get_or_create(&MethodLabels { service, method })
+            .inc();
     }
 
     pub fn observe_unary(&self, service: &'static str, method: &'static str, code: Code, elapsed: Duration) {

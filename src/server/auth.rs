@@ -1,4 +1,6 @@
-//! Auth: users, roles and tokens live in the datastore; every call is forwarded.
+//! Auth: users, roles and tokens live in the datastore and are forwarded. With a prefix,
+//! a tenant may authenticate and ask whether auth is on; users, roles and switching auth
+//! are the operator's (see `access`): they are shared by every tenant of the datastore.
 
 use std::sync::Arc;
 
@@ -21,7 +23,7 @@ impl AuthService {
 #[tonic::async_trait]
 impl Auth for AuthService {
     forward!(
-        auth_enable,
+        operator_only auth_enable,
         AuthEnableRequest,
         AuthEnableResponse,
         "Auth",
@@ -30,7 +32,7 @@ impl Auth for AuthService {
         AuthClient
     );
     forward!(
-        auth_disable,
+        operator_only auth_disable,
         AuthDisableRequest,
         AuthDisableResponse,
         "Auth",
@@ -57,7 +59,7 @@ impl Auth for AuthService {
         AuthClient
     );
     forward!(
-        user_add,
+        operator_only user_add,
         AuthUserAddRequest,
         AuthUserAddResponse,
         "Auth",
@@ -66,7 +68,7 @@ impl Auth for AuthService {
         AuthClient
     );
     forward!(
-        user_get,
+        operator_only user_get,
         AuthUserGetRequest,
         AuthUserGetResponse,
         "Auth",
@@ -75,7 +77,7 @@ impl Auth for AuthService {
         AuthClient
     );
     forward!(
-        user_list,
+        operator_only user_list,
         AuthUserListRequest,
         AuthUserListResponse,
         "Auth",
@@ -84,7 +86,7 @@ impl Auth for AuthService {
         AuthClient
     );
     forward!(
-        user_delete,
+        operator_only user_delete,
         AuthUserDeleteRequest,
         AuthUserDeleteResponse,
         "Auth",
@@ -93,7 +95,7 @@ impl Auth for AuthService {
         AuthClient
     );
     forward!(
-        user_change_password,
+        operator_only user_change_password,
         AuthUserChangePasswordRequest,
         AuthUserChangePasswordResponse,
         "Auth",
@@ -102,7 +104,7 @@ impl Auth for AuthService {
         AuthClient
     );
     forward!(
-        user_grant_role,
+        operator_only user_grant_role,
         AuthUserGrantRoleRequest,
         AuthUserGrantRoleResponse,
         "Auth",
@@ -111,7 +113,7 @@ impl Auth for AuthService {
         AuthClient
     );
     forward!(
-        user_revoke_role,
+        operator_only user_revoke_role,
         AuthUserRevokeRoleRequest,
         AuthUserRevokeRoleResponse,
         "Auth",
@@ -120,7 +122,7 @@ impl Auth for AuthService {
         AuthClient
     );
     forward!(
-        role_add,
+        operator_only role_add,
         AuthRoleAddRequest,
         AuthRoleAddResponse,
         "Auth",
@@ -129,7 +131,7 @@ impl Auth for AuthService {
         AuthClient
     );
     forward!(
-        role_get,
+        operator_only role_get,
         AuthRoleGetRequest,
         AuthRoleGetResponse,
         "Auth",
@@ -138,7 +140,7 @@ impl Auth for AuthService {
         AuthClient
     );
     forward!(
-        role_list,
+        operator_only role_list,
         AuthRoleListRequest,
         AuthRoleListResponse,
         "Auth",
@@ -147,7 +149,7 @@ impl Auth for AuthService {
         AuthClient
     );
     forward!(
-        role_delete,
+        operator_only role_delete,
         AuthRoleDeleteRequest,
         AuthRoleDeleteResponse,
         "Auth",
@@ -156,7 +158,7 @@ impl Auth for AuthService {
         AuthClient
     );
     forward!(
-        role_grant_permission,
+        operator_only role_grant_permission,
         AuthRoleGrantPermissionRequest,
         AuthRoleGrantPermissionResponse,
         "Auth",
@@ -165,7 +167,7 @@ impl Auth for AuthService {
         AuthClient
     );
     forward!(
-        role_revoke_permission,
+        operator_only role_revoke_permission,
         AuthRoleRevokePermissionRequest,
         AuthRoleRevokePermissionResponse,
         "Auth",

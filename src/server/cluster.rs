@@ -1,4 +1,5 @@
-//! Cluster: member administration, answered by the authoritative datastore.
+//! Cluster: member administration, answered by the authoritative datastore. With a
+//! prefix, a tenant may list the members; changing them is the operator's (see `access`).
 
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ impl ClusterService {
 #[tonic::async_trait]
 impl Cluster for ClusterService {
     forward!(
-        member_add,
+        operator_only member_add,
         MemberAddRequest,
         MemberAddResponse,
         "Cluster",
@@ -30,7 +31,7 @@ impl Cluster for ClusterService {
         ClusterClient
     );
     forward!(
-        member_remove,
+        operator_only member_remove,
         MemberRemoveRequest,
         MemberRemoveResponse,
         "Cluster",
@@ -39,7 +40,7 @@ impl Cluster for ClusterService {
         ClusterClient
     );
     forward!(
-        member_update,
+        operator_only member_update,
         MemberUpdateRequest,
         MemberUpdateResponse,
         "Cluster",
@@ -57,7 +58,7 @@ impl Cluster for ClusterService {
         ClusterClient
     );
     forward!(
-        member_promote,
+        operator_only member_promote,
         MemberPromoteRequest,
         MemberPromoteResponse,
         "Cluster",

@@ -18,6 +18,42 @@ pub struct KvService {
 }
 
 impl KvService {
+    /// The answer to a compaction not made now: a count of the fence key at `revision`
+    /// (0: now) gives the header, and for a revision compacted already or still in the
+    /// future, etcd's own error.
+    async fn answer_compaction(
+        &self,
+        request: Request<CompactionRequest>,
+        revision: i64,
+    ) -> Result<Response<CompactionResponse>, Status> {
+        let probe = Request::from_parts(
+            request.metadata().clone(),
+            Default::default(),
+            RangeRequest {
+                key: self.ctx.router.fence().guard.fence_key().clone(),
+                count_only: true,
+                revision,
+                ..Default::default()
+            },
+        );
+        let pre = |t: &Translation, r: &mut RangeRequest| Ok(translate::range_request(t, r)?);
+        let post = |t: &Translation, r: &mut RangeResponse, _: RangeFixup| translate::header(t, &mut r.header);
+        let header = self
+            .ctx
+            .unary_translated(
+                "KV",
+                "Compact",
+                Retry::Idempotent,
+                probe,
+                pre,
+                post,
+                |ch, req| async move { client!(KvClient, ch).range(req).await },
+            )
+            .await?
+            .into_inner()
+            .header;
+        Ok(Response::new(CompactionResponse { header }))
+    }
     pub fn new(ctx: Arc<Context>) -> Self {
         KvService { ctx }
     }
@@ -84,36 +120,19 @@ impl Kv for KvService {
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
+        if !self.ctx.access.is_operator(&request) {
+            // A tenant's compaction would drop every tenant's history at once: it is
+            // answered as etcd would (a revision compacted already or not yet written is
+            // refused the same way) and has no effect. The datastore compacts by its own
+            // policy (etcd's --auto-compaction-*), which every tenant shares.
+            let revision = request.get_ref().revision;
+            return self.answer_compaction(request, revision).await;
+        }
         if let Some(link) = self.ctx.router.link() {
             // A compaction now could remove the revision the migration copies or follows
             // from: remember it, answer as etcd would, and compact when the migration ends.
             link.defer_compaction(request.get_ref().revision);
-            let probe = Request::from_parts(
-                request.metadata().clone(),
-                Default::default(),
-                RangeRequest {
-                    key: self.ctx.router.fence().guard.fence_key().clone(),
-                    count_only: true,
-                    ..Default::default()
-                },
-            );
-            let pre = |_: &Translation, _: &mut RangeRequest| Ok(());
-            let post = |t: &Translation, r: &mut RangeResponse, _: ()| translate::header(t, &mut r.header);
-            let header = self
-                .ctx
-                .unary_translated(
-                    "KV",
-                    "Compact",
-                    Retry::Idempotent,
-                    probe,
-                    pre,
-                    post,
-                    |ch, req| async move { client!(KvClient, ch).range(req).await },
-                )
-                .await?
-                .into_inner()
-                .header;
-            return Ok(Response::new(CompactionResponse { header }));
+            return self.answer_compaction(request, 0).await;
         }
         self.ctx
             .unary_translated(

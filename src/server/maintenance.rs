@@ -1,5 +1,6 @@
 //! Maintenance: member status, hashes, defragmentation, alarms and snapshots of the
-//! authoritative datastore (of the endpoint the proxy currently uses).
+//! authoritative datastore (of the endpoint the proxy currently uses). With a prefix, a
+//! tenant gets the status and the alarm list; the rest is the operator's (see `access`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -30,15 +31,6 @@ impl Maintenance for MaintenanceService {
     type SnapshotStream = SnapshotStream;
 
     forward!(
-        alarm,
-        AlarmRequest,
-        AlarmResponse,
-        "Maintenance",
-        "Alarm",
-        Retry::IfNotSent,
-        MaintenanceClient
-    );
-    forward!(
         status,
         StatusRequest,
         StatusResponse,
@@ -48,7 +40,7 @@ impl Maintenance for MaintenanceService {
         MaintenanceClient
     );
     forward!(
-        defragment,
+        operator_only defragment,
         DefragmentRequest,
         DefragmentResponse,
         "Maintenance",
@@ -57,7 +49,7 @@ impl Maintenance for MaintenanceService {
         MaintenanceClient
     );
     forward!(
-        hash,
+        operator_only hash,
         HashRequest,
         HashResponse,
         "Maintenance",
@@ -66,7 +58,7 @@ impl Maintenance for MaintenanceService {
         MaintenanceClient
     );
     forward!(
-        hash_kv,
+        operator_only hash_kv,
         HashKvRequest,
         HashKvResponse,
         "Maintenance",
@@ -75,7 +67,7 @@ impl Maintenance for MaintenanceService {
         MaintenanceClient
     );
     forward!(
-        move_leader,
+        operator_only move_leader,
         MoveLeaderRequest,
         MoveLeaderResponse,
         "Maintenance",
@@ -84,7 +76,7 @@ impl Maintenance for MaintenanceService {
         MaintenanceClient
     );
     forward!(
-        downgrade,
+        operator_only downgrade,
         DowngradeRequest,
         DowngradeResponse,
         "Maintenance",
@@ -93,7 +85,26 @@ impl Maintenance for MaintenanceService {
         MaintenanceClient
     );
 
+    /// Listing alarms is a read anyone may make; raising or clearing one acts on the
+    /// whole datastore.
+    async fn alarm(&self, request: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        if request.get_ref().action() != alarm_request::AlarmAction::Get {
+            self.ctx.refuse_tenant(&request, "Maintenance", "Alarm")?;
+        }
+        self.ctx
+            .unary(
+                "Maintenance",
+                "Alarm",
+                Retry::IfNotSent,
+                request,
+                |ch, req| async move { client!(MaintenanceClient, ch).alarm(req).await },
+            )
+            .await
+    }
+
+    /// A snapshot is the whole datastore, other tenants included: the operator's alone.
     async fn snapshot(&self, request: Request<SnapshotRequest>) -> Result<Response<SnapshotStream>, Status> {
+        self.ctx.refuse_tenant(&request, "Maintenance", "Snapshot")?;
         let guard = self.ctx.metrics.stream_guard("snapshot");
         let upstream = self
             .ctx

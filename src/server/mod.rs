@@ -3,6 +3,7 @@
 //! Each request takes the current route once, is sent to that route's datastore by
 //! `upstream`, and its answer (or etcd's exact error) goes back unchanged.
 
+pub mod access;
 mod auth;
 mod cluster;
 mod kv;
@@ -53,6 +54,8 @@ pub struct Context {
     pub max_recv_bytes: usize,
     /// Whether the "writes without the guard" warning was logged.
     pub warned_unguarded: std::sync::atomic::AtomicBool,
+    /// Who may call cluster-wide RPCs.
+    pub access: access::Access,
 }
 
 /// What a stream gets when the datastore cannot be reached again: as for a request never
@@ -200,6 +203,20 @@ impl Read for TxnRequest {
 }
 
 impl Context {
+    /// Refuses a cluster-wide RPC to a tenant (see [`access`]), counted like any answer.
+    pub(crate) fn refuse_tenant<T>(
+        &self,
+        request: &Request<T>,
+        service: &'static str,
+        method: &'static str,
+    ) -> Result<(), Status> {
+        self.access.operator_only(request, service, method).map_err(|e| {
+            tracing::debug!(service, method, "refused to a tenant: {e}");
+            self.metrics.tenant_refused(service, method);
+            e.to_status()
+        })
+    }
+
     /// Forwards one unary request to the authoritative datastore and records it.
     pub(crate) async fn unary<Req, Resp, F, Fut>(
         &self,
@@ -723,6 +740,28 @@ pub(crate) use crate::upstream::client;
 /// `#[tonic::async_trait]` gives trait methods, since that attribute does not look inside
 /// macro calls.
 macro_rules! forward {
+    // An RPC that acts on the whole datastore: the operator's alone when a prefix is set.
+    (operator_only $name:ident, $req:ty, $resp:ty, $svc:literal, $method:literal, $retry:expr, $client:ident) => {
+        fn $name<'life0, 'async_trait>(
+            &'life0 self,
+            request: tonic::Request<$req>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<tonic::Response<$resp>, tonic::Status>> + Send + 'async_trait>,
+        >
+        where
+            'life0: 'async_trait,
+            Self: 'async_trait,
+        {
+            Box::pin(async move {
+                self.ctx.refuse_tenant(&request, $svc, $method)?;
+                self.ctx
+                    .unary($svc, $method, $retry, request, |ch, req| async move {
+                        crate::upstream::client!($client, ch).$name(req).await
+                    })
+                    .await
+            })
+        }
+    };
     ($name:ident, $req:ty, $resp:ty, $svc:literal, $method:literal, $retry:expr, $client:ident) => {
         fn $name<'life0, 'async_trait>(
             &'life0 self,

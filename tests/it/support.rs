@@ -106,6 +106,9 @@ pub struct TlsFiles {
     pub server_key: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// A second client certificate, common name "tenant-a".
+    pub tenant_cert: PathBuf,
+    pub tenant_key: PathBuf,
 }
 
 impl TlsFiles {
@@ -132,6 +135,11 @@ impl TlsFiles {
         cp.distinguished_name.push(DnType::CommonName, "root");
         cp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let client = cp.signed_by(&client_key, &issuer).expect("client cert");
+        let tenant_key = KeyPair::generate().expect("key");
+        let mut tp = CertificateParams::new(Vec::<String>::new()).expect("params");
+        tp.distinguished_name.push(DnType::CommonName, "tenant-a");
+        tp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let tenant = tp.signed_by(&tenant_key, &issuer).expect("tenant cert");
 
         let write = |name: &str, pem: String| {
             let p = dir.path().join(name);
@@ -144,6 +152,8 @@ impl TlsFiles {
             server_key: write("server-key.pem", server_key.serialize_pem()),
             client_cert: write("client.pem", client.pem()),
             client_key: write("client-key.pem", client_key.serialize_pem()),
+            tenant_cert: write("tenant.pem", tenant.pem()),
+            tenant_key: write("tenant-key.pem", tenant_key.serialize_pem()),
             dir,
         }
     }

@@ -4,10 +4,14 @@
 
 use std::time::Duration;
 
+use cutover::proto::etcdserverpb::alarm_request::AlarmAction;
+use cutover::proto::etcdserverpb::auth_client::AuthClient;
+use cutover::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use cutover::proto::etcdserverpb::{AlarmRequest, AlarmType, AuthStatusRequest};
 use serde_json::json;
 
 use crate::migrate::{wait_end, TENANT};
-use crate::support::{client, eventually, Etcd, Proxy};
+use crate::support::{client, etcdctl, eventually, Etcd, Proxy, TlsFiles};
 
 /// Keys the tenant wrote through the proxy, as the proxy lists them.
 async fn tenant_keys(proxy: &Proxy) -> usize {
@@ -138,4 +142,186 @@ async fn without_a_prefix_overwrite_and_cleanup_need_the_whole_keyspace_consent(
         direct_a.clone().get("/mine", None).await.unwrap().kvs().is_empty()
     })
     .await;
+}
+
+/// etcdctl's combined output of a command that must fail with etcd's permission error.
+fn denied(endpoint: &str, extra: &[&str], args: &[&str]) -> String {
+    let mut all: Vec<&str> = extra.to_vec();
+    all.extend_from_slice(args);
+    let out = etcdctl(endpoint, &all);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "{args:?} succeeded through the tenant's proxy: {text}"
+    );
+    assert!(text.contains("etcdserver: permission denied"), "{args:?}: {text}");
+    text
+}
+
+/// Everything in the table of the README's tenancy section that acts on the whole
+/// datastore, tried by a tenant: refused with etcd's own error, and nothing changed on
+/// the datastore. What the tenant needs (member list, status, alarm list, auth status)
+/// still answers; its compaction is answered and has no effect.
+#[tokio::test]
+async fn a_tenant_cannot_act_on_the_shared_datastore() {
+    let etcd = Etcd::start().await;
+    let mut direct = client(&etcd.endpoint).await;
+    direct.put("/tenant-b/secret", "b's", None).await.unwrap();
+    let b_lease = direct.lease_grant(600, None).await.unwrap().id();
+    let proxy = Proxy::start(&format!(
+        "prefix: /tenant-a/\ndataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\"]\n",
+        etcd.endpoint
+    ))
+    .await;
+    let ep = proxy.endpoint.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snap.db");
+    let snap = snap.to_str().unwrap();
+    for args in [
+        &["snapshot", "save", snap][..],
+        &["user", "add", "mallory:pw"],
+        &["user", "list"],
+        &["role", "add", "r"],
+        &["role", "list"],
+        &["auth", "enable"],
+        &["auth", "disable"],
+        &["member", "add", "m2", "--peer-urls=http://127.0.0.1:1", "--learner"],
+        &["member", "remove", "1234"],
+        &["member", "update", "1234", "--peer-urls=http://127.0.0.1:1"],
+        &["member", "promote", "1234"],
+        &["defrag"],
+        &["move-leader", "1234"],
+        &["endpoint", "hashkv"],
+    ] {
+        denied(ep, &[], args);
+    }
+    // etcdctl's `alarm disarm` sends nothing when no alarm is raised: ask directly.
+    let mut maintenance = MaintenanceClient::connect(format!("http://{ep}")).await.unwrap();
+    for action in [AlarmAction::Activate, AlarmAction::Deactivate] {
+        let err = maintenance
+            .alarm(AlarmRequest {
+                action: action as i32,
+                member_id: 0,
+                alarm: AlarmType::Nospace as i32,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            (err.code(), err.message()),
+            (tonic::Code::PermissionDenied, "etcdserver: permission denied")
+        );
+    }
+    assert!(!std::path::Path::new(snap).exists(), "no snapshot was written");
+    // Nothing changed on the datastore.
+    let users = direct.user_list().await.unwrap();
+    assert!(users.users().is_empty(), "{:?}", users.users());
+    // (With auth switched on, this token-less user list would have been refused.)
+    assert_eq!(direct.member_list().await.unwrap().members().len(), 1);
+    assert!(
+        direct.lease_time_to_live(b_lease, None).await.unwrap().ttl() > 0,
+        "tenant b's lease lives"
+    );
+
+    // What a tenant's apiserver needs still answers.
+    for args in [
+        &["member", "list"][..],
+        &["endpoint", "status"],
+        &["endpoint", "health"],
+        &["alarm", "list"],
+    ] {
+        let out = etcdctl(ep, args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+    let mut auth = AuthClient::connect(format!("http://{ep}")).await.unwrap();
+    // etcd 3.5 answers AuthStatus; 3.4 has no such method. Either way it is not refused.
+    match auth.auth_status(AuthStatusRequest {}).await {
+        Ok(status) => assert!(!status.into_inner().enabled),
+        Err(e) => assert_eq!(e.code(), tonic::Code::Unimplemented, "{e:?}"),
+    }
+    // A tenant's compaction: answered as etcd would, without effect on the history.
+    let mut c = client(ep).await;
+    let first = c
+        .put("/tenant-a/k", "1", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let last = c
+        .put("/tenant-a/k", "2", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    let answer = c.compact(last, None).await.expect("compaction answered");
+    assert_eq!(answer.header().unwrap().revision(), last);
+    let old = direct
+        .get(
+            "/tenant-b/secret",
+            Some(etcd_client::GetOptions::new().with_revision(first)),
+        )
+        .await
+        .expect("the datastore's history is still there");
+    assert_eq!(old.kvs().len(), 1);
+    let future = c.compact(last + 100, None).await.unwrap_err().to_string();
+    assert!(
+        future.contains("etcdserver: mvcc: required revision is a future revision"),
+        "{future}"
+    );
+    let metrics = proxy.metrics().await;
+    assert!(
+        metrics.contains("cutover_tenant_refused_requests_total{service=\"Maintenance\",method=\"Snapshot\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// The operator (a verified certificate with a configured common name) may do what a
+/// tenant may not; a tenant's certificate on the same listener may not.
+#[tokio::test]
+async fn the_operator_certificate_may_act_on_the_datastore() {
+    let tls = TlsFiles::generate();
+    let etcd = Etcd::start().await;
+    let proxy = Proxy::start(&format!(
+        "prefix: /tenant-a/\ntls:\n  certFile: {}\n  keyFile: {}\n  clientCAFile: {}\n  operatorCommonNames: [root]\ndataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\"]\n",
+        tls.server_cert.display(),
+        tls.server_key.display(),
+        tls.ca.display(),
+        etcd.endpoint
+    ))
+    .await;
+    let https = format!("https://{}", proxy.endpoint);
+    let ca = format!("--cacert={}", tls.ca.display());
+    let as_tenant = [
+        ca.as_str(),
+        &format!("--cert={}", tls.tenant_cert.display()),
+        &format!("--key={}", tls.tenant_key.display()),
+    ]
+    .map(str::to_string);
+    let as_operator = [
+        ca.clone(),
+        format!("--cert={}", tls.client_cert.display()),
+        format!("--key={}", tls.client_key.display()),
+    ];
+    let tenant: Vec<&str> = as_tenant.iter().map(String::as_str).collect();
+    let operator: Vec<&str> = as_operator.iter().map(String::as_str).collect();
+    denied(&https, &tenant, &["user", "add", "alice:pw"]);
+    let mut args = operator.clone();
+    args.extend(["user", "add", "alice:pw"]);
+    let out = etcdctl(&https, &args);
+    assert!(out.status.success(), "{out:?}");
+    let mut direct = client(&etcd.endpoint).await;
+    let users = direct.user_list().await.unwrap();
+    assert_eq!(users.users(), ["alice"]);
+    let dir = tempfile::tempdir().unwrap();
+    let snap = dir.path().join("snap.db");
+    let mut args = operator.clone();
+    args.extend(["snapshot", "save", snap.to_str().unwrap()]);
+    let out = etcdctl(&https, &args);
+    assert!(out.status.success(), "{out:?}");
+    assert!(snap.exists());
 }
