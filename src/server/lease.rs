@@ -6,10 +6,17 @@
 //! are refused, in reject mode) while the source is fenced. After a commit, lease IDs that
 //! had to change on the target are translated both ways, and keep-alive streams move to
 //! the new datastore.
+//!
+//! With a prefix, a tenant reaches only its own leases: one with a key outside the
+//! tenant's range is another tenant's (or shared with one, which is refused alike), and
+//! revoking, keeping alive or asking about it gets etcd's permission error. A lease with
+//! no key yet cannot be told apart; it is served to whoever names its ID, and left out of
+//! the tenant's lease list.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
@@ -27,6 +34,68 @@ use crate::upstream::{classify, Failure, Retry};
 
 pub struct LeaseService {
     ctx: Arc<Context>,
+}
+
+/// Whose a lease is, by the keys attached to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    /// Every key on it is the tenant's.
+    Tenant,
+    /// It has no key (or does not exist): it cannot be told.
+    Unknown,
+    /// A key on it lies outside the tenant's range.
+    Other,
+}
+
+/// Whose the lease with `client_id` is, asked of the current datastore with cutover's own
+/// credentials (the client may not be allowed to list another tenant's keys).
+async fn owner(ctx: &Context, client_id: i64) -> Result<Owner, ProxyError> {
+    let route = ctx.router.route();
+    let id = route
+        .translation
+        .as_ref()
+        .map_or(client_id, |t| translate::lease_id_to_target(t, client_id));
+    let resp = route
+        .datastore
+        .unary(Retry::Idempotent, |ch, token| {
+            let r = own_request(LeaseTimeToLiveRequest { id, keys: true }, token);
+            async move { client!(LeaseClient, ch).lease_time_to_live(r).await }
+        })
+        .await?
+        .into_inner();
+    let scope = ctx.router.scope();
+    // A lease holding cutover's own keys (a migration's lock) is no client's to touch.
+    if resp
+        .keys
+        .iter()
+        .any(|k| !scope.in_tenant(k, b"") || scope.is_reserved(k))
+    {
+        return Ok(Owner::Other);
+    }
+    Ok(if resp.keys.is_empty() {
+        Owner::Unknown
+    } else {
+        Owner::Tenant
+    })
+}
+
+/// A tenant's request about lease `id`: refused if the lease is another tenant's.
+async fn check_owner(ctx: &Context, operator: bool, id: i64, method: &'static str) -> Result<(), Status> {
+    if operator {
+        return Ok(());
+    }
+    match owner(ctx, id).await {
+        Ok(Owner::Other) => {
+            ctx.metrics.tenant_refused("Lease", method);
+            Err(ProxyError::NotTheTenants {
+                service: "Lease",
+                method,
+            }
+            .to_status())
+        }
+        Ok(_) => Ok(()),
+        Err(e) => Err(e.to_status()),
+    }
 }
 
 impl LeaseService {
@@ -87,6 +156,8 @@ impl Lease for LeaseService {
             return Err(e.into());
         }
         let id = request.get_ref().id;
+        let operator = self.ctx.access.is_operator(&request);
+        check_owner(&self.ctx, operator, id, "LeaseRevoke").await?;
         let resp = self
             .ctx
             .unary_translated(
@@ -115,6 +186,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        let operator = self.ctx.access.is_operator(&request);
+        check_owner(&self.ctx, operator, request.get_ref().id, "LeaseTimeToLive").await?;
+        let scope = self.ctx.router.scope().clone();
         self.ctx
             .unary_translated(
                 "Lease",
@@ -125,9 +199,11 @@ impl Lease for LeaseService {
                     r.id = translate::lease_id_to_target(t, r.id);
                     Ok(())
                 },
-                |t, r: &mut LeaseTimeToLiveResponse, ()| {
+                move |t, r: &mut LeaseTimeToLiveResponse, ()| {
                     translate::header(t, &mut r.header);
                     r.id = translate::lease_id_to_virtual(t, r.id);
+                    // cutover's own keys are nobody's business.
+                    r.keys.retain(|k| !scope.is_reserved(k));
                 },
                 |ch, req| async move { client!(LeaseClient, ch).lease_time_to_live(req).await },
             )
@@ -138,7 +214,9 @@ impl Lease for LeaseService {
         &self,
         request: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        self.ctx
+        let operator = self.ctx.access.is_operator(&request);
+        let mut resp = self
+            .ctx
             .unary_translated(
                 "Lease",
                 "LeaseLeases",
@@ -153,18 +231,37 @@ impl Lease for LeaseService {
                 },
                 |ch, req| async move { client!(LeaseClient, ch).lease_leases(req).await },
             )
-            .await
+            .await?;
+        if !operator {
+            // Only leases with the tenant's keys on them: a few lookups at a time.
+            let all = std::mem::take(&mut resp.get_mut().leases);
+            let ctx = &self.ctx;
+            let owners: Vec<_> = futures::stream::iter(all)
+                .map(|l| async move { (owner(ctx, l.id).await, l) })
+                .buffered(8)
+                .collect()
+                .await;
+            for (who, lease) in owners {
+                match who {
+                    Ok(Owner::Tenant) => resp.get_mut().leases.push(lease),
+                    Ok(_) => {}
+                    Err(e) => return Err(e.to_status()),
+                }
+            }
+        }
+        Ok(resp)
     }
 
     async fn lease_keep_alive(
         &self,
         request: Request<Streaming<LeaseKeepAliveRequest>>,
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
+        let operator = self.ctx.access.is_operator(&request);
         let (metadata, _, inbound) = request.into_parts();
         let (down, rx) = mpsc::channel(64);
         let ctx = self.ctx.clone();
         let fwd = Forwarded::from_incoming(&metadata);
-        tokio::spawn(relay_keep_alive(ctx, fwd, inbound, down));
+        tokio::spawn(relay_keep_alive(ctx, fwd, operator, inbound, down));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
@@ -237,9 +334,14 @@ async fn mirror_grant(link: &MigrationLink, source_id: i64, client_id: i64, ttl:
     }
 }
 
+/// Lease IDs a keep-alive stream remembers as checked (the tenant's, or without keys):
+/// beyond this many, they are checked again.
+const CHECKED_LEASES: usize = 1024;
+
 async fn relay_keep_alive(
     ctx: Arc<Context>,
     fwd: Forwarded,
+    operator: bool,
     mut inbound: Streaming<LeaseKeepAliveRequest>,
     down: mpsc::Sender<Result<LeaseKeepAliveResponse, Status>>,
 ) {
@@ -267,6 +369,7 @@ async fn relay_keep_alive(
     let mut reconnect = Reconnect::new();
     // Lease IDs sent and not yet answered: resent if the stream has to be opened again.
     let mut unanswered = BTreeSet::new();
+    let mut checked = std::collections::HashSet::new();
     let code = loop {
         tokio::select! {
             _ = changes.changed() => {
@@ -283,6 +386,17 @@ async fn relay_keep_alive(
             }
             msg = inbound.message() => match msg {
                 Ok(Some(req)) => {
+                    if !checked.contains(&req.id) {
+                        if let Err(status) = check_owner(&ctx, operator, req.id, "LeaseKeepAlive").await {
+                            let code = status.code();
+                            let _ = down.send(Err(status)).await;
+                            break code;
+                        }
+                        if checked.len() >= CHECKED_LEASES {
+                            checked.clear();
+                        }
+                        checked.insert(req.id);
+                    }
                     unanswered.insert(req.id);
                     upstream.send(LeaseKeepAliveRequest { id: to_target(&route, req.id) });
                 }

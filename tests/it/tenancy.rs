@@ -325,3 +325,55 @@ async fn the_operator_certificate_may_act_on_the_datastore() {
     assert!(out.status.success(), "{out:?}");
     assert!(snap.exists());
 }
+
+/// A tenant reaches only its own leases: another tenant's lease (or one shared with
+/// another tenant) cannot be revoked, kept alive or looked into, and is not listed.
+#[tokio::test]
+async fn a_tenant_reaches_only_its_own_leases() {
+    let etcd = Etcd::start().await;
+    let mut direct = client(&etcd.endpoint).await;
+    let theirs = direct.lease_grant(600, None).await.unwrap().id();
+    let put_on = |lease: i64| Some(etcd_client::PutOptions::new().with_lease(lease));
+    direct.put("/tenant-b/pod", "b", put_on(theirs)).await.unwrap();
+    let shared = direct.lease_grant(600, None).await.unwrap().id();
+    direct.put("/tenant-b/x", "b", put_on(shared)).await.unwrap();
+    direct.put("/tenant-a/x", "a", put_on(shared)).await.unwrap();
+    let proxy = Proxy::start(&format!(
+        "prefix: /tenant-a/\ndataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\"]\n",
+        etcd.endpoint
+    ))
+    .await;
+    let ep = proxy.endpoint.as_str();
+    let mut c = client(ep).await;
+    let mine = c.lease_grant(600, None).await.unwrap().id();
+    c.put("/tenant-a/pod", "a", put_on(mine)).await.unwrap();
+
+    for id in [theirs, shared] {
+        let hex = format!("{id:x}");
+        denied(ep, &[], &["lease", "timetolive", &hex, "--keys"]);
+        denied(ep, &[], &["lease", "keep-alive", "--once", &hex]);
+        denied(ep, &[], &["lease", "revoke", &hex]);
+    }
+    // Untouched on the datastore.
+    for id in [theirs, shared] {
+        let ttl = direct.lease_time_to_live(id, None).await.unwrap();
+        assert!(ttl.ttl() > 0, "lease {id:x} still lives");
+    }
+    assert_eq!(direct.get("/tenant-b/pod", None).await.unwrap().kvs().len(), 1);
+
+    // Its own lease: listed, looked into, kept alive, revoked.
+    let listed = c.leases().await.unwrap();
+    let ids: Vec<i64> = listed.leases().iter().map(|l| l.id()).collect();
+    assert_eq!(ids, [mine], "only the tenant's lease is listed");
+    let ttl = c
+        .lease_time_to_live(mine, Some(etcd_client::LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .unwrap();
+    assert_eq!(ttl.keys(), [b"/tenant-a/pod".to_vec()]);
+    let (mut keeper, mut answers) = c.lease_keep_alive(mine).await.unwrap();
+    keeper.keep_alive().await.unwrap();
+    let answer = answers.message().await.unwrap().expect("a keep-alive answer");
+    assert!(answer.ttl() > 0);
+    c.lease_revoke(mine).await.unwrap();
+    assert!(c.get("/tenant-a/pod", None).await.unwrap().kvs().is_empty());
+}
