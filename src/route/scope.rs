@@ -111,6 +111,53 @@ impl Scope {
 }
 
 impl Scope {
+    /// The parts of the range [key, end) on either side of the reserved keys, when the
+    /// range spans them (a range over the whole tenant prefix, say): `None` when it does
+    /// not touch them, or lies inside them.
+    pub fn around_reserved(&self, key: &[u8], end: &[u8]) -> Option<Vec<(Bytes, Bytes)>> {
+        let inside = self.is_reserved(key) && end <= &self.reserved_end[..] && end != b"\0";
+        if end.is_empty() || !self.touches_reserved(key, end) || inside {
+            return None;
+        }
+        let mut parts = Vec::new();
+        if key < &self.reserved[..] {
+            parts.push((Bytes::copy_from_slice(key), self.reserved.clone()));
+        }
+        if end == b"\0" || end > &self.reserved_end[..] {
+            parts.push((self.reserved_end.clone(), Bytes::copy_from_slice(end)));
+        }
+        Some(parts)
+    }
+
+    /// Rewrites every compare of a Txn (nested ones included) whose range spans the
+    /// reserved keys into compares of the parts around them: a range compare holds when
+    /// it holds for every key in the range, so the parts together mean the same.
+    pub fn split_compares(&self, txn: &mut TxnRequest) {
+        if txn
+            .compare
+            .iter()
+            .any(|c| self.around_reserved(&c.key, &c.range_end).is_some())
+        {
+            let mut split = Vec::with_capacity(txn.compare.len() + 1);
+            for c in txn.compare.drain(..) {
+                match self.around_reserved(&c.key, &c.range_end) {
+                    Some(parts) => split.extend(parts.into_iter().map(|(key, range_end)| Compare {
+                        key,
+                        range_end,
+                        ..c.clone()
+                    })),
+                    None => split.push(c),
+                }
+            }
+            txn.compare = split;
+        }
+        for op in txn.success.iter_mut().chain(txn.failure.iter_mut()) {
+            if let Some(request_op::Request::RequestTxn(t)) = &mut op.request {
+                self.split_compares(t);
+            }
+        }
+    }
+
     /// Removes reserved keys from the reads of a Txn's answer, nested ones included. The
     /// count drops by as many keys as were removed, which is exact for reads without a
     /// limit; a limited or count-only read inside a Txn over the reserved keys counts them.
@@ -185,6 +232,50 @@ mod tests {
                 Bytes::from_static(b"/t/\x00cutover0")
             )
         );
+    }
+
+    #[test]
+    fn compares_over_the_whole_prefix_are_split_around_the_reserved_keys() {
+        let s = scope();
+        assert_eq!(
+            s.around_reserved(b"/t/", b"/t0"),
+            Some(vec![
+                (Bytes::from_static(b"/t/"), Bytes::from_static(b"/t/\x00cutover/")),
+                (Bytes::from_static(b"/t/\x00cutover0"), Bytes::from_static(b"/t0")),
+            ])
+        );
+        assert_eq!(s.around_reserved(b"/t/a", b"/t/b"), None, "off the reserved keys");
+        assert_eq!(
+            s.around_reserved(b"/t/\x00cutover/fence", b""),
+            None,
+            "one reserved key"
+        );
+        assert_eq!(
+            s.around_reserved(b"/t/\x00cutover/", b"/t/\x00cutover0"),
+            None,
+            "inside them"
+        );
+        let whole = Compare {
+            key: Bytes::from_static(b"/t/"),
+            range_end: Bytes::from_static(b"/t0"),
+            result: 2,
+            target: 1,
+            ..Default::default()
+        };
+        let mut txn = TxnRequest {
+            compare: vec![whole.clone()],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestTxn(TxnRequest {
+                    compare: vec![whole],
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        };
+        s.split_compares(&mut txn);
+        assert_eq!(txn.compare.len(), 2);
+        assert!(txn.compare.iter().all(|c| c.result == 2 && c.target == 1));
+        assert!(s.txn_allowed(&txn), "{txn:?}");
     }
 
     #[test]

@@ -18,6 +18,45 @@ pub struct KvService {
 }
 
 impl KvService {
+    /// A delete over the tenant's whole prefix (or any range across cutover's reserved
+    /// keys) deletes the parts around them, in one Txn, and answers as one delete.
+    async fn delete_around_reserved(
+        &self,
+        request: Request<DeleteRangeRequest>,
+        parts: Vec<(bytes::Bytes, bytes::Bytes)>,
+    ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let (metadata, extensions, d) = request.into_parts();
+        let txn = TxnRequest {
+            success: parts
+                .into_iter()
+                .map(|(key, range_end)| RequestOp {
+                    request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                        key,
+                        range_end,
+                        ..d.clone()
+                    })),
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let resp = self
+            .ctx
+            .guarded_write("KV", "DeleteRange", Request::from_parts(metadata, extensions, txn))
+            .await?
+            .into_inner();
+        let mut merged = DeleteRangeResponse {
+            header: resp.header,
+            ..Default::default()
+        };
+        for op in resp.responses {
+            if let Some(response_op::Response::ResponseDeleteRange(r)) = op.response {
+                merged.deleted += r.deleted;
+                merged.prev_kvs.extend(r.prev_kvs);
+            }
+        }
+        Ok(Response::new(merged))
+    }
+
     /// The answer to a compaction not made now: a count of the fence key at `revision`
     /// (0: now) gives the header, and for a revision compacted already or still in the
     /// future, etcd's own error.
@@ -101,10 +140,18 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let d = request.get_ref();
+        let scope = self.ctx.router.scope();
+        if scope.in_tenant(&d.key, &d.range_end) {
+            if let Some(parts) = scope.around_reserved(&d.key, &d.range_end) {
+                return self.delete_around_reserved(request, parts).await;
+            }
+        }
         self.ctx.guarded_write("KV", "DeleteRange", request).await
     }
 
-    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+    async fn txn(&self, mut request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        self.ctx.router.scope().split_compares(request.get_mut());
         let t = request.get_ref();
         if !fence::is_read_only(t) {
             return self.ctx.guarded_write("KV", "Txn", request).await;

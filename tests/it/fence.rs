@@ -144,7 +144,7 @@ async fn the_fence_key_lives_under_the_tenant_prefix() {
 }
 
 #[tokio::test]
-async fn reserved_keys_are_hidden_from_reads_and_watches_and_closed_to_writes() {
+async fn reserved_keys_are_hidden_from_reads_and_watches_closed_to_writes_and_deleted_around() {
     use etcd_client::{DeleteOptions, GetOptions, WatchOptions};
     let etcd = Etcd::start().await;
     let proxy = Proxy::start(&config(&etcd, "")).await;
@@ -189,11 +189,20 @@ async fn reserved_keys_are_hidden_from_reads_and_watches_and_closed_to_writes() 
         other => panic!("expected permission denied, got {other:?}"),
     };
     denied(c.put(FENCE_KEY, "x", None).await.map(|_| ()));
-    denied(
-        c.delete(b"\x00".to_vec(), Some(DeleteOptions::new().with_from_key()))
-            .await
-            .map(|_| ()),
-    );
+    // A delete of everything deletes the tenant's keys, as etcd would, and leaves cutover's.
+    let gone = c
+        .delete(b"\x00".to_vec(), Some(DeleteOptions::new().with_from_key()))
+        .await
+        .expect("a delete across the reserved keys");
+    assert_eq!(gone.deleted(), 3);
+    let own = direct
+        .get(
+            b"\x00cutover/".to_vec(),
+            Some(GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(own.count(), 2, "cutover's keys are left");
     denied(
         c.txn(
             Txn::new()

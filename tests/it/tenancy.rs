@@ -377,3 +377,53 @@ async fn a_tenant_reaches_only_its_own_leases() {
     c.lease_revoke(mine).await.unwrap();
     assert!(c.get("/tenant-a/pod", None).await.unwrap().kvs().is_empty());
 }
+
+/// A delete or a compare over the tenant's whole prefix works as on etcd, cutover's own
+/// keys under it left alone and left out of the count.
+#[tokio::test]
+async fn a_delete_or_compare_over_the_whole_prefix_works_as_on_etcd() {
+    let etcd = Etcd::start().await;
+    let mut direct = client(&etcd.endpoint).await;
+    // One of cutover's own keys under the prefix, as a migration leaves them.
+    direct.put("/tenant-a/\0cutover/x", "cutover's", None).await.unwrap();
+    let proxy = Proxy::start(&format!(
+        "prefix: /tenant-a/\ndataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\"]\n",
+        etcd.endpoint
+    ))
+    .await;
+    let mut c = client(&proxy.endpoint).await;
+    for k in ["a", "b", "c"] {
+        c.put(format!("/tenant-a/{k}"), k, None).await.unwrap();
+    }
+    let rev = c.get("/tenant-a/c", None).await.unwrap().header().unwrap().revision();
+    // A compare over the whole prefix: every key's mod revision is at most `rev`.
+    let txn = etcd_client::Txn::new()
+        .when([etcd_client::Compare::mod_revision("/tenant-a/", etcd_client::CompareOp::Less, rev + 1).with_prefix()])
+        .and_then([etcd_client::TxnOp::put("/tenant-a/d", "d", None)]);
+    assert!(c.txn(txn).await.expect("a compare over the prefix").succeeded());
+    let out = etcdctl(&proxy.endpoint, &["del", "--prefix", "/tenant-a/"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "4",
+        "the tenant's keys, counted as etcd would"
+    );
+    let left = direct
+        .get("/tenant-a/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap();
+    let keys: Vec<&[u8]> = left.kvs().iter().map(|kv| kv.key()).collect();
+    assert_eq!(
+        keys,
+        [b"/tenant-a/\0cutover/x".as_slice()],
+        "only cutover's key is left"
+    );
+    let with_prev = c
+        .delete(
+            "/tenant-a/",
+            Some(etcd_client::DeleteOptions::new().with_prefix().with_prev_key()),
+        )
+        .await
+        .unwrap();
+    assert_eq!((with_prev.deleted(), with_prev.prev_kvs().len()), (0, 0));
+}
