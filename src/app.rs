@@ -108,12 +108,15 @@ pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> 
             crate::reload::spawn(path, o, config.clone(), migrator.clone());
         }
     }
+    let background = tokio_util::sync::CancellationToken::new();
     let admin_state = Arc::new(AdminState {
         router: router.clone(),
         metrics,
         migrator: migrator.clone(),
         token: config.admin_token.clone(),
         started: Instant::now(),
+        readiness: admin::readiness::Readiness::spawn(router.clone(), background.clone()),
+        loopback: config.admin_listen.ip().is_loopback(),
     });
 
     tracing::info!(
@@ -149,6 +152,7 @@ pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> 
 
     shutdown_signal().await;
     tracing::info!("shutting down");
+    background.cancel();
     let _ = stop_tx.send(true);
     // Streams (watches) may stay open; do not wait for them for ever.
     let grace = Duration::from_secs(5);

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 mod migrations;
+pub mod readiness;
 
 /// Fault injection for tests (builds with the `failpoints` feature only).
 #[cfg(feature = "failpoints")]
@@ -54,6 +55,10 @@ pub struct AdminState {
     /// Needed (as a bearer token) by calls that change state.
     pub token: Option<Secret>,
     pub started: Instant,
+    /// Whether requests to the tenant's datastore succeed (checked in the background).
+    pub readiness: Arc<readiness::Readiness>,
+    /// The admin listener is on a loopback address: only this host reaches it.
+    pub loopback: bool,
 }
 
 pub fn routes(state: Arc<AdminState>) -> HttpRouter {
@@ -68,11 +73,18 @@ pub fn routes(state: Arc<AdminState>) -> HttpRouter {
         axum::routing::put(failpoints::set).delete(failpoints::remove),
     );
     let changes = changes.route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+    // The status names endpoints, hosts and pids: beyond this host, only with the token.
+    let status_route = HttpRouter::new().route("/v1/status", get(status));
+    let status_route = if state.loopback {
+        status_route
+    } else {
+        status_route.route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token))
+    };
     let reads = HttpRouter::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .route("/v1/status", get(status));
+        .merge(status_route);
     #[cfg(feature = "failpoints")]
     let reads = reads.route("/v1/failpoints", get(failpoints::list));
     reads.merge(changes).with_state(state)
@@ -140,8 +152,12 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Ready when the authoritative datastore has an endpoint that answers.
+/// Ready when requests to the tenant's datastore succeed: it has an endpoint that
+/// answers, and the background check (see [`readiness`]) found nothing in the way.
 async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
+    if let Some(problem) = s.readiness.problem() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("{problem}\n")).into_response();
+    }
     let route = s.router.route();
     if let Some(stranded) = &route.stranded {
         return (
@@ -188,6 +204,9 @@ pub struct Status {
     /// Set when the tenant moved to another datastore that this replica cannot use yet:
     /// it refuses every request meanwhile.
     pub stranded: Option<String>,
+    /// Why requests to the tenant's datastore fail, when they do (`ready` is false).
+    #[serde(default)]
+    pub problem: Option<String>,
     pub uptime_seconds: u64,
     pub data_stores: Vec<DatastoreStatus>,
     /// The current or last migration (null: none has run since the proxy started).
@@ -239,12 +258,13 @@ fn status_doc(s: &AdminState, snap: crate::migrate::Snapshot) -> Status {
         version: env!("CARGO_PKG_VERSION").to_string(),
         data_store: route.datastore_name.clone(),
         phase: snap.phase,
-        ready: route.stranded.is_none() && route.datastore.is_ready(),
+        ready: route.stranded.is_none() && route.datastore.is_ready() && s.readiness.problem().is_none(),
         data_store_since_unix_ms: route.since_unix_ms,
         stranded: route
             .stranded
             .as_ref()
             .map(|x| format!("moved to {:?}, unusable: {}", x.moved_to, x.reason)),
+        problem: s.readiness.problem().map(|p| p.to_string()),
         uptime_seconds: s.started.elapsed().as_secs(),
         data_stores,
         migration: snap.migration,
@@ -330,6 +350,59 @@ fn status_lines(s: Arc<AdminState>) -> impl futures::Stream<Item = Result<bytes:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+    use tower::ServiceExt;
+
+    fn state(loopback: bool) -> Arc<AdminState> {
+        let metrics = Arc::new(Metrics::new());
+        let cfg = crate::config::DataStore {
+            name: "a".into(),
+            endpoints: vec!["http://127.0.0.1:1".into()],
+            tls: None,
+            basic_auth: None,
+        };
+        let stores = BTreeMap::from([(
+            "a".to_string(),
+            crate::upstream::Datastore::new(&cfg, metrics.clone()).unwrap(),
+        )]);
+        let fence = crate::route::FencePolicy {
+            tenant_prefix: bytes::Bytes::from_static(b"/t/"),
+            guard: crate::route::fence::Guard::new(b"/t/"),
+            mode: crate::config::FenceMode::Hold,
+            hold_timeout: Duration::from_secs(1),
+        };
+        let router = Arc::new(Router::new(stores, "a", fence).unwrap());
+        let migrator = crate::migrate::Migrator::new(router.clone(), metrics.clone(), Default::default());
+        Arc::new(AdminState {
+            router,
+            metrics,
+            migrator,
+            token: Some(Secret::from("t0ken")),
+            started: Instant::now(),
+            readiness: Default::default(),
+            loopback,
+        })
+    }
+
+    async fn get_status(state: Arc<AdminState>, token: Option<&str>) -> StatusCode {
+        let mut req = Request::get("/v1/status");
+        if let Some(t) = token {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        routes(state)
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+            .status()
+    }
+
+    #[tokio::test]
+    async fn beyond_loopback_the_status_needs_the_token() {
+        assert_eq!(get_status(state(true), None).await, StatusCode::OK);
+        assert_eq!(get_status(state(false), None).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(get_status(state(false), Some("wrong")).await, StatusCode::UNAUTHORIZED);
+        assert_eq!(get_status(state(false), Some("t0ken")).await, StatusCode::OK);
+    }
 
     #[test]
     fn tokens_compare_whole() {

@@ -2,8 +2,9 @@
 //! (a lease revoked on both stores during a migration) and the migrator.
 
 use crate::error::ProxyError;
+use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::lease_client::LeaseClient;
-use crate::proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest};
+use crate::proto::etcdserverpb::{LeaseGrantRequest, LeaseRevokeRequest, RangeRequest};
 
 use super::{client, own_request, Datastore, Retry};
 
@@ -24,4 +25,20 @@ pub async fn revoke(ds: &Datastore, id: i64) -> Result<(), ProxyError> {
     })
     .await
     .map(|_| ())
+}
+
+/// The value of one key (a linearizable read); `None` when it does not exist.
+pub async fn value(ds: &Datastore, key: bytes::Bytes) -> Result<Option<bytes::Bytes>, ProxyError> {
+    ds.unary(Retry::Idempotent, |ch, token| {
+        let r = own_request(
+            RangeRequest {
+                key: key.clone(),
+                ..Default::default()
+            },
+            token,
+        );
+        async move { client!(KvClient, ch).range(r).await }
+    })
+    .await
+    .map(|r| r.into_inner().kvs.into_iter().next().map(|kv| kv.value))
 }

@@ -427,3 +427,71 @@ async fn a_delete_or_compare_over_the_whole_prefix_works_as_on_etcd() {
         .unwrap();
     assert_eq!((with_prev.deleted(), with_prev.prev_kvs().len()), (0, 0));
 }
+
+/// Sets up etcd auth: root (password "rootpw"), and "tenant" (password "tenantpw") with
+/// read-write on `tenant_range` only.
+fn enable_auth(etcd: &Etcd, tenant_range: &str) {
+    let ep = etcd.endpoint.as_str();
+    for args in [
+        &["user", "add", "root:rootpw"][..],
+        &["role", "add", "tenant"],
+        &[
+            "role",
+            "grant-permission",
+            "tenant",
+            "readwrite",
+            tenant_range,
+            "--prefix=true",
+        ],
+        &["user", "add", "tenant:tenantpw"],
+        &["user", "grant-role", "tenant", "tenant"],
+        &["auth", "enable"],
+    ] {
+        let out = etcdctl(ep, args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    }
+}
+
+/// `/readyz` and `/v1/status` of a proxy that cannot serve, once the check has run.
+async fn not_ready_because(proxy: &Proxy, reason: &str) {
+    let url = format!("{}/readyz", proxy.admin);
+    eventually(&format!("/readyz says: {reason}"), Duration::from_secs(10), || async {
+        let r = reqwest::get(&url).await.unwrap();
+        r.status() == 503 && r.text().await.unwrap().contains(reason)
+    })
+    .await;
+    let st = proxy.status().await;
+    assert_eq!(st["ready"], false, "{st}");
+    assert!(st["problem"].as_str().unwrap_or_default().contains(reason), "{st}");
+}
+
+/// /readyz tells the truth: an endpoint that answers is not enough when every request
+/// fails (wrong credentials, a user that may not read the fence key).
+#[tokio::test]
+async fn readyz_is_not_ready_while_every_request_would_fail() {
+    let etcd = Etcd::start().await;
+    enable_auth(&etcd, "/tenant-a/registry/");
+    let dir = tempfile::tempdir().unwrap();
+    let config = |user: &str, password: &str| {
+        let file = dir.path().join(format!("{user}-{password}"));
+        std::fs::write(&file, password).unwrap();
+        format!(
+            "prefix: /tenant-a/\ndataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\"]\n    basicAuth: {{username: {user}, passwordFile: {}}}\n",
+            etcd.endpoint,
+            file.display()
+        )
+    };
+    let wrong = Proxy::launch(&config("root", "not-the-password"), &[]);
+    wrong.wait_alive().await;
+    not_ready_because(&wrong, "authentication failed").await;
+
+    // The tenant's user may not read cutover's fence key under the prefix.
+    let narrow = Proxy::launch(&config("tenant", "tenantpw"), &[]);
+    narrow.wait_alive().await;
+    not_ready_because(&narrow, "may not read the tenant's fence key").await;
+
+    // The right credentials: ready.
+    let right = Proxy::launch(&config("root", "rootpw"), &[]);
+    right.wait_ready().await;
+    assert_eq!(right.status().await["ready"], true);
+}
