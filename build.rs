@@ -16,6 +16,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // `bytes::Bytes` makes cloning a request for a retry a reference-count bump.
         .bytes(".")
+        // prost's encoding with small starting buffers (src/codec.rs).
+        .codec_path("crate::codec::LeanCodec")
         .compile_fds(descriptors)?;
     Ok(())
 }

@@ -113,6 +113,43 @@ pub struct RawConfig {
     pub migration: MigrationConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+}
+
+/// What one client can make the proxy hold.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LimitsConfig {
+    /// Client connections open at once; more wait in the kernel's backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Concurrent gRPC calls and streams on one connection (HTTP/2 streams).
+    #[serde(default = "default_max_streams_per_connection")]
+    pub max_streams_per_connection: u32,
+    /// How long a new connection may take to send its first bytes.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: String,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: default_max_connections(),
+            max_streams_per_connection: default_max_streams_per_connection(),
+            handshake_timeout: default_handshake_timeout(),
+        }
+    }
+}
+
+fn default_max_connections() -> usize {
+    4096
+}
+fn default_max_streams_per_connection() -> u32 {
+    1024
+}
+fn default_handshake_timeout() -> String {
+    "10s".into()
 }
 
 /// Tunables of a live migration.
@@ -408,6 +445,7 @@ pub struct Config {
     pub hold_timeout: std::time::Duration,
     pub migration: MigrationSettings,
     pub log: LogConfig,
+    pub limits: crate::server::limits::Limits,
 }
 
 impl Config {
@@ -550,6 +588,17 @@ pub struct Overrides {
     /// `workerThreads`: threads serving requests; 1 = a single-threaded runtime [default: 1]
     #[arg(long, env = "CUTOVER_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<usize>,
+    /// `limits.maxConnections`: client connections open at once [default: 4096]
+    #[arg(long, env = "CUTOVER_LIMITS_MAX_CONNECTIONS", value_name = "N")]
+    pub limits_max_connections: Option<usize>,
+    /// `limits.maxStreamsPerConnection`: concurrent calls and streams on one connection
+    /// [default: 1024]
+    #[arg(long, env = "CUTOVER_LIMITS_MAX_STREAMS_PER_CONNECTION", value_name = "N")]
+    pub limits_max_streams_per_connection: Option<u32>,
+    /// `limits.handshakeTimeout`: how long a new connection may take to send its first
+    /// bytes [default: 10s]
+    #[arg(long, env = "CUTOVER_LIMITS_HANDSHAKE_TIMEOUT", value_name = "DURATION")]
+    pub limits_handshake_timeout: Option<String>,
     /// `log.format`: text or json
     #[arg(long, env = "CUTOVER_LOG_FORMAT", value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
@@ -666,6 +715,15 @@ impl Overrides {
         }
         if let Some(v) = self.worker_threads {
             set_path(doc, &["workerThreads"], Value::Number(v.into()));
+        }
+        if let Some(v) = self.limits_max_connections {
+            set_path(doc, &["limits", "maxConnections"], Value::Number(v.into()));
+        }
+        if let Some(v) = self.limits_max_streams_per_connection {
+            set_path(doc, &["limits", "maxStreamsPerConnection"], Value::Number(v.into()));
+        }
+        if let Some(v) = &self.limits_handshake_timeout {
+            set_path(doc, &["limits", "handshakeTimeout"], s(v));
         }
         if let Some(v) = self.migration_page_size {
             set_path(doc, &["migration", "pageSize"], Value::Number(v.into()));
@@ -857,6 +915,30 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             format!("must be between 1 and {MAX_REQUEST_BYTES_LIMIT}"),
         ));
     }
+    let limits = crate::server::limits::Limits {
+        max_connections: raw.limits.max_connections,
+        max_streams_per_connection: raw.limits.max_streams_per_connection,
+        handshake_timeout: bounded_duration(
+            "limits.handshakeTimeout",
+            &raw.limits.handshake_timeout,
+            Duration::from_secs(600),
+        )?,
+    };
+    if !(1..=1_000_000).contains(&limits.max_connections) {
+        return Err(ConfigError::invalid(
+            "limits.maxConnections",
+            "must be between 1 and 1000000",
+        ));
+    }
+    if !(1..=100_000).contains(&limits.max_streams_per_connection) {
+        return Err(ConfigError::invalid(
+            "limits.maxStreamsPerConnection",
+            "must be between 1 and 100000",
+        ));
+    }
+    if limits.handshake_timeout.is_zero() {
+        return Err(ConfigError::invalid("limits.handshakeTimeout", "must be more than 0s"));
+    }
     let mut data_stores = BTreeMap::new();
     for (name, ds) in &raw.data_stores {
         let key = |k: &str| format!("dataStores.{name}.{k}");
@@ -923,6 +1005,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         hold_timeout,
         migration,
         log: raw.log,
+        limits,
     })
 }
 

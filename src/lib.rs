@@ -8,6 +8,7 @@ pub mod app;
 pub mod backoff;
 pub mod cli;
 pub mod coalesce;
+pub mod codec;
 pub mod config;
 pub mod error;
 pub mod failpoint;

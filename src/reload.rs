@@ -67,6 +67,7 @@ pub fn diff(old: &Config, new: &Config) -> Vec<ConfigChange> {
     check("maxRequestBytes", old.max_request_bytes == new.max_request_bytes);
     check("workerThreads", old.worker_threads == new.worker_threads);
     check("log", same(&old.log, &new.log));
+    check("limits", same(&old.limits, &new.limits));
     if !changed.is_empty() {
         out.push(ConfigChange::Other(changed));
     }

@@ -8,6 +8,7 @@ mod auth;
 mod cluster;
 mod kv;
 mod lease;
+pub mod limits;
 mod maintenance;
 mod stream;
 mod uds;
@@ -20,9 +21,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::Either;
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::UnixListenerStream;
 use tonic::metadata::{AsciiMetadataValue, KeyAndValueRef, MetadataMap};
-use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Channel, Identity, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status};
 
@@ -862,6 +861,7 @@ pub async fn serve(
         .initial_connection_window_size(Some(8 << 20))
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(Some(cfg.limits.max_streams_per_connection))
         .accept_http1(true);
     if let Some(tls) = tls_config(cfg)? {
         builder = builder.tls_config(tls)?;
@@ -891,13 +891,13 @@ pub async fn serve(
         .add_service(svc!(AuthServer, auth::AuthService::new(ctx.clone())));
     match listener {
         Listener::Tcp(l) => {
-            let incoming = TcpIncoming::from(l).with_nodelay(Some(true));
+            let incoming = limits::incoming(l, cfg.limits);
             let incoming = tokio_stream::StreamExt::map(incoming, |conn| conn.map(Coalesced::new));
             router.serve_with_incoming_shutdown(incoming, shutdown).await?;
         }
         Listener::Unix(l, path) => {
             // Older grpc-go clients send the socket path as :authority; see uds.rs.
-            let incoming = tokio_stream::StreamExt::map(UnixListenerStream::new(l), |conn| {
+            let incoming = tokio_stream::StreamExt::map(limits::incoming(l, cfg.limits), |conn| {
                 conn.map(|c| Coalesced::new(uds::FixAuthority::new(c)))
             });
             let result = router.serve_with_incoming_shutdown(incoming, shutdown).await;

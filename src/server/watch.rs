@@ -139,6 +139,9 @@ impl WatchSession {
         let mut inbound_open = true;
         let code = loop {
             tokio::select! {
+                // The client reset the stream (after half-closing it, say): its answers
+                // have nowhere to go, and nothing else would notice until an event came.
+                _ = self.down.closed() => break Code::Cancelled,
                 _ = changes.changed() => {
                     // The tenant left this datastore and its new one cannot be used: end
                     // the stream (the client re-opens it) rather than stay on a frozen store.

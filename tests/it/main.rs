@@ -15,6 +15,7 @@ mod faults;
 mod fence;
 mod history;
 mod layers;
+mod limits;
 mod migrate;
 mod replicas;
 mod soak;

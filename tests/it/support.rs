@@ -443,6 +443,35 @@ impl Proxy {
         }
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Resident memory of the process, in KiB (from /proc).
+    pub fn rss_kib(&self) -> u64 {
+        let pid = self.pid().expect("the proxy runs");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// CPU time the process has used (user + system), from /proc.
+    pub fn cpu_time(&self) -> Duration {
+        let pid = self.pid().expect("the proxy runs");
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command name (which may hold spaces) start after ") ".
+        let rest = stat.rsplit_once(") ").map_or("", |(_, r)| r);
+        let f: Vec<u64> = rest.split(' ').map(|x| x.parse().unwrap_or(0)).collect();
+        // utime and stime are fields 14 and 15 of the whole line: 12 and 13 here.
+        // SAFETY: sysconf has no memory effects.
+        let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+        Duration::from_millis((f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0)) * 1000 / ticks)
+    }
+
     /// Sends `signal` (SIGSTOP, SIGCONT, ...) to the process, if it runs.
     pub fn signal(&self, signal: i32) {
         if let Some(c) = &self.child {
