@@ -8,17 +8,18 @@ TEST_THREADS ?= 2
 # The etcd the it, soak-short, soak and e2e tiers run against: 3.4 is the system's
 # (Debian bookworm's etcd-server/etcd-client), 3.5 is Debian trixie's, unpacked by
 # scripts/etcd35.sh into the cache below and put first on PATH. The targets it-3.4,
-# it-3.5, soak-short-3.4, ... pick one for a single tier. (Not called ETCD: the e2e
-# script takes that as the etcd binary.)
-ETCD_VERSION ?= 3.4
+# it-3.5, soak-short-3.4, ... pick one for a single tier. The tests read the same
+# variable from the environment to check the etcd they start. (No name starting with
+# ETCD: etcd takes ETCD_* variables as flags, and the e2e script ETCD as the binary.)
+CUTOVER_ETCD_VERSION ?= 3.4
 CUTOVER_CACHE ?= $(HOME)/.cache/cutover
 ETCD35_BIN = $(CUTOVER_CACHE)/etcd-3.5/bin
-ifeq ($(ETCD_VERSION),3.5)
+ifeq ($(CUTOVER_ETCD_VERSION),3.5)
 ETCD_ENV = CUTOVER_ETCD_VERSION=3.5 PATH="$(ETCD35_BIN):$$PATH"
-else ifeq ($(ETCD_VERSION),3.4)
+else ifeq ($(CUTOVER_ETCD_VERSION),3.4)
 ETCD_ENV = CUTOVER_ETCD_VERSION=3.4
 else
-$(error ETCD_VERSION must be 3.4 or 3.5, not $(ETCD_VERSION))
+$(error CUTOVER_ETCD_VERSION must be 3.4 or 3.5, not $(CUTOVER_ETCD_VERSION))
 endif
 # The first line of a tier's log says which etcd (and etcdctl) it runs against.
 ETCD_BANNER = @printf '== %s against %s, %s (%s)\n' '$@' \
@@ -69,21 +70,21 @@ etcd-3.5:
 
 ## it-3.4, it-3.5, soak-short-3.4, ...: one tier against one etcd version.
 it-3.4 it-3.5: it-%:
-	@$(MAKE) --no-print-directory it ETCD_VERSION=$*
+	@$(MAKE) --no-print-directory it CUTOVER_ETCD_VERSION=$*
 
 soak-short-3.4 soak-short-3.5: soak-short-%:
-	@$(MAKE) --no-print-directory soak-short ETCD_VERSION=$*
+	@$(MAKE) --no-print-directory soak-short CUTOVER_ETCD_VERSION=$*
 
 e2e-3.4 e2e-3.5: e2e-%:
-	@$(MAKE) --no-print-directory e2e ETCD_VERSION=$*
+	@$(MAKE) --no-print-directory e2e CUTOVER_ETCD_VERSION=$*
 
-it: etcd-$(ETCD_VERSION)
+it: etcd-$(CUTOVER_ETCD_VERSION)
 	$(ETCD_BANNER)
 	env $(ETCD_ENV) $(CARGO) test --features failpoints --test it -- --test-threads=$(TEST_THREADS) --skip soak::
 
 ## soak-short: the fault-schedule soak's CI schedule (two fixed seeds, 45 s each), alone
 ## on the machine.
-soak-short: etcd-$(ETCD_VERSION)
+soak-short: etcd-$(CUTOVER_ETCD_VERSION)
 	$(ETCD_BANNER)
 	env $(ETCD_ENV) $(CARGO) test --features failpoints --test it soak:: -- --test-threads=1 --nocapture
 
@@ -93,7 +94,7 @@ soak-short: etcd-$(ETCD_VERSION)
 SEED ?= random
 DURATION ?= 1800
 ROUND ?= 120
-soak: deps etcd-$(ETCD_VERSION)
+soak: deps etcd-$(CUTOVER_ETCD_VERSION)
 	$(ETCD_BANNER)
 	@end=$$(( $$(date +%s) + $(DURATION) )); round=0; \
 	while [ $$(date +%s) -lt $$end ]; do \
@@ -104,7 +105,7 @@ soak: deps etcd-$(ETCD_VERSION)
 	done
 
 ## e2e: kube-apiserver (built offline from Debian's source package, cached) through cutover.
-e2e: deps build etcd-$(ETCD_VERSION)
+e2e: deps build etcd-$(CUTOVER_ETCD_VERSION)
 	$(ETCD_BANNER)
 	env $(ETCD_ENV) tests/e2e/kube-apiserver.sh target/debug/cutover
 

@@ -2,7 +2,7 @@
 # Fetch etcd 3.5 (server and etcdctl) from Debian trixie's etcd-server and
 # etcd-client packages into a private cache, next to the system's etcd 3.4
 # (bookworm), without installing anything: the test tiers run against it when
-# its bin folder comes first on PATH (make ETCD=3.5 ..., make it-3.5, ...).
+# its bin folder comes first on PATH (make it-3.5, make e2e CUTOVER_ETCD_VERSION=3.5, ...).
 #
 # Usage: scripts/etcd35.sh
 #

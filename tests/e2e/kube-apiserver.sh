@@ -25,7 +25,7 @@
 #                      not a valid authority, e.g. etcd:0:0, exercises cutover's
 #                      :authority rewriting (src/server/uds.rs).
 #   ETCD               etcd binary (default: etcd from PATH: Debian etcd-server, or
-#                      etcd 3.5 when `make e2e ETCD_VERSION=3.5` puts it first)
+#                      etcd 3.5 when `make e2e-3.5` puts it first)
 #
 # Needs: etcd (etcd-server), etcdctl (etcd-client), openssl, curl, jq. The last line of output is
 # "N passed, M failed"; the exit status is non-zero if anything failed.
