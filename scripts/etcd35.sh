@@ -31,11 +31,15 @@ log() { printf '[etcd35] %s\n' "$*"; }
 die() { log "ERROR: $*"; exit 1; }
 done_path() { echo "$BIN_DIR" >&3; exit 0; }
 
-# The cached binaries count only if both run here and report 3.5.
+# The cached binaries count only if both run here and report 3.5. (Their output is
+# read whole: grep -q would stop reading early, and with pipefail the writer's SIGPIPE
+# would count as a failure.)
 cached() {
-	[[ -x $BIN_DIR/etcd && -x $BIN_DIR/etcdctl ]] &&
-		"$BIN_DIR/etcd" --version 2>/dev/null | grep -q '^etcd Version: 3\.5\.' &&
-		"$BIN_DIR/etcdctl" version 2>/dev/null | grep -q '^etcdctl version: 3\.5\.'
+	local etcd etcdctl
+	[[ -x $BIN_DIR/etcd && -x $BIN_DIR/etcdctl ]] || return 1
+	etcd=$("$BIN_DIR/etcd" --version 2>/dev/null) || return 1
+	etcdctl=$("$BIN_DIR/etcdctl" version 2>/dev/null) || return 1
+	[[ $etcd == "etcd Version: 3.5."* && $etcdctl == "etcdctl version: 3.5."* ]]
 }
 
 cached && done_path
