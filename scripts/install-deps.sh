@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # Installs what cutover's demo and tests need and the machine lacks, from Debian's
 # packages: etcd 3.4 (server and etcdctl), protoc (the etcd-client test dependency
-# compiles its protos with it), curl and openssl (the end-to-end tier).
+# compiles its protos with it), curl and openssl (the end-to-end tier). Then etcd 3.5,
+# which the tiers also run against, into a private cache without installing it
+# (scripts/etcd35.sh).
 set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
 need=()
 command -v etcd >/dev/null || need+=(etcd-server)
@@ -14,14 +18,15 @@ command -v jq >/dev/null || need+=(jq)
 # promtool checks and unit-tests deploy/prometheus-rules.yaml (tests/it/deploy.rs).
 command -v promtool >/dev/null || need+=(prometheus)
 
-if [ ${#need[@]} -eq 0 ]; then
-  exit 0
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    sudo="sudo"
+  fi
+  echo "installing: ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-  sudo="sudo"
-fi
-echo "installing: ${need[*]}"
-$sudo apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${need[@]}" >/dev/null
+# Needs no root: it downloads into the user's cache.
+"$here/etcd35.sh" >/dev/null

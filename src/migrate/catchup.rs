@@ -245,6 +245,11 @@ pub async fn follow(
     let mut progress_asked = false;
     // Progress requests keep `applied` close to the source even when the tenant is idle
     // and the source busy with others, so the lag says how far behind the target is.
+    // A request still unanswered at the next tick is sent again: etcd 3.5 drops a
+    // progress request that arrives while any watch on the server is still catching up
+    // (as this one is for up to 100 ms after it starts in the past), and never answers
+    // it; a stop that waits for that answer would wait forever. etcd 3.4 answers every
+    // request at once.
     let mut ticker = tokio::time::interval(std::time::Duration::from_millis(100));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -264,7 +269,7 @@ pub async fn follow(
         let msg = tokio::select! {
             m = stream.message() => m,
             _ = stop_at.changed() => { progress_asked = false; continue; }
-            _ = ticker.tick(), if !progress_asked => {
+            _ = ticker.tick() => {
                 let _ = tx.send(WatchRequest {
                     request_union: Some(watch_request::RequestUnion::ProgressRequest(WatchProgressRequest {})),
                 });

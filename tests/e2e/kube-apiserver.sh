@@ -24,9 +24,10 @@
 #   CUTOVER_E2E_UNIX_NAME  NAME above (default cutover.sock; no '/'). A name that is
 #                      not a valid authority, e.g. etcd:0:0, exercises cutover's
 #                      :authority rewriting (src/server/uds.rs).
-#   ETCD               etcd binary (default: etcd from PATH, Debian etcd-server)
+#   ETCD               etcd binary (default: etcd from PATH: Debian etcd-server, or
+#                      etcd 3.5 when `make e2e-3.5` puts it first)
 #
-# Needs: etcd (etcd-server), openssl, curl, jq. The last line of output is
+# Needs: etcd (etcd-server), etcdctl (etcd-client), openssl, curl, jq. The last line of output is
 # "N passed, M failed"; the exit status is non-zero if anything failed.
 set -euo pipefail
 
@@ -73,7 +74,7 @@ if [[ $MODE == cutover ]]; then
 	CUTOVER=$(cd "$(dirname "$CUTOVER")" && pwd)/$(basename "$CUTOVER")
 fi
 ETCD="${ETCD:-etcd}"
-for tool in "$ETCD" openssl curl jq; do
+for tool in "$ETCD" etcdctl openssl curl jq; do
 	command -v "$tool" >/dev/null || { log "missing required tool: $tool"; exit 2; }
 done
 
@@ -202,6 +203,7 @@ fi
 KUBECTL=$(dirname "$APISERVER")/kubectl
 [[ -x $KUBECTL ]] || KUBECTL=""
 log "kube-apiserver: $APISERVER ($("$APISERVER" --version))"
+log "etcd: $("$ETCD" --version | head -n 1) ($(command -v "$ETCD")), $(etcdctl version | head -n 1)"
 log "mode: $MODE${CUTOVER:+ ($CUTOVER)}$([[ $UNIX == 1 ]] && echo ", over a unix socket")"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/cutover-e2e-kube.XXXXXX")

@@ -234,8 +234,11 @@ fn blank_timings(text: &str, extra_fields: &[&str]) -> String {
     t = blank_after(&t, "took = ", "<took>");
     // `lease timetolive`: "granted with TTL(100s), remaining(97s)"
     t = blank_after(&t, "remaining(", "<ttl>");
-    // etcdctl's log lines name its gRPC target "endpoint://client-<uuid>/<endpoint>".
+    // etcdctl's log lines name its gRPC target: etcdctl 3.4 as
+    // "endpoint://client-<uuid>/<endpoint>", etcdctl 3.5 as
+    // "etcd-endpoints://0x<address of its client>/<endpoint>".
     t = blank_after(&t, "endpoint://client-", "<uuid>");
+    t = blank_after(&t, "etcd-endpoints://0x", "<client>");
     t
 }
 
@@ -1059,6 +1062,11 @@ fn normalisers_touch_only_what_they_should() {
             &[]
         ),
         "h is healthy: took = <took>\nremaining(<ttl>)\nendpoint://client-<uuid>/h"
+    );
+    // etcdctl 3.5's target: the client's address goes, the endpoint stays.
+    assert_eq!(
+        blank_timings(r#""target":"etcd-endpoints://0xc0001acf00/127.0.0.1:2379","x":1"#, &[]),
+        r#""target":"etcd-endpoints://0x<client>/127.0.0.1:2379","x":1"#
     );
     let names = vec![
         ("127.0.0.1:2379".to_string(), "<endpoint>".to_string()),

@@ -1,5 +1,6 @@
-//! Integration tests: real etcd 3.4 members on 127.0.0.1, the real cutover binary, and
-//! real clients (etcdctl, the `etcd-client` crate). One test binary, one module per area.
+//! Integration tests: real etcd members (3.4 or 3.5, whichever `etcd` is first on PATH)
+//! on 127.0.0.1, the real cutover binary, and real clients (etcdctl, the `etcd-client`
+//! crate). One test binary, one module per area.
 
 mod support;
 
@@ -9,6 +10,7 @@ mod client;
 mod copy;
 mod deploy;
 mod errors;
+mod etcd_version;
 mod etcdctl;
 mod failover;
 mod faults;

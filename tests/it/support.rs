@@ -607,6 +607,40 @@ impl Drop for Proxy {
     }
 }
 
+/// The version of the etcd on PATH, e.g. "3.5.16", from the first line of
+/// `etcd --version` ("etcd Version: 3.5.16"), read once per test process.
+pub fn etcd_version() -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| version_of("etcd", &["--version"], "etcd Version: "))
+}
+
+/// The version of the etcdctl on PATH, from the first line of `etcdctl version`
+/// ("etcdctl version: 3.5.16"), read once per test process.
+pub fn etcdctl_version() -> &'static str {
+    static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    V.get_or_init(|| version_of("etcdctl", &["version"], "etcdctl version: "))
+}
+
+fn version_of(program: &str, args: &[&str], prefix: &str) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let first = text.lines().next().unwrap_or_default();
+    first
+        .strip_prefix(prefix)
+        .unwrap_or_else(|| panic!("{program} {args:?}: unexpected first line {first:?}"))
+        .trim()
+        .to_string()
+}
+
+/// The etcd minor version the tests were asked to run against (CUTOVER_ETCD_VERSION,
+/// "3.4" or "3.5", set by the Makefile's tiers), if any.
+pub fn wanted_etcd_version() -> Option<String> {
+    std::env::var("CUTOVER_ETCD_VERSION").ok().filter(|v| !v.is_empty())
+}
+
 /// Runs etcdctl (API v3) against `endpoint` with a short command timeout.
 pub fn etcdctl(endpoint: &str, args: &[&str]) -> Output {
     Command::new("etcdctl")
