@@ -102,6 +102,7 @@ pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> 
                 .map(|t| t.operator_common_names.clone())
                 .unwrap_or_default(),
         ),
+        known_leases: Default::default(),
     });
     if let Some(o) = reload {
         if let Some(path) = o.config.clone() {

@@ -71,8 +71,9 @@ pub enum ProxyError {
     /// The request touches cutover's reserved keys.
     #[error("the request touches cutover's reserved keys")]
     Reserved,
-    /// A tenant called an RPC that acts on the whole shared datastore.
-    #[error("{service}.{method} acts on the whole datastore; only the operator may call it")]
+    /// A tenant called an RPC that acts on the whole shared datastore, or on another
+    /// tenant's lease.
+    #[error("{service}.{method} reaches beyond the tenant; only the operator may make this call")]
     NotTheTenants {
         service: &'static str,
         method: &'static str,

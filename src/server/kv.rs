@@ -133,6 +133,12 @@ impl Kv for KvService {
 
     // Writes travel inside the fence guard (route/fence.rs).
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let lease = request.get_ref().lease;
+        if lease != 0 {
+            // A key on another tenant's lease would tie the two tenants' keys together.
+            let operator = self.ctx.access.is_operator(&request);
+            super::lease::check_owner(&self.ctx, operator, lease, "KV", "Put").await?;
+        }
         self.ctx.guarded_write("KV", "Put", request).await
     }
 
@@ -152,6 +158,16 @@ impl Kv for KvService {
 
     async fn txn(&self, mut request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         self.ctx.router.scope().split_compares(request.get_mut());
+        let mut leases = Vec::new();
+        super::lease::leases_of_txn(request.get_ref(), &mut leases);
+        if !leases.is_empty() {
+            leases.sort_unstable();
+            leases.dedup();
+            let operator = self.ctx.access.is_operator(&request);
+            for lease in leases {
+                super::lease::check_owner(&self.ctx, operator, lease, "KV", "Txn").await?;
+            }
+        }
         let t = request.get_ref();
         if !fence::is_read_only(t) {
             return self.ctx.guarded_write("KV", "Txn", request).await;

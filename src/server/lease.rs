@@ -79,22 +79,62 @@ async fn owner(ctx: &Context, client_id: i64) -> Result<Owner, ProxyError> {
     })
 }
 
+/// Leases seen to carry the tenant's keys (and nobody else's), by the client's ID: a key
+/// put on one of them needs no lookup. Bounded; forgotten all at once when full.
+#[derive(Default)]
+pub struct KnownLeases(parking_lot::Mutex<std::collections::HashSet<i64>>);
+
+const KNOWN_LEASES: usize = 4096;
+
+impl KnownLeases {
+    fn contains(&self, id: i64) -> bool {
+        self.0.lock().contains(&id)
+    }
+    fn insert(&self, id: i64) {
+        let mut set = self.0.lock();
+        if set.len() >= KNOWN_LEASES {
+            set.clear();
+        }
+        set.insert(id);
+    }
+    fn forget(&self, id: i64) {
+        self.0.lock().remove(&id);
+    }
+}
+
 /// A tenant's request about lease `id`: refused if the lease is another tenant's.
-async fn check_owner(ctx: &Context, operator: bool, id: i64, method: &'static str) -> Result<(), Status> {
-    if operator {
+pub(super) async fn check_owner(
+    ctx: &Context,
+    operator: bool,
+    id: i64,
+    service: &'static str,
+    method: &'static str,
+) -> Result<(), Status> {
+    if operator || ctx.known_leases.contains(id) {
         return Ok(());
     }
     match owner(ctx, id).await {
         Ok(Owner::Other) => {
-            ctx.metrics.tenant_refused("Lease", method);
-            Err(ProxyError::NotTheTenants {
-                service: "Lease",
-                method,
-            }
-            .to_status())
+            ctx.metrics.tenant_refused(service, method);
+            Err(ProxyError::NotTheTenants { service, method }.to_status())
         }
-        Ok(_) => Ok(()),
+        Ok(Owner::Tenant) => {
+            ctx.known_leases.insert(id);
+            Ok(())
+        }
+        Ok(Owner::Unknown) => Ok(()),
         Err(e) => Err(e.to_status()),
+    }
+}
+
+/// The leases a write attaches keys to (nested Txns included).
+pub(super) fn leases_of_txn(txn: &TxnRequest, out: &mut Vec<i64>) {
+    for op in txn.success.iter().chain(&txn.failure) {
+        match &op.request {
+            Some(request_op::Request::RequestPut(p)) if p.lease != 0 => out.push(p.lease),
+            Some(request_op::Request::RequestTxn(t)) => leases_of_txn(t, out),
+            _ => {}
+        }
     }
 }
 
@@ -157,7 +197,8 @@ impl Lease for LeaseService {
         }
         let id = request.get_ref().id;
         let operator = self.ctx.access.is_operator(&request);
-        check_owner(&self.ctx, operator, id, "LeaseRevoke").await?;
+        check_owner(&self.ctx, operator, id, "Lease", "LeaseRevoke").await?;
+        self.ctx.known_leases.forget(id);
         let resp = self
             .ctx
             .unary_translated(
@@ -187,7 +228,7 @@ impl Lease for LeaseService {
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let operator = self.ctx.access.is_operator(&request);
-        check_owner(&self.ctx, operator, request.get_ref().id, "LeaseTimeToLive").await?;
+        check_owner(&self.ctx, operator, request.get_ref().id, "Lease", "LeaseTimeToLive").await?;
         let scope = self.ctx.router.scope().clone();
         self.ctx
             .unary_translated(
@@ -387,7 +428,7 @@ async fn relay_keep_alive(
             msg = inbound.message() => match msg {
                 Ok(Some(req)) => {
                     if !checked.contains(&req.id) {
-                        if let Err(status) = check_owner(&ctx, operator, req.id, "LeaseKeepAlive").await {
+                        if let Err(status) = check_owner(&ctx, operator, req.id, "Lease", "LeaseKeepAlive").await {
                             let code = status.code();
                             let _ = down.send(Err(status)).await;
                             break code;

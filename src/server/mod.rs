@@ -7,7 +7,7 @@ pub mod access;
 mod auth;
 mod cluster;
 mod kv;
-mod lease;
+pub mod lease;
 pub mod limits;
 mod maintenance;
 mod stream;
@@ -55,6 +55,8 @@ pub struct Context {
     pub warned_unguarded: std::sync::atomic::AtomicBool,
     /// Who may call cluster-wide RPCs.
     pub access: access::Access,
+    /// Leases known to be the tenant's.
+    pub known_leases: lease::KnownLeases,
 }
 
 /// What a stream gets when the datastore cannot be reached again: as for a request never
