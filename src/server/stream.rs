@@ -26,8 +26,16 @@ enum State<Resp> {
 /// A stream to one endpoint of a datastore. Requests are queued without a bound: the
 /// datastore's reading of requests must never wait on our reading of its responses, or
 /// the two ends could block each other.
+/// The requests of an upstream stream, as tonic sends them. Boxed in the queue: an
+/// unbounded channel keeps room for 32 messages from the start.
+pub(crate) type Outbound<Req> = futures::stream::Map<UnboundedReceiverStream<Box<Req>>, fn(Box<Req>) -> Req>;
+
+fn unbox<Req>(boxed: Box<Req>) -> Req {
+    *boxed
+}
+
 pub(crate) struct UpstreamStream<Req, Resp> {
-    tx: mpsc::UnboundedSender<Req>,
+    tx: mpsc::UnboundedSender<Box<Req>>,
     state: State<Resp>,
     /// Index of the endpoint in the datastore.
     pub endpoint: usize,
@@ -37,7 +45,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> UpstreamStream<Req, Resp> {
     /// Starts opening the stream; nothing waits here. `open` makes the call on a channel.
     pub fn open<F, Fut>(datastore: &Arc<Datastore>, fwd: &Forwarded, open: F) -> Self
     where
-        F: FnOnce(Channel, Request<UnboundedReceiverStream<Req>>) -> Fut + Send + 'static,
+        F: FnOnce(Channel, Request<Outbound<Req>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Response<Streaming<Resp>>, Status>> + Send + 'static,
     {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -46,7 +54,9 @@ impl<Req: Send + 'static, Resp: Send + 'static> UpstreamStream<Req, Resp> {
         let fwd = fwd.clone();
         let fut = async move {
             let token = ds.token(&channel).await?;
-            let mut req = fwd.request(UnboundedReceiverStream::new(rx), token);
+            let outbound: Outbound<Req> =
+                futures::StreamExt::map(UnboundedReceiverStream::new(rx), unbox::<Req> as fn(Box<Req>) -> Req);
+            let mut req = fwd.request(outbound, token);
             // A stream lives as long as the client wants it; the client's deadline, if
             // any, is its own business.
             req.metadata_mut().remove("grpc-timeout");
@@ -61,7 +71,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> UpstreamStream<Req, Resp> {
 
     pub fn send(&self, req: Req) {
         // A failed send means the stream is gone; `next` reports why.
-        let _ = self.tx.send(req);
+        let _ = self.tx.send(Box::new(req));
     }
 
     /// The next response. Safe to use in `select!`: progress is kept in `self`.

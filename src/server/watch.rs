@@ -31,6 +31,10 @@ use crate::route::revision::Compacted;
 use crate::route::{translate, Route};
 use crate::upstream::{classify, Failure};
 
+/// Answers on their way to the client. Boxed: a channel keeps room for 32 messages from
+/// the start, and a watch stream that sends nothing for hours should not pay for it.
+type Down = mpsc::Sender<Box<Result<WatchResponse, Status>>>;
+
 pub struct WatchService {
     ctx: Arc<Context>,
 }
@@ -43,14 +47,15 @@ impl WatchService {
 
 #[tonic::async_trait]
 impl Watch for WatchService {
-    type WatchStream = ReceiverStream<Result<WatchResponse, Status>>;
+    type WatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<WatchResponse, Status>> + Send>>;
 
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
         let (metadata, _, inbound) = request.into_parts();
         let (down, rx) = mpsc::channel(64);
         let session = WatchSession::new(self.ctx.clone(), Forwarded::from_incoming(&metadata), down);
         tokio::spawn(session.run(inbound));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        let answers = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |boxed: Box<_>| *boxed);
+        Ok(Response::new(Box::pin(answers)))
     }
 }
 
@@ -82,7 +87,7 @@ type Upstream = UpstreamStream<WatchRequest, WatchResponse>;
 struct WatchSession {
     ctx: Arc<Context>,
     fwd: Forwarded,
-    down: mpsc::Sender<Result<WatchResponse, Status>>,
+    down: Down,
     route: Arc<Route>,
     watches: HashMap<i64, WatchState>,
     pending: VecDeque<Pending>,
@@ -103,7 +108,7 @@ enum Drained {
 }
 
 impl WatchSession {
-    fn new(ctx: Arc<Context>, fwd: Forwarded, down: mpsc::Sender<Result<WatchResponse, Status>>) -> Self {
+    fn new(ctx: Arc<Context>, fwd: Forwarded, down: Down) -> Self {
         let route = ctx.router.route();
         WatchSession {
             ctx,
@@ -130,7 +135,7 @@ impl WatchSession {
             self.route = self.ctx.router.route();
         }
         if let Err(e) = self.route.usable() {
-            let _ = self.down.send(Err(e.to_status())).await;
+            let _ = self.down.send(Box::new(Err(e.to_status()))).await;
             self.ctx.metrics.observe_stream_end("Watch", "Watch", Code::Unavailable);
             return;
         }
@@ -146,7 +151,7 @@ impl WatchSession {
                     // The tenant left this datastore and its new one cannot be used: end
                     // the stream (the client re-opens it) rather than stay on a frozen store.
                     if let Err(e) = self.ctx.router.route().usable() {
-                        let _ = self.down.send(Err(e.to_status())).await;
+                        let _ = self.down.send(Box::new(Err(e.to_status()))).await;
                         break Code::Unavailable;
                     }
                     if self.move_to_new_route(&mut upstream).await.is_err() {
@@ -174,7 +179,7 @@ impl WatchSession {
                     Some(Err(status)) if classify(&status) == Failure::Answered => {
                         // etcd ended the stream itself (e.g. no leader with `hasleader`).
                         let code = status.code();
-                        let _ = self.down.send(Err(status)).await;
+                        let _ = self.down.send(Box::new(Err(status))).await;
                         break code;
                     }
                     failure => {
@@ -186,7 +191,7 @@ impl WatchSession {
                         tracing::warn!(datastore = %ds.name, endpoint = %ds.endpoint_url(upstream.endpoint), error = %why, watches = self.watches.len(), "watch stream to the datastore broke; re-attaching");
                         ds.mark_failed(upstream.endpoint);
                         if !reconnect.wait().await {
-                            let _ = self.down.send(Err(no_connection(&self.route.datastore.name))).await;
+                            let _ = self.down.send(Box::new(Err(no_connection(&self.route.datastore.name)))).await;
                             break Code::Unavailable;
                         }
                         upstream = self.open_upstream();
@@ -458,7 +463,7 @@ impl WatchSession {
     }
 
     async fn send_down(&self, r: WatchResponse) -> Result<(), ClientGone> {
-        self.down.send(Ok(r)).await.map_err(|_| ClientGone)
+        self.down.send(Box::new(Ok(r))).await.map_err(|_| ClientGone)
     }
 
     async fn on_upstream(&mut self, mut r: WatchResponse) -> Result<(), ClientGone> {
@@ -601,7 +606,10 @@ impl WatchSession {
             let delay = backoff.step();
             if deadline.is_some_and(|d| tokio::time::Instant::now() + delay > d) {
                 tracing::warn!(datastore = %self.route.datastore_name, "watch events from a datastore the tenant may have left were held past the hold timeout; ending the stream");
-                let _ = self.down.send(Err(no_connection(&self.route.datastore.name))).await;
+                let _ = self
+                    .down
+                    .send(Box::new(Err(no_connection(&self.route.datastore.name))))
+                    .await;
                 return Err(ClientGone);
             }
             tokio::select! {
