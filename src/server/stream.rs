@@ -30,6 +30,7 @@ enum State<Resp> {
 /// unbounded channel keeps room for 32 messages from the start.
 pub(crate) type Outbound<Req> = futures::stream::Map<UnboundedReceiverStream<Box<Req>>, fn(Box<Req>) -> Req>;
 
+#[allow(clippy::boxed_local)] // the queue's element type, by design
 fn unbox<Req>(boxed: Box<Req>) -> Req {
     *boxed
 }
