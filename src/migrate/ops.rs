@@ -31,7 +31,8 @@ pub async fn range(ds: &Datastore, req: RangeRequest) -> Result<crate::proto::et
     .map(|r| r.into_inner())
 }
 
-pub async fn current_revision(ds: &Datastore) -> Result<i64, ProxyError> {
+/// A response header of `ds` as of now (from a count of one key).
+async fn header(ds: &Datastore) -> Result<crate::proto::etcdserverpb::ResponseHeader, ProxyError> {
     let r = range(
         ds,
         RangeRequest {
@@ -41,22 +42,17 @@ pub async fn current_revision(ds: &Datastore) -> Result<i64, ProxyError> {
         },
     )
     .await?;
-    Ok(r.header.map_or(0, |h| h.revision))
+    Ok(r.header.unwrap_or_default())
+}
+
+pub async fn current_revision(ds: &Datastore) -> Result<i64, ProxyError> {
+    Ok(header(ds).await?.revision)
 }
 
 /// The ID of the etcd cluster behind `ds`, from a response header: two datastore names
 /// for one cluster show the same ID.
 pub async fn cluster_id(ds: &Datastore) -> Result<u64, ProxyError> {
-    let r = range(
-        ds,
-        RangeRequest {
-            key: Bytes::from_static(b"\0"),
-            count_only: true,
-            ..Default::default()
-        },
-    )
-    .await?;
-    Ok(r.header.map_or(0, |h| h.cluster_id))
+    Ok(header(ds).await?.cluster_id)
 }
 
 /// Keys of the tenant range, cutover's own left out.

@@ -743,27 +743,14 @@ pub(crate) use crate::upstream::client;
 macro_rules! forward {
     // An RPC that acts on the whole datastore: the operator's alone when a prefix is set.
     (operator_only $name:ident, $req:ty, $resp:ty, $svc:literal, $method:literal, $retry:expr, $client:ident) => {
-        fn $name<'life0, 'async_trait>(
-            &'life0 self,
-            request: tonic::Request<$req>,
-        ) -> std::pin::Pin<
-            Box<dyn std::future::Future<Output = Result<tonic::Response<$resp>, tonic::Status>> + Send + 'async_trait>,
-        >
-        where
-            'life0: 'async_trait,
-            Self: 'async_trait,
-        {
-            Box::pin(async move {
-                self.ctx.refuse_tenant(&request, $svc, $method)?;
-                self.ctx
-                    .unary($svc, $method, $retry, request, |ch, req| async move {
-                        crate::upstream::client!($client, ch).$name(req).await
-                    })
-                    .await
-            })
-        }
+        forward!(@with (|ctx: &Context, request: &tonic::Request<$req>| ctx.refuse_tenant(request, $svc, $method))
+            $name, $req, $resp, $svc, $method, $retry, $client);
     };
     ($name:ident, $req:ty, $resp:ty, $svc:literal, $method:literal, $retry:expr, $client:ident) => {
+        forward!(@with (|_: &Context, _: &tonic::Request<$req>| Ok(()))
+            $name, $req, $resp, $svc, $method, $retry, $client);
+    };
+    (@with ($check:expr) $name:ident, $req:ty, $resp:ty, $svc:literal, $method:literal, $retry:expr, $client:ident) => {
         fn $name<'life0, 'async_trait>(
             &'life0 self,
             request: tonic::Request<$req>,
@@ -775,6 +762,8 @@ macro_rules! forward {
             Self: 'async_trait,
         {
             Box::pin(async move {
+                let check: fn(&Context, &tonic::Request<$req>) -> Result<(), tonic::Status> = $check;
+                check(&self.ctx, &request)?;
                 self.ctx
                     .unary($svc, $method, $retry, request, |ch, req| async move {
                         crate::upstream::client!($client, ch).$name(req).await
