@@ -117,6 +117,16 @@ pub struct RawConfig {
     pub limits: LimitsConfig,
 }
 
+/// The limits on what clients can make the proxy hold, as checked (see server::limits).
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_streams_per_connection: u32,
+    /// How long a new connection may take to send its first bytes (the TLS ClientHello
+    /// or the HTTP/2 preface).
+    pub handshake_timeout: Duration,
+}
+
 /// What one client can make the proxy hold.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -445,7 +455,7 @@ pub struct Config {
     pub hold_timeout: std::time::Duration,
     pub migration: MigrationSettings,
     pub log: LogConfig,
-    pub limits: crate::server::limits::Limits,
+    pub limits: Limits,
 }
 
 impl Config {
@@ -915,7 +925,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             format!("must be between 1 and {MAX_REQUEST_BYTES_LIMIT}"),
         ));
     }
-    let limits = crate::server::limits::Limits {
+    let limits = Limits {
         max_connections: raw.limits.max_connections,
         max_streams_per_connection: raw.limits.max_streams_per_connection,
         handshake_timeout: bounded_duration(

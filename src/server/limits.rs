@@ -17,15 +17,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use crate::backoff::Backoff;
 
-/// The limits, as configured (`limits:`).
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_connections: usize,
-    pub max_streams_per_connection: u32,
-    /// How long a new connection may take to send its first bytes (the TLS ClientHello
-    /// or the HTTP/2 preface).
-    pub handshake_timeout: Duration,
-}
+pub use crate::config::Limits;
 
 /// Something that hands out connections: a TCP or unix listener.
 pub trait Accept: Send + 'static {
