@@ -59,6 +59,14 @@ impl Scope {
         }
     }
 
+    /// Whether `key` lies under the tenant's prefix itself (kube-apiserver's compaction
+    /// key, shared by every tenant of a datastore, does not).
+    pub fn in_prefix(&self, key: &[u8]) -> bool {
+        self.tenant
+            .as_ref()
+            .is_none_or(|(lo, hi)| key >= &lo[..] && (hi[..] == b"\0"[..] || key < &hi[..]))
+    }
+
     pub fn is_reserved(&self, key: &[u8]) -> bool {
         key.starts_with(&self.reserved)
     }
@@ -127,35 +135,6 @@ impl Scope {
             parts.push((self.reserved_end.clone(), Bytes::copy_from_slice(end)));
         }
         Some(parts)
-    }
-
-    /// Rewrites every compare of a Txn (nested ones included) whose range spans the
-    /// reserved keys into compares of the parts around them: a range compare holds when
-    /// it holds for every key in the range, so the parts together mean the same.
-    pub fn split_compares(&self, txn: &mut TxnRequest) {
-        if txn
-            .compare
-            .iter()
-            .any(|c| self.around_reserved(&c.key, &c.range_end).is_some())
-        {
-            let mut split = Vec::with_capacity(txn.compare.len() + 1);
-            for c in txn.compare.drain(..) {
-                match self.around_reserved(&c.key, &c.range_end) {
-                    Some(parts) => split.extend(parts.into_iter().map(|(key, range_end)| Compare {
-                        key,
-                        range_end,
-                        ..c.clone()
-                    })),
-                    None => split.push(c),
-                }
-            }
-            txn.compare = split;
-        }
-        for op in txn.success.iter_mut().chain(txn.failure.iter_mut()) {
-            if let Some(request_op::Request::RequestTxn(t)) = &mut op.request {
-                self.split_compares(t);
-            }
-        }
     }
 
     /// Removes reserved keys from the reads of a Txn's answer, nested ones included. The
@@ -235,7 +214,7 @@ mod tests {
     }
 
     #[test]
-    fn compares_over_the_whole_prefix_are_split_around_the_reserved_keys() {
+    fn ranges_over_the_whole_prefix_are_split_around_the_reserved_keys() {
         let s = scope();
         assert_eq!(
             s.around_reserved(b"/t/", b"/t0"),
@@ -255,27 +234,6 @@ mod tests {
             None,
             "inside them"
         );
-        let whole = Compare {
-            key: Bytes::from_static(b"/t/"),
-            range_end: Bytes::from_static(b"/t0"),
-            result: 2,
-            target: 1,
-            ..Default::default()
-        };
-        let mut txn = TxnRequest {
-            compare: vec![whole.clone()],
-            success: vec![RequestOp {
-                request: Some(request_op::Request::RequestTxn(TxnRequest {
-                    compare: vec![whole],
-                    ..Default::default()
-                })),
-            }],
-            ..Default::default()
-        };
-        s.split_compares(&mut txn);
-        assert_eq!(txn.compare.len(), 2);
-        assert!(txn.compare.iter().all(|c| c.result == 2 && c.target == 1));
-        assert!(s.txn_allowed(&txn), "{txn:?}");
     }
 
     #[test]

@@ -133,11 +133,21 @@ impl Kv for KvService {
 
     // Writes travel inside the fence guard (route/fence.rs).
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let lease = request.get_ref().lease;
-        if lease != 0 {
+        let p = request.get_ref();
+        let lease = p.lease;
+        // (Outside the prefix, the write is refused anyway: no lookup for it.)
+        if lease != 0 && self.ctx.router.scope().in_tenant(&p.key, b"") {
             // A key on another tenant's lease would tie the two tenants' keys together.
             let operator = self.ctx.access.is_operator(&request);
-            super::lease::check_owner(&self.ctx, operator, lease, "KV", "Put").await?;
+            super::lease::check_owner(
+                &self.ctx,
+                operator,
+                lease,
+                super::lease::Lookup::Remembered,
+                "KV",
+                "Put",
+            )
+            .await?;
         }
         self.ctx.guarded_write("KV", "Put", request).await
     }
@@ -156,8 +166,7 @@ impl Kv for KvService {
         self.ctx.guarded_write("KV", "DeleteRange", request).await
     }
 
-    async fn txn(&self, mut request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
-        self.ctx.router.scope().split_compares(request.get_mut());
+    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let mut leases = Vec::new();
         super::lease::leases_of_txn(request.get_ref(), &mut leases);
         if !leases.is_empty() {
@@ -165,7 +174,15 @@ impl Kv for KvService {
             leases.dedup();
             let operator = self.ctx.access.is_operator(&request);
             for lease in leases {
-                super::lease::check_owner(&self.ctx, operator, lease, "KV", "Txn").await?;
+                super::lease::check_owner(
+                    &self.ctx,
+                    operator,
+                    lease,
+                    super::lease::Lookup::Remembered,
+                    "KV",
+                    "Txn",
+                )
+                .await?;
             }
         }
         let t = request.get_ref();

@@ -39,8 +39,8 @@ pub struct LeaseService {
 /// Whose a lease is, by the keys attached to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Owner {
-    /// Every key on it is the tenant's.
-    Tenant,
+    /// Every key on it is the tenant's; it lives this many seconds more at most.
+    Tenant { ttl: i64 },
     /// It has no key (or does not exist): it cannot be told.
     Unknown,
     /// A key on it lies outside the tenant's range.
@@ -64,42 +64,55 @@ async fn owner(ctx: &Context, client_id: i64) -> Result<Owner, ProxyError> {
         .await?
         .into_inner();
     let scope = ctx.router.scope();
-    // A lease holding cutover's own keys (a migration's lock) is no client's to touch.
-    if resp
-        .keys
-        .iter()
-        .any(|k| !scope.in_tenant(k, b"") || scope.is_reserved(k))
-    {
+    // A lease holding cutover's own keys (a migration's lock) is no client's to touch, nor
+    // one on kube-apiserver's compaction key, which every tenant of the datastore shares.
+    if resp.keys.iter().any(|k| !scope.in_prefix(k) || scope.is_reserved(k)) {
         return Ok(Owner::Other);
     }
     Ok(if resp.keys.is_empty() {
         Owner::Unknown
     } else {
-        Owner::Tenant
+        Owner::Tenant { ttl: resp.ttl }
     })
 }
 
-/// Leases seen to carry the tenant's keys (and nobody else's), by the client's ID: a key
-/// put on one of them needs no lookup. Bounded; forgotten all at once when full.
+/// Leases seen to carry the tenant's keys (and nobody else's), by the client's ID, each
+/// until the time its TTL said it would expire at the latest: an ID cannot be granted
+/// again before then, so a key put on one of them needs no lookup. Only puts use it;
+/// revoking, keeping alive or looking into a lease always asks the datastore. Bounded;
+/// forgotten all at once when full.
 #[derive(Default)]
-pub struct KnownLeases(parking_lot::Mutex<std::collections::HashSet<i64>>);
+pub struct KnownLeases(parking_lot::Mutex<std::collections::HashMap<i64, tokio::time::Instant>>);
 
 const KNOWN_LEASES: usize = 4096;
 
 impl KnownLeases {
     fn contains(&self, id: i64) -> bool {
-        self.0.lock().contains(&id)
+        self.0
+            .lock()
+            .get(&id)
+            .is_some_and(|until| tokio::time::Instant::now() < *until)
     }
-    fn insert(&self, id: i64) {
-        let mut set = self.0.lock();
-        if set.len() >= KNOWN_LEASES {
-            set.clear();
+    fn insert(&self, id: i64, ttl: i64) {
+        let until = tokio::time::Instant::now() + std::time::Duration::from_secs(ttl.clamp(0, 3600) as u64);
+        let mut known = self.0.lock();
+        if known.len() >= KNOWN_LEASES {
+            known.clear();
         }
-        set.insert(id);
+        known.insert(id, until);
     }
     fn forget(&self, id: i64) {
         self.0.lock().remove(&id);
     }
+}
+
+/// How a check of a lease's owner may use what is remembered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Lookup {
+    /// A put on the lease: a lease known to be the tenant's needs no lookup.
+    Remembered,
+    /// A call about the lease itself: always asked of the datastore.
+    Fresh,
 }
 
 /// A tenant's request about lease `id`: refused if the lease is another tenant's.
@@ -107,10 +120,11 @@ pub(super) async fn check_owner(
     ctx: &Context,
     operator: bool,
     id: i64,
+    lookup: Lookup,
     service: &'static str,
     method: &'static str,
 ) -> Result<(), Status> {
-    if operator || ctx.known_leases.contains(id) {
+    if operator || (lookup == Lookup::Remembered && ctx.known_leases.contains(id)) {
         return Ok(());
     }
     match owner(ctx, id).await {
@@ -118,8 +132,8 @@ pub(super) async fn check_owner(
             ctx.metrics.tenant_refused(service, method);
             Err(ProxyError::NotTheTenants { service, method }.to_status())
         }
-        Ok(Owner::Tenant) => {
-            ctx.known_leases.insert(id);
+        Ok(Owner::Tenant { ttl }) => {
+            ctx.known_leases.insert(id, ttl);
             Ok(())
         }
         Ok(Owner::Unknown) => Ok(()),
@@ -197,7 +211,7 @@ impl Lease for LeaseService {
         }
         let id = request.get_ref().id;
         let operator = self.ctx.access.is_operator(&request);
-        check_owner(&self.ctx, operator, id, "Lease", "LeaseRevoke").await?;
+        check_owner(&self.ctx, operator, id, Lookup::Fresh, "Lease", "LeaseRevoke").await?;
         self.ctx.known_leases.forget(id);
         let resp = self
             .ctx
@@ -228,7 +242,15 @@ impl Lease for LeaseService {
         request: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let operator = self.ctx.access.is_operator(&request);
-        check_owner(&self.ctx, operator, request.get_ref().id, "Lease", "LeaseTimeToLive").await?;
+        check_owner(
+            &self.ctx,
+            operator,
+            request.get_ref().id,
+            Lookup::Fresh,
+            "Lease",
+            "LeaseTimeToLive",
+        )
+        .await?;
         let scope = self.ctx.router.scope().clone();
         self.ctx
             .unary_translated(
@@ -243,8 +265,9 @@ impl Lease for LeaseService {
                 move |t, r: &mut LeaseTimeToLiveResponse, ()| {
                     translate::header(t, &mut r.header);
                     r.id = translate::lease_id_to_virtual(t, r.id);
-                    // cutover's own keys are nobody's business.
-                    r.keys.retain(|k| !scope.is_reserved(k));
+                    // Only the tenant's keys: cutover's own are nobody's business, and a key
+                    // another tenant attached since the check is not this one's.
+                    r.keys.retain(|k| scope.in_prefix(k) && !scope.is_reserved(k));
                 },
                 |ch, req| async move { client!(LeaseClient, ch).lease_time_to_live(req).await },
             )
@@ -284,7 +307,7 @@ impl Lease for LeaseService {
                 .await;
             for (who, lease) in owners {
                 match who {
-                    Ok(Owner::Tenant) => resp.get_mut().leases.push(lease),
+                    Ok(Owner::Tenant { .. }) => resp.get_mut().leases.push(lease),
                     Ok(_) => {}
                     Err(e) => return Err(e.to_status()),
                 }
@@ -428,10 +451,14 @@ async fn relay_keep_alive(
             msg = inbound.message() => match msg {
                 Ok(Some(req)) => {
                     if !checked.contains(&req.id) {
-                        if let Err(status) = check_owner(&ctx, operator, req.id, "Lease", "LeaseKeepAlive").await {
-                            let code = status.code();
-                            let _ = down.send(Err(status)).await;
-                            break code;
+                        if check_owner(&ctx, operator, req.id, Lookup::Fresh, "Lease", "LeaseKeepAlive").await.is_err() {
+                            // etcd's answer for a lease it does not have: TTL 0. The
+                            // stream carries the client's other leases too; it stays.
+                            let header = Some(ResponseHeader::default());
+                            if down.send(Ok(LeaseKeepAliveResponse { header, id: req.id, ttl: 0 })).await.is_err() {
+                                break Code::Cancelled;
+                            }
+                            continue;
                         }
                         if checked.len() >= CHECKED_LEASES {
                             checked.clear();
