@@ -156,7 +156,8 @@ fn default_max_connections() -> usize {
     4096
 }
 fn default_max_streams_per_connection() -> u32 {
-    1024
+    // kube-apiserver multiplexes its watches and calls onto few connections.
+    16384
 }
 fn default_handshake_timeout() -> String {
     "10s".into()
@@ -602,7 +603,7 @@ pub struct Overrides {
     #[arg(long, env = "CUTOVER_LIMITS_MAX_CONNECTIONS", value_name = "N")]
     pub limits_max_connections: Option<usize>,
     /// `limits.maxStreamsPerConnection`: concurrent calls and streams on one connection
-    /// [default: 1024]
+    /// [default: 16384]
     #[arg(long, env = "CUTOVER_LIMITS_MAX_STREAMS_PER_CONNECTION", value_name = "N")]
     pub limits_max_streams_per_connection: Option<u32>,
     /// `limits.handshakeTimeout`: how long a new connection may take to send its first
@@ -940,10 +941,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             "must be between 1 and 1000000",
         ));
     }
-    if !(1..=100_000).contains(&limits.max_streams_per_connection) {
+    if !(1..=1_000_000).contains(&limits.max_streams_per_connection) {
         return Err(ConfigError::invalid(
             "limits.maxStreamsPerConnection",
-            "must be between 1 and 100000",
+            "must be between 1 and 1000000",
         ));
     }
     if limits.handshake_timeout.is_zero() {

@@ -20,10 +20,18 @@ const EVERY: Duration = Duration::from_secs(2);
 /// How long a replica may take to follow a "moved" marker before that counts against it.
 const FOLLOW_GRACE: Duration = Duration::from_secs(1);
 
-#[derive(Default)]
 pub struct Readiness {
     /// Why the replica cannot serve (`None`: it can, as of the last check).
     problem: ArcSwapOption<String>,
+}
+
+impl Default for Readiness {
+    /// Not ready until the first check has run.
+    fn default() -> Self {
+        Readiness {
+            problem: ArcSwapOption::from_pointee("not checked yet".to_string()),
+        }
+    }
 }
 
 impl Readiness {
@@ -59,6 +67,8 @@ impl Readiness {
 
 /// `Err(reason)` when a request to the tenant would fail now.
 pub async fn check(router: &Router) -> Result<(), String> {
+    // Subscribed before the route is read: a switch in between is seen below.
+    let mut changes = router.changes();
     let route = router.route();
     if let Some(s) = &route.stranded {
         return Err(format!(
@@ -78,10 +88,11 @@ pub async fn check(router: &Router) -> Result<(), String> {
             let Some(to) = Marker::moved_to(&value) else {
                 return Ok(());
             };
-            // A commit this replica has not followed yet: give the follower a moment.
-            let mut changes = router.changes();
-            let followed = tokio::time::timeout(FOLLOW_GRACE, changes.changed()).await.is_ok();
-            if followed {
+            // A commit this replica has not followed yet: wake the follower and give it
+            // a moment.
+            router.nudge(route.generation);
+            let _ = tokio::time::timeout(FOLLOW_GRACE, changes.wait_for(|g| *g > route.generation)).await;
+            if router.route().generation != route.generation {
                 return Ok(());
             }
             Err(format!(

@@ -39,10 +39,8 @@ pub enum Failure {
     },
     #[error("another migration holds the source: {0}")]
     Locked(String),
-    #[error(
-        "datastores {from:?} and {to:?} are the same etcd cluster (cluster ID {cluster_id:x}); nothing was written"
-    )]
-    SameCluster { from: String, to: String, cluster_id: u64 },
+    #[error("datastores {from:?} and {to:?} are the same etcd cluster (a key written on one showed on the other); the tenant's data was not touched")]
+    SameCluster { from: String, to: String },
     #[error("the catch-up did not get within {max} revisions of the source in {secs} s")]
     CatchUpTimeout { max: i64, secs: u64 },
     #[error("the fence was held longer than {0:?}; released")]

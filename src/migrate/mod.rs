@@ -186,12 +186,8 @@ pub enum CleanupError {
     NotLeft(String),
     #[error("no prefix is configured, so the tenant's range is the whole key space: cleanup would delete every key on datastore {0:?}, whoever wrote it; if that datastore held this tenant alone, say so with --delete-whole-keyspace")]
     WholeKeyspace(String),
-    #[error("datastores {name:?} and {authoritative:?} are the same etcd cluster (cluster ID {cluster_id:x}): cleaning one would delete the tenant's live data")]
-    SameCluster {
-        name: String,
-        authoritative: String,
-        cluster_id: u64,
-    },
+    #[error("datastores {name:?} and {authoritative:?} are the same etcd cluster (a key written on one showed on the other): cleaning one would delete the tenant's live data")]
+    SameCluster { name: String, authoritative: String },
     #[error("{0}")]
     Datastore(#[from] ProxyError),
 }
@@ -435,12 +431,10 @@ impl Migrator {
         }
         // The same etcd under a second name (`localhost:P` beside `127.0.0.1:P`) carries
         // the tenant's live data, and the marker of a move away from it once.
-        let cluster_id = ops::cluster_id(&ds).await?;
-        if cluster_id == ops::cluster_id(&route.datastore).await? {
+        if ops::same_cluster(&ds, &route.datastore, &reserved_prefix(prefix)).await? {
             return Err(CleanupError::SameCluster {
                 name: name.to_string(),
                 authoritative: route.datastore_name.clone(),
-                cluster_id,
             });
         }
         match marker::read(&ds, &self.router.fence().guard).await? {

@@ -55,6 +55,28 @@ pub async fn cluster_id(ds: &Datastore) -> Result<u64, ProxyError> {
     Ok(header(ds).await?.cluster_id)
 }
 
+/// Whether `a` and `b` are one etcd cluster under two names. Different cluster IDs say
+/// no at once. Equal ones do not say yes: etcd derives the ID from the initial peer URLs
+/// and cluster token, which two separate clusters started alike (or restored from one
+/// snapshot with the same flags) share. So a probe key is written under cutover's
+/// reserved prefix on `a`, looked for on `b`, and deleted.
+pub async fn same_cluster(a: &Datastore, b: &Datastore, reserved: &Bytes) -> Result<bool, ProxyError> {
+    if cluster_id(a).await? != cluster_id(b).await? {
+        return Ok(false);
+    }
+    use std::hash::{BuildHasher, Hasher};
+    let nonce = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let mut key = reserved.to_vec();
+    key.extend_from_slice(format!("probe/{nonce:016x}").as_bytes());
+    let key = Bytes::from(key);
+    put(a, key.clone(), Bytes::from_static(b"same-cluster probe")).await?;
+    let seen = crate::upstream::calls::value(b, key.clone()).await;
+    let cleared = delete(a, key, Bytes::new()).await;
+    let seen = seen?.is_some();
+    cleared?;
+    Ok(seen)
+}
+
 /// Keys of the tenant range, cutover's own left out.
 /// At `revision` (0: now).
 pub async fn count_tenant(

@@ -105,15 +105,22 @@ pub fn incoming<L: Accept>(mut listener: L, limits: Limits) -> ReceiverStream<io
     ReceiverStream::new(rx)
 }
 
+/// Bytes a client sends before it can have a request on the way: HTTP/2's preface (24)
+/// and the SETTINGS frame header that must follow it (9). A TLS ClientHello is longer;
+/// the TLS handshake has its own timeout as well.
+const HANDSHAKE_BYTES: usize = 33;
+
 pin_project_lite::pin_project! {
     /// A connection that holds one of the limited slots while open, and fails its reads
-    /// if nothing arrives within the handshake timeout.
+    /// if it has not sent [`HANDSHAKE_BYTES`] within the handshake timeout (one byte and
+    /// then silence does not hold a slot).
     pub struct Limited<T> {
         #[pin]
         inner: T,
         _slot: OwnedSemaphorePermit,
-        // Until the first bytes arrive.
+        // Until the handshake's bytes have arrived.
         deadline: Option<Pin<Box<Sleep>>>,
+        received: usize,
     }
 }
 
@@ -123,6 +130,7 @@ impl<T> Limited<T> {
             inner,
             _slot: slot,
             deadline: Some(Box::pin(tokio::time::sleep(handshake_timeout))),
+            received: 0,
         }
     }
 }
@@ -133,7 +141,8 @@ impl<T: AsyncRead> AsyncRead for Limited<T> {
         let before = buf.filled().len();
         match this.inner.poll_read(cx, buf) {
             Poll::Ready(r) => {
-                if buf.filled().len() > before {
+                *this.received += buf.filled().len() - before;
+                if *this.received >= HANDSHAKE_BYTES {
                     *this.deadline = None;
                 }
                 Poll::Ready(r)
@@ -207,12 +216,41 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         // The only slot is still taken: the next connection waits in the backlog.
         let mut talker = tokio::net::TcpStream::connect(addr).await.unwrap();
-        talker.write_all(b"hello").await.unwrap();
+        talker
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n123456789")
+            .await
+            .unwrap();
         let waiting = tokio::time::timeout(Duration::from_millis(300), conns.next()).await;
         assert!(waiting.is_err(), "a second connection was accepted over the limit");
         drop(first);
         let mut second = conns.next().await.unwrap().unwrap();
-        let n = second.read(&mut buf).await.unwrap();
-        assert_eq!(&buf[..n], b"hello", "a talking connection passes its deadline");
+        let mut got = vec![0u8; 33];
+        second
+            .read_exact(&mut got)
+            .await
+            .expect("a talking connection passes its deadline");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        talker.write_all(b"more").await.unwrap();
+        let n = second.read(&mut buf).await.expect("no deadline after the handshake");
+        assert_eq!(&buf[..n], b"more");
+    }
+
+    #[tokio::test]
+    async fn one_byte_and_then_silence_is_closed_too() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let limits = Limits {
+            max_connections: 1,
+            max_streams_per_connection: 8,
+            handshake_timeout: Duration::from_millis(200),
+        };
+        let mut conns = incoming(listener, limits);
+        let mut trickle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        trickle.write_all(b"P").await.unwrap();
+        let mut conn = conns.next().await.unwrap().unwrap();
+        let mut buf = [0u8; 8];
+        assert_eq!(conn.read(&mut buf).await.unwrap(), 1);
+        let err = conn.read(&mut buf).await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
     }
 }

@@ -828,10 +828,12 @@ fn tls_config(cfg: &Config) -> Result<Option<ServerTlsConfig>, ServeError> {
     let read = |key: &str, p: &std::path::Path| {
         std::fs::read(p).map_err(|e| ServeError::Tls(format!("{key} {}: {e}", p.display())))
     };
-    let mut config = ServerTlsConfig::new().identity(Identity::from_pem(
-        read("tls.certFile", &tls.cert_file)?,
-        read("tls.keyFile", &tls.key_file)?,
-    ));
+    let mut config = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            read("tls.certFile", &tls.cert_file)?,
+            read("tls.keyFile", &tls.key_file)?,
+        ))
+        .timeout(cfg.limits.handshake_timeout);
     if let Some(ca) = &tls.client_ca_file {
         config = config.client_ca_root(Certificate::from_pem(read("tls.clientCAFile", ca)?));
     }

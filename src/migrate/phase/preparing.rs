@@ -15,12 +15,13 @@ pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
     let s = job.sides.clone();
     let prefix = job.prefix().clone();
     // Two names for one etcd: clearing the "target" would clear the tenant itself.
-    let cluster_id = ops::cluster_id(&s.target).await.map_err(on("target"))?;
-    if cluster_id == ops::cluster_id(&s.source).await.map_err(on("source"))? {
+    if ops::same_cluster(&s.target, &s.source, &s.reserved)
+        .await
+        .map_err(on("target"))?
+    {
         return Err(Failure::SameCluster {
             from: s.from.clone(),
             to: s.to.clone(),
-            cluster_id,
         });
     }
     let tenant_keys = ops::count_tenant(&s.target, &s.range, &s.reserved, 0)
