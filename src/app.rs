@@ -110,6 +110,7 @@ pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> 
         }
     }
     let background = tokio_util::sync::CancellationToken::new();
+    crate::memory::spawn_trimmer(metrics.clone(), background.clone());
     let admin_state = Arc::new(AdminState {
         router: router.clone(),
         metrics,

@@ -13,6 +13,7 @@ pub mod config;
 pub mod error;
 pub mod failpoint;
 pub mod keys;
+pub mod memory;
 pub mod metrics;
 pub mod migrate;
 pub mod proto;

@@ -54,6 +54,8 @@ pub struct Metrics {
     pub latency: Family<MethodLabels, Histogram>,
     pub open_watches: Gauge,
     pub open_streams: Family<StreamLabels, Gauge>,
+    /// Client streams that have ended, of every kind (not exported; see `memory`).
+    pub streams_closed: Counter,
     pub endpoint_up: Family<EndpointLabels, Gauge>,
     pub failovers: Family<DatastoreLabels, Counter>,
     /// Writes that met the fence, by outcome (held then sent, held then rejected, rejected).
@@ -242,6 +244,7 @@ impl Metrics {
             latency,
             open_watches,
             open_streams,
+            streams_closed: Counter::default(),
             endpoint_up,
             failovers,
             fenced_writes,
@@ -296,7 +299,10 @@ impl Metrics {
     pub fn stream_guard(&self, kind: &'static str) -> StreamGuard {
         let gauge = self.open_streams.get_or_create(&StreamLabels { kind }).clone();
         gauge.inc();
-        StreamGuard { gauge }
+        StreamGuard {
+            gauge,
+            closed: self.streams_closed.clone(),
+        }
     }
 
     /// The Prometheus text exposition of every metric.
@@ -316,10 +322,12 @@ impl Default for Metrics {
 
 pub struct StreamGuard {
     gauge: Gauge,
+    closed: Counter,
 }
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.gauge.dec();
+        self.closed.inc();
     }
 }
