@@ -11,6 +11,9 @@ use tonic_prost::{ProstCodec, ProstDecoder, ProstEncoder};
 
 /// Where each buffer starts.
 const BUFFER_BYTES: usize = 512;
+/// Where a long-lived stream's buffers start (Watch, LeaseKeepAlive): most of their
+/// messages are a few dozen bytes, and thousands of such streams may sit idle.
+const STREAM_BUFFER_BYTES: usize = 128;
 /// How much a stream encodes before it lets other tasks run (tonic's default).
 const YIELD_BYTES: usize = 32 * 1024;
 
@@ -19,6 +22,23 @@ pub struct LeanCodec<T, U>(PhantomData<(T, U)>);
 impl<T, U> Default for LeanCodec<T, U> {
     fn default() -> Self {
         LeanCodec(PhantomData)
+    }
+}
+
+/// The buffer a message type starts with.
+fn start_bytes<M: 'static>() -> usize {
+    use crate::proto::etcdserverpb::{LeaseKeepAliveRequest, LeaseKeepAliveResponse, WatchRequest, WatchResponse};
+    use std::any::TypeId;
+    let streamed = [
+        TypeId::of::<WatchRequest>(),
+        TypeId::of::<WatchResponse>(),
+        TypeId::of::<LeaseKeepAliveRequest>(),
+        TypeId::of::<LeaseKeepAliveResponse>(),
+    ];
+    if streamed.contains(&TypeId::of::<M>()) {
+        STREAM_BUFFER_BYTES
+    } else {
+        BUFFER_BYTES
     }
 }
 
@@ -33,10 +53,10 @@ where
     type Decoder = ProstDecoder<U>;
 
     fn encoder(&mut self) -> Self::Encoder {
-        ProstCodec::<T, U>::raw_encoder(BufferSettings::new(BUFFER_BYTES, YIELD_BYTES))
+        ProstCodec::<T, U>::raw_encoder(BufferSettings::new(start_bytes::<T>(), YIELD_BYTES))
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(BUFFER_BYTES, YIELD_BYTES))
+        ProstCodec::<T, U>::raw_decoder(BufferSettings::new(start_bytes::<U>(), YIELD_BYTES))
     }
 }

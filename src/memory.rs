@@ -19,13 +19,17 @@ const CLOSED_ENOUGH: u64 = 256;
 pub fn spawn_trimmer(metrics: Arc<Metrics>, stop: CancellationToken) {
     tokio::spawn(async move {
         let mut trimmed_at = metrics.streams_closed.get();
+        // After a trim, the next tick trims again if more streams have closed since: a
+        // burst's last streams would otherwise keep its memory until the next burst.
+        let mut follow_up = false;
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(EVERY) => {}
             }
             let closed = metrics.streams_closed.get();
-            if closed - trimmed_at >= CLOSED_ENOUGH {
+            let since = closed - trimmed_at;
+            if since >= CLOSED_ENOUGH || (follow_up && since > 0) {
                 // It walks the heap: off the runtime's threads.
                 let _ = tokio::task::spawn_blocking(trim).await;
                 tracing::debug!(
@@ -33,6 +37,7 @@ pub fn spawn_trimmer(metrics: Arc<Metrics>, stop: CancellationToken) {
                     "streams closed; returned free memory to the system"
                 );
                 trimmed_at = closed;
+                follow_up = since >= CLOSED_ENOUGH;
             }
         }
     });

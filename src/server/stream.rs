@@ -6,8 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::UnboundedReceiverStream;
+use futures::channel::mpsc;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -26,17 +25,12 @@ enum State<Resp> {
 /// A stream to one endpoint of a datastore. Requests are queued without a bound: the
 /// datastore's reading of requests must never wait on our reading of its responses, or
 /// the two ends could block each other.
-/// The requests of an upstream stream, as tonic sends them. Boxed in the queue: an
-/// unbounded channel keeps room for 32 messages from the start.
-pub(crate) type Outbound<Req> = futures::stream::Map<UnboundedReceiverStream<Box<Req>>, fn(Box<Req>) -> Req>;
-
-#[allow(clippy::boxed_local)] // the queue's element type, by design
-fn unbox<Req>(boxed: Box<Req>) -> Req {
-    *boxed
-}
+/// The requests of an upstream stream, as tonic sends them. (futures' channel: it keeps
+/// no room for messages ahead of them, and is small, which counts with many streams.)
+pub(crate) type Outbound<Req> = mpsc::UnboundedReceiver<Req>;
 
 pub(crate) struct UpstreamStream<Req, Resp> {
-    tx: mpsc::UnboundedSender<Box<Req>>,
+    tx: mpsc::UnboundedSender<Req>,
     state: State<Resp>,
     /// Index of the endpoint in the datastore.
     pub endpoint: usize,
@@ -49,15 +43,13 @@ impl<Req: Send + 'static, Resp: Send + 'static> UpstreamStream<Req, Resp> {
         F: FnOnce(Channel, Request<Outbound<Req>>) -> Fut + Send + 'static,
         Fut: Future<Output = Result<Response<Streaming<Resp>>, Status>> + Send + 'static,
     {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::unbounded();
         let (endpoint, channel) = datastore.pick();
         let ds = Arc::clone(datastore);
         let fwd = fwd.clone();
         let fut = async move {
             let token = ds.token(&channel).await?;
-            let outbound: Outbound<Req> =
-                futures::StreamExt::map(UnboundedReceiverStream::new(rx), unbox::<Req> as fn(Box<Req>) -> Req);
-            let mut req = fwd.request(outbound, token);
+            let mut req = fwd.request(rx, token);
             // A stream lives as long as the client wants it; the client's deadline, if
             // any, is its own business.
             req.metadata_mut().remove("grpc-timeout");
@@ -72,7 +64,7 @@ impl<Req: Send + 'static, Resp: Send + 'static> UpstreamStream<Req, Resp> {
 
     pub fn send(&self, req: Req) {
         // A failed send means the stream is gone; `next` reports why.
-        let _ = self.tx.send(Box::new(req));
+        let _ = self.tx.unbounded_send(req);
     }
 
     /// The next response. Safe to use in `select!`: progress is kept in `self`.

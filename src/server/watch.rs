@@ -12,11 +12,14 @@
 //! translated, and translates the target's answers back.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use futures::channel::mpsc;
+use futures::{SinkExt, Stream, StreamExt};
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::stream::{Reconnect, UpstreamStream};
@@ -31,9 +34,12 @@ use crate::route::revision::Compacted;
 use crate::route::{translate, Route};
 use crate::upstream::{classify, Failure};
 
-/// Answers on their way to the client. Boxed: a channel keeps room for 32 messages from
-/// the start, and a watch stream that sends nothing for hours should not pay for it.
-type Down = mpsc::Sender<Box<Result<WatchResponse, Status>>>;
+/// Answers on their way to the client. (futures' channel, not tokio's: it takes a few
+/// hundred bytes less per stream, and a proxy may hold tens of thousands of streams.)
+type Down = mpsc::Sender<Result<WatchResponse, Status>>;
+
+/// Answers a session has ready that the client has not taken yet.
+const ANSWERS_AHEAD: usize = 16;
 
 pub struct WatchService {
     ctx: Arc<Context>,
@@ -51,11 +57,35 @@ impl Watch for WatchService {
 
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
         let (metadata, _, inbound) = request.into_parts();
-        let (down, rx) = mpsc::channel(64);
+        let (down, answers) = mpsc::channel(ANSWERS_AHEAD);
         let session = WatchSession::new(self.ctx.clone(), Forwarded::from_incoming(&metadata), down);
-        tokio::spawn(session.run(inbound));
-        let answers = tokio_stream::StreamExt::map(ReceiverStream::new(rx), |boxed: Box<_>| *boxed);
-        Ok(Response::new(Box::pin(answers)))
+        Ok(Response::new(Box::pin(SessionStream {
+            session: Some(Box::pin(session.run(inbound))),
+            answers,
+        })))
+    }
+}
+
+/// The client's side of a watch stream: the session and the answers it has ready, polled
+/// together by the task that serves this HTTP/2 stream. A session needs no task of its
+/// own (a stream holds less memory), and it ends when the client's stream does: the
+/// server drops this when the client resets the stream or its connection closes.
+struct SessionStream {
+    session: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    answers: mpsc::Receiver<Result<WatchResponse, Status>>,
+}
+
+impl Stream for SessionStream {
+    type Item = Result<WatchResponse, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
+        if let Some(session) = self.session.as_mut() {
+            if session.as_mut().poll(cx).is_ready() {
+                // Its sender is gone with it: the answers end once drained.
+                self.session = None;
+            }
+        }
+        self.answers.poll_next_unpin(cx)
     }
 }
 
@@ -89,11 +119,22 @@ struct WatchSession {
     fwd: Forwarded,
     down: Down,
     route: Arc<Route>,
-    watches: HashMap<i64, WatchState>,
+    /// Boxed: a table keeps room for a few entries ahead, and most streams hold one.
+    watches: HashMap<i64, Box<WatchState>>,
     pending: VecDeque<Pending>,
     last_header: Option<ResponseHeader>,
     /// Watches to create again from their progress-advanced revision (see `reattach`).
     resend: Vec<i64>,
+    /// How the stream ended, for the metrics (counted when the session is dropped, which
+    /// may be in the middle of an await when the client goes).
+    end: Code,
+}
+
+impl Drop for WatchSession {
+    fn drop(&mut self) {
+        self.ctx.metrics.open_watches.dec_by(self.watches.len() as i64);
+        self.ctx.metrics.observe_stream_end("Watch", "Watch", self.end);
+    }
 }
 
 /// The client went away; the session ends.
@@ -119,6 +160,7 @@ impl WatchSession {
             pending: VecDeque::new(),
             last_header: None,
             resend: Vec::new(),
+            end: Code::Cancelled,
         }
     }
 
@@ -135,8 +177,8 @@ impl WatchSession {
             self.route = self.ctx.router.route();
         }
         if let Err(e) = self.route.usable() {
-            let _ = self.down.send(Box::new(Err(e.to_status()))).await;
-            self.ctx.metrics.observe_stream_end("Watch", "Watch", Code::Unavailable);
+            self.send_error(e.to_status()).await;
+            self.end = Code::Unavailable;
             return;
         }
         let mut upstream = self.open_upstream();
@@ -144,17 +186,16 @@ impl WatchSession {
         let mut inbound_open = true;
         let code = loop {
             tokio::select! {
-                // The client reset the stream (after half-closing it, say): its answers
-                // have nowhere to go, and nothing else would notice until an event came.
-                _ = self.down.closed() => break Code::Cancelled,
                 _ = changes.changed() => {
                     // The tenant left this datastore and its new one cannot be used: end
                     // the stream (the client re-opens it) rather than stay on a frozen store.
                     if let Err(e) = self.ctx.router.route().usable() {
-                        let _ = self.down.send(Box::new(Err(e.to_status()))).await;
+                        self.send_error(e.to_status()).await;
                         break Code::Unavailable;
                     }
-                    if self.move_to_new_route(&mut upstream).await.is_err() {
+                    // Boxed, as every rare path here: the session's future is kept for the
+                    // stream's whole life, and its size is that of its largest await.
+                    if Box::pin(self.move_to_new_route(&mut upstream)).await.is_err() {
                         break Code::Cancelled;
                     }
                 }
@@ -179,7 +220,7 @@ impl WatchSession {
                     Some(Err(status)) if classify(&status) == Failure::Answered => {
                         // etcd ended the stream itself (e.g. no leader with `hasleader`).
                         let code = status.code();
-                        let _ = self.down.send(Box::new(Err(status))).await;
+                        self.send_error(status).await;
                         break code;
                     }
                     failure => {
@@ -190,20 +231,19 @@ impl WatchSession {
                         let ds = &self.route.datastore;
                         tracing::warn!(datastore = %ds.name, endpoint = %ds.endpoint_url(upstream.endpoint), error = %why, watches = self.watches.len(), "watch stream to the datastore broke; re-attaching");
                         ds.mark_failed(upstream.endpoint);
-                        if !reconnect.wait().await {
-                            let _ = self.down.send(Box::new(Err(no_connection(&self.route.datastore.name)))).await;
+                        if !Box::pin(reconnect.wait()).await {
+                            self.send_error(no_connection(&self.route.datastore.name)).await;
                             break Code::Unavailable;
                         }
                         upstream = self.open_upstream();
-                        if self.reattach(&mut upstream).await.is_err() {
+                        if Box::pin(self.reattach(&mut upstream)).await.is_err() {
                             break Code::Cancelled;
                         }
                     }
                 },
             }
         };
-        self.ctx.metrics.open_watches.dec_by(self.watches.len() as i64);
-        self.ctx.metrics.observe_stream_end("Watch", "Watch", code);
+        self.end = code;
     }
 
     /// A create as the current datastore must see it (its start in that one's revisions).
@@ -217,7 +257,7 @@ impl WatchSession {
 
     /// Tells the client its watch cannot start where it asked, as etcd does for a
     /// compacted revision: created, then canceled with the first revision it may use.
-    async fn refuse_compacted(&self, watch_id: i64, c: Compacted) -> Result<(), ClientGone> {
+    async fn refuse_compacted(&mut self, watch_id: i64, c: Compacted) -> Result<(), ClientGone> {
         let header = self.last_header;
         self.send_down(WatchResponse {
             header,
@@ -343,7 +383,7 @@ impl WatchSession {
         for id in ids {
             let Some(w) = self.watches.get(&id) else { continue };
             if w.delivered_rev > marker_rev || w.cancel_requested {
-                w_done(self.watches.get_mut(&id), marker_rev);
+                w_done(self.watches.get_mut(&id).map(|w| &mut **w), marker_rev);
                 continue;
             }
             let create = w.create.clone();
@@ -354,7 +394,7 @@ impl WatchSession {
             )
             .await
             {
-                Ok(Ok(Drained::Complete)) => w_done(self.watches.get_mut(&id), marker_rev),
+                Ok(Ok(Drained::Complete)) => w_done(self.watches.get_mut(&id).map(|w| &mut **w), marker_rev),
                 Ok(Ok(Drained::Incomplete(why))) => return Ok(Drained::Incomplete(why)),
                 Ok(Err(gone)) => return Err(gone),
                 Err(_) => return Ok(Drained::Incomplete("no commit marker event within 5 s".into())),
@@ -462,8 +502,13 @@ impl WatchSession {
         }
     }
 
-    async fn send_down(&self, r: WatchResponse) -> Result<(), ClientGone> {
-        self.down.send(Box::new(Ok(r))).await.map_err(|_| ClientGone)
+    async fn send_down(&mut self, r: WatchResponse) -> Result<(), ClientGone> {
+        self.down.send(Ok(r)).await.map_err(|_| ClientGone)
+    }
+
+    /// Ends the client's stream with `status` (the session ends after it).
+    async fn send_error(&mut self, status: Status) {
+        let _ = self.down.send(Err(status)).await;
     }
 
     async fn on_upstream(&mut self, mut r: WatchResponse) -> Result<(), ClientGone> {
@@ -480,7 +525,7 @@ impl WatchSession {
                 .last()
                 .and_then(|e| e.kv.as_ref())
                 .map_or(0, |kv| kv.mod_revision);
-            if tenant_events && !self.vouch(last).await? {
+            if tenant_events && !Box::pin(self.vouch(last)).await? {
                 // The route changed meanwhile: the move delivers these again, from the
                 // revision this watch has delivered up to.
                 return Ok(());
@@ -504,12 +549,12 @@ impl WatchSession {
                         };
                         self.watches.insert(
                             r.watch_id,
-                            WatchState {
+                            Box::new(WatchState {
                                 create,
                                 next_rev,
                                 delivered_rev: next_rev,
                                 cancel_requested: false,
-                            },
+                            }),
                         );
                         self.ctx.metrics.open_watches.inc();
                     }
@@ -606,10 +651,7 @@ impl WatchSession {
             let delay = backoff.step();
             if deadline.is_some_and(|d| tokio::time::Instant::now() + delay > d) {
                 tracing::warn!(datastore = %self.route.datastore_name, "watch events from a datastore the tenant may have left were held past the hold timeout; ending the stream");
-                let _ = self
-                    .down
-                    .send(Box::new(Err(no_connection(&self.route.datastore.name))))
-                    .await;
+                self.send_error(no_connection(&self.route.datastore.name)).await;
                 return Err(ClientGone);
             }
             tokio::select! {
