@@ -5,7 +5,9 @@
 use bytes::Bytes;
 
 use crate::keys::reserved_prefix;
-use crate::proto::etcdserverpb::{request_op, response_op, Compare, RequestOp, TxnRequest, TxnResponse};
+use crate::proto::etcdserverpb::{
+    request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse, RequestOp, TxnRequest, TxnResponse,
+};
 
 /// A key range in etcd's terms: `end` empty = the key alone, `end == "\0"` = every key
 /// from `key` on, otherwise the half-open range [key, end).
@@ -137,6 +139,82 @@ impl Scope {
         Some(parts)
     }
 
+    /// Whether a Txn holds a delete that `split_deletes_in_txn` would rewrite (a look
+    /// that costs no copy, for the common case of none).
+    pub fn txn_has_wide_delete(&self, txn: &TxnRequest) -> bool {
+        txn.success
+            .iter()
+            .chain(txn.failure.iter())
+            .any(|op| match &op.request {
+                Some(request_op::Request::RequestDeleteRange(d)) => {
+                    self.in_tenant(&d.key, &d.range_end) && self.around_reserved(&d.key, &d.range_end).is_some()
+                }
+                Some(request_op::Request::RequestTxn(t)) => self.txn_has_wide_delete(t),
+                _ => false,
+            })
+    }
+
+    /// Rewrites, in place, each DeleteRange of a Txn (nested Txns included) whose range
+    /// spans the reserved keys into a Txn without compares that deletes the parts around
+    /// them: one op stays one op, so `merge_split_deletes` can answer it as one delete.
+    /// Whether any was rewritten.
+    pub fn split_deletes_in_txn(&self, txn: &mut TxnRequest) -> bool {
+        let mut split = false;
+        for op in txn.success.iter_mut().chain(txn.failure.iter_mut()) {
+            match &mut op.request {
+                Some(request_op::Request::RequestDeleteRange(d)) if self.in_tenant(&d.key, &d.range_end) => {
+                    if let Some(parts) = self.around_reserved(&d.key, &d.range_end) {
+                        let deletes = parts
+                            .into_iter()
+                            .map(|(key, range_end)| RequestOp {
+                                request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                                    key,
+                                    range_end,
+                                    ..d.clone()
+                                })),
+                            })
+                            .collect();
+                        op.request = Some(request_op::Request::RequestTxn(TxnRequest {
+                            success: deletes,
+                            ..Default::default()
+                        }));
+                        split = true;
+                    }
+                }
+                Some(request_op::Request::RequestTxn(t)) => split |= self.split_deletes_in_txn(t),
+                _ => {}
+            }
+        }
+        split
+    }
+
+    /// Answers each delete `split_deletes_in_txn` rewrote as the one delete the client
+    /// asked for (`asked`: the Txn as the client sent it).
+    pub fn merge_split_deletes(&self, asked: &TxnRequest, resp: &mut TxnResponse) {
+        let ops = if resp.succeeded { &asked.success } else { &asked.failure };
+        for (op, answer) in ops.iter().zip(resp.responses.iter_mut()) {
+            match (&op.request, &mut answer.response) {
+                (Some(request_op::Request::RequestDeleteRange(_)), Some(response_op::Response::ResponseTxn(parts))) => {
+                    let mut merged = DeleteRangeResponse {
+                        header: parts.header,
+                        ..Default::default()
+                    };
+                    for part in std::mem::take(&mut parts.responses) {
+                        if let Some(response_op::Response::ResponseDeleteRange(d)) = part.response {
+                            merged.deleted += d.deleted;
+                            merged.prev_kvs.extend(d.prev_kvs);
+                        }
+                    }
+                    answer.response = Some(response_op::Response::ResponseDeleteRange(merged));
+                }
+                (Some(request_op::Request::RequestTxn(t)), Some(response_op::Response::ResponseTxn(r))) => {
+                    self.merge_split_deletes(t, r)
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Removes reserved keys from the reads of a Txn's answer, nested ones included. The
     /// count drops by as many keys as were removed, which is exact for reads without a
     /// limit; a limited or count-only read inside a Txn over the reserved keys counts them.
@@ -234,6 +312,75 @@ mod tests {
             None,
             "inside them"
         );
+    }
+
+    #[test]
+    fn deletes_over_the_whole_prefix_in_a_txn_are_split_and_answered_as_one() {
+        use crate::proto::etcdserverpb::ResponseOp;
+        use crate::proto::mvccpb::KeyValue;
+        let s = scope();
+        let wide = |k: &'static [u8], e: &'static [u8]| RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                key: Bytes::from_static(k),
+                range_end: Bytes::from_static(e),
+                prev_kv: true,
+            })),
+        };
+        let asked = TxnRequest {
+            success: vec![
+                wide(b"/t/a", b"/t/b"),
+                RequestOp {
+                    request: Some(request_op::Request::RequestTxn(TxnRequest {
+                        failure: vec![wide(b"/t/", b"/t0")],
+                        ..Default::default()
+                    })),
+                },
+            ],
+            failure: vec![wide(b"/t/", b"/t0")],
+            ..Default::default()
+        };
+        assert!(!s.txn_allowed(&asked));
+        assert!(s.txn_has_wide_delete(&asked));
+        let mut sent = asked.clone();
+        assert!(s.split_deletes_in_txn(&mut sent));
+        assert!(s.txn_allowed(&sent), "the rewritten Txn keeps off the reserved keys");
+        assert_eq!(
+            sent.success[0], asked.success[0],
+            "a delete off the reserved keys is left alone"
+        );
+        let Some(request_op::Request::RequestTxn(split)) = &sent.failure[0].request else {
+            panic!("not split: {:?}", sent.failure[0]);
+        };
+        assert!(split.compare.is_empty());
+        assert_eq!(split.success.len(), 2);
+        // An answer as etcd gives it to the rewritten Txn, failure branch taken.
+        let deleted = |n: i64, key: &'static [u8]| ResponseOp {
+            response: Some(response_op::Response::ResponseDeleteRange(DeleteRangeResponse {
+                deleted: n,
+                prev_kvs: vec![KeyValue {
+                    key: Bytes::from_static(key),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })),
+        };
+        let mut resp = TxnResponse {
+            succeeded: false,
+            responses: vec![ResponseOp {
+                response: Some(response_op::Response::ResponseTxn(TxnResponse {
+                    succeeded: true,
+                    responses: vec![deleted(1, b"/t/"), deleted(1, b"/t/x")],
+                    ..Default::default()
+                })),
+            }],
+            ..Default::default()
+        };
+        s.merge_split_deletes(&asked, &mut resp);
+        let Some(response_op::Response::ResponseDeleteRange(d)) = &resp.responses[0].response else {
+            panic!("not merged: {resp:?}");
+        };
+        assert_eq!(d.deleted, 2);
+        assert_eq!(d.prev_kvs.len(), 2);
     }
 
     #[test]

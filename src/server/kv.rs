@@ -166,7 +166,7 @@ impl Kv for KvService {
         self.ctx.guarded_write("KV", "DeleteRange", request).await
     }
 
-    async fn txn(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+    async fn txn(&self, mut request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let mut leases = Vec::new();
         super::lease::leases_of_txn(request.get_ref(), &mut leases);
         if !leases.is_empty() {
@@ -187,6 +187,16 @@ impl Kv for KvService {
         }
         let t = request.get_ref();
         if !fence::is_read_only(t) {
+            // A delete over the tenant's whole prefix works as on etcd: split around
+            // cutover's keys (as a lone DeleteRange is), then answered as one delete.
+            let scope = self.ctx.router.scope().clone();
+            if scope.txn_has_wide_delete(t) {
+                let asked = t.clone();
+                scope.split_deletes_in_txn(request.get_mut());
+                let mut resp = self.ctx.guarded_write("KV", "Txn", request).await?;
+                scope.merge_split_deletes(&asked, resp.get_mut());
+                return Ok(resp);
+            }
             return self.ctx.guarded_write("KV", "Txn", request).await;
         }
         // A Txn that only reads stays a read for etcd (its read path, no raft entry).

@@ -399,8 +399,8 @@ async fn a_tenant_reaches_only_its_own_leases() {
     assert!(c.get("/tenant-a/pod", None).await.unwrap().kvs().is_empty());
 }
 
-/// A delete over the tenant's whole prefix works as on etcd, cutover's own keys under it
-/// left alone and left out of the count. A compare over a range that spans cutover's keys
+/// A delete over the tenant's whole prefix works as on etcd (alone, or in a Txn, nested
+/// or not), cutover's own keys under it left alone and left out of the count. A compare over a range that spans cutover's keys
 /// is still refused: split in two, it would not mean the same (etcd compares an empty
 /// range as one all-zero key).
 #[tokio::test]
@@ -424,7 +424,30 @@ async fn a_delete_over_the_whole_prefix_works_as_on_etcd() {
         .and_then([etcd_client::TxnOp::put("/tenant-a/d", "d", None)]);
     let refused = c.txn(txn).await.unwrap_err().to_string();
     assert!(refused.contains("etcdserver: permission denied"), "{refused}");
-    c.put("/tenant-a/d", "d", None).await.unwrap();
+    // In a Txn, nested or not, the same: one delete's answer, the tenant's keys only.
+    let wide = || {
+        etcd_client::TxnOp::delete(
+            "/tenant-a/",
+            Some(etcd_client::DeleteOptions::new().with_prefix().with_prev_key()),
+        )
+    };
+    let txn = etcd_client::Txn::new().and_then([etcd_client::TxnOp::txn(etcd_client::Txn::new().and_then([wide()]))]);
+    let resp = c.txn(txn).await.unwrap();
+    let etcd_client::TxnOpResponse::Txn(inner) = &resp.op_responses()[0] else {
+        panic!("not a Txn answer: {resp:?}");
+    };
+    let etcd_client::TxnOpResponse::Delete(d) = &inner.op_responses()[0] else {
+        panic!("not a delete answer: {inner:?}");
+    };
+    let keys: Vec<&[u8]> = d.prev_kvs().iter().map(|kv| kv.key()).collect();
+    assert_eq!(
+        (d.deleted(), keys),
+        (3, vec![&b"/tenant-a/a"[..], b"/tenant-a/b", b"/tenant-a/c"]),
+        "a nested delete over the whole prefix"
+    );
+    for k in ["a", "b", "c", "d"] {
+        c.put(format!("/tenant-a/{k}"), k, None).await.unwrap();
+    }
     let out = etcdctl(&proxy.endpoint, &["del", "--prefix", "/tenant-a/"]);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
