@@ -4,9 +4,11 @@
 
 use bytes::Bytes;
 
+use crate::error::Malformed;
 use crate::keys::reserved_prefix;
 use crate::proto::etcdserverpb::{
-    request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse, RequestOp, TxnRequest, TxnResponse,
+    compare, request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse, RequestOp, TxnRequest,
+    TxnResponse,
 };
 
 /// A key range in etcd's terms: `end` empty = the key alone, `end == "\0"` = every key
@@ -139,80 +141,184 @@ impl Scope {
         Some(parts)
     }
 
-    /// Whether a Txn holds a delete that `split_deletes_in_txn` would rewrite (a look
-    /// that costs no copy, for the common case of none).
-    pub fn txn_has_wide_delete(&self, txn: &TxnRequest) -> bool {
-        txn.success
-            .iter()
-            .chain(txn.failure.iter())
-            .any(|op| match &op.request {
-                Some(request_op::Request::RequestDeleteRange(d)) => {
-                    self.in_tenant(&d.key, &d.range_end) && self.around_reserved(&d.key, &d.range_end).is_some()
-                }
-                Some(request_op::Request::RequestTxn(t)) => self.txn_has_wide_delete(t),
-                _ => false,
-            })
+    /// Whether a Txn (or one nested in it) has a delete or a compare over a range across
+    /// the reserved keys, which `rewrite_txn` turns into what etcd would do over the
+    /// tenant's keys alone. A look that copies nothing, for the common case of none.
+    pub fn txn_needs_rewrite(&self, txn: &TxnRequest) -> bool {
+        txn.compare.iter().any(|c| self.parts_of_compare(c).is_some())
+            || txn
+                .success
+                .iter()
+                .chain(txn.failure.iter())
+                .any(|op| match &op.request {
+                    Some(request_op::Request::RequestDeleteRange(d)) => self.parts_of(&d.key, &d.range_end).is_some(),
+                    Some(request_op::Request::RequestTxn(t)) => self.txn_needs_rewrite(t),
+                    _ => false,
+                })
     }
 
-    /// Rewrites, in place, each DeleteRange of a Txn (nested Txns included) whose range
-    /// spans the reserved keys into a Txn without compares that deletes the parts around
-    /// them: one op stays one op, so `merge_split_deletes` can answer it as one delete.
-    /// Whether any was rewritten.
-    pub fn split_deletes_in_txn(&self, txn: &mut TxnRequest) -> bool {
-        let mut split = false;
-        for op in txn.success.iter_mut().chain(txn.failure.iter_mut()) {
-            match &mut op.request {
-                Some(request_op::Request::RequestDeleteRange(d)) if self.in_tenant(&d.key, &d.range_end) => {
-                    if let Some(parts) = self.around_reserved(&d.key, &d.range_end) {
-                        let deletes = parts
-                            .into_iter()
-                            .map(|(key, range_end)| RequestOp {
-                                request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                                    key,
-                                    range_end,
-                                    ..d.clone()
-                                })),
-                            })
-                            .collect();
-                        op.request = Some(request_op::Request::RequestTxn(TxnRequest {
-                            success: deletes,
-                            ..Default::default()
-                        }));
-                        split = true;
-                    }
-                }
-                Some(request_op::Request::RequestTxn(t)) => split |= self.split_deletes_in_txn(t),
-                _ => {}
+    /// The parts of a tenant's range around the reserved keys, if it spans them.
+    fn parts_of(&self, key: &[u8], end: &[u8]) -> Option<Vec<(Bytes, Bytes)>> {
+        self.in_tenant(key, end)
+            .then(|| self.around_reserved(key, end))
+            .flatten()
+    }
+
+    fn parts_of_compare(&self, c: &Compare) -> Option<Vec<(Bytes, Bytes)>> {
+        self.parts_of(&c.key, &c.range_end)
+    }
+
+    /// The Txn to send for one whose deletes or compares span the reserved keys (nested
+    /// Txns included), so that it acts on the tenant's keys only, exactly as etcd would if
+    /// cutover's keys were not there:
+    /// - a delete becomes a Txn without compares deleting the parts on either side (one op
+    ///   stays one op);
+    /// - a compare over one part is made over that part;
+    /// - a compare over two parts cannot be two compares: etcd compares an empty range as
+    ///   one all-zero key, so an empty part would count where it should not. The Txn is
+    ///   sent inside branches that etcd chooses atomically on which parts hold keys (a
+    ///   part is empty when no key in it has a version of 1 or more), and in each the
+    ///   compare is made over the parts that do (over both, or the second, when none do).
+    ///
+    /// `answer_rewritten` turns etcd's answer back into the one the client asked for.
+    pub fn rewrite_txn(&self, txn: &TxnRequest) -> TxnRequest {
+        let ops = |ops: &[RequestOp]| -> Vec<RequestOp> { ops.iter().map(|op| self.rewrite_op(op)).collect() };
+        let success = ops(&txn.success);
+        let failure = ops(&txn.failure);
+        self.branch_on_parts(Vec::new(), &txn.compare, &success, &failure)
+    }
+
+    fn rewrite_op(&self, op: &RequestOp) -> RequestOp {
+        let request = match &op.request {
+            Some(request_op::Request::RequestDeleteRange(d)) => match self.parts_of(&d.key, &d.range_end) {
+                Some(parts) => request_op::Request::RequestTxn(TxnRequest {
+                    success: parts
+                        .into_iter()
+                        .map(|(key, range_end)| RequestOp {
+                            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                                key,
+                                range_end,
+                                ..d.clone()
+                            })),
+                        })
+                        .collect(),
+                    ..Default::default()
+                }),
+                None => return op.clone(),
+            },
+            Some(request_op::Request::RequestTxn(t)) => request_op::Request::RequestTxn(self.rewrite_txn(t)),
+            _ => return op.clone(),
+        };
+        RequestOp { request: Some(request) }
+    }
+
+    fn branch_on_parts(
+        &self,
+        mut done: Vec<Compare>,
+        rest: &[Compare],
+        success: &[RequestOp],
+        failure: &[RequestOp],
+    ) -> TxnRequest {
+        let Some((c, rest)) = rest.split_first() else {
+            return TxnRequest {
+                compare: done,
+                success: success.to_vec(),
+                failure: failure.to_vec(),
+            };
+        };
+        let over = |(key, range_end): &(Bytes, Bytes)| Compare {
+            key: key.clone(),
+            range_end: range_end.clone(),
+            ..c.clone()
+        };
+        let parts = match self.parts_of_compare(c) {
+            None => {
+                done.push(c.clone());
+                return self.branch_on_parts(done, rest, success, failure);
+            }
+            Some(parts) if parts.len() == 1 => {
+                done.push(over(&parts[0]));
+                return self.branch_on_parts(done, rest, success, failure);
+            }
+            Some(parts) => parts,
+        };
+        let (first, second) = (&parts[0], &parts[1]);
+        let empty = |(key, range_end): &(Bytes, Bytes)| Compare {
+            result: compare::CompareResult::Less as i32,
+            target: compare::CompareTarget::Version as i32,
+            key: key.clone(),
+            range_end: range_end.clone(),
+            target_union: Some(compare::TargetUnion::Version(1)),
+        };
+        let leaf = |over_parts: Vec<Compare>| {
+            let mut done = done.clone();
+            done.extend(over_parts);
+            RequestOp {
+                request: Some(request_op::Request::RequestTxn(
+                    self.branch_on_parts(done, rest, success, failure),
+                )),
+            }
+        };
+        let nested = |txn: TxnRequest| RequestOp {
+            request: Some(request_op::Request::RequestTxn(txn)),
+        };
+        TxnRequest {
+            compare: vec![empty(first)],
+            success: vec![leaf(vec![over(second)])],
+            failure: vec![nested(TxnRequest {
+                compare: vec![empty(second)],
+                success: vec![leaf(vec![over(first)])],
+                failure: vec![leaf(vec![over(first), over(second)])],
+            })],
+        }
+    }
+
+    /// etcd's answer to `rewrite_txn(asked)`, as the answer to `asked`.
+    pub fn answer_rewritten(&self, asked: &TxnRequest, mut resp: TxnResponse) -> Result<TxnResponse, Malformed> {
+        let header = resp.header;
+        let inner = |r: TxnResponse| match r.responses.into_iter().next().and_then(|op| op.response) {
+            Some(response_op::Response::ResponseTxn(t)) => Ok(t),
+            _ => Err(Malformed("a Txn branch without its Txn")),
+        };
+        for _ in asked
+            .compare
+            .iter()
+            .filter(|c| self.parts_of_compare(c).is_some_and(|p| p.len() == 2))
+        {
+            let first_empty = resp.succeeded;
+            resp = inner(resp)?;
+            if !first_empty {
+                resp = inner(resp)?;
             }
         }
-        split
-    }
-
-    /// Answers each delete `split_deletes_in_txn` rewrote as the one delete the client
-    /// asked for (`asked`: the Txn as the client sent it).
-    pub fn merge_split_deletes(&self, asked: &TxnRequest, resp: &mut TxnResponse) {
+        resp.header = header;
         let ops = if resp.succeeded { &asked.success } else { &asked.failure };
         for (op, answer) in ops.iter().zip(resp.responses.iter_mut()) {
-            match (&op.request, &mut answer.response) {
+            let rewritten = match (&op.request, answer.response.take()) {
                 (Some(request_op::Request::RequestDeleteRange(_)), Some(response_op::Response::ResponseTxn(parts))) => {
                     let mut merged = DeleteRangeResponse {
                         header: parts.header,
                         ..Default::default()
                     };
-                    for part in std::mem::take(&mut parts.responses) {
+                    for part in parts.responses {
                         if let Some(response_op::Response::ResponseDeleteRange(d)) = part.response {
                             merged.deleted += d.deleted;
                             merged.prev_kvs.extend(d.prev_kvs);
                         }
                     }
-                    answer.response = Some(response_op::Response::ResponseDeleteRange(merged));
+                    response_op::Response::ResponseDeleteRange(merged)
                 }
                 (Some(request_op::Request::RequestTxn(t)), Some(response_op::Response::ResponseTxn(r))) => {
-                    self.merge_split_deletes(t, r)
+                    response_op::Response::ResponseTxn(self.answer_rewritten(t, r)?)
                 }
-                _ => {}
-            }
+                (_, other) => {
+                    answer.response = other;
+                    continue;
+                }
+            };
+            answer.response = Some(rewritten);
         }
+        Ok(resp)
     }
 
     /// Removes reserved keys from the reads of a Txn's answer, nested ones included. The
@@ -340,9 +446,8 @@ mod tests {
             ..Default::default()
         };
         assert!(!s.txn_allowed(&asked));
-        assert!(s.txn_has_wide_delete(&asked));
-        let mut sent = asked.clone();
-        assert!(s.split_deletes_in_txn(&mut sent));
+        assert!(s.txn_needs_rewrite(&asked));
+        let sent = s.rewrite_txn(&asked);
         assert!(s.txn_allowed(&sent), "the rewritten Txn keeps off the reserved keys");
         assert_eq!(
             sent.success[0], asked.success[0],
@@ -364,7 +469,7 @@ mod tests {
                 ..Default::default()
             })),
         };
-        let mut resp = TxnResponse {
+        let resp = TxnResponse {
             succeeded: false,
             responses: vec![ResponseOp {
                 response: Some(response_op::Response::ResponseTxn(TxnResponse {
@@ -375,12 +480,89 @@ mod tests {
             }],
             ..Default::default()
         };
-        s.merge_split_deletes(&asked, &mut resp);
+        let resp = s.answer_rewritten(&asked, resp).unwrap();
         let Some(response_op::Response::ResponseDeleteRange(d)) = &resp.responses[0].response else {
             panic!("not merged: {resp:?}");
         };
         assert_eq!(d.deleted, 2);
         assert_eq!(d.prev_kvs.len(), 2);
+    }
+
+    #[test]
+    fn a_compare_over_the_whole_prefix_branches_on_which_parts_hold_keys() {
+        use crate::proto::etcdserverpb::ResponseOp;
+        let s = scope();
+        let wide = Compare {
+            key: Bytes::from_static(b"/t/"),
+            range_end: Bytes::from_static(b"/t0"),
+            result: compare::CompareResult::Greater as i32,
+            target: compare::CompareTarget::Version as i32,
+            target_union: Some(compare::TargetUnion::Version(0)),
+        };
+        let single = Compare {
+            key: Bytes::from_static(b"/t/a"),
+            ..wide.clone()
+        };
+        let read = |k: &'static [u8]| RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest {
+                key: Bytes::from_static(k),
+                ..Default::default()
+            })),
+        };
+        let asked = TxnRequest {
+            compare: vec![single.clone(), wide.clone()],
+            success: vec![read(b"/t/yes")],
+            failure: vec![read(b"/t/no")],
+        };
+        assert!(!s.txn_allowed(&asked));
+        assert!(s.txn_needs_rewrite(&asked));
+        let sent = s.rewrite_txn(&asked);
+        assert!(s.txn_allowed(&sent));
+        // Branch one: the part before cutover's keys is empty.
+        let first_empty = &sent.compare[0];
+        assert_eq!(
+            (&first_empty.key[..], &first_empty.range_end[..]),
+            (&b"/t/"[..], &b"/t/\x00cutover/"[..])
+        );
+        assert_eq!(first_empty.target_union, Some(compare::TargetUnion::Version(1)));
+        let leaf = |op: &RequestOp| match &op.request {
+            Some(request_op::Request::RequestTxn(t)) => t.clone(),
+            other => panic!("not a Txn: {other:?}"),
+        };
+        let only_second = leaf(&sent.success[0]);
+        assert_eq!(only_second.compare.len(), 2, "the other compare stays in every leaf");
+        assert_eq!(only_second.compare[0], single);
+        assert_eq!(&only_second.compare[1].key[..], b"/t/\x00cutover0");
+        assert_eq!(only_second.success, asked.success);
+        let second_check = leaf(&sent.failure[0]);
+        let only_first = leaf(&second_check.success[0]);
+        assert_eq!(&only_first.compare[1].range_end[..], b"/t/\x00cutover/");
+        let both = leaf(&second_check.failure[0]);
+        assert_eq!(both.compare.len(), 3);
+        // etcd's answer by way of the failure branches, the client's Txn failed: the
+        // client gets its own Txn's answer.
+        let answer = |succeeded: bool, responses: Vec<ResponseOp>| TxnResponse {
+            succeeded,
+            responses,
+            ..Default::default()
+        };
+        let txn_op = |t: TxnResponse| ResponseOp {
+            response: Some(response_op::Response::ResponseTxn(t)),
+        };
+        let range_op = |n: i64| ResponseOp {
+            response: Some(response_op::Response::ResponseRange(
+                crate::proto::etcdserverpb::RangeResponse {
+                    count: n,
+                    ..Default::default()
+                },
+            )),
+        };
+        let client_level = answer(false, vec![range_op(7)]);
+        let resp = answer(false, vec![txn_op(answer(false, vec![txn_op(client_level.clone())]))]);
+        assert_eq!(s.answer_rewritten(&asked, resp).unwrap(), client_level);
+        let resp = answer(true, vec![txn_op(client_level.clone())]);
+        assert_eq!(s.answer_rewritten(&asked, resp).unwrap(), client_level);
+        assert!(s.answer_rewritten(&asked, answer(true, vec![range_op(1)])).is_err());
     }
 
     #[test]

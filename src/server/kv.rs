@@ -185,28 +185,20 @@ impl Kv for KvService {
                 .await?;
             }
         }
-        let t = request.get_ref();
-        if !fence::is_read_only(t) {
-            // A delete over the tenant's whole prefix works as on etcd: split around
-            // cutover's keys (as a lone DeleteRange is), then answered as one delete.
-            let scope = self.ctx.router.scope().clone();
-            if scope.txn_has_wide_delete(t) {
-                let asked = t.clone();
-                scope.split_deletes_in_txn(request.get_mut());
-                let mut resp = self.ctx.guarded_write("KV", "Txn", request).await?;
-                scope.merge_split_deletes(&asked, resp.get_mut());
-                return Ok(resp);
-            }
-            return self.ctx.guarded_write("KV", "Txn", request).await;
+        // A delete or compare over the tenant's whole prefix works as on etcd, on the
+        // tenant's keys alone: the Txn is rewritten around cutover's keys, and etcd's
+        // answer turned back into the one the client asked for (see `Scope::rewrite_txn`).
+        let scope = self.ctx.router.scope().clone();
+        if scope.txn_needs_rewrite(request.get_ref()) {
+            let asked = request.get_ref().clone();
+            *request.get_mut() = scope.rewrite_txn(&asked);
+            let (metadata, answer, extensions) = self.txn_as_sent(request).await?.into_parts();
+            let answer = scope
+                .answer_rewritten(&asked, answer)
+                .map_err(crate::error::ProxyError::from)?;
+            return Ok(Response::from_parts(metadata, answer, extensions));
         }
-        // A Txn that only reads stays a read for etcd (its read path, no raft entry).
-        if !self.ctx.router.scope().txn_allowed(t) {
-            return Err(crate::error::ProxyError::Reserved.into());
-        }
-        if fence::is_serializable(t) {
-            return self.ctx.serializable_read("KV", "Txn", request).await;
-        }
-        self.ctx.guarded_read("KV", "Txn", request).await
+        self.txn_as_sent(request).await
     }
 
     async fn compact(&self, request: Request<CompactionRequest>) -> Result<Response<CompactionResponse>, Status> {
@@ -242,6 +234,22 @@ impl Kv for KvService {
 }
 
 impl KvService {
+    /// A Txn, as a write or, when nothing in it writes, as a read.
+    async fn txn_as_sent(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let t = request.get_ref();
+        if !fence::is_read_only(t) {
+            return self.ctx.guarded_write("KV", "Txn", request).await;
+        }
+        // A Txn that only reads stays a read for etcd (its read path, no raft entry).
+        if !self.ctx.router.scope().txn_allowed(t) {
+            return Err(crate::error::ProxyError::Reserved.into());
+        }
+        if fence::is_serializable(t) {
+            return self.ctx.serializable_read("KV", "Txn", request).await;
+        }
+        self.ctx.guarded_read("KV", "Txn", request).await
+    }
+
     /// A Range over cutover's reserved keys: their count (read inside the read guard when
     /// the Range is linearizable) gives the revision and the room to leave them out; the
     /// range itself is then read at that revision.

@@ -400,9 +400,7 @@ async fn a_tenant_reaches_only_its_own_leases() {
 }
 
 /// A delete over the tenant's whole prefix works as on etcd (alone, or in a Txn, nested
-/// or not), cutover's own keys under it left alone and left out of the count. A compare over a range that spans cutover's keys
-/// is still refused: split in two, it would not mean the same (etcd compares an empty
-/// range as one all-zero key).
+/// or not), cutover's own keys under it left alone and left out of the count.
 #[tokio::test]
 async fn a_delete_over_the_whole_prefix_works_as_on_etcd() {
     let etcd = Etcd::start().await;
@@ -418,12 +416,6 @@ async fn a_delete_over_the_whole_prefix_works_as_on_etcd() {
     for k in ["a", "b", "c"] {
         c.put(format!("/tenant-a/{k}"), k, None).await.unwrap();
     }
-    let rev = c.get("/tenant-a/c", None).await.unwrap().header().unwrap().revision();
-    let txn = etcd_client::Txn::new()
-        .when([etcd_client::Compare::mod_revision("/tenant-a/", etcd_client::CompareOp::Less, rev + 1).with_prefix()])
-        .and_then([etcd_client::TxnOp::put("/tenant-a/d", "d", None)]);
-    let refused = c.txn(txn).await.unwrap_err().to_string();
-    assert!(refused.contains("etcdserver: permission denied"), "{refused}");
     // In a Txn, nested or not, the same: one delete's answer, the tenant's keys only.
     let wide = || {
         etcd_client::TxnOp::delete(
@@ -473,6 +465,81 @@ async fn a_delete_over_the_whole_prefix_works_as_on_etcd() {
         .await
         .unwrap();
     assert_eq!((with_prev.deleted(), with_prev.prev_kvs().len()), (0, 0));
+}
+
+/// A compare over the tenant's whole prefix answers as etcd does over the tenant's keys
+/// alone, whichever side of cutover's keys holds keys (the prefix key itself sorts before
+/// them, every other key after): the same Txns, run through cutover and directly on a
+/// mirror prefix with the same keys and none of cutover's, take the same branches.
+#[tokio::test]
+async fn a_compare_over_the_whole_prefix_answers_as_etcd_does_over_the_tenants_keys() {
+    use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
+    let etcd = Etcd::start().await;
+    let mut direct = client(&etcd.endpoint).await;
+    direct.put("/tenant-a/\0cutover/x", "cutover's", None).await.unwrap();
+    let proxy = Proxy::start(&format!(
+        "prefix: /tenant-a/\ndataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\"]\n",
+        etcd.endpoint
+    ))
+    .await;
+    let mut tenant = client(&proxy.endpoint).await;
+    // The compares, over a whole prefix P; one Txn with two of them as well.
+    let compares = |p: &str| -> Vec<Vec<Compare>> {
+        let all = |c: Compare| c.with_prefix();
+        vec![
+            vec![all(Compare::version(p, CompareOp::Greater, 0))],
+            vec![all(Compare::version(p, CompareOp::Equal, 0))],
+            vec![all(Compare::create_revision(p, CompareOp::Greater, 0))],
+            vec![all(Compare::mod_revision(p, CompareOp::Less, 1_000_000))],
+            vec![all(Compare::value(p, CompareOp::Equal, "v"))],
+            vec![all(Compare::value(p, CompareOp::NotEqual, "v"))],
+            vec![
+                all(Compare::version(p, CompareOp::Greater, 0)),
+                all(Compare::value(p, CompareOp::Equal, "v")),
+            ],
+        ]
+    };
+    // The key sets: none; the prefix key alone (before cutover's keys); keys after them
+    // only; both.
+    let states: [&[&str]; 4] = [&[], &[""], &["a", "b"], &["", "a"]];
+    for keys in states {
+        for (client, p) in [(&mut tenant, "/tenant-a/"), (&mut direct, "/mirror/")] {
+            client
+                .delete(p, Some(etcd_client::DeleteOptions::new().with_prefix()))
+                .await
+                .unwrap();
+            for k in keys {
+                client.put(format!("{p}{k}"), "v", None).await.unwrap();
+            }
+        }
+        for (through, mirrored) in compares("/tenant-a/").into_iter().zip(compares("/mirror/")) {
+            let txn = |cmps: Vec<Compare>, p: &str| {
+                Txn::new()
+                    .when(cmps)
+                    .and_then([TxnOp::get(p, Some(GetOptions::new().with_prefix()))])
+                    .or_else([TxnOp::get(format!("{p}a"), None)])
+            };
+            let shown = format!("{through:?}");
+            let got = tenant.txn(txn(through, "/tenant-a/")).await.unwrap();
+            let want = direct.txn(txn(mirrored, "/mirror/")).await.unwrap();
+            let count = |r: &etcd_client::TxnResponse| match &r.op_responses()[0] {
+                etcd_client::TxnOpResponse::Get(g) => (g.count(), g.kvs().len()),
+                other => panic!("not a read: {other:?}"),
+            };
+            assert_eq!(
+                (got.succeeded(), count(&got)),
+                (want.succeeded(), count(&want)),
+                "keys {keys:?}, compares {shown}"
+            );
+        }
+    }
+    // A compare on cutover's own keys alone is still refused.
+    let refused = tenant
+        .txn(Txn::new().when([Compare::version("/tenant-a/\0cutover/", CompareOp::Greater, 0).with_prefix()]))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(refused.contains("etcdserver: permission denied"), "{refused}");
 }
 
 /// Sets up etcd auth: root (password "rootpw"), and "tenant" (password "tenantpw") with
