@@ -190,26 +190,33 @@ impl Scope {
 
     fn rewrite_op(&self, op: &RequestOp) -> RequestOp {
         let request = match &op.request {
-            Some(request_op::Request::RequestDeleteRange(d)) => match self.parts_of(&d.key, &d.range_end) {
-                Some(parts) => request_op::Request::RequestTxn(TxnRequest {
-                    success: parts
-                        .into_iter()
-                        .map(|(key, range_end)| RequestOp {
-                            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                                key,
-                                range_end,
-                                ..d.clone()
-                            })),
-                        })
-                        .collect(),
-                    ..Default::default()
-                }),
+            Some(request_op::Request::RequestDeleteRange(d)) => match self.split_delete(d) {
+                Some(parts) => request_op::Request::RequestTxn(parts),
                 None => return op.clone(),
             },
             Some(request_op::Request::RequestTxn(t)) => request_op::Request::RequestTxn(self.rewrite_txn(t)),
             _ => return op.clone(),
         };
         RequestOp { request: Some(request) }
+    }
+
+    /// A delete over a tenant's range that spans the reserved keys, as a Txn without
+    /// compares deleting the parts on either side (`merge_deletes` answers it as one).
+    pub fn split_delete(&self, d: &DeleteRangeRequest) -> Option<TxnRequest> {
+        let parts = self.parts_of(&d.key, &d.range_end)?;
+        Some(TxnRequest {
+            success: parts
+                .into_iter()
+                .map(|(key, range_end)| RequestOp {
+                    request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                        key,
+                        range_end,
+                        ..d.clone()
+                    })),
+                })
+                .collect(),
+            ..Default::default()
+        })
     }
 
     fn branch_on_parts(
@@ -296,17 +303,7 @@ impl Scope {
         for (op, answer) in ops.iter().zip(resp.responses.iter_mut()) {
             let rewritten = match (&op.request, answer.response.take()) {
                 (Some(request_op::Request::RequestDeleteRange(_)), Some(response_op::Response::ResponseTxn(parts))) => {
-                    let mut merged = DeleteRangeResponse {
-                        header: parts.header,
-                        ..Default::default()
-                    };
-                    for part in parts.responses {
-                        if let Some(response_op::Response::ResponseDeleteRange(d)) = part.response {
-                            merged.deleted += d.deleted;
-                            merged.prev_kvs.extend(d.prev_kvs);
-                        }
-                    }
-                    response_op::Response::ResponseDeleteRange(merged)
+                    response_op::Response::ResponseDeleteRange(merge_deletes(parts))
                 }
                 (Some(request_op::Request::RequestTxn(t)), Some(response_op::Response::ResponseTxn(r))) => {
                     response_op::Response::ResponseTxn(self.answer_rewritten(t, r)?)
@@ -337,6 +334,21 @@ impl Scope {
             }
         }
     }
+}
+
+/// The answer to a delete split by `Scope::split_delete`, as one delete.
+pub fn merge_deletes(parts: TxnResponse) -> DeleteRangeResponse {
+    let mut merged = DeleteRangeResponse {
+        header: parts.header,
+        ..Default::default()
+    };
+    for part in parts.responses {
+        if let Some(response_op::Response::ResponseDeleteRange(d)) = part.response {
+            merged.deleted += d.deleted;
+            merged.prev_kvs.extend(d.prev_kvs);
+        }
+    }
+    merged
 }
 
 #[cfg(test)]

@@ -18,45 +18,6 @@ pub struct KvService {
 }
 
 impl KvService {
-    /// A delete over the tenant's whole prefix (or any range across cutover's reserved
-    /// keys) deletes the parts around them, in one Txn, and answers as one delete.
-    async fn delete_around_reserved(
-        &self,
-        request: Request<DeleteRangeRequest>,
-        parts: Vec<(bytes::Bytes, bytes::Bytes)>,
-    ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let (metadata, extensions, d) = request.into_parts();
-        let txn = TxnRequest {
-            success: parts
-                .into_iter()
-                .map(|(key, range_end)| RequestOp {
-                    request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                        key,
-                        range_end,
-                        ..d.clone()
-                    })),
-                })
-                .collect(),
-            ..Default::default()
-        };
-        let resp = self
-            .ctx
-            .guarded_write("KV", "DeleteRange", Request::from_parts(metadata, extensions, txn))
-            .await?
-            .into_inner();
-        let mut merged = DeleteRangeResponse {
-            header: resp.header,
-            ..Default::default()
-        };
-        for op in resp.responses {
-            if let Some(response_op::Response::ResponseDeleteRange(r)) = op.response {
-                merged.deleted += r.deleted;
-                merged.prev_kvs.extend(r.prev_kvs);
-            }
-        }
-        Ok(Response::new(merged))
-    }
-
     /// The answer to a compaction not made now: a count of the fence key at `revision`
     /// (0: now) gives the header, and for a revision compacted already or still in the
     /// future, etcd's own error.
@@ -158,10 +119,13 @@ impl Kv for KvService {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let d = request.get_ref();
         let scope = self.ctx.router.scope();
-        if scope.in_tenant(&d.key, &d.range_end) {
-            if let Some(parts) = scope.around_reserved(&d.key, &d.range_end) {
-                return self.delete_around_reserved(request, parts).await;
-            }
+        // Over the tenant's whole prefix (or any range across cutover's keys): the parts
+        // around them are deleted in one Txn, answered as one delete.
+        if let Some(parts) = scope.split_delete(d) {
+            let (metadata, extensions, _) = request.into_parts();
+            let txn = Request::from_parts(metadata, extensions, parts);
+            let resp = self.ctx.guarded_write("KV", "DeleteRange", txn).await?;
+            return Ok(Response::new(crate::route::scope::merge_deletes(resp.into_inner())));
         }
         self.ctx.guarded_write("KV", "DeleteRange", request).await
     }

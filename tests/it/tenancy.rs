@@ -399,19 +399,26 @@ async fn a_tenant_reaches_only_its_own_leases() {
     assert!(c.get("/tenant-a/pod", None).await.unwrap().kvs().is_empty());
 }
 
-/// A delete over the tenant's whole prefix works as on etcd (alone, or in a Txn, nested
-/// or not), cutover's own keys under it left alone and left out of the count.
-#[tokio::test]
-async fn a_delete_over_the_whole_prefix_works_as_on_etcd() {
+/// An etcd holding one of cutover's own keys under the tenant's prefix (as a migration
+/// leaves them), and the tenant's proxy in front of it.
+async fn with_a_key_of_cutovers() -> (Etcd, Proxy) {
     let etcd = Etcd::start().await;
     let mut direct = client(&etcd.endpoint).await;
-    // One of cutover's own keys under the prefix, as a migration leaves them.
     direct.put("/tenant-a/\0cutover/x", "cutover's", None).await.unwrap();
     let proxy = Proxy::start(&format!(
         "prefix: /tenant-a/\ndataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\"]\n",
         etcd.endpoint
     ))
     .await;
+    (etcd, proxy)
+}
+
+/// A delete over the tenant's whole prefix works as on etcd (alone, or in a Txn, nested
+/// or not), cutover's own keys under it left alone and left out of the count.
+#[tokio::test]
+async fn a_delete_over_the_whole_prefix_works_as_on_etcd() {
+    let (etcd, proxy) = with_a_key_of_cutovers().await;
+    let mut direct = client(&etcd.endpoint).await;
     let mut c = client(&proxy.endpoint).await;
     for k in ["a", "b", "c"] {
         c.put(format!("/tenant-a/{k}"), k, None).await.unwrap();
@@ -474,14 +481,8 @@ async fn a_delete_over_the_whole_prefix_works_as_on_etcd() {
 #[tokio::test]
 async fn a_compare_over_the_whole_prefix_answers_as_etcd_does_over_the_tenants_keys() {
     use etcd_client::{Compare, CompareOp, GetOptions, Txn, TxnOp};
-    let etcd = Etcd::start().await;
+    let (etcd, proxy) = with_a_key_of_cutovers().await;
     let mut direct = client(&etcd.endpoint).await;
-    direct.put("/tenant-a/\0cutover/x", "cutover's", None).await.unwrap();
-    let proxy = Proxy::start(&format!(
-        "prefix: /tenant-a/\ndataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\"]\n",
-        etcd.endpoint
-    ))
-    .await;
     let mut tenant = client(&proxy.endpoint).await;
     // The compares, over a whole prefix P; one Txn with two of them as well.
     let compares = |p: &str| -> Vec<Vec<Compare>> {
