@@ -217,6 +217,9 @@ pub struct Migrator {
     /// Set while a migration runs: sending `true` asks it to abort.
     abort: parking_lot::Mutex<Option<(String, watch::Sender<bool>)>>,
     leader: String,
+    /// The lock marker the running migration wrote, once it has it: only then does it
+    /// publish its view (see `publish_once`).
+    lock_value: parking_lot::Mutex<Option<bytes::Bytes>>,
     /// The tasks this migrator spawned (the running migration, the status follower).
     tasks: tokio_util::task::TaskTracker,
 }
@@ -230,6 +233,7 @@ impl Migrator {
             state: watch::channel(Snapshot::default()).0,
             abort: parking_lot::Mutex::new(None),
             leader: instance_name(),
+            lock_value: parking_lot::Mutex::new(None),
             tasks: tokio_util::task::TaskTracker::new(),
         })
     }
@@ -292,6 +296,7 @@ impl Migrator {
         };
         let (abort_tx, abort_rx) = watch::channel(false);
         *slot = Some((id.clone(), abort_tx));
+        *self.lock_value.lock() = None;
         drop(slot);
         self.set_phase_and(Phase::Preparing, |m| *m = Some(view.clone()));
         tracing::info!(migration = %id, from = %view.from, to = %to, overwrite, trigger, "migration started");

@@ -34,10 +34,16 @@ impl Migrator {
         key.freeze()
     }
 
-    pub(super) async fn publish_once(&self, ds: &Datastore) -> Result<i64, ProxyError> {
+    /// Writes this replica's view of its migration to `ds`, if the migration took the
+    /// migration lock: one refused at the lock publishes nothing, or it would hide the
+    /// migration that holds it.
+    pub(super) async fn publish_once(&self, ds: &Datastore) -> Result<(), ProxyError> {
+        if self.lock_value.lock().is_none() {
+            return Ok(());
+        }
         let view = self.snapshot().migration;
         let json = serde_json::to_vec(&view).unwrap_or_default();
-        ops::put(ds, self.status_key(), Bytes::from(json)).await
+        ops::put(ds, self.status_key(), Bytes::from(json)).await.map(|_| ())
     }
 
     /// Writes the migration's view to `ds` on every change, at most four times a second,

@@ -912,3 +912,56 @@ async fn a_copy_longer_than_a_lease_ttl_keeps_the_keys_on_that_lease() {
     );
     crate::migrate::check_load(&seen, &after);
 }
+
+/// A migration refused because another replica's took the lock first publishes nothing:
+/// every replica, the refused one included, shows the migration that holds the lock.
+/// (It used to publish its own views, running and then refused, over the winner's, and
+/// the replicas showed the loser's refusal while the winner ran.)
+#[tokio::test]
+async fn a_migration_refused_at_the_lock_does_not_hide_the_one_that_holds_it() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let fleet = Fleet::three(two_stores(&a, &b, "")).await;
+    let p = &fleet.proxies;
+    // Replica 1 starts first and waits before taking the lock.
+    p[1].failpoint("migrate.prepare.before_lock", "return(pause)").await;
+    let (code, loser) = p[1].admin_post("/v1/migrations", json!({"to": "dedicated"})).await;
+    assert_eq!(code, 202, "{loser}");
+    p[1].wait_paused("migrate.prepare.before_lock").await;
+    // Replica 0 starts meanwhile, takes the lock, and stops when it starts copying.
+    stop_in(&p[0], "Copying").await;
+    let (code, winner) = p[0].admin_post("/v1/migrations", json!({"to": "dedicated"})).await;
+    assert_eq!(code, 202, "{winner}");
+    p[0].wait_paused(phase_point("Copying")).await;
+    eventually(
+        "replica 2 shows replica 0's migration copying",
+        Duration::from_secs(10),
+        || async {
+            let st = p[2].status().await;
+            st["migration"]["id"] == winner["id"] && st["phase"] == "Copying"
+        },
+    )
+    .await;
+    // Replica 1 goes on, finds the lock taken, and is refused.
+    p[1].release("migrate.prepare.before_lock").await;
+    eventually("replica 1's migration is refused", Duration::from_secs(20), || async {
+        p[1].metrics()
+            .await
+            .contains("cutover_migrations_total{outcome=\"refused\"} 1")
+    })
+    .await;
+    for (i, r) in p.iter().enumerate() {
+        eventually(
+            &format!("replica {i} shows the running migration of replica 0"),
+            Duration::from_secs(10),
+            || async {
+                let st = r.status().await;
+                st["migration"]["id"] == winner["id"] && st["migration"]["outcome"] == "Running"
+            },
+        )
+        .await;
+    }
+    p[0].release(phase_point("Copying")).await;
+    let view = wait_end(&p[0]).await;
+    assert_eq!(view["outcome"], "Succeeded", "{view}");
+}

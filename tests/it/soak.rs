@@ -692,6 +692,7 @@ async fn soak(seed: u64, secs: u64) -> history::Report {
     let home = loop {
         revive(&mut cl, &mut tally).await;
         let mut homes = Vec::new();
+        let mut statuses = Vec::new();
         for p in &cl.proxies {
             // A replica may crash meanwhile (a failpoint set late): revived above.
             let st = try_status(p).await.unwrap_or_default();
@@ -700,13 +701,15 @@ async fn soak(seed: u64, secs: u64) -> history::Report {
                 st["phase"] == "Ready",
                 st["ready"] == true,
             ));
+            statuses.push(st);
         }
         if homes.iter().all(|h| h.1 && h.2 && h.0 == homes[0].0) {
             break homes[0].0.clone();
         }
         assert!(
             Instant::now() < deadline,
-            "seed {seed:#x}: the replicas did not settle on one datastore: {homes:?}"
+            "seed {seed:#x}: the replicas did not settle on one datastore: {homes:?}; their status: {}",
+            serde_json::to_string_pretty(&statuses).unwrap_or_default()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };

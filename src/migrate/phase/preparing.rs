@@ -2,8 +2,6 @@
 //! earlier, dead migration of this tenant left there, which is cleared); the migration's
 //! lock on the source is ours; the target's range is claimed for this migration.
 
-use tokio_util::task::AbortOnDropHandle;
-
 use super::{on, Job, MigrationLease};
 use crate::migrate::copy::CopyError;
 use crate::migrate::machine::Failure;
@@ -49,7 +47,7 @@ pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
     let lease = ops::grant(&s.source, ttl).await.map_err(on("source"))?;
     job.lease = Some(MigrationLease {
         id: lease,
-        _keeper: AbortOnDropHandle::new(ops::keep_alive(s.source.clone(), lease, ttl)),
+        _keeper: ops::keep_alive(s.source.clone(), lease, ttl),
     });
     let lock = Marker::Lock {
         migration: job.id.clone(),
@@ -63,6 +61,9 @@ pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
     {
         return Err(Failure::Locked(holder));
     }
+    // The migration is this replica's to show now: publish it.
+    *job.m.lock_value.lock() = Some(lock.to_bytes());
+    job.m.update(|_| {});
     // With the lock ours nobody else can fence or commit; a fence key that is set now
     // means the tenant left this source (another replica's migration committed while
     // this one started): the target is authoritative, never to be cleared. Only a stale
