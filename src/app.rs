@@ -56,8 +56,9 @@ pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> 
             source,
         })?;
 
+    let background = crate::tasks::Background::new();
     for ds in router.datastores().values() {
-        ds.spawn_health_probe(HEALTH_PROBE_EVERY);
+        ds.spawn_health_probe(HEALTH_PROBE_EVERY, &background);
     }
     // The configured datastore may have been left by a migration: follow its marker. If
     // it cannot be read now, keep trying in the background (writes stay safe meanwhile:
@@ -73,7 +74,7 @@ pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> 
             };
             tracing::warn!(error = %why, "cannot read the migration marker yet; retrying in the background");
             let router = router.clone();
-            tokio::spawn(async move {
+            background.spawn(async move {
                 loop {
                     tokio::time::sleep(HEALTH_PROBE_EVERY).await;
                     match crate::migrate::marker::follow_markers(&router).await {
@@ -85,7 +86,7 @@ pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> 
         }
     }
     // Another replica may run a migration: follow its commit as soon as it happens.
-    crate::migrate::marker::spawn_follower(router.clone());
+    crate::migrate::marker::spawn_follower(router.clone(), &background);
     let migrator = Migrator::new(router.clone(), metrics.clone(), config.migration.clone());
     migrator.spawn_status_follower();
 
@@ -106,18 +107,17 @@ pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> 
     });
     if let Some(o) = reload {
         if let Some(path) = o.config.clone() {
-            crate::reload::spawn(path, o, config.clone(), migrator.clone());
+            crate::reload::spawn(path, o, config.clone(), migrator.clone(), &background);
         }
     }
-    let background = tokio_util::sync::CancellationToken::new();
-    crate::memory::spawn_trimmer(metrics.clone(), background.clone());
+    crate::memory::spawn_trimmer(metrics.clone(), &background);
     let admin_state = Arc::new(AdminState {
         router: router.clone(),
         metrics,
         migrator: migrator.clone(),
         token: config.admin_token.clone(),
         started: Instant::now(),
-        readiness: admin::readiness::Readiness::spawn(router.clone(), background.clone()),
+        readiness: admin::readiness::Readiness::spawn(router.clone(), &background),
         loopback: config.admin_listen.ip().is_loopback(),
     });
 
@@ -154,10 +154,10 @@ pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> 
 
     shutdown_signal().await;
     tracing::info!("shutting down");
-    background.cancel();
     let _ = stop_tx.send(true);
     // Streams (watches) may stay open; do not wait for them for ever.
     let grace = Duration::from_secs(5);
+    background.shutdown(grace).await;
     if let Ok(Ok(Err(e))) = tokio::time::timeout(grace, grpc).await {
         return Err(e.into());
     }

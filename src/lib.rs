@@ -20,4 +20,5 @@ pub mod proto;
 pub mod reload;
 pub mod route;
 pub mod server;
+pub mod tasks;
 pub mod upstream;

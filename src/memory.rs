@@ -6,8 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_util::sync::CancellationToken;
-
 use crate::metrics::Metrics;
 
 /// How often the open streams are counted.
@@ -15,18 +13,15 @@ const EVERY: Duration = Duration::from_secs(5);
 /// Streams that must have closed since the last trim for another to be worth it.
 const CLOSED_ENOUGH: u64 = 256;
 
-/// Runs until `stop` is cancelled.
-pub fn spawn_trimmer(metrics: Arc<Metrics>, stop: CancellationToken) {
-    tokio::spawn(async move {
+/// Runs until the process stops.
+pub fn spawn_trimmer(metrics: Arc<Metrics>, background: &crate::tasks::Background) {
+    background.spawn(async move {
         let mut trimmed_at = metrics.streams_closed.get();
         // After a trim, the next tick trims again if more streams have closed since: a
         // burst's last streams would otherwise keep its memory until the next burst.
         let mut follow_up = false;
         loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(EVERY) => {}
-            }
+            tokio::time::sleep(EVERY).await;
             let closed = metrics.streams_closed.get();
             let since = closed - trimmed_at;
             if since >= CLOSED_ENOUGH || (follow_up && since > 0) {

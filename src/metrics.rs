@@ -2,6 +2,7 @@
 //!
 //! Labels on the request path are `&'static str`, so recording a request allocates nothing.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -295,6 +296,17 @@ impl Metrics {
             .inc();
     }
 
+    /// A guard that counts a stream's end, with the code it leaves in `code` (Cancelled
+    /// unless set: a stream dropped with its client was cancelled).
+    pub fn stream_end(self: &Arc<Self>, service: &'static str, method: &'static str) -> StreamEnd {
+        StreamEnd {
+            metrics: Arc::clone(self),
+            service,
+            method,
+            code: Code::Cancelled,
+        }
+    }
+
     /// A guard that counts a stream as open until it is dropped.
     pub fn stream_guard(&self, kind: &'static str) -> StreamGuard {
         let gauge = self.open_streams.get_or_create(&StreamLabels { kind }).clone();
@@ -329,5 +341,19 @@ impl Drop for StreamGuard {
     fn drop(&mut self) {
         self.gauge.dec();
         self.closed.inc();
+    }
+}
+
+/// Counts a stream's end in the requests metric when dropped (see `Metrics::stream_end`).
+pub struct StreamEnd {
+    metrics: Arc<Metrics>,
+    service: &'static str,
+    method: &'static str,
+    pub code: Code,
+}
+
+impl Drop for StreamEnd {
+    fn drop(&mut self) {
+        self.metrics.observe_stream_end(self.service, self.method, self.code);
     }
 }

@@ -90,8 +90,9 @@ pub fn spawn(
     overrides: Overrides,
     initial: Config,
     migrator: Arc<Migrator>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    background: &crate::tasks::Background,
+) {
+    background.spawn(async move {
         let mut current = initial;
         // None: the first poll loads the file and compares it with what the proxy
         // started with (the same, unless it changed in between).
@@ -128,7 +129,7 @@ pub fn spawn(
             }
             current = new;
         }
-    })
+    });
 }
 
 async fn apply(migrator: &Arc<Migrator>, change: ConfigChange) {

@@ -40,11 +40,11 @@ impl Readiness {
         self.problem.load_full()
     }
 
-    /// Checks now and every [`EVERY`] until `stop` is cancelled.
-    pub fn spawn(router: Arc<Router>, stop: tokio_util::sync::CancellationToken) -> Arc<Readiness> {
+    /// Checks now and every [`EVERY`] until the process stops.
+    pub fn spawn(router: Arc<Router>, background: &crate::tasks::Background) -> Arc<Readiness> {
         let me = Arc::new(Readiness::default());
         let this = me.clone();
-        tokio::spawn(async move {
+        background.spawn(async move {
             loop {
                 let found = check(&router).await.err();
                 let was = this.problem.load_full();
@@ -55,10 +55,7 @@ impl Readiness {
                     }
                 }
                 this.problem.store(found.map(Arc::new));
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(EVERY) => {}
-                }
+                tokio::time::sleep(EVERY).await;
             }
         });
         me

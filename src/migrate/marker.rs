@@ -351,11 +351,11 @@ impl FollowerLink {
 /// their lease changes while the source is fenced, and it switches to the target as soon
 /// as the "moved" marker appears, moving its own watches and keep-alives, instead of
 /// holding its writes until a restart.
-pub fn spawn_follower(router: std::sync::Arc<crate::route::Router>) -> tokio::task::JoinHandle<()> {
+pub fn spawn_follower(router: std::sync::Arc<crate::route::Router>, background: &crate::tasks::Background) {
     use crate::proto::etcdserverpb::watch_client::WatchClient;
     use crate::proto::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest};
     let me = super::instance_name();
-    tokio::spawn(async move {
+    background.spawn(async move {
         let mut changes = router.changes();
         let mut follower = FollowerLink::default();
         let fence_key = router.fence().guard.fence_key().clone();
@@ -455,5 +455,5 @@ pub fn spawn_follower(router: std::sync::Arc<crate::route::Router>) -> tokio::ta
                 Ok(None) | Err(_) => tokio::time::sleep(std::time::Duration::from_secs(1)).await,
             }
         }
-    })
+    });
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::copy;
 use crate::error::ProxyError;
@@ -224,41 +225,39 @@ pub async fn refresh(ds: &Datastore, ids: &[i64]) -> Result<Vec<i64>, ProxyError
 /// fence stops every tenant write but a lease expiry, and a key deleted by an expiry
 /// after the drain point would be on the target and not on the source. etcd itself
 /// extends every lease on a leader change; this extends them by the fence window.
-/// Returns the task (abort it at the commit or the release) once the leases that had
-/// already expired are revoked, so that their deletes come before the next write.
-pub async fn hold_leases(ds: Arc<Datastore>, ids: Vec<i64>) -> Result<tokio::task::JoinHandle<()>, ProxyError> {
+/// Returns the task (it stops when dropped: at the commit or the release) once the leases
+/// that had already expired are revoked, so that their deletes come before the next write.
+pub async fn hold_leases(ds: Arc<Datastore>, ids: Vec<i64>) -> Result<AbortOnDropHandle<()>, ProxyError> {
     let gone = refresh(&ds, &ids).await?;
     // etcd's smallest lease TTL is above a second: refreshing twice a second holds all.
     let holder = {
         let ds = ds.clone();
         let ids: Vec<i64> = ids.iter().copied().filter(|id| !gone.contains(id)).collect();
-        tokio::spawn(async move {
+        AbortOnDropHandle::new(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
                 if let Err(e) = refresh(&ds, &ids).await {
                     tracing::warn!(error = %e, "could not hold the tenant's leases on the fenced source");
                 }
             }
-        })
+        }))
     };
     // An expired lease stays listed until etcd's revoke (and its deletes) is applied.
     while !gone.is_empty() {
         match source_leases(&ds).await {
             Ok(listed) if gone.iter().all(|id| !listed.contains(id)) => break,
             Ok(_) => {}
-            Err(e) => {
-                holder.abort();
-                return Err(e);
-            }
+            // Dropping the holder stops it.
+            Err(e) => return Err(e),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(holder)
 }
 
-/// Keeps the migration's lease alive until the task is aborted.
-pub fn keep_alive(ds: Arc<Datastore>, id: i64, ttl: i64) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+/// Keeps the migration's lease alive until the returned handle is dropped.
+pub fn keep_alive(ds: Arc<Datastore>, id: i64, ttl: i64) -> AbortOnDropHandle<()> {
+    AbortOnDropHandle::new(tokio::spawn(async move {
         let every = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
         loop {
             tokio::time::sleep(every).await;
@@ -266,7 +265,7 @@ pub fn keep_alive(ds: Arc<Datastore>, id: i64, ttl: i64) -> tokio::task::JoinHan
                 tracing::warn!(error = %e, "could not refresh the migration's lease");
             }
         }
-    })
+    }))
 }
 
 /// While the migration runs, keeps the target's copies of the tenant's leases alive

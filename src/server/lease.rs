@@ -16,12 +16,10 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use futures::StreamExt;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use futures::{SinkExt, StreamExt};
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::stream::{Reconnect, UpstreamStream};
+use super::stream::{Answers, Driven, Reconnect, UpstreamStream};
 use super::{client, no_connection, Context, Forwarded, HeldGuard};
 use crate::config::FenceMode;
 use crate::error::ProxyError;
@@ -170,7 +168,7 @@ impl LeaseService {
 
 #[tonic::async_trait]
 impl Lease for LeaseService {
-    type LeaseKeepAliveStream = ReceiverStream<Result<LeaseKeepAliveResponse, Status>>;
+    type LeaseKeepAliveStream = Driven<LeaseKeepAliveResponse>;
 
     async fn lease_grant(&self, request: Request<LeaseGrantRequest>) -> Result<Response<LeaseGrantResponse>, Status> {
         if let Err(e) = self.wait_unfenced().await {
@@ -322,11 +320,11 @@ impl Lease for LeaseService {
     ) -> Result<Response<Self::LeaseKeepAliveStream>, Status> {
         let operator = self.ctx.access.is_operator(&request);
         let (metadata, _, inbound) = request.into_parts();
-        let (down, rx) = mpsc::channel(64);
         let ctx = self.ctx.clone();
         let fwd = Forwarded::from_incoming(&metadata);
-        tokio::spawn(relay_keep_alive(ctx, fwd, operator, inbound, down));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Driven::new(|down| {
+            relay_keep_alive(ctx, fwd, operator, inbound, down)
+        })))
     }
 }
 
@@ -407,9 +405,11 @@ async fn relay_keep_alive(
     fwd: Forwarded,
     operator: bool,
     mut inbound: Streaming<LeaseKeepAliveRequest>,
-    down: mpsc::Sender<Result<LeaseKeepAliveResponse, Status>>,
+    mut down: Answers<LeaseKeepAliveResponse>,
 ) {
     let _open = ctx.metrics.stream_guard("lease_keepalive");
+    // Counted when the relay ends, or is dropped with its client's stream.
+    let mut end = ctx.metrics.stream_end("Lease", "LeaseKeepAlive");
     let mut changes = ctx.router.changes();
     let mut route = ctx.router.route();
     let open = |route: &Route| {
@@ -425,8 +425,7 @@ async fn relay_keep_alive(
     };
     if let Err(e) = route.usable() {
         let _ = down.send(Err(e.to_status())).await;
-        ctx.metrics
-            .observe_stream_end("Lease", "LeaseKeepAlive", Code::Unavailable);
+        end.code = Code::Unavailable;
         return;
     }
     let mut upstream = open(&route);
@@ -506,5 +505,5 @@ async fn relay_keep_alive(
             },
         }
     };
-    ctx.metrics.observe_stream_end("Lease", "LeaseKeepAlive", code);
+    end.code = code;
 }

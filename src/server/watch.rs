@@ -12,17 +12,13 @@
 //! translated, and translates the target's answers back.
 
 use std::collections::{HashMap, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
-use futures::channel::mpsc;
-use futures::{SinkExt, Stream, StreamExt};
+use futures::SinkExt;
 use tonic::{Code, Request, Response, Status, Streaming};
 
-use super::stream::{Reconnect, UpstreamStream};
+use super::stream::{Answers, Driven, Reconnect, UpstreamStream};
 use super::{client, no_connection, Context, Forwarded, HeldGuard, Standing};
 use crate::error::messages;
 use crate::proto::etcdserverpb::kv_client::KvClient;
@@ -34,12 +30,8 @@ use crate::route::revision::Compacted;
 use crate::route::{translate, Route};
 use crate::upstream::{classify, Failure};
 
-/// Answers on their way to the client. (futures' channel, not tokio's: it takes a few
-/// hundred bytes less per stream, and a proxy may hold tens of thousands of streams.)
-type Down = mpsc::Sender<Result<WatchResponse, Status>>;
-
-/// Answers a session has ready that the client has not taken yet.
-const ANSWERS_AHEAD: usize = 16;
+/// Answers on their way to the client.
+type Down = Answers<WatchResponse>;
 
 pub struct WatchService {
     ctx: Arc<Context>,
@@ -53,39 +45,15 @@ impl WatchService {
 
 #[tonic::async_trait]
 impl Watch for WatchService {
-    type WatchStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<WatchResponse, Status>> + Send>>;
+    type WatchStream = Driven<WatchResponse>;
 
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
         let (metadata, _, inbound) = request.into_parts();
-        let (down, answers) = mpsc::channel(ANSWERS_AHEAD);
-        let session = WatchSession::new(self.ctx.clone(), Forwarded::from_incoming(&metadata), down);
-        Ok(Response::new(Box::pin(SessionStream {
-            session: Some(Box::pin(session.run(inbound))),
-            answers,
+        let ctx = self.ctx.clone();
+        let fwd = Forwarded::from_incoming(&metadata);
+        Ok(Response::new(Driven::new(|down| {
+            WatchSession::new(ctx, fwd, down).run(inbound)
         })))
-    }
-}
-
-/// The client's side of a watch stream: the session and the answers it has ready, polled
-/// together by the task that serves this HTTP/2 stream. A session needs no task of its
-/// own (a stream holds less memory), and it ends when the client's stream does: the
-/// server drops this when the client resets the stream or its connection closes.
-struct SessionStream {
-    session: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
-    answers: mpsc::Receiver<Result<WatchResponse, Status>>,
-}
-
-impl Stream for SessionStream {
-    type Item = Result<WatchResponse, Status>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Option<Self::Item>> {
-        if let Some(session) = self.session.as_mut() {
-            if session.as_mut().poll(cx).is_ready() {
-                // Its sender is gone with it: the answers end once drained.
-                self.session = None;
-            }
-        }
-        self.answers.poll_next_unpin(cx)
     }
 }
 
@@ -125,15 +93,14 @@ struct WatchSession {
     last_header: Option<ResponseHeader>,
     /// Watches to create again from their progress-advanced revision (see `reattach`).
     resend: Vec<i64>,
-    /// How the stream ended, for the metrics (counted when the session is dropped, which
-    /// may be in the middle of an await when the client goes).
-    end: Code,
+    /// How the stream ended, counted when the session is dropped (which may be in the
+    /// middle of an await, when the client goes).
+    end: crate::metrics::StreamEnd,
 }
 
 impl Drop for WatchSession {
     fn drop(&mut self) {
         self.ctx.metrics.open_watches.dec_by(self.watches.len() as i64);
-        self.ctx.metrics.observe_stream_end("Watch", "Watch", self.end);
     }
 }
 
@@ -151,6 +118,7 @@ enum Drained {
 impl WatchSession {
     fn new(ctx: Arc<Context>, fwd: Forwarded, down: Down) -> Self {
         let route = ctx.router.route();
+        let end = ctx.metrics.stream_end("Watch", "Watch");
         WatchSession {
             ctx,
             fwd,
@@ -160,7 +128,7 @@ impl WatchSession {
             pending: VecDeque::new(),
             last_header: None,
             resend: Vec::new(),
-            end: Code::Cancelled,
+            end,
         }
     }
 
@@ -178,7 +146,7 @@ impl WatchSession {
         }
         if let Err(e) = self.route.usable() {
             self.send_error(e.to_status()).await;
-            self.end = Code::Unavailable;
+            self.end.code = Code::Unavailable;
             return;
         }
         let mut upstream = self.open_upstream();
@@ -243,7 +211,7 @@ impl WatchSession {
                 },
             }
         };
-        self.end = code;
+        self.end.code = code;
     }
 
     /// A create as the current datastore must see it (its start in that one's revisions).

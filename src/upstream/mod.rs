@@ -386,17 +386,18 @@ impl Datastore {
         })
     }
 
-    /// Probes every endpoint with Maintenance.Status, forever, to keep health current.
-    pub fn spawn_health_probe(self: &Arc<Self>, every: Duration) -> tokio::task::JoinHandle<()> {
+    /// Probes every endpoint with Maintenance.Status until the process stops, to keep
+    /// health current.
+    pub fn spawn_health_probe(self: &Arc<Self>, every: Duration, background: &crate::tasks::Background) {
         let ds = Arc::clone(self);
-        tokio::spawn(async move {
+        background.spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 ds.probe_all().await;
             }
-        })
+        });
     }
 
     /// One health probe round; returns whether any endpoint answered.

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio_util::task::AbortOnDropHandle;
 
 use super::{on, Fence, Job};
 use crate::migrate::machine::Failure;
@@ -48,9 +47,7 @@ pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
     let mut position = job.follower_position()?;
     let _ = position.wait_for(|p| p.events_through >= revision).await;
     let ids: Vec<i64> = s.link.leases.lock().keys().copied().collect();
-    job.held_leases = Some(AbortOnDropHandle::new(
-        ops::hold_leases(s.source.clone(), ids).await.map_err(on("source"))?,
-    ));
+    job.held_leases = Some(ops::hold_leases(s.source.clone(), ids).await.map_err(on("source"))?);
     let settled = job.reserved_write("settled").await?;
 
     // Drain: every change up to that write is on the target.
