@@ -97,7 +97,13 @@ pub async fn count_tenant(
         },
     )
     .await?;
-    let rev = all.header.map_or(0, |h| h.revision);
+    // cutover's own keys as of the same revision: a header carries the current one, and
+    // a reserved key written since (the status, a tick) would make the count one short.
+    let rev = if revision > 0 {
+        revision
+    } else {
+        all.header.map_or(0, |h| h.revision)
+    };
     let own = range(
         ds,
         RangeRequest {
