@@ -78,11 +78,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{cutover_binary, env_parse, free_port, percentile, Proc};
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
@@ -141,16 +143,6 @@ struct Settings {
     cutover_log: String,
     /// Where to keep the logs of every run (none: they go with the temp dir).
     log_dir: Option<PathBuf>,
-}
-
-fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
-        _ => default,
-    }
 }
 
 impl Settings {
@@ -212,92 +204,6 @@ impl Settings {
 // ---------------------------------------------------------------------------------------
 // Child processes
 
-/// A child process that is killed when this handle is dropped.
-struct Proc {
-    name: String,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    /// Starts `cmd` with its output in `log`. Must be called on the main thread (the
-    /// parent-death signal fires when the *thread* that forked the child ends): every
-    /// call is in the future `block_on` runs, never in a spawned task.
-    fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
-        let out = std::fs::File::create(&log).expect("create log file");
-        let err = out.try_clone().expect("clone log file");
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        // SAFETY: prctl is a plain system call, async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({:?}): {e}", cmd.get_program()));
-        Proc {
-            name: name.to_string(),
-            child,
-            log,
-        }
-    }
-
-    fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
-    }
-
-    fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    fn check_alive(&mut self) -> Result<(), String> {
-        match self.exited() {
-            Some(status) => Err(format!(
-                "{} exited early ({status}); log tail:\n{}",
-                self.name,
-                self.log_tail(30)
-            )),
-            None => Ok(()),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- {} log (tail) ---\n{}", self.name, self.log_tail(30));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
-}
-
-fn cutover_binary() -> PathBuf {
-    let path = std::env::var_os("CUTOVER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cutover")));
-    assert!(
-        path.is_file(),
-        "cutover binary {} not found (build it with `cargo build --release --bin cutover` or set CUTOVER_BIN)",
-        path.display()
-    );
-    path
-}
-
 fn etcd_bin() -> String {
     std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".into())
 }
@@ -337,7 +243,7 @@ impl Etcd {
             "--quota-backend-bytes=4294967296".to_string(),
         ])
         .env("ETCD_UNSUPPORTED_ARCH", "");
-        let proc = Proc::spawn(&format!("etcd {name}"), cmd, dir.join(format!("{name}.log")));
+        let proc = Proc::spawn(&format!("etcd {name}"), cmd, dir.join(format!("{name}.log")), || Ok(()));
         Etcd {
             proc,
             endpoint: format!("127.0.0.1:{port}"),
@@ -741,14 +647,6 @@ impl RunResult {
     }
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 fn median(v: &[f64]) -> f64 {
     let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
     s.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -870,6 +768,7 @@ fn start_cutover(i: usize, dir: &Path, src: &Etcd, dst: &Etcd, extra_yaml: &str,
             &format!("cutover replica {i}"),
             cmd,
             dir.join(format!("cutover-{i}.log")),
+            || Ok(()),
         ),
         endpoint: format!("127.0.0.1:{port}"),
         admin: format!("http://127.0.0.1:{admin_port}"),
@@ -1216,8 +1115,8 @@ async fn run_cutover(s: &Settings, data: &DataSet, dir: &Path, tag: &str) -> Run
         Some(format!(
             "{name} n={} p50 {:.1} p99 {:.1} max {max:.1}",
             v.len(),
-            percentile(v, 0.5),
-            percentile(v, 0.99)
+            percentile(v, 0.5).unwrap_or(f64::NAN),
+            percentile(v, 0.99).unwrap_or(f64::NAN)
         ))
     };
     let mut before: Vec<f64> = out.recs.iter().filter(|w| w.issued < posted).map(lat_ms).collect();
@@ -1523,7 +1422,7 @@ async fn run_mirror(data: &DataSet, dir: &Path, tag: &str) -> RunResult {
         format!("--dest-prefix={TENANT}"),
         format!("http://{}", dst.endpoint),
     ]);
-    let mut mirror = Proc::spawn("etcdctl make-mirror", cmd, dir.join("make-mirror.log"));
+    let mut mirror = Proc::spawn("etcdctl make-mirror", cmd, dir.join("make-mirror.log"), || Ok(()));
     let mut polls = 0u64;
     let result = loop {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -59,12 +59,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::TcpListener;
-use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::{cutover_binary, env_parse, free_port, percentile, Proc};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Barrier};
@@ -120,16 +121,6 @@ struct Settings {
     value_bytes: usize,
 }
 
-fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> T {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a valid value")),
-        _ => default,
-    }
-}
-
 impl Settings {
     fn from_env() -> Settings {
         let concurrency: Vec<usize> = std::env::var("BENCH_CONCURRENCY")
@@ -171,64 +162,12 @@ impl Settings {
 // ---------------------------------------------------------------------------------------
 // Child processes
 
-/// A child process that is killed when this handle is dropped.
-struct Proc {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Proc {
-    /// Starts `cmd` with its output in `log`. Must be called on the main thread: the
-    /// parent-death signal fires when the *thread* that forked the child ends.
-    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf, cpus: Option<CpuSet>) -> Proc {
-        let out = std::fs::File::create(&log).expect("create log file");
-        let err = out.try_clone().expect("clone log file");
-        cmd.stdin(Stdio::null()).stdout(out).stderr(err);
-        // SAFETY: only prctl and sched_setaffinity (plain system calls, async-signal-safe)
-        // run between fork and exec. The affinity is set before exec so that the Go and
-        // tokio runtimes size themselves to it.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(set) = &cpus {
-                    set.apply()?;
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {name} ({:?}): {e}", cmd.get_program()));
-        Proc { name, child, log }
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    fn check_alive(&mut self) {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            panic!("{} exited early ({status}); log:\n{}", self.name, self.log_tail());
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- {} log (tail) ---\n{}", self.name, self.log_tail());
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// What a child runs before exec: binding itself to `cpus`, if given. It runs before
+/// exec so that the Go and tokio runtimes size themselves to the set.
+fn bound_to(cpus: Option<CpuSet>) -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static {
+    move || match &cpus {
+        Some(set) => set.apply(),
+        None => Ok(()),
     }
 }
 
@@ -300,14 +239,6 @@ impl Pinning {
     }
 }
 
-/// A loopback port nothing listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
-}
-
 /// `BENCH_CUTOVER_ENV="K=V K2=V2"`: extra environment for the cutover process only.
 fn cutover_env() -> Vec<(String, String)> {
     std::env::var("BENCH_CUTOVER_ENV")
@@ -320,18 +251,6 @@ fn cutover_env() -> Vec<(String, String)> {
             (k.to_string(), v.to_string())
         })
         .collect()
-}
-
-fn cutover_binary() -> PathBuf {
-    let path = std::env::var_os("CUTOVER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_cutover")));
-    assert!(
-        path.is_file(),
-        "cutover binary {} not found (build it with `cargo build --release --bin cutover` or set CUTOVER_BIN)",
-        path.display()
-    );
-    path
 }
 
 // ---------------------------------------------------------------------------------------
@@ -584,14 +503,6 @@ impl Sample {
 }
 
 /// Nearest-rank percentile of sorted values.
-fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
-    if sorted.is_empty() {
-        return T::default();
-    }
-    let rank = (p * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
 /// One task's results.
 #[derive(Default)]
 struct TaskOut {
@@ -1062,7 +973,7 @@ fn main() {
             "--quota-backend-bytes=8589934592".to_string(),
         ])
         .env("ETCD_UNSUPPORTED_ARCH", "");
-        Proc::spawn("etcd", cmd, dir.path().join("etcd.log"), pin.etcd)
+        Proc::spawn("etcd", cmd, dir.path().join("etcd.log"), bound_to(pin.etcd))
     };
 
     // The proxies, each with the port clients use.
@@ -1082,7 +993,12 @@ fn main() {
         proxies.push((
             Kind::GrpcProxy,
             port,
-            Proc::spawn("etcd grpc-proxy", cmd, dir.path().join("grpc-proxy.log"), pin.proxy),
+            Proc::spawn(
+                "etcd grpc-proxy",
+                cmd,
+                dir.path().join("grpc-proxy.log"),
+                bound_to(pin.proxy),
+            ),
         ));
     }
     {
@@ -1106,7 +1022,7 @@ fn main() {
         proxies.push((
             Kind::Cutover,
             port,
-            Proc::spawn("cutover", cmd, dir.path().join("cutover.log"), pin.proxy),
+            Proc::spawn("cutover", cmd, dir.path().join("cutover.log"), bound_to(pin.proxy)),
         ));
     }
     if with_relay {
@@ -1116,7 +1032,12 @@ fn main() {
         proxies.push((
             Kind::TcpRelay,
             port,
-            Proc::spawn(relay_label(), cmd, dir.path().join("tcp-relay.log"), pin.proxy),
+            Proc::spawn(
+                relay_label(),
+                cmd,
+                dir.path().join("tcp-relay.log"),
+                bound_to(pin.proxy),
+            ),
         ));
     }
 
@@ -1263,8 +1184,8 @@ fn main() {
         rows.insert(
             *k,
             Row {
-                p50: percentile(&s.lat_ns, 0.50) as f64,
-                p99: percentile(&s.lat_ns, 0.99) as f64,
+                p50: percentile(&s.lat_ns, 0.50).unwrap_or_default() as f64,
+                p99: percentile(&s.lat_ns, 0.99).unwrap_or_default() as f64,
                 ops_s: s.ops_per_sec(),
             },
         );
@@ -1349,7 +1270,12 @@ fn main() {
             for &kind in &kinds {
                 let mut v = results[&(Op::Watch, conc, kind)].resp_to_event_ns.clone();
                 v.sort_unstable();
-                let _ = write!(line, "  {} {}", kind.name(), fmt_us(percentile(&v, 0.5) as f64));
+                let _ = write!(
+                    line,
+                    "  {} {}",
+                    kind.name(),
+                    fmt_us(percentile(&v, 0.5).unwrap_or_default() as f64)
+                );
             }
             println!("{line}");
         }
@@ -1481,9 +1407,9 @@ fn main() {
 
 /// Fails the bench, with the log, if any child process has exited.
 fn check_alive(etcd: &mut Proc, proxies: &mut [(Kind, u16, Proc)]) {
-    etcd.check_alive();
+    etcd.check_alive().unwrap_or_else(|e| panic!("{e}"));
     for (_, _, p) in proxies.iter_mut() {
-        p.check_alive();
+        p.check_alive().unwrap_or_else(|e| panic!("{e}"));
     }
 }
 

@@ -195,3 +195,52 @@ async fn ten_thousand_watch_streams_are_served_measured_and_ended_when_their_cli
         "RSS {rss_open} KiB with {STREAMS} watches: over the deploy limit"
     );
 }
+
+/// Keep-alive streams end in the proxy when their clients reset them, and work while
+/// open: each relays a keep-alive of a real lease.
+#[tokio::test]
+async fn keep_alive_streams_end_when_their_clients_go() {
+    use cutover::proto::etcdserverpb::lease_client::LeaseClient;
+    use cutover::proto::etcdserverpb::LeaseKeepAliveRequest;
+    const STREAMS: usize = 500;
+    let etcd = Etcd::start().await;
+    let proxy = Proxy::start(&config(&etcd, "{}")).await;
+    let mut c = client(&proxy.endpoint).await;
+    let lease = c.lease_grant(60, None).await.unwrap().id();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", proxy.endpoint))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let opened = futures::future::join_all((0..STREAMS).map(|i| {
+        let mut l = LeaseClient::new(channel.clone());
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tx.send(LeaseKeepAliveRequest { id: lease }).await.unwrap();
+            let mut stream = l
+                .lease_keep_alive(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+                .expect("keep-alive opened")
+                .into_inner();
+            let answer = stream.message().await.expect("answer").expect("an answer");
+            assert_eq!((answer.id, answer.ttl > 0), (lease, true), "stream {i}");
+            (tx, stream)
+        }
+    }))
+    .await;
+    eventually("the proxy counts them open", Duration::from_secs(10), || async {
+        proxy
+            .metrics()
+            .await
+            .contains(&format!("cutover_open_streams{{kind=\"lease_keepalive\"}} {STREAMS}"))
+    })
+    .await;
+    drop(opened);
+    eventually("the proxy ends every stream", Duration::from_secs(20), || async {
+        proxy
+            .metrics()
+            .await
+            .contains("cutover_open_streams{kind=\"lease_keepalive\"} 0")
+    })
+    .await;
+}

@@ -2,6 +2,8 @@
 //! on 127.0.0.1, the real cutover binary, and real clients (etcdctl, the `etcd-client`
 //! crate). One test binary, one module per area.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod support;
 
 mod admin;
