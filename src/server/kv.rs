@@ -99,16 +99,7 @@ impl Kv for KvService {
         // (Outside the prefix, the write is refused anyway: no lookup for it.)
         if lease != 0 && self.ctx.router.scope().in_tenant(&p.key, b"") {
             // A key on another tenant's lease would tie the two tenants' keys together.
-            let operator = self.ctx.access.is_operator(&request);
-            super::lease::check_owner(
-                &self.ctx,
-                operator,
-                lease,
-                super::lease::Lookup::Remembered,
-                "KV",
-                "Put",
-            )
-            .await?;
+            self.check_lease_owners(&request, &[lease], "Put").await?;
         }
         self.ctx.guarded_write("KV", "Put", request).await
     }
@@ -136,23 +127,12 @@ impl Kv for KvService {
         if !leases.is_empty() {
             leases.sort_unstable();
             leases.dedup();
-            let operator = self.ctx.access.is_operator(&request);
-            for lease in leases {
-                super::lease::check_owner(
-                    &self.ctx,
-                    operator,
-                    lease,
-                    super::lease::Lookup::Remembered,
-                    "KV",
-                    "Txn",
-                )
-                .await?;
-            }
+            self.check_lease_owners(&request, &leases, "Txn").await?;
         }
         // A delete or compare over the tenant's whole prefix works as on etcd, on the
         // tenant's keys alone: the Txn is rewritten around cutover's keys, and etcd's
         // answer turned back into the one the client asked for (see `Scope::rewrite_txn`).
-        let scope = self.ctx.router.scope().clone();
+        let scope = self.ctx.router.scope();
         if scope.txn_needs_rewrite(request.get_ref()) {
             let asked = request.get_ref().clone();
             *request.get_mut() = scope.rewrite_txn(&asked);
@@ -198,6 +178,28 @@ impl Kv for KvService {
 }
 
 impl KvService {
+    /// Refuses a write that would put a key on a lease that is not the tenant's.
+    async fn check_lease_owners<T>(
+        &self,
+        request: &Request<T>,
+        leases: &[i64],
+        method: &'static str,
+    ) -> Result<(), Status> {
+        let operator = self.ctx.access.is_operator(request);
+        for &lease in leases {
+            super::lease::check_owner(
+                &self.ctx,
+                operator,
+                lease,
+                super::lease::Lookup::Remembered,
+                "KV",
+                method,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     /// A Txn, as a write or, when nothing in it writes, as a read.
     async fn txn_as_sent(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
         let t = request.get_ref();
