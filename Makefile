@@ -27,7 +27,7 @@ ETCD_BANNER = @printf '== %s against %s, %s (%s)\n' '$@' \
 	"$$(env $(ETCD_ENV) etcdctl version | head -n 1)" \
 	"$$(env $(ETCD_ENV) sh -c 'command -v etcd')"
 
-.PHONY: all deps build release demo test lint unit it soak-short e2e soak bench fmt clippy clean
+.PHONY: all deps build release demo test lint unit it soak-short e2e soak bench instructions fmt clippy clean
 .PHONY: etcd-3.4 etcd-3.5 it-3.4 it-3.5 soak-short-3.4 soak-short-3.5 e2e-3.4 e2e-3.5
 
 all: build
@@ -112,6 +112,11 @@ e2e: deps build etcd-$(CUTOVER_ETCD_VERSION)
 ## bench: latency/throughput against direct etcd and etcd's grpc-proxy.
 bench: deps
 	$(CARGO) bench --bench overhead
+
+## instructions: instructions per forwarded request (callgrind), cutover and the h2-relay.
+instructions:
+	@scripts/install-deps.sh valgrind
+	$(CARGO) bench --bench instructions
 
 fmt:
 	$(CARGO) fmt

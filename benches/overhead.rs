@@ -65,7 +65,9 @@ use std::time::{Duration, Instant};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-use common::{cutover_binary, env_parse, free_port, percentile, Proc};
+#[path = "support/relay.rs"]
+mod relay;
+use common::{bench_etcd, cutover_binary, env_parse, free_port, percentile, Proc};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Barrier};
@@ -863,9 +865,6 @@ fn pass(ok: bool) -> &'static str {
     }
 }
 
-/// Set (internally) on a copy of this program that runs as the tcp-relay target.
-const RELAY_ENV: &str = "OVERHEAD_BENCH_RELAY";
-
 fn h2_relay() -> bool {
     std::env::var("BENCH_TCP_RELAY").is_ok_and(|v| v == "h2")
 }
@@ -878,67 +877,8 @@ fn relay_label() -> &'static str {
     }
 }
 
-/// The relay target: accepts on one address and relays each connection to another, one
-/// upstream connection per client connection, on a default tokio runtime (so
-/// TOKIO_WORKER_THREADS applies as it does to cutover). The tcp-relay copies bytes and
-/// parses nothing: what it adds is the cost of one more process and loopback hop, the floor
-/// for any proxy. The h2-relay terminates HTTP/2 on both sides (see [`relay_h2`]).
-fn relay_main(spec: &str) -> ! {
-    let (listen, upstream) = spec.split_once(',').expect("LISTEN,UPSTREAM");
-    let upstream = upstream.to_string();
-    let h2 = h2_relay();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(listen).await.expect("relay bind");
-        loop {
-            let Ok((mut down, _)) = listener.accept().await else {
-                continue;
-            };
-            let upstream = upstream.clone();
-            tokio::spawn(async move {
-                let _ = down.set_nodelay(true);
-                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
-                    return;
-                };
-                let _ = up.set_nodelay(true);
-                if h2 {
-                    relay_h2(down, up).await;
-                } else {
-                    let _ = tokio::io::copy_bidirectional(&mut down, &mut up).await;
-                }
-            });
-        }
-    })
-}
-
-/// One hyper HTTP/2 server connection for the client, one hyper HTTP/2 client connection
-/// to etcd: every request (head, body, trailers) and its response are passed on as they
-/// come, parsed no further than HTTP/2.
-async fn relay_h2(down: tokio::net::TcpStream, up: tokio::net::TcpStream) {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
-    let Ok((sender, conn)) =
-        hyper::client::conn::http2::handshake::<_, _, hyper::body::Incoming>(TokioExecutor::new(), TokioIo::new(up))
-            .await
-    else {
-        return;
-    };
-    tokio::spawn(conn);
-    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let mut sender = sender.clone();
-        async move { sender.send_request(req).await }
-    });
-    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .serve_connection(TokioIo::new(down), service)
-        .await;
-}
-
 fn main() {
-    if let Ok(spec) = std::env::var(RELAY_ENV) {
-        relay_main(&spec);
-    }
+    relay::run_if_asked();
     let began = Instant::now();
     let settings = Settings::from_env();
     let with_relay = h2_relay() || env_parse("BENCH_TCP_RELAY", 0u8) != 0;
@@ -953,28 +893,7 @@ fn main() {
 
     // Declared after `dir`, so they are dropped (killed) before it is removed.
     let etcd_port = free_port();
-    let peer_port = free_port();
-    let mut etcd = {
-        let mut cmd = Command::new(&etcd_bin);
-        let client = format!("http://127.0.0.1:{etcd_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        cmd.args([
-            "--name=bench".to_string(),
-            format!("--data-dir={}", dir.path().join("etcd-data").display()),
-            format!("--listen-client-urls={client}"),
-            format!("--advertise-client-urls={client}"),
-            format!("--listen-peer-urls={peer}"),
-            format!("--initial-advertise-peer-urls={peer}"),
-            format!("--initial-cluster=bench={peer}"),
-            "--initial-cluster-state=new".to_string(),
-            "--logger=zap".to_string(),
-            "--log-level=warn".to_string(),
-            // 8 GiB: the bench writes a few hundred MB at most.
-            "--quota-backend-bytes=8589934592".to_string(),
-        ])
-        .env("ETCD_UNSUPPORTED_ARCH", "");
-        Proc::spawn("etcd", cmd, dir.path().join("etcd.log"), bound_to(pin.etcd))
-    };
+    let mut etcd = bench_etcd(&etcd_bin, etcd_port, dir.path(), bound_to(pin.etcd));
 
     // The proxies, each with the port clients use.
     let mut proxies: Vec<(Kind, u16, Proc)> = Vec::new();
@@ -1028,7 +947,14 @@ fn main() {
     if with_relay {
         let port = free_port();
         let mut cmd = Command::new(std::env::current_exe().expect("own path"));
-        cmd.env(RELAY_ENV, format!("127.0.0.1:{port},127.0.0.1:{etcd_port}"));
+        cmd.env(
+            relay::RELAY_ENV,
+            relay::spec(
+                h2_relay(),
+                &format!("127.0.0.1:{port}"),
+                &format!("127.0.0.1:{etcd_port}"),
+            ),
+        );
         proxies.push((
             Kind::TcpRelay,
             port,

@@ -3,7 +3,8 @@
 # packages: etcd 3.4 (server and etcdctl), protoc (the etcd-client test dependency
 # compiles its protos with it), curl and openssl (the end-to-end tier). Then etcd 3.5,
 # which the tiers also run against, into a private cache without installing it
-# (scripts/etcd35.sh).
+# (scripts/etcd35.sh). Extra arguments name further packages to install if the command
+# of the same name is missing (`make instructions` asks for valgrind this way).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -17,6 +18,9 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v jq >/dev/null || need+=(jq)
 # promtool checks and unit-tests deploy/prometheus-rules.yaml (tests/it/deploy.rs).
 command -v promtool >/dev/null || need+=(prometheus)
+for extra in "$@"; do
+  command -v "$extra" >/dev/null || need+=("$extra")
+done
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""

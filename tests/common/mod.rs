@@ -98,6 +98,35 @@ impl Drop for Proc {
     }
 }
 
+/// A single-member etcd (`bin`) for a bench, its client URL on loopback port `port`, its
+/// data and log in `dir`; `setup` runs in the child before exec (see [`spawn_logged`]).
+pub fn bench_etcd(
+    bin: &str,
+    port: u16,
+    dir: &Path,
+    setup: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+) -> Proc {
+    let client = format!("http://127.0.0.1:{port}");
+    let peer = format!("http://127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(bin);
+    cmd.args([
+        "--name=bench".to_string(),
+        format!("--data-dir={}", dir.join("etcd-data").display()),
+        format!("--listen-client-urls={client}"),
+        format!("--advertise-client-urls={client}"),
+        format!("--listen-peer-urls={peer}"),
+        format!("--initial-advertise-peer-urls={peer}"),
+        format!("--initial-cluster=bench={peer}"),
+        "--initial-cluster-state=new".to_string(),
+        "--logger=zap".to_string(),
+        "--log-level=warn".to_string(),
+        // 8 GiB: a bench writes a few hundred MB at most.
+        "--quota-backend-bytes=8589934592".to_string(),
+    ])
+    .env("ETCD_UNSUPPORTED_ARCH", "");
+    Proc::spawn("etcd", cmd, dir.join("etcd.log"), setup)
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
