@@ -47,6 +47,8 @@ pub enum Failure {
     FenceTimeout(Duration),
     #[error("verification: {0}")]
     Verify(#[from] VerifyError),
+    #[error("the migration's lease expired on the source (its refreshes did not reach it in time): the lock and any fence went with it; the tenant stays on the source")]
+    LeaseLost,
     #[error("the fence was lost before the commit (the migration's lease expired?): the source holds {0:?}")]
     FenceLost(String),
     #[error("translation record: {0}")]

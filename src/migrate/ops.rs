@@ -242,8 +242,12 @@ pub async fn hold_leases(ds: Arc<Datastore>, ids: Vec<i64>) -> Result<AbortOnDro
         AbortOnDropHandle::new(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                if let Err(e) = refresh(&ds, &ids).await {
-                    tracing::warn!(error = %e, "could not hold the tenant's leases on the fenced source");
+                match tokio::time::timeout(Duration::from_millis(500), refresh(&ds, &ids)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::warn!(error = %e, "could not hold the tenant's leases on the fenced source"),
+                    Err(_) => {
+                        tracing::warn!("a refresh of the tenant's leases on the fenced source did not answer in time")
+                    }
                 }
             }
         }))
@@ -261,17 +265,42 @@ pub async fn hold_leases(ds: Arc<Datastore>, ids: Vec<i64>) -> Result<AbortOnDro
     Ok(holder)
 }
 
-/// Keeps the migration's lease alive until the returned handle is dropped.
-pub fn keep_alive(ds: Arc<Datastore>, id: i64, ttl: i64) -> AbortOnDropHandle<()> {
-    AbortOnDropHandle::new(tokio::spawn(async move {
+/// The migration's lease kept alive, until this is dropped.
+pub struct KeptLease {
+    /// Turns true, once and for good, when the source says the lease is gone: the lock
+    /// and any fence bound to it are gone with it.
+    pub lost: tokio::sync::watch::Receiver<bool>,
+    _task: AbortOnDropHandle<()>,
+}
+
+/// Keeps the migration's lease alive, refreshing it three times per TTL. A refresh that
+/// has not answered by the next one is given up (a stalled stream must not starve the
+/// lease); a refresh the source answers with the lease gone ends the keeper and says so.
+pub fn keep_alive(ds: Arc<Datastore>, id: i64, ttl: i64) -> KeptLease {
+    let (lost, watch_lost) = tokio::sync::watch::channel(false);
+    let task = AbortOnDropHandle::new(tokio::spawn(async move {
         let every = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
         loop {
             tokio::time::sleep(every).await;
-            if let Err(e) = refresh(&ds, &[id]).await {
-                tracing::warn!(error = %e, "could not refresh the migration's lease");
+            match tokio::time::timeout(every, refresh(&ds, &[id])).await {
+                Ok(Ok(gone)) if gone.contains(&id) => {
+                    tracing::error!(
+                        lease = id,
+                        "the migration's lease is gone from the source; its lock and fence went with it"
+                    );
+                    let _ = lost.send(true);
+                    return;
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(error = %e, "could not refresh the migration's lease"),
+                Err(_) => tracing::warn!(waited = ?every, "a refresh of the migration's lease did not answer in time"),
             }
         }
-    }))
+    }));
+    KeptLease {
+        lost: watch_lost,
+        _task: task,
+    }
 }
 
 /// While the migration runs, keeps the target's copies of the tenant's leases alive
@@ -289,8 +318,10 @@ pub fn mirror_leases(source: Arc<Datastore>, link: Arc<MigrationLink>) -> tokio:
                 Ok(ids) => pairs.iter().filter(|(s, _)| ids.contains(s)).map(|(_, t)| *t).collect(),
                 Err(_) => continue,
             };
-            if let Err(e) = refresh(&link.target, &alive).await {
-                tracing::debug!(error = %e, "could not refresh the target's leases");
+            match tokio::time::timeout(Duration::from_secs(1), refresh(&link.target, &alive)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "could not refresh the target's leases"),
+                Err(_) => tracing::debug!("a refresh of the target's leases did not answer in time"),
             }
         }
     })

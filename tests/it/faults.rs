@@ -888,3 +888,46 @@ async fn a_proxy_starting_while_the_tenant_moves_back_finds_its_home() {
         .unwrap();
     assert_eq!(a_marker.count(), 0, "A's stale marker was removed");
 }
+
+/// The migration's lease dropped by the source while the migration runs (its refreshes
+/// lost, or revoked by an operator): the lock and any fence are gone, so another replica
+/// may start a migration. The migration must fail then, with that reason, and not carry
+/// on (paused here at the start of its catch-up, it would wait for ever) until a write
+/// bound to the dead lease is refused.
+#[tokio::test]
+async fn a_migration_whose_lease_is_gone_fails_at_once_and_says_why() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let config = two_stores(&a, &b, "migration: {leaseTTL: 2s}\n");
+    let proxy = Proxy::start(&config).await;
+    let mut c = client(&proxy.endpoint).await;
+    seed_with_history(&mut c, 10).await;
+    proxy.failpoint("migrate.catching_up", "return(pause)").await;
+    let (code, body) = proxy
+        .admin_post("/v1/migrations", serde_json::json!({ "to": "dedicated" }))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    proxy.wait_paused("migrate.catching_up").await;
+
+    let mut direct = client(&a.endpoint).await;
+    let lock = direct.get(format!("{TENANT}\0cutover/lock"), None).await.unwrap();
+    let lease = lock.kvs().first().map(|kv| kv.lease()).expect("the migration's lock");
+    assert_ne!(lease, 0, "the lock is bound to the migration's lease");
+    direct.lease_revoke(lease).await.unwrap();
+
+    // Still paused at the failpoint: only the lease's loss can end it.
+    let view = crate::migrate::wait_end(&proxy).await;
+    assert_eq!(view["outcome"], "Failed", "{view}");
+    let error = view["error"].as_str().unwrap_or_default();
+    assert!(error.contains("lease expired"), "{view}");
+    // The partial copy was cleared from the target, and the source serves on.
+    let left = client(&b.endpoint)
+        .await
+        .get(TENANT, Some(GetOptions::new().with_prefix().with_count_only()))
+        .await
+        .unwrap();
+    assert_eq!(left.count(), 0, "the target keeps nothing of the failed copy");
+    let put = c.put(format!("{TENANT}configmaps/ns/after"), "v", None).await;
+    assert!(put.is_ok(), "{put:?}");
+    assert_eq!(proxy.status().await["dataStore"], "default");
+}

@@ -60,7 +60,7 @@ struct Follower {
 /// The migration's lease on the source (lock and fence are bound to it) and its keeper.
 struct MigrationLease {
     id: i64,
-    _keeper: AbortOnDropHandle<()>,
+    keeper: crate::migrate::ops::KeptLease,
 }
 
 /// The fence this migration wrote, and when.
@@ -287,6 +287,29 @@ impl Job {
     }
 }
 
+impl Job {
+    /// Whether the migration's lease is gone (never, before Preparing granted it).
+    fn lease_lost(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.lease.as_ref().map(|l| l.keeper.lost.clone())
+    }
+}
+
+/// Runs `step` while the migration's lease lives: once the source has dropped it, the
+/// lock is gone (another replica may start a migration) and so is any fence, so the
+/// migration fails at once instead of finding out at its next write.
+async fn while_leased<T>(
+    lost: Option<tokio::sync::watch::Receiver<bool>>,
+    step: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    let Some(mut lost) = lost else {
+        return step.await;
+    };
+    tokio::select! {
+        r = step => r,
+        _ = lost.wait_for(|gone| *gone) => Err(Failure::LeaseLost),
+    }
+}
+
 impl Steps for Job {
     fn entered(&mut self, phase: Phase) {
         tracing::info!(migration = %self.id, phase = phase.as_str(), "migration phase");
@@ -302,17 +325,26 @@ impl Steps for Job {
     }
 
     async fn copy(&mut self) -> Result<(), Failure> {
-        crate::failpoint!("migrate.copying")?;
-        copying::run(self).await
+        let lost = self.lease_lost();
+        while_leased(lost, async {
+            crate::failpoint!("migrate.copying")?;
+            copying::run(self).await
+        })
+        .await
     }
 
     async fn catch_up(&mut self) -> Result<(), Failure> {
-        crate::failpoint!("migrate.catching_up")?;
-        catching_up::run(self).await
+        let lost = self.lease_lost();
+        while_leased(lost, async {
+            crate::failpoint!("migrate.catching_up")?;
+            catching_up::run(self).await
+        })
+        .await
     }
 
     async fn fence(&mut self) -> Result<(), Failure> {
-        fenced::run(self).await
+        let lost = self.lease_lost();
+        while_leased(lost, fenced::run(self)).await
     }
 
     async fn commit(&mut self) -> Result<(), Failure> {

@@ -47,7 +47,7 @@ pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
     let lease = ops::grant(&s.source, ttl).await.map_err(on("source"))?;
     job.lease = Some(MigrationLease {
         id: lease,
-        _keeper: ops::keep_alive(s.source.clone(), lease, ttl),
+        keeper: ops::keep_alive(s.source.clone(), lease, ttl),
     });
     let lock = Marker::Lock {
         migration: job.id.clone(),
