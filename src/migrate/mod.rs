@@ -297,8 +297,11 @@ impl Migrator {
         let (abort_tx, abort_rx) = watch::channel(false);
         *slot = Some((id.clone(), abort_tx));
         *self.lock_value.lock() = None;
-        drop(slot);
+        // Installed before the slot is released: the status follower, which shows other
+        // replicas' migrations, checks the slot under the same lock before it replaces
+        // the view.
         self.set_phase_and(Phase::Preparing, |m| *m = Some(view.clone()));
+        drop(slot);
         tracing::info!(migration = %id, from = %view.from, to = %to, overwrite, trigger, "migration started");
         let job = phase::Job::new(Arc::clone(self), id, route, to, overwrite);
         let me = Arc::clone(self);

@@ -70,7 +70,9 @@ impl Migrator {
     pub fn spawn_status_follower(self: &Arc<Self>) {
         let me = Arc::clone(self);
         self.tasks.spawn(async move {
-            let mut lock_gone_since: Option<tokio::time::Instant> = None;
+            // Since when the lock has been seen without the running migration's marker, and
+            // for which migration (a view of another one starts the wait again).
+            let mut lock_gone_since: Option<(String, tokio::time::Instant)> = None;
             loop {
                 tokio::time::sleep(FOLLOW_EVERY).await;
                 if me.leading() {
@@ -91,6 +93,9 @@ impl Migrator {
                     match me.leader_lost(&ds, &view, &mut lock_gone_since).await {
                         Some(failed) => {
                             me.record_leader_lost(&ds, raw, &failed).await;
+                            // Where a test holds this replica between reading another's
+                            // view and showing it (a migration may start here meanwhile).
+                            let _ = crate::failpoint!("migrate.status.adopt");
                             failed
                         }
                         None => view,
@@ -104,6 +109,13 @@ impl Migrator {
                 } else {
                     Phase::Ready
                 };
+                // The reads above take time, and a migration may have started here since:
+                // its view is the one to show. Checked and replaced under the lock `start`
+                // holds while it installs its view, so neither can overwrite the other.
+                let running_here = me.abort.lock();
+                if running_here.is_some() {
+                    continue;
+                }
                 let current = me.snapshot();
                 if current.migration.as_ref() != Some(&view) || current.phase != phase {
                     me.state.send_replace(Snapshot {
@@ -111,6 +123,7 @@ impl Migrator {
                         migration: Some(view),
                     });
                 }
+                drop(running_here);
             }
         });
     }
@@ -118,6 +131,10 @@ impl Migrator {
     /// A leader that died right after its commit marker never wrote its final view; a
     /// replica that followed the marker to the target says how it ended.
     fn ended_by_following_the_commit(&self) -> bool {
+        let running_here = self.abort.lock();
+        if running_here.is_some() {
+            return false;
+        }
         let route = self.router.route();
         let current = self.snapshot();
         let Some(m) = current.migration.as_ref() else {
@@ -165,7 +182,7 @@ impl Migrator {
         &self,
         ds: &Datastore,
         view: &MigrationView,
-        gone_since: &mut Option<tokio::time::Instant>,
+        gone_since: &mut Option<(String, tokio::time::Instant)>,
     ) -> Option<MigrationView> {
         let lock = marker::lock_key(&self.router.fence().tenant_prefix);
         match marker::read_key(ds, &lock).await {
@@ -176,8 +193,13 @@ impl Migrator {
             Ok(_) => {}
             Err(_) => return None,
         }
-        let since = *gone_since.get_or_insert_with(tokio::time::Instant::now);
-        if since.elapsed() < LEADER_GRACE {
+        if gone_since.as_ref().is_none_or(|(id, _)| *id != view.id) {
+            *gone_since = Some((view.id.clone(), tokio::time::Instant::now()));
+        }
+        if gone_since
+            .as_ref()
+            .is_some_and(|(_, since)| since.elapsed() < LEADER_GRACE)
+        {
             return None;
         }
         // A commit is followed by the marker watcher; it is not a failure.

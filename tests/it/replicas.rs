@@ -398,15 +398,21 @@ async fn killing_the_leading_replica_before_the_commit_marker_leaves_all_three_o
     // copies linger on the target.
     let l = phases.len() % 3;
     let leader = &fleet.proxies[l];
+    let started = std::sync::Mutex::new(serde_json::Value::Null);
     eventually("a new migration can start", Duration::from_secs(20), || async {
-        leader
+        let (code, body) = leader
             .admin_post("/v1/migrations", json!({"to": "dedicated", "overwrite": true}))
-            .await
-            .0
-            == 202
+            .await;
+        *started.lock().unwrap() = body;
+        code == 202
     })
     .await;
+    let started = started.into_inner().unwrap();
     let view = wait_end(leader).await;
+    assert_eq!(
+        view["id"], started["id"],
+        "the leader shows the migration it started: {view}"
+    );
     assert_eq!(view["outcome"], "Succeeded", "{view}");
     fleet.all_on("dedicated").await;
     fleet.end_on_target(&a).await;
@@ -964,4 +970,47 @@ async fn a_migration_refused_at_the_lock_does_not_hide_the_one_that_holds_it() {
     p[0].release(phase_point("Copying")).await;
     let view = wait_end(&p[0]).await;
     assert_eq!(view["outcome"], "Succeeded", "{view}");
+}
+
+/// A replica that finds another's migration orphaned (its leader died, the lock expired)
+/// records it as failed and shows it; if a migration starts on that replica meanwhile,
+/// the replica shows its own, not the dead one's end. Held at `migrate.status.adopt`
+/// between reading the orphan and showing it, the replica is asked to migrate: before the
+/// fix, its status then showed the dead leader's "leader lost" (phase Ready) while its own
+/// migration ran and committed.
+#[tokio::test]
+async fn a_migration_started_while_another_is_found_orphaned_shows_its_own_view() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let config = two_stores(&a, &b, KILLABLE);
+    let mut first = Proxy::start(&config).await;
+    let second = Proxy::start(&config).await;
+    crate::migrate::seed_with_history(&mut client(&first.endpoint).await, 10).await;
+
+    stop_in(&first, "CatchingUp").await;
+    let (code, body) = first.admin_post("/v1/migrations", json!({"to": "dedicated"})).await;
+    assert_eq!(code, 202, "{body}");
+    first.wait_paused(phase_point("CatchingUp")).await;
+    eventually(
+        "the second replica shows the first one's migration",
+        Duration::from_secs(10),
+        || async { second.status().await["migration"]["id"] == body["id"] },
+    )
+    .await;
+    second.failpoint("migrate.status.adopt", "return(pause)").await;
+    first.kill();
+    // The lock expires with the dead leader's lease; the second replica records the end.
+    second.wait_paused("migrate.status.adopt").await;
+    let (code, mine) = second
+        .admin_post("/v1/migrations", json!({"to": "dedicated", "overwrite": true}))
+        .await;
+    assert_eq!(code, 202, "{mine}");
+    second.release("migrate.status.adopt").await;
+    let view = wait_end(&second).await;
+    assert_eq!(
+        view["id"], mine["id"],
+        "the replica shows the migration it runs: {view}"
+    );
+    assert_eq!(view["outcome"], "Succeeded", "{view}");
+    assert_eq!(second.status().await["dataStore"], "dedicated");
 }
