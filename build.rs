@@ -1,4 +1,5 @@
-//! Compiles the hand-written etcd v3 protocol in proto/ into Rust.
+//! Compiles the hand-written etcd v3 protocol in proto/ (and cutover's own persisted
+//! record, proto/cutover/) into Rust.
 //! protox parses the .proto files in-process, so building the crate needs no protoc.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -6,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/etcdserverpb/rpc.proto",
         "proto/mvccpb/kv.proto",
         "proto/authpb/auth.proto",
+        "proto/cutover/record.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

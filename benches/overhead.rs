@@ -44,6 +44,8 @@
 //!   relay terminate HTTP/2 on both sides (hyper server and client, frames re-sent
 //!   unchanged, no gRPC or protobuf work): the floor for a proxy that routes requests.
 //!
+//! * `BENCH_UDS=1`: clients reach cutover over a unix socket instead of TCP (cutover
+//!   still reaches etcd over TCP; the other targets are unchanged);
 //! * `BENCH_CUTOVER_ENV="K=V ..."`: extra environment for the cutover process only, e.g.
 //!   `BENCH_CUTOVER_ENV=TOKIO_WORKER_THREADS=1`;
 //! * `BENCH_PIN="etcd=0;client=0;proxy=1"`: bind etcd, this program and the proxies to CPU
@@ -426,13 +428,31 @@ async fn connect_ready(what: &str, addr: &str) -> (Channel, u64) {
     let mut last;
     loop {
         let attempt = async {
-            let channel = Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| e.to_string())?
-                .tcp_nodelay(true)
-                .connect_timeout(Duration::from_secs(2))
-                .connect()
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
+            let channel = match addr.strip_prefix("unix:") {
+                Some(path) => {
+                    let path = std::path::PathBuf::from(path);
+                    Endpoint::from_static("http://localhost")
+                        .connect_timeout(Duration::from_secs(2))
+                        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                            let path = path.clone();
+                            async move {
+                                tokio::net::UnixStream::connect(path)
+                                    .await
+                                    .map(hyper_util::rt::TokioIo::new)
+                            }
+                        }))
+                        .await
+                }
+                None => {
+                    Endpoint::from_shared(format!("http://{addr}"))
+                        .map_err(|e| e.to_string())?
+                        .tcp_nodelay(true)
+                        .connect_timeout(Duration::from_secs(2))
+                        .connect()
+                        .await
+                }
+            }
+            .map_err(|e| format!("connect: {e}"))?;
             let resp = KvClient::new(channel.clone())
                 .range(RangeRequest {
                     key: Bytes::from_static(b"/registry/bench/ready"),
@@ -890,6 +910,9 @@ fn main() {
         .tempdir()
         .expect("temp dir");
     let pin = Pinning::from_env();
+    // BENCH_UDS=1: clients reach cutover over a unix socket (cutover still reaches etcd
+    // over TCP), as a sidecar's apiserver can.
+    let cutover_socket = (env_parse("BENCH_UDS", 0u8) != 0).then(|| dir.path().join("cutover.sock"));
 
     // Declared after `dir`, so they are dropped (killed) before it is removed.
     let etcd_port = free_port();
@@ -924,10 +947,14 @@ fn main() {
         let port = free_port();
         let admin_port = free_port();
         let config = dir.path().join("cutover.yaml");
+        let listen = match &cutover_socket {
+            Some(path) => format!("unix://{}", path.display()),
+            None => format!("127.0.0.1:{port}"),
+        };
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{port}\nadmin:\n  listen: 127.0.0.1:{admin_port}\n\
+                "listen: {listen}\nadmin:\n  listen: 127.0.0.1:{admin_port}\n\
                  dataStore: bench\ndataStores:\n  bench:\n    endpoints: [\"127.0.0.1:{etcd_port}\"]\n\
                  log:\n  level: warn\n"
             ),
@@ -987,7 +1014,10 @@ fn main() {
         let mut targets = Vec::new();
         let mut clusters = Vec::new();
         for &(kind, port) in &endpoints {
-            let addr = format!("127.0.0.1:{port}");
+            let addr = match (&cutover_socket, kind) {
+                (Some(path), Kind::Cutover) => format!("unix:{}", path.display()),
+                _ => format!("127.0.0.1:{port}"),
+            };
             let (channel, cluster) = connect_ready(kind.name(), &addr).await;
             clusters.push(cluster);
             targets.push(Target { kind, addr, channel });

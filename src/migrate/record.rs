@@ -2,18 +2,25 @@
 //! that any proxy that starts (or restarts) on the target serves the same revisions.
 //!
 //! Layout under `<prefix>\0cutover/translation/`:
-//! - `keys/<n>`: the key map K in chunks (each well under etcd's request limit);
-//! - `params`: S and L as JSON, written last: its mod_revision is T, which makes T greater
-//!   than every copied change and every chunk, as the translation requires.
+//! - `keys/<n>`, then `keys/delta/<n>`: the key map K in chunks (each well under etcd's
+//!   request limit), protobuf `KeyMapChunk` messages (proto/cutover/record.proto);
+//! - `params`: S, L, the chunk count and the chunks' format as JSON, written last: its
+//!   mod_revision is T, which makes T greater than every copied change and every chunk,
+//!   as the translation requires.
+//!
+//! Records written before the protobuf chunks (format 1, params without `format`) held
+//! hand-encoded varint records; they are still read, never written.
 
 use std::collections::HashMap;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
+use prost::Message;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ProxyError;
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::{PutRequest, RangeRequest};
+use crate::proto::record::{KeyEntry, KeyMapChunk};
 use crate::route::fence::reserved_prefix;
 use crate::route::revision::{CopiedKey, Translation};
 use crate::upstream::client;
@@ -21,6 +28,11 @@ use crate::upstream::{own_request, Datastore, Retry};
 
 /// Bytes of K per chunk: far below etcd's default 1.5 MiB request limit.
 const CHUNK_BYTES: usize = 512 * 1024;
+
+/// The chunks' format written now: protobuf `KeyMapChunk`s.
+const FORMAT: u32 = 2;
+/// Hand-encoded varint records, before the protobuf chunks (read only).
+const FORMAT_VARINT: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
@@ -38,6 +50,13 @@ struct Params {
     /// Leases that got a new ID on the target: (source ID, target ID).
     #[serde(default)]
     leases: Vec<(i64, i64)>,
+    /// How the chunks are encoded; absent in records of format 1.
+    #[serde(default = "varint_format")]
+    format: u32,
+}
+
+fn varint_format() -> u32 {
+    FORMAT_VARINT
 }
 
 fn record_prefix(tenant_prefix: &[u8]) -> Bytes {
@@ -46,95 +65,120 @@ fn record_prefix(tenant_prefix: &[u8]) -> Bytes {
     b.freeze()
 }
 
-fn put_varint(buf: &mut BytesMut, v: u64) {
-    prost::encoding::encode_varint(v, buf);
-}
-
-fn put_signed(buf: &mut BytesMut, v: i64) {
-    // Zigzag keeps small negative numbers small.
-    put_varint(buf, ((v << 1) ^ (v >> 63)) as u64);
-}
-
-fn get_varint(buf: &mut Bytes) -> Result<u64, RecordError> {
-    prost::encoding::decode_varint(buf).map_err(|e| RecordError::Damaged(e.to_string()))
-}
-
-fn get_signed(buf: &mut Bytes) -> Result<i64, RecordError> {
-    let v = get_varint(buf)?;
-    Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
-}
-
-/// K as chunks of (key length, key, six revisions) records.
+/// K as chunks, in key order.
 pub fn encode_keys(keys: &HashMap<Bytes, CopiedKey>) -> Vec<Bytes> {
     let mut sorted: Vec<_> = keys.iter().map(|(k, v)| (k, Some(*v))).collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     encode_entries(sorted)
 }
 
-/// Entries of K in chunks; `None` is a key that left K (all six revisions 0: a real
-/// entry never has a target create_revision of 0).
+/// Entries of K in chunks; `None` is a key that left K.
 fn encode_entries<'a>(entries: impl IntoIterator<Item = (&'a Bytes, Option<CopiedKey>)>) -> Vec<Bytes> {
     let mut chunks = Vec::new();
-    let mut cur = BytesMut::new();
-    let removed = CopiedKey {
-        target_create: 0,
-        target_mod: 0,
-        target_version: 0,
-        source_create: 0,
-        source_mod: 0,
-        source_version: 0,
+    let mut cur = KeyMapChunk {
+        format: FORMAT,
+        entries: Vec::new(),
     };
+    let mut size = 0;
     for (key, k) in entries {
-        let k = k.unwrap_or(removed);
-        put_varint(&mut cur, key.len() as u64);
-        cur.put_slice(key);
-        for v in [
-            k.target_create,
-            k.target_mod,
-            k.target_version,
-            k.source_create,
-            k.source_mod,
-            k.source_version,
-        ] {
-            put_signed(&mut cur, v);
-        }
-        if cur.len() >= CHUNK_BYTES {
-            chunks.push(cur.split().freeze());
+        let entry = match k {
+            Some(k) => KeyEntry {
+                key: key.clone(),
+                target_create: k.target_create,
+                target_mod: k.target_mod,
+                target_version: k.target_version,
+                source_create: k.source_create,
+                source_mod: k.source_mod,
+                source_version: k.source_version,
+            },
+            None => KeyEntry {
+                key: key.clone(),
+                ..Default::default()
+            },
+        };
+        size += entry.encoded_len() + 4;
+        cur.entries.push(entry);
+        if size >= CHUNK_BYTES {
+            chunks.push(Bytes::from(cur.encode_to_vec()));
+            cur.entries.clear();
+            size = 0;
         }
     }
-    if !cur.is_empty() {
-        chunks.push(cur.freeze());
+    if !cur.entries.is_empty() {
+        chunks.push(Bytes::from(cur.encode_to_vec()));
     }
     chunks
 }
 
-pub fn decode_keys(chunk: Bytes, into: &mut HashMap<Bytes, CopiedKey>) -> Result<(), RecordError> {
+/// Applies one chunk of K, written in `format`, to `into`.
+pub fn decode_keys(chunk: Bytes, format: u32, into: &mut HashMap<Bytes, CopiedKey>) -> Result<(), RecordError> {
+    match format {
+        FORMAT => {
+            let chunk = KeyMapChunk::decode(chunk).map_err(|e| RecordError::Damaged(e.to_string()))?;
+            if chunk.format != FORMAT {
+                return Err(RecordError::Damaged(format!(
+                    "a chunk of format {} in a record of format {FORMAT}",
+                    chunk.format
+                )));
+            }
+            for e in chunk.entries {
+                apply(
+                    into,
+                    e.key,
+                    [
+                        e.target_create,
+                        e.target_mod,
+                        e.target_version,
+                        e.source_create,
+                        e.source_mod,
+                        e.source_version,
+                    ],
+                );
+            }
+            Ok(())
+        }
+        FORMAT_VARINT => decode_varint_chunk(chunk, into),
+        other => Err(RecordError::Damaged(format!(
+            "the key map is in format {other}, which this cutover does not know (a newer one wrote it)"
+        ))),
+    }
+}
+
+/// One entry: the six revisions, or a removal (a target create_revision of 0).
+fn apply(into: &mut HashMap<Bytes, CopiedKey>, key: Bytes, v: [i64; 6]) {
+    if v[0] == 0 {
+        into.remove(&key);
+        return;
+    }
+    into.insert(
+        key,
+        CopiedKey {
+            target_create: v[0],
+            target_mod: v[1],
+            target_version: v[2],
+            source_create: v[3],
+            source_mod: v[4],
+            source_version: v[5],
+        },
+    );
+}
+
+/// A chunk of format 1: (varint key length, key, six zigzag varints) records.
+fn decode_varint_chunk(chunk: Bytes, into: &mut HashMap<Bytes, CopiedKey>) -> Result<(), RecordError> {
+    let varint = |buf: &mut Bytes| prost::encoding::decode_varint(buf).map_err(|e| RecordError::Damaged(e.to_string()));
     let mut buf = chunk;
     while buf.has_remaining() {
-        let len = get_varint(&mut buf)? as usize;
+        let len = varint(&mut buf)? as usize;
         if len > buf.remaining() {
             return Err(RecordError::Damaged("a key runs past the end of its chunk".into()));
         }
         let key = buf.split_to(len);
         let mut v = [0i64; 6];
         for slot in &mut v {
-            *slot = get_signed(&mut buf)?;
+            let z = varint(&mut buf)?;
+            *slot = ((z >> 1) as i64) ^ -((z & 1) as i64);
         }
-        if v[0] == 0 {
-            into.remove(&key);
-            continue;
-        }
-        into.insert(
-            key,
-            CopiedKey {
-                target_create: v[0],
-                target_mod: v[1],
-                target_version: v[2],
-                source_create: v[3],
-                source_mod: v[4],
-                source_version: v[5],
-            },
-        );
+        apply(into, key, v);
     }
     Ok(())
 }
@@ -211,6 +255,7 @@ pub async fn persist_final(
         l,
         chunks: base_chunks + delta.len() as u32,
         leases: leases.iter().filter(|(s, t)| s != t).map(|(s, t)| (*s, *t)).collect(),
+        format: FORMAT,
     };
     let json = serde_json::to_vec(&params).map_err(|e| RecordError::Damaged(e.to_string()))?;
     let mut key = BytesMut::from(&base[..]);
@@ -243,7 +288,7 @@ pub async fn load(target: &Datastore, tenant_prefix: &[u8]) -> Result<Option<Tra
     let mut seen = 0u32;
     for kv in &resp.kvs {
         if kv.key.starts_with(&[&base[..], b"keys/"].concat()) {
-            decode_keys(kv.value.clone(), &mut keys)?;
+            decode_keys(kv.value.clone(), params.format, &mut keys)?;
             seen += 1;
         }
     }
@@ -292,7 +337,7 @@ mod tests {
         assert!(chunks.iter().all(|c| c.len() < CHUNK_BYTES + 1024));
         let mut back = HashMap::new();
         for c in chunks {
-            decode_keys(c, &mut back).unwrap();
+            decode_keys(c, FORMAT, &mut back).unwrap();
         }
         assert_eq!(back, keys);
     }
@@ -302,7 +347,7 @@ mod tests {
         let mut keys = sample(3);
         let mut back = HashMap::new();
         for c in encode_keys(&keys) {
-            decode_keys(c, &mut back).unwrap();
+            decode_keys(c, FORMAT, &mut back).unwrap();
         }
         let gone = Bytes::from("/registry/pods/ns/pod-000001");
         let changed = Bytes::from("/registry/pods/ns/pod-000002");
@@ -310,7 +355,7 @@ mod tests {
         keys.get_mut(&changed).unwrap().target_mod += 5;
         let delta = [gone.clone(), changed.clone()];
         for c in encode_entries(delta.iter().map(|k| (k, keys.get(k).copied()))) {
-            decode_keys(c, &mut back).unwrap();
+            decode_keys(c, FORMAT, &mut back).unwrap();
         }
         assert_eq!(back, keys);
     }
@@ -320,14 +365,52 @@ mod tests {
         let chunk = encode_keys(&sample(3)).remove(0);
         for cut in 0..chunk.len() {
             let mut into = HashMap::new();
-            let _ = decode_keys(chunk.slice(..cut), &mut into);
+            let _ = decode_keys(chunk.slice(..cut), FORMAT, &mut into);
+            let _ = decode_keys(chunk.slice(..cut), FORMAT_VARINT, &mut into);
         }
         let mut into = HashMap::new();
-        assert!(decode_keys(
-            Bytes::from_static(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff"),
-            &mut into
-        )
-        .is_err());
-        assert!(decode_keys(Bytes::from_static(b"\x10ab"), &mut into).is_err());
+        let garbage = Bytes::from_static(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff");
+        assert!(decode_keys(garbage.clone(), FORMAT, &mut into).is_err());
+        assert!(decode_keys(garbage, FORMAT_VARINT, &mut into).is_err());
+        assert!(decode_keys(Bytes::from_static(b"\x10ab"), FORMAT_VARINT, &mut into).is_err());
+    }
+
+    #[test]
+    fn a_record_of_format_1_is_still_read() {
+        // Params without "format", and one chunk as cutover wrote it before the protobuf
+        // chunks: key length 3, "/ab", then zigzag varints 10, 20, 1, 100, 200, 3.
+        let params: Params = serde_json::from_str(r#"{"s":1000,"l":0,"chunks":1}"#).unwrap();
+        assert_eq!(params.format, FORMAT_VARINT);
+        let chunk = Bytes::from_static(b"\x03/ab\x14\x28\x02\xc8\x01\x90\x03\x06");
+        let mut keys = HashMap::new();
+        decode_keys(chunk, params.format, &mut keys).unwrap();
+        assert_eq!(
+            keys.get(&Bytes::from_static(b"/ab")),
+            Some(&CopiedKey {
+                target_create: 10,
+                target_mod: 20,
+                target_version: 1,
+                source_create: 100,
+                source_mod: 200,
+                source_version: 3,
+            })
+        );
+    }
+
+    #[test]
+    fn a_format_this_cutover_does_not_know_is_refused() {
+        let chunk = encode_keys(&sample(2)).remove(0);
+        let mut into = HashMap::new();
+        let err = decode_keys(chunk, 3, &mut into).unwrap_err();
+        assert!(err.to_string().contains("format 3"), "{err}");
+        // A chunk that says another format than its record is damaged.
+        let other = Bytes::from(
+            KeyMapChunk {
+                format: 7,
+                entries: vec![],
+            }
+            .encode_to_vec(),
+        );
+        assert!(decode_keys(other, FORMAT, &mut into).is_err());
     }
 }
