@@ -89,7 +89,7 @@ use common::{cutover_binary, env_parse, free_port, percentile, Proc};
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use cutover::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cutover::proto::etcdserverpb::kv_client::KvClient;
@@ -257,13 +257,7 @@ async fn connect_ready(what: &str, addr: &str) -> Channel {
     let mut last;
     loop {
         let attempt = async {
-            let channel = Endpoint::from_shared(format!("http://{addr}"))
-                .map_err(|e| e.to_string())?
-                .tcp_nodelay(true)
-                .connect_timeout(Duration::from_secs(2))
-                .connect()
-                .await
-                .map_err(|e| format!("connect: {e}"))?;
+            let channel = common::connect_channel(addr).await?;
             KvClient::new(channel.clone())
                 .range(RangeRequest {
                     key: Bytes::from_static(b"/registry/bench-ready"),

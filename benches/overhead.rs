@@ -69,12 +69,12 @@ use std::time::{Duration, Instant};
 mod common;
 #[path = "support/relay.rs"]
 mod relay;
-use common::{bench_etcd, cutover_binary, env_parse, free_port, percentile, Proc};
+use common::{bench_etcd, connect_channel, cutover_binary, env_parse, free_port, percentile, Proc};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Barrier};
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use cutover::proto::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use cutover::proto::etcdserverpb::kv_client::KvClient;
@@ -428,31 +428,7 @@ async fn connect_ready(what: &str, addr: &str) -> (Channel, u64) {
     let mut last;
     loop {
         let attempt = async {
-            let channel = match addr.strip_prefix("unix:") {
-                Some(path) => {
-                    let path = std::path::PathBuf::from(path);
-                    Endpoint::from_static("http://localhost")
-                        .connect_timeout(Duration::from_secs(2))
-                        .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
-                            let path = path.clone();
-                            async move {
-                                tokio::net::UnixStream::connect(path)
-                                    .await
-                                    .map(hyper_util::rt::TokioIo::new)
-                            }
-                        }))
-                        .await
-                }
-                None => {
-                    Endpoint::from_shared(format!("http://{addr}"))
-                        .map_err(|e| e.to_string())?
-                        .tcp_nodelay(true)
-                        .connect_timeout(Duration::from_secs(2))
-                        .connect()
-                        .await
-                }
-            }
-            .map_err(|e| format!("connect: {e}"))?;
+            let channel = connect_channel(addr).await?;
             let resp = KvClient::new(channel.clone())
                 .range(RangeRequest {
                     key: Bytes::from_static(b"/registry/bench/ready"),

@@ -127,6 +127,37 @@ pub fn bench_etcd(
     Proc::spawn("etcd", cmd, dir.join("etcd.log"), setup)
 }
 
+/// One HTTP/2 channel to `addr`: `host:port`, or `unix:/path` for a unix socket.
+pub async fn connect_channel(addr: &str) -> Result<tonic::transport::Channel, String> {
+    use tonic::transport::Endpoint;
+    let timeout = std::time::Duration::from_secs(2);
+    match addr.strip_prefix("unix:") {
+        Some(path) => {
+            let path = PathBuf::from(path);
+            Endpoint::from_static("http://localhost")
+                .connect_timeout(timeout)
+                .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                    let path = path.clone();
+                    async move {
+                        tokio::net::UnixStream::connect(path)
+                            .await
+                            .map(hyper_util::rt::TokioIo::new)
+                    }
+                }))
+                .await
+        }
+        None => {
+            Endpoint::from_shared(format!("http://{addr}"))
+                .map_err(|e| e.to_string())?
+                .tcp_nodelay(true)
+                .connect_timeout(timeout)
+                .connect()
+                .await
+        }
+    }
+    .map_err(|e| format!("connect: {e}"))
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
