@@ -500,7 +500,6 @@ impl Sample {
     }
 }
 
-/// Nearest-rank percentile of sorted values.
 /// One task's results.
 #[derive(Default)]
 struct TaskOut {
@@ -1281,6 +1280,74 @@ fn main() {
             100.0 * c / d,
             pass(ok)
         );
+    }
+    println!();
+    // What the proxy and etcd spend per request, the machine's load shared out: the
+    // targets of the data-path issue (the relay is the floor for a routing proxy).
+    let cpu_us = |op: Op, conc: usize, kind: Kind, etcd: bool| {
+        results
+            .get(&(op, conc, kind))
+            .map(|s| s.cpu_per_op_us(if etcd { s.cpu_etcd } else { s.cpu_proxy }))
+    };
+    if with_relay && h2_relay() {
+        println!("proxy CPU per op, cutover / h2-relay (target: at most 1.15)");
+        for &op in &settings.ops {
+            for &conc in &settings.concurrency {
+                let (Some(c), Some(r)) = (
+                    cpu_us(op, conc, Kind::Cutover, false),
+                    cpu_us(op, conc, Kind::TcpRelay, false),
+                ) else {
+                    continue;
+                };
+                let ok = c <= 1.15 * r;
+                if !ok {
+                    misses.push(format!("proxy cpu {} x{conc}", op.name()));
+                }
+                println!(
+                    "{:<6} {:>4} {:>10.1}µs {:>10.1}µs {:>8.2}  {}",
+                    op.name(),
+                    conc,
+                    c,
+                    r,
+                    c / r,
+                    pass(ok)
+                );
+            }
+        }
+        println!();
+    }
+    if settings.concurrency.contains(&1) {
+        println!("added p50 latency at concurrency 1, cutover / grpc-proxy (target: at most 0.55)");
+        for &op in &settings.ops {
+            let d = rows[&(op, 1, Kind::Direct)].p50;
+            let g = rows[&(op, 1, Kind::GrpcProxy)].p50 - d;
+            let c = rows[&(op, 1, Kind::Cutover)].p50 - d;
+            let ok = c <= 0.55 * g || c <= 0.0;
+            if !ok {
+                misses.push(format!("added p50 (0.55) {} x1", op.name()));
+            }
+            let ratio = if g > 0.0 { format!("{:.2}", c / g) } else { "-".into() };
+            println!("{:<6} {:>8}  {}", op.name(), ratio, pass(ok));
+        }
+        println!();
+    }
+    println!("etcd CPU per op through cutover / direct (target: at most 1.1 for range and txn; put reported: its guard is a Txn)");
+    for &op in &settings.ops {
+        for &conc in &settings.concurrency {
+            let (Some(c), Some(d)) = (
+                cpu_us(op, conc, Kind::Cutover, true),
+                cpu_us(op, conc, Kind::Direct, true),
+            ) else {
+                continue;
+            };
+            let judged = matches!(op, Op::Range | Op::Txn);
+            let ok = c <= 1.1 * d;
+            if judged && !ok {
+                misses.push(format!("etcd cpu {} x{conc}", op.name()));
+            }
+            let verdict = if judged { pass(ok) } else { "(reported)" };
+            println!("{:<6} {:>4} {:>8.2}  {verdict}", op.name(), conc, c / d);
+        }
     }
     println!();
     let what = if hwm_reset_ok {
