@@ -47,7 +47,7 @@ pub enum Failure {
     FenceTimeout(Duration),
     #[error("verification: {0}")]
     Verify(#[from] VerifyError),
-    #[error("the migration's lease expired on the source (its refreshes did not reach it in time): the lock and any fence went with it; the tenant stays on the source")]
+    #[error("the migration's lease is gone from the source (expired, or revoked), or no refresh of it was answered for a whole TTL: the lock and any fence went with it; the tenant stays on the source")]
     LeaseLost,
     #[error("the fence was lost before the commit (the migration's lease expired?): the source holds {0:?}")]
     FenceLost(String),

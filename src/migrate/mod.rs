@@ -216,6 +216,9 @@ pub struct Migrator {
     state: watch::Sender<Snapshot>,
     /// Set while a migration runs: sending `true` asks it to abort.
     abort: parking_lot::Mutex<Option<(String, watch::Sender<bool>)>>,
+    /// Migrations started here, counted under the `abort` lock: the status follower
+    /// shows another replica's view only if none started (and perhaps ended) meanwhile.
+    starts: std::sync::atomic::AtomicU64,
     leader: String,
     /// The lock marker the running migration wrote, once it has it: only then does it
     /// publish its view (see `publish_once`).
@@ -232,6 +235,7 @@ impl Migrator {
             settings,
             state: watch::channel(Snapshot::default()).0,
             abort: parking_lot::Mutex::new(None),
+            starts: std::sync::atomic::AtomicU64::new(0),
             leader: instance_name(),
             lock_value: parking_lot::Mutex::new(None),
             tasks: tokio_util::task::TaskTracker::new(),
@@ -296,6 +300,7 @@ impl Migrator {
         };
         let (abort_tx, abort_rx) = watch::channel(false);
         *slot = Some((id.clone(), abort_tx));
+        self.starts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         *self.lock_value.lock() = None;
         // Installed before the slot is released: the status follower, which shows other
         // replicas' migrations, checks the slot under the same lock before it replaces
@@ -392,27 +397,33 @@ impl Migrator {
                 outcome: outcome.as_str(),
             })
             .inc();
-        *self.abort.lock() = None;
-        self.set_phase_and(Phase::Ready, |m| {
-            if let Some(m) = m {
-                m.outcome = outcome;
-                m.finished_unix_ms = Some(now_ms());
-                m.fence_ms = fence_ms.or(m.fence_ms);
-                match &end.failure {
-                    Some(f) if outcome != Outcome::Succeeded => {
-                        m.error = Some(f.to_string());
-                        m.phase = Phase::Failed;
+        // The end is written into this migration's view while the slot still holds it, so
+        // the status follower cannot show another replica's view in between and have
+        // this outcome stamped on that one.
+        {
+            let mut slot = self.abort.lock();
+            self.set_phase_and(Phase::Ready, |m| {
+                if let Some(m) = m.as_mut().filter(|m| m.id == id) {
+                    m.outcome = outcome;
+                    m.finished_unix_ms = Some(now_ms());
+                    m.fence_ms = fence_ms.or(m.fence_ms);
+                    match &end.failure {
+                        Some(f) if outcome != Outcome::Succeeded => {
+                            m.error = Some(f.to_string());
+                            m.phase = Phase::Failed;
+                        }
+                        _ => m.phase = Phase::Ready,
                     }
-                    _ => m.phase = Phase::Ready,
                 }
-            }
-        });
+            });
+            *slot = None;
+        }
         drop(publisher);
         // The final view, where the replicas read it now: the target after a commit (only
         // then is it ours to write to), else the source.
         let _ = self.publish_once(job.source()).await;
         if outcome == Outcome::Succeeded {
-            let _ = self.publish_once(job.target()).await;
+            let _ = self.publish_on_target(job.target()).await;
             tracing::info!(migration = %id, to = %to, seconds = started.elapsed().as_secs_f64(), fence_ms = fence_ms.unwrap_or_default(), "migration committed; serving from the target");
         }
     }

@@ -242,7 +242,9 @@ pub async fn hold_leases(ds: Arc<Datastore>, ids: Vec<i64>) -> Result<AbortOnDro
         AbortOnDropHandle::new(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(Duration::from_millis(500)).await;
-                match tokio::time::timeout(Duration::from_millis(500), refresh(&ds, &ids)).await {
+                // Half the interval to answer: one stall still leaves a refresh well within
+                // etcd's smallest TTL.
+                match tokio::time::timeout(Duration::from_millis(250), refresh(&ds, &ids)).await {
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => tracing::warn!(error = %e, "could not hold the tenant's leases on the fenced source"),
                     Err(_) => {
@@ -273,16 +275,30 @@ pub struct KeptLease {
     _task: AbortOnDropHandle<()>,
 }
 
-/// Keeps the migration's lease alive, refreshing it three times per TTL. A refresh that
-/// has not answered by the next one is given up (a stalled stream must not starve the
-/// lease); a refresh the source answers with the lease gone ends the keeper and says so.
+/// Keeps the migration's lease alive, refreshing it three times per TTL. A refresh gets
+/// half the interval to answer; one that fails or does not answer is tried again soon,
+/// so that one stalled stream does not cost the lease. The lease counts as lost when the
+/// source says it is gone, and also when no refresh has been answered for a whole TTL
+/// (the source has dropped it by then, or is about to: as etcd's own clients judge).
 pub fn keep_alive(ds: Arc<Datastore>, id: i64, ttl: i64) -> KeptLease {
+    use tokio::time::Instant;
     let (lost, watch_lost) = tokio::sync::watch::channel(false);
     let task = AbortOnDropHandle::new(tokio::spawn(async move {
-        let every = Duration::from_millis((ttl.max(1) as u64 * 1000) / 3);
+        let ttl = Duration::from_secs(ttl.max(1) as u64);
+        let every = ttl / 3;
+        // Granted just before this starts.
+        let mut renewed = Instant::now();
+        let mut next = renewed + every;
         loop {
-            tokio::time::sleep(every).await;
-            match tokio::time::timeout(every, refresh(&ds, &[id])).await {
+            tokio::time::sleep_until(next).await;
+            let sent = Instant::now();
+            let answer = match crate::failpoint!("migrate.lease.refresh") {
+                Ok(()) => tokio::time::timeout(every / 2, refresh(&ds, &[id]))
+                    .await
+                    .map(|r| r.map_err(|e| e.to_string())),
+                Err(e) => Ok(Err(e.to_string())),
+            };
+            match answer {
                 Ok(Ok(gone)) if gone.contains(&id) => {
                     tracing::error!(
                         lease = id,
@@ -291,9 +307,23 @@ pub fn keep_alive(ds: Arc<Datastore>, id: i64, ttl: i64) -> KeptLease {
                     let _ = lost.send(true);
                     return;
                 }
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::warn!(error = %e, "could not refresh the migration's lease"),
-                Err(_) => tracing::warn!(waited = ?every, "a refresh of the migration's lease did not answer in time"),
+                Ok(Ok(_)) => {
+                    renewed = sent;
+                    next = sent + every;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not refresh the migration's lease; trying again");
+                    next = Instant::now() + every / 4;
+                }
+                Err(_) => {
+                    tracing::warn!(waited = ?every / 2, "a refresh of the migration's lease did not answer in time; trying again");
+                    next = Instant::now() + every / 4;
+                }
+            }
+            if renewed.elapsed() >= ttl {
+                tracing::error!(lease = id, ttl = ?ttl, "no refresh of the migration's lease was answered for a whole TTL; taking it as lost");
+                let _ = lost.send(true);
+                return;
             }
         }
     }));

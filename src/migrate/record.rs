@@ -46,7 +46,13 @@ pub enum RecordError {
 struct Params {
     s: i64,
     l: i64,
-    chunks: u32,
+    /// The number of chunks of a record of format 1. Records of format 2 name theirs
+    /// `chunkCount` instead, so that a build that knows only format 1 (and would take
+    /// protobuf chunks for its varint records) finds the record damaged, never misreads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chunks: Option<u32>,
+    #[serde(default, rename = "chunkCount", skip_serializing_if = "Option::is_none")]
+    chunk_count: Option<u32>,
     /// Leases that got a new ID on the target: (source ID, target ID).
     #[serde(default)]
     leases: Vec<(i64, i64)>,
@@ -253,7 +259,8 @@ pub async fn persist_final(
     let params = Params {
         s,
         l,
-        chunks: base_chunks + delta.len() as u32,
+        chunks: None,
+        chunk_count: Some(base_chunks + delta.len() as u32),
         leases: leases.iter().filter(|(s, t)| s != t).map(|(s, t)| (*s, *t)).collect(),
         format: FORMAT,
     };
@@ -292,10 +299,14 @@ pub async fn load(target: &Datastore, tenant_prefix: &[u8]) -> Result<Option<Tra
             seen += 1;
         }
     }
-    if seen != params.chunks {
+    let expected = match params.format {
+        FORMAT_VARINT => params.chunks,
+        _ => params.chunk_count,
+    }
+    .ok_or_else(|| RecordError::Damaged(format!("params of format {} without their chunk count", params.format)))?;
+    if seen != expected {
         return Err(RecordError::Damaged(format!(
-            "{} chunks of the key map expected, {seen} found",
-            params.chunks
+            "{expected} chunks of the key map expected, {seen} found"
         )));
     }
     Ok(Some(Translation {
@@ -381,6 +392,7 @@ mod tests {
         // chunks: key length 3, "/ab", then zigzag varints 10, 20, 1, 100, 200, 3.
         let params: Params = serde_json::from_str(r#"{"s":1000,"l":0,"chunks":1}"#).unwrap();
         assert_eq!(params.format, FORMAT_VARINT);
+        assert_eq!(params.chunks, Some(1));
         let chunk = Bytes::from_static(b"\x03/ab\x14\x28\x02\xc8\x01\x90\x03\x06");
         let mut keys = HashMap::new();
         decode_keys(chunk, params.format, &mut keys).unwrap();
@@ -395,6 +407,35 @@ mod tests {
                 source_version: 3,
             })
         );
+    }
+
+    /// What a build that knows only format 1 declares (its params, field for field): it
+    /// must fail on a record of format 2 rather than read protobuf as varint records.
+    #[derive(Debug, Deserialize)]
+    #[allow(dead_code)]
+    struct ParamsOfFormat1 {
+        s: i64,
+        l: i64,
+        chunks: u32,
+        #[serde(default)]
+        leases: Vec<(i64, i64)>,
+    }
+
+    #[test]
+    fn a_build_that_knows_only_format_1_finds_a_new_record_damaged() {
+        let params = Params {
+            s: 1000,
+            l: 0,
+            chunks: None,
+            chunk_count: Some(3),
+            leases: vec![],
+            format: FORMAT,
+        };
+        let json = serde_json::to_vec(&params).unwrap();
+        let old = serde_json::from_slice::<ParamsOfFormat1>(&json);
+        assert!(old.is_err(), "an older build would read {old:?}");
+        let back: Params = serde_json::from_slice(&json).unwrap();
+        assert_eq!(back, params);
     }
 
     #[test]

@@ -34,13 +34,55 @@ impl Migrator {
         key.freeze()
     }
 
-    /// Writes this replica's view of its migration to `ds`, if the migration took the
-    /// migration lock: one refused at the lock publishes nothing, or it would hide the
-    /// migration that holds it.
+    /// Writes this replica's view of its migration to the source `ds`, if the migration
+    /// took the migration lock: one refused at the lock publishes nothing, or it would hide
+    /// the migration that holds it. While the lock is still this migration's, the view is
+    /// written as it is; once it is not (the migration's lease is gone: it ended, or was
+    /// lost, and another replica may have started one), only over a view of this same
+    /// migration (its own, or another replica's "leader lost" verdict on it), never over
+    /// another migration's.
     pub(super) async fn publish_once(&self, ds: &Datastore) -> Result<(), ProxyError> {
-        if self.lock_value.lock().is_none() {
+        let Some(lock) = self.lock_value.lock().clone() else {
+            return Ok(());
+        };
+        let Some(view) = self.snapshot().migration else {
+            return Ok(());
+        };
+        let json = Bytes::from(serde_json::to_vec(&Some(&view)).unwrap_or_default());
+        let key = self.status_key();
+        let lock_key = marker::lock_key(&self.router.fence().tenant_prefix);
+        let holding = ops::txn(
+            ds,
+            TxnRequest {
+                compare: vec![ops::value_is(&lock_key, lock)],
+                success: vec![ops::put_op(key.clone(), json.clone(), 0)],
+                failure: vec![],
+            },
+        )
+        .await?;
+        if holding.succeeded {
             return Ok(());
         }
+        let compare = match self.read_view(ds).await? {
+            Some((raw, shown)) if shown.id == view.id => ops::value_is(&key, raw),
+            Some(_) => return Ok(()),
+            None => ops::version_is(&key, 0),
+        };
+        ops::txn(
+            ds,
+            TxnRequest {
+                compare: vec![compare],
+                success: vec![ops::put_op(key, json, 0)],
+                failure: vec![],
+            },
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Writes the final view of a committed migration to its target, where replicas read
+    /// it from now on: the tenant lives there, and the view is this migration's to write.
+    pub(super) async fn publish_on_target(&self, ds: &Datastore) -> Result<(), ProxyError> {
         let view = self.snapshot().migration;
         let json = serde_json::to_vec(&view).unwrap_or_default();
         ops::put(ds, self.status_key(), Bytes::from(json)).await.map(|_| ())
@@ -82,6 +124,7 @@ impl Migrator {
                 if me.ended_by_following_the_commit() {
                     continue;
                 }
+                let starts_at = me.starts.load(std::sync::atomic::Ordering::SeqCst);
                 let ds = me.router.route().datastore.clone();
                 let Ok(Some((raw, view))) = me.read_view(&ds).await else {
                     continue;
@@ -109,11 +152,12 @@ impl Migrator {
                 } else {
                     Phase::Ready
                 };
-                // The reads above take time, and a migration may have started here since:
-                // its view is the one to show. Checked and replaced under the lock `start`
-                // holds while it installs its view, so neither can overwrite the other.
+                // The reads above take time, and a migration may have started here since
+                // (and may even have ended): its view is the one to show. Checked and
+                // replaced under the lock `start` and the migration's end hold while they
+                // write their view, so neither can overwrite the other.
                 let running_here = me.abort.lock();
-                if running_here.is_some() {
+                if running_here.is_some() || me.starts.load(std::sync::atomic::Ordering::SeqCst) != starts_at {
                     continue;
                 }
                 let current = me.snapshot();

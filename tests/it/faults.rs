@@ -919,7 +919,7 @@ async fn a_migration_whose_lease_is_gone_fails_at_once_and_says_why() {
     let view = crate::migrate::wait_end(&proxy).await;
     assert_eq!(view["outcome"], "Failed", "{view}");
     let error = view["error"].as_str().unwrap_or_default();
-    assert!(error.contains("lease expired"), "{view}");
+    assert!(error.contains("lease is gone"), "{view}");
     // The partial copy was cleared from the target, and the source serves on.
     let left = client(&b.endpoint)
         .await
@@ -927,6 +927,32 @@ async fn a_migration_whose_lease_is_gone_fails_at_once_and_says_why() {
         .await
         .unwrap();
     assert_eq!(left.count(), 0, "the target keeps nothing of the failed copy");
+    let put = c.put(format!("{TENANT}configmaps/ns/after"), "v", None).await;
+    assert!(put.is_ok(), "{put:?}");
+    assert_eq!(proxy.status().await["dataStore"], "default");
+}
+
+/// The migration's lease refreshes all failing (the source unreachable for the leader
+/// alone, say): after a whole TTL without an answered refresh the lease is taken as lost,
+/// as the source has dropped it or is about to, and the migration fails with that reason.
+#[tokio::test]
+async fn a_migration_that_cannot_refresh_its_lease_for_a_ttl_fails() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let config = two_stores(&a, &b, "migration: {leaseTTL: 2s}\n");
+    let proxy = Proxy::start(&config).await;
+    let mut c = client(&proxy.endpoint).await;
+    seed_with_history(&mut c, 10).await;
+    proxy.failpoint("migrate.catching_up", "return(pause)").await;
+    let (code, body) = proxy
+        .admin_post("/v1/migrations", serde_json::json!({ "to": "dedicated" }))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    proxy.wait_paused("migrate.catching_up").await;
+    proxy.failpoint("migrate.lease.refresh", "return").await;
+    let view = crate::migrate::wait_end(&proxy).await;
+    assert_eq!(view["outcome"], "Failed", "{view}");
+    assert!(view["error"].as_str().unwrap_or_default().contains("lease"), "{view}");
     let put = c.put(format!("{TENANT}configmaps/ns/after"), "v", None).await;
     assert!(put.is_ok(), "{put:?}");
     assert_eq!(proxy.status().await["dataStore"], "default");

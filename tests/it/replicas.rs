@@ -975,9 +975,9 @@ async fn a_migration_refused_at_the_lock_does_not_hide_the_one_that_holds_it() {
 /// A replica that finds another's migration orphaned (its leader died, the lock expired)
 /// records it as failed and shows it; if a migration starts on that replica meanwhile,
 /// the replica shows its own, not the dead one's end. Held at `migrate.status.adopt`
-/// between reading the orphan and showing it, the replica is asked to migrate: before the
-/// fix, its status then showed the dead leader's "leader lost" (phase Ready) while its own
-/// migration ran and committed.
+/// between reading the orphan and showing it, the replica is asked to migrate, and the
+/// migration runs to its end before the replica goes on: before the fix, its status then
+/// showed the dead leader's "leader lost" (phase Ready) in place of its own migration.
 #[tokio::test]
 async fn a_migration_started_while_another_is_found_orphaned_shows_its_own_view() {
     let a = Etcd::start().await;
@@ -1005,12 +1005,20 @@ async fn a_migration_started_while_another_is_found_orphaned_shows_its_own_view(
         .admin_post("/v1/migrations", json!({"to": "dedicated", "overwrite": true}))
         .await;
     assert_eq!(code, 202, "{mine}");
+    // The new migration runs to its end while the follower is still held with the old
+    // view in hand; only then does the follower go on.
+    eventually("the replica's own migration ends", Duration::from_secs(60), || async {
+        let m = second.status().await["migration"].clone();
+        m["id"] == mine["id"] && m["outcome"] != "Running"
+    })
+    .await;
     second.release("migrate.status.adopt").await;
+    eventually("the follower has gone on", Duration::from_secs(10), || async {
+        second.failpoint_state("migrate.status.adopt").await.1 == 0
+    })
+    .await;
     let view = wait_end(&second).await;
-    assert_eq!(
-        view["id"], mine["id"],
-        "the replica shows the migration it runs: {view}"
-    );
+    assert_eq!(view["id"], mine["id"], "the replica shows the migration it ran: {view}");
     assert_eq!(view["outcome"], "Succeeded", "{view}");
     assert_eq!(second.status().await["dataStore"], "dedicated");
 }
