@@ -7,11 +7,13 @@
 //! It starts a private etcd (natively), then, for each proxy (cutover, and the h2-relay
 //! of `benches/support/relay.rs` as the reference: HTTP/2 terminated on both sides, no
 //! gRPC or protobuf work) and each op, runs the proxy twice under
-//! `valgrind --tool=callgrind`, with one tokio worker: once for `BENCH_WARMUP` requests
-//! and once for `BENCH_WARMUP + BENCH_REQUESTS`, each sent one after another over one
-//! HTTP/2 connection. The difference of the two runs' instruction totals, divided by
-//! `BENCH_REQUESTS`, is the proxy's cost of one request: start-up, connection set-up and
-//! shutdown are the same in both runs and cancel out. The ops are those of the overhead
+//! `valgrind --tool=callgrind`, with one tokio worker: once for `BENCH_WARMUP +
+//! BENCH_REQUESTS` requests, sent one after another over one HTTP/2 connection, and once
+//! for `BENCH_WARMUP` requests followed by as long with nothing sent as the other run's
+//! `BENCH_REQUESTS` took. The difference of the two runs' instruction totals, divided by
+//! `BENCH_REQUESTS`, is the proxy's cost of one request: start-up, connection set-up,
+//! shutdown and the work a proxy does by the clock (cutover's health probes and status
+//! reads) are in both runs and cancel out. The ops are those of the overhead
 //! bench: `range` (linearizable, one key), `put`, `txn` (kube-style: compare mod_revision,
 //! put, else range) and `rotxn` (compare mod_revision, range in both branches).
 //!
@@ -137,15 +139,37 @@ fn main() {
     let mut counts: BTreeMap<(Op, Proxy), f64> = BTreeMap::new();
     for &op in &ops {
         for proxy in [Proxy::Cutover, Proxy::H2Relay] {
-            let mut totals = Vec::new();
-            for n in [warmup, warmup + requests] {
-                let out = out_dir.join(format!("{}-{}-{n}.callgrind", proxy.name(), op.name()));
-                let total = runtime.block_on(count(proxy, op, n, &value, &etcd_addr, &cutover_bin, dir.path(), &out));
-                totals.push(total);
-                if annotate && proxy == Proxy::Cutover && n > warmup {
-                    print_annotation(op, &out);
-                }
+            // The long run first: how long its requests took is how long the short one
+            // then idles, so that work a proxy does by the clock (health probes, status
+            // reads, timers) is in both counts and cancels out with the rest.
+            let long = out_dir.join(format!("{}-{}-{}.callgrind", proxy.name(), op.name(), warmup + requests));
+            let (long_total, took) = runtime.block_on(count(
+                proxy,
+                op,
+                (warmup, requests),
+                Duration::ZERO,
+                &value,
+                &etcd_addr,
+                &cutover_bin,
+                dir.path(),
+                &long,
+            ));
+            if annotate && proxy == Proxy::Cutover {
+                print_annotation(op, &long);
             }
+            let short = out_dir.join(format!("{}-{}-{warmup}.callgrind", proxy.name(), op.name()));
+            let (short_total, _) = runtime.block_on(count(
+                proxy,
+                op,
+                (warmup, 0),
+                took,
+                &value,
+                &etcd_addr,
+                &cutover_bin,
+                dir.path(),
+                &short,
+            ));
+            let totals = [short_total, long_total];
             let per = (totals[1] as f64 - totals[0] as f64) / requests as f64;
             eprintln!("  {} {}: {:.0} instructions per request", op.name(), proxy.name(), per);
             counts.insert((op, proxy), per);
@@ -163,18 +187,20 @@ fn main() {
     }
 }
 
-/// One proxy under callgrind for `n` requests of `op`: its instruction total.
+/// One proxy under callgrind for `warm` then `n` requests of `op`, then `idle` with
+/// nothing sent: its instruction total, and how long the `n` requests took.
 #[allow(clippy::too_many_arguments)]
 async fn count(
     proxy: Proxy,
     op: Op,
-    n: u64,
+    (warm, n): (u64, u64),
+    idle: Duration,
     value: &Bytes,
     etcd_addr: &str,
     cutover_bin: &Path,
     dir: &Path,
     out: &Path,
-) -> u64 {
+) -> (u64, Duration) {
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
     let mut cmd = Command::new("valgrind");
@@ -219,9 +245,16 @@ async fn count(
         .kvs
         .first()
         .map_or(0, |kv| kv.mod_revision);
+    for _ in 0..warm {
+        known_rev = send(&mut kv, op, value, known_rev).await;
+    }
+    let started = Instant::now();
     for _ in 0..n {
         known_rev = send(&mut kv, op, value, known_rev).await;
     }
+    let took = started.elapsed();
+    // Not a wait for anything: the idle stretch the proxy's clock-driven work is counted in.
+    tokio::time::sleep(idle).await;
     // SIGTERM: both shut down and callgrind writes its counts on the way out.
     // SAFETY: kill(2) with a pid this process started and still owns.
     unsafe {
@@ -232,13 +265,14 @@ async fn count(
         assert!(Instant::now() < deadline, "{} did not exit after SIGTERM", proxy.name());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    total_instructions(out).unwrap_or_else(|| {
+    let total = total_instructions(out).unwrap_or_else(|| {
         panic!(
             "no instruction total in {} (log: {})",
             out.display(),
             common::log_tail(&log, 20)
         )
-    })
+    });
+    (total, took)
 }
 
 /// Connects and waits until a Range answers through `addr`.
