@@ -142,7 +142,12 @@ fn main() {
             // The long run first: how long its requests took is how long the short one
             // then idles, so that work a proxy does by the clock (health probes, status
             // reads, timers) is in both counts and cancels out with the rest.
-            let long = out_dir.join(format!("{}-{}-{}.callgrind", proxy.name(), op.name(), warmup + requests));
+            let long = out_dir.join(format!(
+                "{}-{}-{}.callgrind",
+                proxy.name(),
+                op.name(),
+                warmup + requests
+            ));
             let (long_total, took) = runtime.block_on(count(
                 proxy,
                 op,
