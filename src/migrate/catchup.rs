@@ -32,6 +32,8 @@ pub enum CatchUpError {
     WatchEnded(String),
     #[error("target: {0}")]
     Target(ProxyError),
+    #[error("target: the claim on its range is no longer this migration's (another migration took the target); nothing more is written there")]
+    ClaimLost,
     #[error(transparent)]
     Injected(#[from] crate::failpoint::Injected),
 }
@@ -108,6 +110,7 @@ async fn apply_batch(
     keys: &mut HashMap<Bytes, CopiedKey>,
     lease_ids: &HashMap<i64, i64>,
     view: Option<&Translation>,
+    claim: Option<&(Bytes, Bytes)>,
 ) -> Result<i64, CatchUpError> {
     crate::failpoint!("migrate.catchup.apply")?;
     let last = last_per_key(events);
@@ -135,11 +138,21 @@ async fn apply_batch(
             Some(RequestOp { request: Some(request) })
         })
         .collect();
+    // Only while the target's range is still claimed by this migration: a migration that
+    // lost its lease may not know yet, and another one may have cleared and claimed the
+    // target meanwhile.
     let req = TxnRequest {
+        compare: claim
+            .map(|(key, value)| super::ops::value_is(key, value.clone()))
+            .into_iter()
+            .collect(),
         success: ops,
-        ..Default::default()
+        failure: vec![],
     };
     let resp = super::copy::txn(target, req).await.map_err(CatchUpError::Target)?;
+    if !resp.succeeded {
+        return Err(CatchUpError::ClaimLost);
+    }
     let rev = resp.header.map_or(0, |h| h.revision);
     for e in last {
         let Some(kv) = &e.kv else { continue };
@@ -186,6 +199,9 @@ pub struct Follow<'a> {
     /// The migration's shared lease map: a lease copied during the catch-up is added, so
     /// its copy is kept alive and the fence can hold it (see `MigrationLink::leases`).
     pub link: Option<&'a crate::route::MigrationLink>,
+    /// The target's claim key and this migration's value in it: every write to the
+    /// target is conditional on it.
+    pub claim: Option<&'a (Bytes, Bytes)>,
 }
 
 /// Follows the range on the source and applies every change to the target, keeping the
@@ -206,6 +222,7 @@ pub async fn follow(
         view,
         strict,
         link,
+        claim,
     } = spec;
     let keys = &mut copied.keys;
     let lease_ids = &mut copied.lease_ids;
@@ -340,7 +357,7 @@ pub async fn follow(
                     }
                 }
             }
-            pos.target = apply_batch(target, &events[start..end], keys, lease_ids, view).await?;
+            pos.target = apply_batch(target, &events[start..end], keys, lease_ids, view, claim).await?;
             for e in &events[start..end] {
                 if let Some(kv) = &e.kv {
                     touched.insert(kv.key.clone());

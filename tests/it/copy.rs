@@ -192,6 +192,7 @@ async fn catch_up_applies_every_later_change_and_keeps_k_current() {
                 // progress answer of etcd 3.4 can overtake pending events).
                 strict: true,
                 link: None,
+                claim: None,
             };
             let r = follow(spec, &mut copied, stop_rx, &pos_tx).await;
             (r, copied.keys, copied.lease_ids)

@@ -957,3 +957,50 @@ async fn a_migration_that_cannot_refresh_its_lease_for_a_ttl_fails() {
     assert!(put.is_ok(), "{put:?}");
     assert_eq!(proxy.status().await["dataStore"], "default");
 }
+
+/// A migration whose claim on the target was taken by another (a migration that lost its
+/// lease may not know yet while a new one clears and claims the target) writes nothing
+/// more there: its catch-up's writes are conditional on the claim, and it fails saying so.
+/// Held at `migrate.catchup.apply` with a change to apply, the target's claim is
+/// overwritten, then the catch-up goes on.
+#[tokio::test]
+async fn a_catch_up_writes_nothing_once_the_targets_claim_is_another_migrations() {
+    let a = Etcd::start().await;
+    let b = Etcd::start().await;
+    let config = two_stores(&a, &b, "migration: {leaseTTL: 2s}\n");
+    let proxy = Proxy::start(&config).await;
+    let mut c = client(&proxy.endpoint).await;
+    seed_with_history(&mut c, 10).await;
+    proxy.failpoint("migrate.catching_up", "return(pause)").await;
+    let (code, body) = proxy
+        .admin_post("/v1/migrations", serde_json::json!({ "to": "dedicated" }))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    proxy.wait_paused("migrate.catching_up").await;
+    // A change after the copy, for the catch-up to apply; it stops before applying it.
+    let late = format!("{TENANT}configmaps/ns/late");
+    c.put(late.as_str(), "v", None).await.unwrap();
+    proxy.failpoint("migrate.catchup.apply", "return(pause)").await;
+    proxy.release("migrate.catching_up").await;
+    proxy.wait_paused("migrate.catchup.apply").await;
+
+    let mut target = client(&b.endpoint).await;
+    let claim = format!("{TENANT}\0cutover/claim");
+    let ours = target.get(claim.as_str(), None).await.unwrap();
+    assert_eq!(ours.count(), 1, "the migration claimed the target");
+    let other = r#"{"state":"copying","migration":"m-other","from":"default","leader":"elsewhere/1"}"#;
+    target.put(claim.as_str(), other, None).await.unwrap();
+    proxy.release("migrate.catchup.apply").await;
+
+    let view = crate::migrate::wait_end(&proxy).await;
+    assert_eq!(view["outcome"], "Failed", "{view}");
+    assert!(view["error"].as_str().unwrap_or_default().contains("claim"), "{view}");
+    assert_eq!(
+        target.get(late.as_str(), None).await.unwrap().count(),
+        0,
+        "nothing was applied to the target once its claim was another's"
+    );
+    let now = target.get(claim.as_str(), None).await.unwrap();
+    assert_eq!(now.kvs()[0].value_str().unwrap(), other, "the other claim stays");
+    assert_eq!(proxy.status().await["dataStore"], "default");
+}

@@ -175,6 +175,10 @@ impl Job {
             ..Default::default()
         });
         let sides = Arc::clone(&self.sides);
+        let claim = self
+            .claim
+            .as_ref()
+            .map(|c| (marker::claim_key(self.prefix()), c.to_bytes()));
         let task = tokio::spawn(async move {
             let spec = Follow {
                 source: &sides.source,
@@ -185,6 +189,7 @@ impl Job {
                 view: sides.view.as_deref(),
                 strict: true,
                 link: Some(&sides.link),
+                claim: claim.as_ref(),
             };
             let r = catchup::follow(spec, &mut copied, stop_rx, &pos_tx).await;
             (copied, r)
