@@ -889,13 +889,10 @@ async fn a_proxy_starting_while_the_tenant_moves_back_finds_its_home() {
     assert_eq!(a_marker.count(), 0, "A's stale marker was removed");
 }
 
-/// The migration's lease dropped by the source while the migration runs (its refreshes
-/// lost, or revoked by an operator): the lock and any fence are gone, so another replica
-/// may start a migration. The migration must fail then, with that reason, and not carry
-/// on (paused here at the start of its catch-up, it would wait for ever) until a write
-/// bound to the dead lease is refused.
-#[tokio::test]
-async fn a_migration_whose_lease_is_gone_fails_at_once_and_says_why() {
+/// Two datastores, a proxy with a 2 s migration lease and ten seeded keys, and a
+/// migration to the second datastore held at the start of its catch-up (the copy done,
+/// the lock and the claim written).
+async fn paused_at_the_catch_up() -> (Etcd, Etcd, Proxy, etcd_client::Client) {
     let a = Etcd::start().await;
     let b = Etcd::start().await;
     let config = two_stores(&a, &b, "migration: {leaseTTL: 2s}\n");
@@ -908,6 +905,17 @@ async fn a_migration_whose_lease_is_gone_fails_at_once_and_says_why() {
         .await;
     assert_eq!(code, 202, "{body}");
     proxy.wait_paused("migrate.catching_up").await;
+    (a, b, proxy, c)
+}
+
+/// The migration's lease dropped by the source while the migration runs (its refreshes
+/// lost, or revoked by an operator): the lock and any fence are gone, so another replica
+/// may start a migration. The migration must fail then, with that reason, and not carry
+/// on (paused here at the start of its catch-up, it would wait for ever) until a write
+/// bound to the dead lease is refused.
+#[tokio::test]
+async fn a_migration_whose_lease_is_gone_fails_at_once_and_says_why() {
+    let (a, b, proxy, mut c) = paused_at_the_catch_up().await;
 
     let mut direct = client(&a.endpoint).await;
     let lock = direct.get(format!("{TENANT}\0cutover/lock"), None).await.unwrap();
@@ -937,18 +945,7 @@ async fn a_migration_whose_lease_is_gone_fails_at_once_and_says_why() {
 /// as the source has dropped it or is about to, and the migration fails with that reason.
 #[tokio::test]
 async fn a_migration_that_cannot_refresh_its_lease_for_a_ttl_fails() {
-    let a = Etcd::start().await;
-    let b = Etcd::start().await;
-    let config = two_stores(&a, &b, "migration: {leaseTTL: 2s}\n");
-    let proxy = Proxy::start(&config).await;
-    let mut c = client(&proxy.endpoint).await;
-    seed_with_history(&mut c, 10).await;
-    proxy.failpoint("migrate.catching_up", "return(pause)").await;
-    let (code, body) = proxy
-        .admin_post("/v1/migrations", serde_json::json!({ "to": "dedicated" }))
-        .await;
-    assert_eq!(code, 202, "{body}");
-    proxy.wait_paused("migrate.catching_up").await;
+    let (_a, _b, proxy, mut c) = paused_at_the_catch_up().await;
     proxy.failpoint("migrate.lease.refresh", "return").await;
     let view = crate::migrate::wait_end(&proxy).await;
     assert_eq!(view["outcome"], "Failed", "{view}");
@@ -965,18 +962,7 @@ async fn a_migration_that_cannot_refresh_its_lease_for_a_ttl_fails() {
 /// overwritten, then the catch-up goes on.
 #[tokio::test]
 async fn a_catch_up_writes_nothing_once_the_targets_claim_is_another_migrations() {
-    let a = Etcd::start().await;
-    let b = Etcd::start().await;
-    let config = two_stores(&a, &b, "migration: {leaseTTL: 2s}\n");
-    let proxy = Proxy::start(&config).await;
-    let mut c = client(&proxy.endpoint).await;
-    seed_with_history(&mut c, 10).await;
-    proxy.failpoint("migrate.catching_up", "return(pause)").await;
-    let (code, body) = proxy
-        .admin_post("/v1/migrations", serde_json::json!({ "to": "dedicated" }))
-        .await;
-    assert_eq!(code, 202, "{body}");
-    proxy.wait_paused("migrate.catching_up").await;
+    let (_a, b, proxy, mut c) = paused_at_the_catch_up().await;
     // A change after the copy, for the catch-up to apply; it stops before applying it.
     let late = format!("{TENANT}configmaps/ns/late");
     c.put(late.as_str(), "v", None).await.unwrap();
