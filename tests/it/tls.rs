@@ -323,17 +323,7 @@ async fn proxy_reaches_an_etcd_that_requires_client_certificates() {
 
 /// A raw gRPC channel over the unix socket at `path`.
 async fn uds_channel(path: &Path) -> Channel {
-    let path = path.to_path_buf();
-    // The URI only fills in :authority; the connector ignores it and dials the socket.
-    Endpoint::from_static("http://localhost")
-        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-            let path = path.clone();
-            async move {
-                tokio::net::UnixStream::connect(path)
-                    .await
-                    .map(hyper_util::rt::TokioIo::new)
-            }
-        }))
+    crate::common::connect_channel(&format!("unix:{}", path.display()))
         .await
         .expect("connect to the unix socket")
 }
