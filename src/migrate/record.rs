@@ -2,14 +2,17 @@
 //! that any proxy that starts (or restarts) on the target serves the same revisions.
 //!
 //! Layout under `<prefix>\0cutover/translation/`:
-//! - `keys/<n>`, then `keys/delta/<n>`: the key map K in chunks (each well under etcd's
-//!   request limit), protobuf `KeyMapChunk` messages (proto/cutover/record.proto);
-//! - `params`: S, L, the chunk count and the chunks' format as JSON, written last: its
+//! - `keys/<n>`: the bulk of the key map K, written before the fence: a `PackedKeyMap`
+//!   (route::keymap's compact form, proto/cutover/record.proto) cut into chunks well under
+//!   etcd's request limit;
+//! - `keys/delta/<n>`: the keys that changed after that, written while fenced, as
+//!   `KeyMapChunk` entries (a removal is an entry whose target create_revision is 0);
+//! - `params`: S, L, the chunk count and the record's format as JSON, written last: its
 //!   mod_revision is T, which makes T greater than every copied change and every chunk,
 //!   as the translation requires.
 //!
-//! Records written before the protobuf chunks (format 1, params without `format`) held
-//! hand-encoded varint records; they are still read, never written.
+//! Older formats are still read, never written: 1 (params without `format`) held
+//! hand-encoded varint records in every chunk, 2 held `KeyMapChunk` entries in every chunk.
 
 use std::collections::HashMap;
 
@@ -22,6 +25,7 @@ use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::{PutRequest, RangeRequest};
 use crate::proto::record::{KeyEntry, KeyMapChunk};
 use crate::route::fence::reserved_prefix;
+use crate::route::keymap::KeyMap;
 use crate::route::revision::{CopiedKey, Translation};
 use crate::upstream::client;
 use crate::upstream::{own_request, Datastore, Retry};
@@ -29,8 +33,11 @@ use crate::upstream::{own_request, Datastore, Retry};
 /// Bytes of K per chunk: far below etcd's default 1.5 MiB request limit.
 const CHUNK_BYTES: usize = 512 * 1024;
 
-/// The chunks' format written now: protobuf `KeyMapChunk`s.
-const FORMAT: u32 = 2;
+/// The record's format written now: the bulk packed, the delta as entries.
+const FORMAT: u32 = 3;
+/// `KeyMapChunk` entries: every chunk of a record of format 2, and the delta's chunks
+/// (whose `format` field says so) of format 3.
+const FORMAT_ENTRIES: u32 = 2;
 /// Hand-encoded varint records, before the protobuf chunks (read only).
 const FORMAT_VARINT: u32 = 1;
 
@@ -71,8 +78,9 @@ fn record_prefix(tenant_prefix: &[u8]) -> Bytes {
     b.freeze()
 }
 
-/// K as chunks, in key order.
-pub fn encode_keys(keys: &HashMap<Bytes, CopiedKey>) -> Vec<Bytes> {
+/// K as chunks of entries, in key order: how a record of format 2 held it.
+#[cfg(test)]
+fn encode_keys(keys: &HashMap<Bytes, CopiedKey>) -> Vec<Bytes> {
     let mut sorted: Vec<_> = keys.iter().map(|(k, v)| (k, Some(*v))).collect();
     sorted.sort_by(|a, b| a.0.cmp(b.0));
     encode_entries(sorted)
@@ -82,7 +90,7 @@ pub fn encode_keys(keys: &HashMap<Bytes, CopiedKey>) -> Vec<Bytes> {
 fn encode_entries<'a>(entries: impl IntoIterator<Item = (&'a Bytes, Option<CopiedKey>)>) -> Vec<Bytes> {
     let mut chunks = Vec::new();
     let mut cur = KeyMapChunk {
-        format: FORMAT,
+        format: FORMAT_ENTRIES,
         entries: Vec::new(),
     };
     let mut size = 0;
@@ -116,57 +124,71 @@ fn encode_entries<'a>(entries: impl IntoIterator<Item = (&'a Bytes, Option<Copie
     chunks
 }
 
-/// Applies one chunk of K, written in `format`, to `into`.
-pub fn decode_keys(chunk: Bytes, format: u32, into: &mut HashMap<Bytes, CopiedKey>) -> Result<(), RecordError> {
+/// One chunk of entries (`KeyMapChunk`), in order: a key's revisions, or `None` for a key
+/// that left K.
+fn decode_entries(chunk: Bytes) -> Result<Vec<(Bytes, Option<CopiedKey>)>, RecordError> {
+    let chunk = KeyMapChunk::decode(chunk).map_err(|e| RecordError::Damaged(e.to_string()))?;
+    if chunk.format != FORMAT_ENTRIES {
+        return Err(RecordError::Damaged(format!(
+            "a chunk of format {} where entries (format {FORMAT_ENTRIES}) were expected",
+            chunk.format
+        )));
+    }
+    Ok(chunk
+        .entries
+        .into_iter()
+        .map(|e| {
+            let v = [
+                e.target_create,
+                e.target_mod,
+                e.target_version,
+                e.source_create,
+                e.source_mod,
+                e.source_version,
+            ];
+            (e.key, entry(v))
+        })
+        .collect())
+}
+
+/// Applies one chunk of K of a record of format 1 or 2 to `into`.
+fn decode_keys(chunk: Bytes, format: u32, into: &mut HashMap<Bytes, CopiedKey>) -> Result<(), RecordError> {
     match format {
-        FORMAT => {
-            let chunk = KeyMapChunk::decode(chunk).map_err(|e| RecordError::Damaged(e.to_string()))?;
-            if chunk.format != FORMAT {
-                return Err(RecordError::Damaged(format!(
-                    "a chunk of format {} in a record of format {FORMAT}",
-                    chunk.format
-                )));
-            }
-            for e in chunk.entries {
-                apply(
-                    into,
-                    e.key,
-                    [
-                        e.target_create,
-                        e.target_mod,
-                        e.target_version,
-                        e.source_create,
-                        e.source_mod,
-                        e.source_version,
-                    ],
-                );
+        FORMAT_ENTRIES => {
+            for (key, v) in decode_entries(chunk)? {
+                apply(into, key, v);
             }
             Ok(())
         }
         FORMAT_VARINT => decode_varint_chunk(chunk, into),
-        other => Err(RecordError::Damaged(format!(
-            "the key map is in format {other}, which this cutover does not know (a newer one wrote it)"
-        ))),
+        other => Err(unknown_format(other)),
     }
 }
 
-/// One entry: the six revisions, or a removal (a target create_revision of 0).
-fn apply(into: &mut HashMap<Bytes, CopiedKey>, key: Bytes, v: [i64; 6]) {
-    if v[0] == 0 {
-        into.remove(&key);
-        return;
-    }
-    into.insert(
-        key,
-        CopiedKey {
-            target_create: v[0],
-            target_mod: v[1],
-            target_version: v[2],
-            source_create: v[3],
-            source_mod: v[4],
-            source_version: v[5],
-        },
-    );
+fn unknown_format(format: u32) -> RecordError {
+    RecordError::Damaged(format!(
+        "the key map is in format {format}, which this cutover does not know (a newer one wrote it)"
+    ))
+}
+
+/// An entry's six revisions; a target create_revision of 0 (a copy never has one) says
+/// the key left K.
+fn entry(v: [i64; 6]) -> Option<CopiedKey> {
+    (v[0] != 0).then_some(CopiedKey {
+        target_create: v[0],
+        target_mod: v[1],
+        target_version: v[2],
+        source_create: v[3],
+        source_mod: v[4],
+        source_version: v[5],
+    })
+}
+
+fn apply(into: &mut HashMap<Bytes, CopiedKey>, key: Bytes, v: Option<CopiedKey>) {
+    match v {
+        Some(v) => into.insert(key, v),
+        None => into.remove(&key),
+    };
 }
 
 /// A chunk of format 1: (varint key length, key, six zigzag varints) records.
@@ -184,7 +206,7 @@ fn decode_varint_chunk(chunk: Bytes, into: &mut HashMap<Bytes, CopiedKey>) -> Re
             let z = varint(&mut buf)?;
             *slot = ((z >> 1) as i64) ^ -((z & 1) as i64);
         }
-        apply(into, key, v);
+        apply(into, key, entry(v));
     }
     Ok(())
 }
@@ -213,25 +235,26 @@ pub async fn persist(
     keys: &HashMap<Bytes, CopiedKey>,
     leases: &HashMap<i64, i64>,
 ) -> Result<i64, RecordError> {
-    let chunks = persist_keys(target, tenant_prefix, keys).await?;
+    let chunks = persist_keys(target, tenant_prefix, &KeyMap::from_map(keys)).await?;
     persist_final(target, tenant_prefix, s, l, chunks, &[], keys, leases).await
 }
 
-/// Writes K as it is now (before the fence: the bulk of the record). Returns the number of
-/// chunks written.
-pub async fn persist_keys(
-    target: &Datastore,
-    tenant_prefix: &[u8],
-    keys: &HashMap<Bytes, CopiedKey>,
-) -> Result<u32, RecordError> {
+/// Writes K as it is now, packed (before the fence: the bulk of the record). Returns the
+/// number of chunks written.
+pub async fn persist_keys(target: &Datastore, tenant_prefix: &[u8], keys: &KeyMap) -> Result<u32, RecordError> {
     let base = record_prefix(tenant_prefix);
-    let chunks = encode_keys(keys);
-    for (i, chunk) in chunks.iter().enumerate() {
+    let pieces = cut(Bytes::from(keys.encode_base()), CHUNK_BYTES);
+    for (i, piece) in pieces.iter().enumerate() {
         let mut key = BytesMut::from(&base[..]);
         key.extend_from_slice(format!("keys/{i:08}").as_bytes());
-        put(target, key.freeze(), chunk.clone()).await?;
+        put(target, key.freeze(), piece.clone()).await?;
     }
-    Ok(chunks.len() as u32)
+    Ok(pieces.len() as u32)
+}
+
+/// `bytes` in pieces of at most `size` bytes.
+fn cut(bytes: Bytes, size: usize) -> Vec<Bytes> {
+    bytes.chunks(size).map(|piece| bytes.slice_ref(piece)).collect()
 }
 
 /// Completes the record while fenced: the entries of the keys `changed` since
@@ -291,14 +314,35 @@ pub async fn load(target: &Datastore, tenant_prefix: &[u8]) -> Result<Option<Tra
     };
     let params: Params =
         serde_json::from_slice(&params_kv.value).map_err(|e| RecordError::Damaged(format!("params: {e}")))?;
-    let mut keys = HashMap::new();
-    let mut seen = 0u32;
-    for kv in &resp.kvs {
-        if kv.key.starts_with(&[&base[..], b"keys/"].concat()) {
-            decode_keys(kv.value.clone(), params.format, &mut keys)?;
-            seen += 1;
+    let keys_prefix = [&base[..], b"keys/"].concat();
+    let delta_prefix = [&base[..], b"keys/delta/"].concat();
+    let chunks = resp.kvs.iter().filter(|kv| kv.key.starts_with(&keys_prefix));
+    let seen = chunks.clone().count() as u32;
+    let keys = match params.format {
+        FORMAT => {
+            // The bulk's pieces come first in key order ("keys/0..." < "keys/delta/").
+            let mut packed = Vec::new();
+            let mut delta = Vec::new();
+            for kv in chunks {
+                if kv.key.starts_with(&delta_prefix) {
+                    delta.extend(decode_entries(kv.value.clone())?);
+                } else {
+                    packed.extend_from_slice(&kv.value);
+                }
+            }
+            KeyMap::decode_base(&packed)
+                .map_err(|e| RecordError::Damaged(e.to_string()))?
+                .with_overlay(delta)
         }
-    }
+        FORMAT_ENTRIES | FORMAT_VARINT => {
+            let mut keys = HashMap::new();
+            for kv in chunks {
+                decode_keys(kv.value.clone(), params.format, &mut keys)?;
+            }
+            KeyMap::from_map(&keys)
+        }
+        other => return Err(unknown_format(other)),
+    };
     let expected = match params.format {
         FORMAT_VARINT => params.chunks,
         _ => params.chunk_count,
@@ -348,7 +392,7 @@ mod tests {
         assert!(chunks.iter().all(|c| c.len() < CHUNK_BYTES + 1024));
         let mut back = HashMap::new();
         for c in chunks {
-            decode_keys(c, FORMAT, &mut back).unwrap();
+            decode_keys(c, FORMAT_ENTRIES, &mut back).unwrap();
         }
         assert_eq!(back, keys);
     }
@@ -358,7 +402,7 @@ mod tests {
         let mut keys = sample(3);
         let mut back = HashMap::new();
         for c in encode_keys(&keys) {
-            decode_keys(c, FORMAT, &mut back).unwrap();
+            decode_keys(c, FORMAT_ENTRIES, &mut back).unwrap();
         }
         let gone = Bytes::from("/registry/pods/ns/pod-000001");
         let changed = Bytes::from("/registry/pods/ns/pod-000002");
@@ -366,7 +410,7 @@ mod tests {
         keys.get_mut(&changed).unwrap().target_mod += 5;
         let delta = [gone.clone(), changed.clone()];
         for c in encode_entries(delta.iter().map(|k| (k, keys.get(k).copied()))) {
-            decode_keys(c, FORMAT, &mut back).unwrap();
+            decode_keys(c, FORMAT_ENTRIES, &mut back).unwrap();
         }
         assert_eq!(back, keys);
     }
@@ -376,12 +420,12 @@ mod tests {
         let chunk = encode_keys(&sample(3)).remove(0);
         for cut in 0..chunk.len() {
             let mut into = HashMap::new();
-            let _ = decode_keys(chunk.slice(..cut), FORMAT, &mut into);
+            let _ = decode_keys(chunk.slice(..cut), FORMAT_ENTRIES, &mut into);
             let _ = decode_keys(chunk.slice(..cut), FORMAT_VARINT, &mut into);
         }
         let mut into = HashMap::new();
         let garbage = Bytes::from_static(b"\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff");
-        assert!(decode_keys(garbage.clone(), FORMAT, &mut into).is_err());
+        assert!(decode_keys(garbage.clone(), FORMAT_ENTRIES, &mut into).is_err());
         assert!(decode_keys(garbage, FORMAT_VARINT, &mut into).is_err());
         assert!(decode_keys(Bytes::from_static(b"\x10ab"), FORMAT_VARINT, &mut into).is_err());
     }
@@ -442,8 +486,8 @@ mod tests {
     fn a_format_this_cutover_does_not_know_is_refused() {
         let chunk = encode_keys(&sample(2)).remove(0);
         let mut into = HashMap::new();
-        let err = decode_keys(chunk, 3, &mut into).unwrap_err();
-        assert!(err.to_string().contains("format 3"), "{err}");
+        let err = decode_keys(chunk, 4, &mut into).unwrap_err();
+        assert!(err.to_string().contains("format 4"), "{err}");
         // A chunk that says another format than its record is damaged.
         let other = Bytes::from(
             KeyMapChunk {
@@ -452,6 +496,46 @@ mod tests {
             }
             .encode_to_vec(),
         );
-        assert!(decode_keys(other, FORMAT, &mut into).is_err());
+        assert!(decode_keys(other, FORMAT_ENTRIES, &mut into).is_err());
+    }
+
+    /// A build that knows formats 1 and 2 only (the one before the packed bulk) refuses a
+    /// record of format 3 instead of reading the packed bytes as entries.
+    #[test]
+    fn a_build_that_knows_only_formats_1_and_2_refuses_format_3() {
+        let packed = Bytes::from(KeyMap::from_map(&sample(100)).encode_base());
+        let mut into = HashMap::new();
+        // Such a build hands every chunk to its decoder with the record's format.
+        let err = decode_keys(packed.clone(), FORMAT, &mut into).unwrap_err();
+        assert!(err.to_string().contains("format 3"), "{err}");
+        // And the packed bytes, read as entries, are damaged, never entries.
+        assert!(decode_entries(packed).is_err());
+    }
+
+    /// The packed bulk cut into chunks and the delta's entries read back as the map
+    /// they were made from.
+    #[test]
+    fn the_packed_bulk_and_the_delta_read_back_as_one_map() {
+        let mut keys = sample(20_000);
+        let pieces = cut(Bytes::from(KeyMap::from_map(&keys).encode_base()), 16 * 1024);
+        assert!(pieces.len() > 1, "one chunk");
+        let gone = Bytes::from("/registry/pods/ns/pod-000001");
+        let changed = Bytes::from("/registry/pods/ns/pod-000002");
+        let added = Bytes::from("/registry/pods/ns/zz-new");
+        keys.remove(&gone);
+        keys.get_mut(&changed).unwrap().target_mod += 5;
+        keys.insert(added.clone(), keys[&changed]);
+        let delta = encode_entries([&gone, &changed, &added].into_iter().map(|k| (k, keys.get(k).copied())));
+        let whole: Vec<u8> = pieces.concat();
+        let mut overlay = Vec::new();
+        for d in delta {
+            overlay.extend(decode_entries(d).unwrap());
+        }
+        let back = KeyMap::decode_base(&whole).unwrap().with_overlay(overlay);
+        assert_eq!(back.len(), keys.len());
+        for (k, v) in &keys {
+            assert_eq!(back.get(k), Some(*v), "{k:?}");
+        }
+        assert_eq!(back.get(&gone), None);
     }
 }

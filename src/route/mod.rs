@@ -13,6 +13,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::watch;
 
 pub mod fence;
+pub mod keymap;
 pub mod proof;
 pub mod revision;
 pub mod scope;

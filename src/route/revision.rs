@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 
-use bytes::Bytes;
+pub use super::keymap::KeyMap;
 
 /// What the copier last wrote for one key, and what the source had.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +36,7 @@ pub struct Translation {
     pub s: i64,
     pub t: i64,
     pub l: i64,
-    pub keys: HashMap<Bytes, CopiedKey>,
+    pub keys: KeyMap,
     /// Source lease ID -> target lease ID, only for leases whose ID was taken on the target.
     pub leases: HashMap<i64, i64>,
 }
@@ -108,7 +108,7 @@ impl Translation {
     }
 
     /// Whether a target key-value belongs to the copied incarnation of its key.
-    fn copied<'a>(&'a self, key: &[u8], target_create: i64) -> Option<&'a CopiedKey> {
+    fn copied(&self, key: &[u8], target_create: i64) -> Option<CopiedKey> {
         if target_create <= 0 || target_create >= self.t {
             return None;
         }
@@ -216,9 +216,8 @@ pub fn holds(actual: i64, relation: Relation, value: i64) -> bool {
 /// metadata write at t = 50; lease 7 got ID 9 there.
 #[cfg(test)]
 pub(crate) fn sample() -> Translation {
-    let mut keys = HashMap::new();
-    keys.insert(
-        Bytes::from_static(b"a"),
+    let keys = KeyMap::from_sorted([(
+        &b"a"[..],
         CopiedKey {
             target_create: 12,
             target_mod: 30,
@@ -227,7 +226,8 @@ pub(crate) fn sample() -> Translation {
             source_mod: 40,
             source_version: 7,
         },
-    );
+    )])
+    .unwrap_or_default();
     Translation {
         s: 1100,
         t: 50,

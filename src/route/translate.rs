@@ -305,7 +305,8 @@ fn branch(
         translate_txn_body(t, &mut leaf, assume)?;
         return Ok(leaf);
     };
-    let copied_create = t.keys[key].target_create;
+    // Every key here is in K (see `version_compared_keys`).
+    let copied_create = t.keys.get(key).map_or(0, |k| k.target_create);
     let mut arm = |inc: Incarnation| -> Result<RequestOp, Compacted> {
         assume.push((key.clone(), inc));
         let inner = branch(t, txn, rest, assume);

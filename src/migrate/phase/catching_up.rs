@@ -11,6 +11,7 @@ use bytes::Bytes;
 use super::{on, Job};
 use crate::migrate::machine::Failure;
 use crate::migrate::{ops, record, verify};
+use crate::route::keymap::KeyMap;
 
 /// A round that saw at most this many changed keys is the last before the fence.
 const FEW_CHANGES: usize = 64;
@@ -82,7 +83,17 @@ pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
         if few && (behind <= max_lag || echo <= PROMPT_ECHO) {
             // The last round before the fence: write the bulk of the record, and check
             // the key counts at this consistent point.
-            job.base_chunks = record::persist_keys(&s.target, job.prefix(), &copied.keys).await?;
+            // Packing a large K takes a while: off the runtime's threads.
+            let working = std::mem::take(&mut copied.keys);
+            let (working, packed) = tokio::task::spawn_blocking(move || {
+                let packed = KeyMap::from_map(&working);
+                (working, packed)
+            })
+            .await
+            .map_err(|e| Failure::Task(format!("packing the key map: {e}")))?;
+            copied.keys = working;
+            job.base_chunks = record::persist_keys(&s.target, job.prefix(), &packed).await?;
+            job.base_keys = Some(packed);
             verify::counts(&s.source, &s.target, &s.range, &s.reserved, through).await?;
             job.start_follower(copied, through + 1);
             job.until_follower_is_live().await?;

@@ -74,6 +74,10 @@ pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
             leases.insert(client_id, *tgt);
         }
     }
+    let base_keys = job
+        .base_keys
+        .take()
+        .ok_or_else(|| Failure::Task("fenced before the key map was persisted".into()))?;
     crate::failpoint!("migrate.record.persist")?;
     let t = record::persist_final(
         &s.target,
@@ -90,7 +94,7 @@ pub(super) async fn run(job: &mut Job) -> Result<(), Failure> {
         s: big_s,
         t,
         l,
-        keys: copied.keys,
+        keys: base_keys.with_overlay(changed.iter().map(|k| (k.clone(), copied.keys.get(k).copied()))),
         leases,
     }));
     Ok(())

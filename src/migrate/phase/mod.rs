@@ -25,6 +25,7 @@ use super::{ops, verify, Migrator, Phase};
 use crate::error::ProxyError;
 use crate::keys::KeyRange;
 use crate::route::fence::reserved_prefix;
+use crate::route::keymap::KeyMap;
 use crate::route::revision::Translation;
 use crate::route::{MigrationLink, Route};
 use crate::upstream::Datastore;
@@ -89,6 +90,9 @@ pub(super) struct Job {
     last_change: i64,
     /// Chunks of the key map persisted before the fence.
     base_chunks: u32,
+    /// The key map as persisted before the fence, packed: the translation's K once the
+    /// keys changed since are laid over it.
+    base_keys: Option<KeyMap>,
     fence: Option<Fence>,
     /// Holds the tenant's leases on the fenced source until the commit or the release.
     held_leases: Option<AbortOnDropHandle<()>>,
@@ -125,6 +129,7 @@ impl Job {
             follower: None,
             last_change: 0,
             base_chunks: 0,
+            base_keys: None,
             fence: None,
             held_leases: None,
             translation: None,
