@@ -435,7 +435,7 @@ impl Context {
             let fence_read = linearizable.then(|| guard.fence_read());
             let sent = tokio::time::Instant::now();
             let (resp, guarded) = match send(read.clone().into_txn(fence_read)).await {
-                Ok(r) => (r, true),
+                Ok(r) => (r, linearizable),
                 // As for writes: a client that may not read the fence key reads without it.
                 Err(ProxyError::Etcd(s)) if linearizable && s.code() == Code::PermissionDenied => {
                     self.count_unguarded_read();

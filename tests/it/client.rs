@@ -24,6 +24,18 @@ fn kv(k: &KeyValue) -> (String, String, i64, i64, i64, bool) {
     )
 }
 
+fn op_responses(r: &etcd_client::TxnResponse) -> Vec<String> {
+    r.op_responses()
+        .into_iter()
+        .map(|op| match op {
+            TxnOpResponse::Put(p) => format!("put rev={}", p.header().unwrap().revision()),
+            TxnOpResponse::Get(g) => format!("get {:?}", g.kvs().iter().map(kv).collect::<Vec<_>>()),
+            TxnOpResponse::Delete(d) => format!("del {}", d.deleted()),
+            TxnOpResponse::Txn(t) => format!("txn {}", t.succeeded()),
+        })
+        .collect()
+}
+
 async fn run_kv_script(c: &mut Client) -> Vec<String> {
     let mut out = Vec::new();
     for (k, v) in [("a/1", "x"), ("a/2", "yy"), ("a/3", "z"), ("b/1", "w"), ("a/2", "y2")] {
@@ -72,6 +84,33 @@ async fn run_kv_script(c: &mut Client) -> Vec<String> {
             r.kvs().iter().map(kv).collect::<Vec<_>>()
         ));
     }
+    // Read-only Txns: of serializable reads, and of compares only.
+    let serializable = || Some(GetOptions::new().with_serializable());
+    let read_only = [
+        (
+            "serializable",
+            Txn::new()
+                .when([Compare::version("a/1", CompareOp::Greater, 0)])
+                .and_then([TxnOp::get("a/1", serializable()), TxnOp::get("a/2", serializable())])
+                .or_else([TxnOp::get("b/1", serializable())]),
+        ),
+        (
+            "compares-only",
+            Txn::new().when([Compare::value("a/1", CompareOp::Equal, "x")]),
+        ),
+        (
+            "compares-only-failing",
+            Txn::new().when([Compare::value("a/1", CompareOp::Equal, "no")]),
+        ),
+    ];
+    for (name, txn) in read_only {
+        let r = c.txn(txn).await.unwrap();
+        out.push(format!(
+            "txn {name} succeeded={} ops={:?}",
+            r.succeeded(),
+            op_responses(&r)
+        ));
+    }
     let r = c
         .delete("a/", Some(DeleteOptions::new().with_prefix().with_prev_key()))
         .await
@@ -90,17 +129,7 @@ async fn run_kv_script(c: &mut Client) -> Vec<String> {
             .and_then([TxnOp::put("b/1", format!("at{rev}"), None)])
             .or_else([TxnOp::get("b/1", None)]);
         let r = c.txn(txn).await.unwrap();
-        let ops: Vec<String> = r
-            .op_responses()
-            .into_iter()
-            .map(|op| match op {
-                TxnOpResponse::Put(p) => format!("put rev={}", p.header().unwrap().revision()),
-                TxnOpResponse::Get(g) => format!("get {:?}", g.kvs().iter().map(kv).collect::<Vec<_>>()),
-                TxnOpResponse::Delete(d) => format!("del {}", d.deleted()),
-                TxnOpResponse::Txn(t) => format!("txn {}", t.succeeded()),
-            })
-            .collect();
-        out.push(format!("txn succeeded={} ops={ops:?}", r.succeeded()));
+        out.push(format!("txn succeeded={} ops={:?}", r.succeeded(), op_responses(&r)));
     }
     // A nested Txn, and compares on value, version and create revision.
     let nested = Txn::new()

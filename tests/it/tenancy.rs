@@ -23,6 +23,38 @@ async fn tenant_keys(proxy: &Proxy) -> usize {
         .len()
 }
 
+/// A serializable read over the whole prefix (where cutover keeps its own keys) answers
+/// as the linearizable one does: the tenant's keys, and none of cutover's.
+#[tokio::test]
+async fn a_serializable_read_over_the_whole_prefix_shows_the_tenants_keys_only() {
+    let etcd = Etcd::start().await;
+    let proxy = Proxy::start(&format!(
+        "prefix: {TENANT}\ndataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\"]\n",
+        etcd.endpoint
+    ))
+    .await;
+    let mut c = client(&proxy.endpoint).await;
+    for i in 0..5 {
+        c.put(format!("{TENANT}k{i}"), "v", None).await.unwrap();
+    }
+    let all = || etcd_client::GetOptions::new().with_prefix();
+    let linearizable = c.get(TENANT, Some(all())).await.unwrap();
+    let serializable = c.get(TENANT, Some(all().with_serializable())).await.unwrap();
+    let keys = |r: &etcd_client::GetResponse| {
+        r.kvs()
+            .iter()
+            .map(|kv| (kv.key_str().unwrap().to_string(), kv.mod_revision()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(keys(&serializable), keys(&linearizable));
+    assert_eq!(serializable.count(), 5);
+    let counted = c
+        .get(TENANT, Some(all().with_serializable().with_count_only()))
+        .await
+        .unwrap();
+    assert_eq!(counted.count(), 5);
+}
+
 #[tokio::test]
 async fn the_same_etcd_under_two_names_is_refused_before_anything_is_written() {
     let etcd = Etcd::start().await;
