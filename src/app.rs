@@ -111,6 +111,12 @@ pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> 
         }
     }
     crate::memory::spawn_trimmer(metrics.clone(), &background);
+    crate::migrate::prune::spawn(
+        router.clone(),
+        metrics.clone(),
+        config.migration.prune_every,
+        &background,
+    );
     let admin_state = Arc::new(AdminState {
         router: router.clone(),
         metrics,

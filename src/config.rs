@@ -195,6 +195,10 @@ pub struct MigrationConfig {
     /// what held or refused writes see) [default: 0s].
     #[serde(default = "default_step_delay")]
     pub fence_delay: String,
+    /// How often a replica drops from the translation's key map the keys whose copy is
+    /// gone from the datastore (a read of the tenant's keys, without values); 0s: never.
+    #[serde(default = "default_prune_interval")]
+    pub prune_interval: String,
 }
 
 impl Default for MigrationConfig {
@@ -208,6 +212,7 @@ impl Default for MigrationConfig {
             revision_gap: default_revision_gap(),
             step_delay: default_step_delay(),
             fence_delay: default_step_delay(),
+            prune_interval: default_prune_interval(),
         }
     }
 }
@@ -234,6 +239,9 @@ fn default_revision_gap() -> i64 {
 fn default_step_delay() -> String {
     humantime::format_duration(MigrationSettings::default().step_delay).to_string()
 }
+fn default_prune_interval() -> String {
+    humantime::format_duration(MigrationSettings::default().prune_every).to_string()
+}
 
 /// Tunables of a migration (defaults suit a kube-apiserver tenant).
 #[derive(Debug, Clone)]
@@ -257,6 +265,8 @@ pub struct MigrationSettings {
     pub step_delay: Duration,
     /// Extra time the source stays fenced, in Fenced and in Committing (rehearsals, tests).
     pub fence_delay: Duration,
+    /// How often the translation's key map is pruned (zero: never).
+    pub prune_every: Duration,
 }
 
 impl Default for MigrationSettings {
@@ -271,6 +281,7 @@ impl Default for MigrationSettings {
             lease_ttl: 10,
             step_delay: Duration::ZERO,
             fence_delay: Duration::ZERO,
+            prune_every: Duration::from_secs(600),
         }
     }
 }
@@ -596,6 +607,9 @@ pub struct Overrides {
     /// `migration.fenceDelay`: keep the source fenced this much longer in Fenced and Committing, and pause as long after the commit marker before switching, for rehearsals [default: 0s]
     #[arg(long, env = "CUTOVER_MIGRATION_FENCE_DELAY", value_name = "DURATION")]
     pub migration_fence_delay: Option<String>,
+    /// `migration.pruneInterval`: how often the translation's key map drops the keys whose copy is gone from the datastore; 0s: never [default: 10m]
+    #[arg(long, env = "CUTOVER_MIGRATION_PRUNE_INTERVAL", value_name = "DURATION")]
+    pub migration_prune_interval: Option<String>,
     /// `workerThreads`: threads serving requests; 1 = a single-threaded runtime [default: 1]
     #[arg(long, env = "CUTOVER_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<usize>,
@@ -753,6 +767,7 @@ impl Overrides {
             (&self.migration_lease_ttl, "leaseTTL"),
             (&self.migration_step_delay, "stepDelay"),
             (&self.migration_fence_delay, "fenceDelay"),
+            (&self.migration_prune_interval, "pruneInterval"),
         ] {
             if let Some(v) = v {
                 set_path(doc, &["migration", key], s(v));
@@ -1059,6 +1074,7 @@ fn migration_settings(m: &MigrationConfig) -> Result<MigrationSettings, ConfigEr
         lease_ttl: lease_ttl.as_secs() as i64,
         step_delay: duration("migration.stepDelay", &m.step_delay)?,
         fence_delay: duration("migration.fenceDelay", &m.fence_delay)?,
+        prune_every: duration("migration.pruneInterval", &m.prune_interval)?,
         ..Default::default()
     })
 }

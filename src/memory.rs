@@ -53,6 +53,12 @@ pub fn spawn_trimmer(metrics: Arc<Metrics>, background: &crate::tasks::Backgroun
     });
 }
 
+/// Gives the allocator's free memory back now: after a large structure was dropped (a
+/// migration's working key map, a pruned one).
+pub async fn return_free_memory() {
+    let _ = tokio::task::spawn_blocking(trim).await;
+}
+
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn trim() {
     // SAFETY: malloc_trim only releases free memory of the allocator; it touches no

@@ -82,6 +82,12 @@ pub struct Metrics {
     pub bytes_copied: Counter,
     /// Source revisions the target is behind during the catch-up.
     pub catch_up_lag: Gauge,
+    /// Keys in the key map of the revision translation this replica routes with.
+    pub translation_keys: Gauge,
+    /// Bytes that key map holds in memory.
+    pub translation_bytes: Gauge,
+    /// Keys dropped from the key map because the copy of the key is gone from the target.
+    pub translation_pruned: Counter,
     /// How long each migration kept the source fenced.
     pub fence_seconds: Histogram,
     pub shadow_reads: Counter,
@@ -201,6 +207,24 @@ impl Metrics {
             "Source revisions the migration target is behind during the catch-up",
             catch_up_lag.clone(),
         );
+        let translation_keys = Gauge::default();
+        registry.register(
+            "translation_keys",
+            "Keys in the key map of the revision translation this replica routes with (0: no translation)",
+            translation_keys.clone(),
+        );
+        let translation_bytes = Gauge::default();
+        registry.register(
+            "translation_memory_bytes",
+            "Bytes of memory that key map holds",
+            translation_bytes.clone(),
+        );
+        let translation_pruned = Counter::default();
+        registry.register(
+            "translation_pruned_keys",
+            "Keys dropped from the key map because the target no longer holds their copied incarnation",
+            translation_pruned.clone(),
+        );
         // 1 ms .. ~65 s
         let fence_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 17));
         registry.register(
@@ -259,6 +283,9 @@ impl Metrics {
             keys_copied,
             bytes_copied,
             catch_up_lag,
+            translation_keys,
+            translation_bytes,
+            translation_pruned,
             fence_seconds,
             shadow_reads,
             shadow_mismatches,

@@ -278,6 +278,7 @@ async fn resolve_and_switch(router: &crate::route::Router, from: &str) -> Result
             tracing::info!(datastore = %name, s = t.s, t = t.t, l = t.l, keys = t.keys.len(), "loaded the revision translation");
         }
         // Every name here was checked against the configured datastores above.
+        let loaded = translation.is_some();
         router
             .switch_to(&name, translation.map(std::sync::Arc::new))
             .map_err(|e| {
@@ -289,6 +290,10 @@ async fn resolve_and_switch(router: &crate::route::Router, from: &str) -> Result
                     },
                 )
             })?;
+        if loaded {
+            // Reading the record took far more memory than the key map keeps.
+            crate::memory::return_free_memory().await;
+        }
     }
     Ok(())
 }

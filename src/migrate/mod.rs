@@ -21,6 +21,7 @@ pub(crate) mod machine;
 pub mod marker;
 pub mod ops;
 mod phase;
+pub mod prune;
 pub mod record;
 mod status;
 pub mod verify;
@@ -426,6 +427,10 @@ impl Migrator {
             let _ = self.publish_on_target(job.target()).await;
             tracing::info!(migration = %id, to = %to, seconds = started.elapsed().as_secs_f64(), fence_ms = fence_ms.unwrap_or_default(), "migration committed; serving from the target");
         }
+        // The working key map (a hash map of every copied key) is gone with the job: give
+        // its memory back, or the process keeps its peak size.
+        drop(job);
+        crate::memory::return_free_memory().await;
     }
 
     /// Deletes the tenant's data from a datastore it has left (keeping the marker that

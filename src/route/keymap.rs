@@ -19,8 +19,21 @@ use fst::Streamer;
 use prost::Message;
 use sucds::int_vectors::{Access, CompactVector};
 
-use super::revision::CopiedKey;
 use crate::proto::record::{PackedColumn, PackedKeyMap};
+
+/// What the copier last wrote for one key, and what the source had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopiedKey {
+    /// Target create_revision of the key's copied incarnation.
+    pub target_create: i64,
+    /// Target mod_revision of the copier's last write of the key.
+    pub target_mod: i64,
+    /// Target version right after that write.
+    pub target_version: i64,
+    pub source_create: i64,
+    pub source_mod: i64,
+    pub source_version: i64,
+}
 
 /// The packed form's format number (the translation record's format 3).
 pub const PACKED_FORMAT: u32 = 3;
@@ -48,6 +61,19 @@ impl std::fmt::Debug for KeyMap {
             .field("len", &self.len)
             .field("overlay", &self.overlay.len())
             .finish()
+    }
+}
+
+/// Which entries of a [`KeyMap`] the datastore still holds: a bit per row of the bulk,
+/// and the overlay's keys.
+pub struct Liveness {
+    base: Vec<u64>,
+    overlay: std::collections::HashSet<Bytes>,
+}
+
+impl Liveness {
+    pub fn count(&self) -> usize {
+        self.base.iter().map(|w| w.count_ones() as usize).sum::<usize>() + self.overlay.len()
     }
 }
 
@@ -214,40 +240,83 @@ impl KeyMap {
 
     /// Every entry, in key order.
     pub fn for_each(&self, mut f: impl FnMut(&[u8], CopiedKey)) {
+        self.for_each_row(|k, v, _| f(k, v));
+    }
+
+    /// Every entry, in key order, with its row in the bulk (`None`: from the overlay).
+    fn for_each_row(&self, mut f: impl FnMut(&[u8], CopiedKey, Option<usize>)) {
         let mut added: Vec<(&Bytes, CopiedKey)> = self.overlay.iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect();
         added.sort_unstable_by(|a, b| a.0.cmp(b.0));
         let mut added = added.into_iter().peekable();
         let mut stream = self.base.index.stream();
         while let Some((key, row)) = stream.next() {
-            while let Some((k, v)) = added.next_if(|(k, _)| &k[..] < key) {
-                f(k, v);
+            while let Some((k, v)) = added.next_if(|(k, _)| &k[..] <= key) {
+                f(k, v, None);
             }
-            if let Some((k, v)) = added.next_if(|(k, _)| &k[..] == key) {
-                f(k, v);
-                continue;
+            if !self.overlay.contains_key(key) {
+                f(key, self.base.row(row as usize), Some(row as usize));
             }
-            if self.overlay.contains_key(key) {
-                continue; // removed
-            }
-            f(key, self.base.row(row as usize));
         }
         for (k, v) in added {
-            f(k, v);
+            f(k, v, None);
         }
     }
 
-    /// The map without the keys `gone` says are gone, rebuilt compact (overlay merged in).
-    pub fn without(&self, gone: impl Fn(&[u8], &CopiedKey) -> bool) -> KeyMap {
+    /// The entries `keep` keeps, rebuilt compact (the overlay merged in).
+    fn rebuilt(&self, keep: impl Fn(&[u8], &CopiedKey, Option<usize>) -> bool) -> KeyMap {
         let mut keys: Vec<u8> = Vec::new();
         let mut kept: Vec<(std::ops::Range<usize>, CopiedKey)> = Vec::new();
-        self.for_each(|k, v| {
-            if !gone(k, &v) {
+        self.for_each_row(|k, v, row| {
+            if keep(k, &v, row) {
                 let start = keys.len();
                 keys.extend_from_slice(k);
                 kept.push((start..keys.len(), v));
             }
         });
         Self::from_sorted(kept.iter().map(|(r, v)| (&keys[r.clone()], *v))).unwrap_or_default()
+    }
+
+    /// The map without the keys `gone` says are gone.
+    pub fn without(&self, gone: impl Fn(&[u8], &CopiedKey) -> bool) -> KeyMap {
+        self.rebuilt(|k, v, _| !gone(k, v))
+    }
+
+    /// A record of which keys are still alive, all dead to begin with (see
+    /// [`KeyMap::mark_alive`]).
+    pub fn liveness(&self) -> Liveness {
+        Liveness {
+            base: vec![0; self.base.index.len().div_ceil(64)],
+            overlay: Default::default(),
+        }
+    }
+
+    /// Records that the datastore holds `key` created at `target_create`: if that is the
+    /// key's copied incarnation, its entry stays. Returns whether it was.
+    pub fn mark_alive(&self, live: &mut Liveness, key: &[u8], target_create: i64) -> bool {
+        if let Some(o) = self.overlay.get(key) {
+            let alive = o.is_some_and(|k| k.target_create == target_create);
+            if alive {
+                live.overlay.insert(Bytes::copy_from_slice(key));
+            }
+            return alive;
+        }
+        let Some(row) = self.base.index.get(key) else {
+            return false;
+        };
+        let row = row as usize;
+        let alive = self.base.columns[0].get(row) == target_create;
+        if alive {
+            live.base[row / 64] |= 1 << (row % 64);
+        }
+        alive
+    }
+
+    /// The map with only the keys marked alive, rebuilt compact.
+    pub fn alive_only(&self, live: &Liveness) -> KeyMap {
+        self.rebuilt(|k, _, row| match row {
+            Some(row) => live.base[row / 64] & (1 << (row % 64)) != 0,
+            None => live.overlay.contains(k),
+        })
     }
 
     /// Bytes held on the heap (the index and the columns; the overlay roughly).
@@ -545,6 +614,43 @@ mod tests {
         let mut other = PackedKeyMap::decode(&bytes[..]).unwrap();
         other.format = 9;
         assert!(KeyMap::decode_base(&other.encode_to_vec()).is_err());
+    }
+
+    /// Only the incarnation K describes keeps an entry alive: a key seen with another
+    /// create_revision (deleted and written again) or not seen at all goes.
+    #[test]
+    fn only_the_copied_incarnation_keeps_its_entry() {
+        let entries = kube_like(3_000);
+        let mut added = entries[10].1;
+        added.target_create += 1;
+        let map = KeyMap::from_map(&as_map(&entries)).with_overlay([
+            (Bytes::from_static(b"/registry/zz/new"), Some(added)),
+            (entries[0].0.clone(), None),
+        ]);
+        let mut live = map.liveness();
+        let mut expect = Vec::new();
+        for (i, (k, v)) in entries.iter().enumerate() {
+            let recreated = i % 2 == 1;
+            let alive = map.mark_alive(&mut live, k, v.target_create + i64::from(recreated));
+            assert_eq!(alive, i != 0 && !recreated, "{k:?}");
+            if alive {
+                expect.push((k.clone(), *v));
+            }
+        }
+        assert!(!map.mark_alive(&mut live, b"/registry/not/there", 12));
+        assert!(map.mark_alive(&mut live, b"/registry/zz/new", added.target_create));
+        expect.push((Bytes::from_static(b"/registry/zz/new"), added));
+        assert_eq!(live.count(), expect.len());
+        let pruned = map.alive_only(&live);
+        assert_eq!(pruned.len(), expect.len());
+        for (k, v) in &expect {
+            assert_eq!(pruned.get(k), Some(*v));
+        }
+        for (i, (k, _)) in entries.iter().enumerate() {
+            if i == 0 || i % 2 == 1 {
+                assert_eq!(pruned.get(k), None, "{k:?}");
+            }
+        }
     }
 
     /// The budget: at most 16 bytes per key in memory, for kube-style keys.

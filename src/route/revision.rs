@@ -14,21 +14,7 @@
 
 use std::collections::HashMap;
 
-pub use super::keymap::KeyMap;
-
-/// What the copier last wrote for one key, and what the source had.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct CopiedKey {
-    /// Target create_revision of the key's copied incarnation.
-    pub target_create: i64,
-    /// Target mod_revision of the copier's last write of the key.
-    pub target_mod: i64,
-    /// Target version right after that write.
-    pub target_version: i64,
-    pub source_create: i64,
-    pub source_mod: i64,
-    pub source_version: i64,
-}
+pub use super::keymap::{CopiedKey, KeyMap};
 
 /// The committed translation of one migration.
 #[derive(Debug, Clone, Default)]

@@ -18,6 +18,7 @@ mod failover;
 mod faults;
 mod fence;
 mod history;
+mod keymap;
 mod layers;
 mod limits;
 mod migrate;

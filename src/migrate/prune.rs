@@ -1,0 +1,166 @@
+//! Pruning the translation's key map. A key's entry in K matters only while the datastore
+//! holds the key's copied incarnation (its create_revision below T): once the key has been
+//! deleted, it never comes back as that incarnation (anything written later is above T
+//! and translates by arithmetic), so the entry can go. Nothing else can: a key updated
+//! after the commit keeps its copied create_revision and counts its version from the
+//! copied one, and clients must still see the source's values of both.
+//!
+//! Every replica prunes its own route: it reads the tenant's keys (without values) at one
+//! revision and keeps the entries whose incarnation it saw. The answers do not change, so
+//! streams that hold the previous translation go on with it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::error::ProxyError;
+use crate::keys::prefix_end;
+use crate::metrics::Metrics;
+use crate::proto::etcdserverpb::kv_client::KvClient;
+use crate::proto::etcdserverpb::RangeRequest;
+use crate::route::revision::Translation;
+use crate::route::Router;
+use crate::upstream::client;
+use crate::upstream::{own_request, Datastore, Retry};
+
+/// Keys read per page.
+const PAGE: i64 = 10_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error("reading the tenant's keys: {0}")]
+    Datastore(#[from] ProxyError),
+    #[error("rebuilding the key map: {0}")]
+    Rebuild(String),
+}
+
+/// What one pass did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub before: usize,
+    pub after: usize,
+}
+
+/// Prunes every `every` (never if zero), and keeps the key map's gauges current.
+pub fn spawn(router: Arc<Router>, metrics: Arc<Metrics>, every: Duration, background: &crate::tasks::Background) {
+    background.spawn(async move {
+        let mut changes = router.changes();
+        let mut next = (!every.is_zero()).then(|| tokio::time::Instant::now() + every);
+        loop {
+            report(&router, &metrics);
+            let due = async {
+                match next {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = due => {
+                    next = Some(tokio::time::Instant::now() + every);
+                    match prune_once(&router).await {
+                        Ok(Some(p)) if p.after < p.before => {
+                            metrics.translation_pruned.inc_by((p.before - p.after) as u64);
+                            tracing::info!(before = p.before, after = p.after, "pruned the translation's key map");
+                            crate::memory::return_free_memory().await;
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "could not prune the translation's key map; trying again later"),
+                    }
+                }
+            }
+        }
+    });
+}
+
+fn report(router: &Router, metrics: &Metrics) {
+    let route = router.route();
+    let (keys, bytes) = route
+        .translation
+        .as_ref()
+        .map_or((0, 0), |t| (t.keys.len(), t.keys.heap_bytes()));
+    metrics.translation_keys.set(keys as i64);
+    metrics.translation_bytes.set(bytes as i64);
+}
+
+/// One pass: `None` when the route has no key map to prune.
+pub async fn prune_once(router: &Router) -> Result<Option<Pruned>, PruneError> {
+    let route = router.route();
+    let Some(seen) = route.translation.clone() else {
+        return Ok(None);
+    };
+    if seen.keys.is_empty() || route.stranded.is_some() {
+        return Ok(None);
+    }
+    let tenant = router.fence().tenant_prefix.clone();
+    let live = scan(&route.datastore, &tenant, &seen).await?;
+    let before = seen.keys.len();
+    if live.count() == before {
+        return Ok(Some(Pruned { before, after: before }));
+    }
+    // Rebuilding a large map takes a while: off the runtime's threads.
+    let old = seen.clone();
+    let keys = tokio::task::spawn_blocking(move || old.keys.alive_only(&live))
+        .await
+        .map_err(|e| PruneError::Rebuild(e.to_string()))?;
+    let after = keys.len();
+    let pruned = Arc::new(Translation {
+        keys,
+        ..(*seen).clone()
+    });
+    // A commit or a restart in the meantime brought another translation: leave it.
+    if !router.replace_translation(&seen, pruned) {
+        return Ok(Some(Pruned { before, after: before }));
+    }
+    Ok(Some(Pruned { before, after }))
+}
+
+/// Which entries of K the datastore still holds, read at one revision.
+async fn scan(
+    datastore: &Datastore,
+    tenant: &Bytes,
+    t: &Translation,
+) -> Result<crate::route::keymap::Liveness, ProxyError> {
+    let mut live = t.keys.liveness();
+    let end = prefix_end(tenant);
+    let mut from = tenant.clone();
+    let mut at = 0;
+    loop {
+        let req = RangeRequest {
+            key: from.clone(),
+            range_end: end.clone(),
+            limit: PAGE,
+            revision: at,
+            keys_only: true,
+            ..Default::default()
+        };
+        let resp = datastore
+            .unary(Retry::Idempotent, |ch, token| {
+                let r = own_request(req.clone(), token);
+                async move { client!(KvClient, ch).range(r).await }
+            })
+            .await?
+            .into_inner();
+        if at == 0 {
+            at = resp.header.as_ref().map_or(0, |h| h.revision);
+        }
+        for kv in &resp.kvs {
+            if kv.create_revision < t.t {
+                t.keys.mark_alive(&mut live, &kv.key, kv.create_revision);
+            }
+        }
+        match resp.kvs.last() {
+            Some(last) if resp.more => {
+                let mut next = last.key.to_vec();
+                next.push(0);
+                from = Bytes::from(next);
+            }
+            _ => return Ok(live),
+        }
+    }
+}
