@@ -255,6 +255,7 @@ async fn resolve_and_switch(router: &crate::route::Router, from: &str) -> Result
         }
     }
     let ds = router.datastores()[&name].clone();
+    let loading = std::time::Instant::now();
     let translation = super::record::load(&ds, &router.fence().tenant_prefix)
         .await
         .map_err(|source| {
@@ -275,7 +276,16 @@ async fn resolve_and_switch(router: &crate::route::Router, from: &str) -> Result
         };
     if !unchanged && (translation.is_some() || name != current.datastore_name) {
         if let Some(t) = &translation {
-            tracing::info!(datastore = %name, s = t.s, t = t.t, l = t.l, keys = t.keys.len(), "loaded the revision translation");
+            tracing::info!(
+                datastore = %name,
+                s = t.s,
+                t = t.t,
+                l = t.l,
+                keys = t.keys.len(),
+                memory_bytes = t.keys.heap_bytes(),
+                load_ms = loading.elapsed().as_secs_f64() * 1000.0,
+                "loaded the revision translation"
+            );
         }
         // Every name here was checked against the configured datastores above.
         let loaded = translation.is_some();

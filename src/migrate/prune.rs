@@ -36,10 +36,57 @@ pub enum PruneError {
 }
 
 /// What one pass did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Pruned {
     pub before: usize,
     pub after: usize,
+    /// The translation routed with after the pass.
+    pub now: Arc<Translation>,
+}
+
+/// How many keys the record in the datastore holds, as far as this replica knows: K as
+/// loaded, or as this replica last rewrote it.
+#[derive(Default)]
+struct Persisted {
+    /// (T of the record, its keys).
+    known: Option<(i64, usize)>,
+}
+
+impl Persisted {
+    /// Rewrites the record's K once a tenth of it (or all of it) is gone from memory, so
+    /// that a replica that starts loads what is left, and the datastore keeps no more.
+    async fn rewrite_if_worth_it(&mut self, router: &Router, p: &Pruned) {
+        let t = p.now.t;
+        let persisted = match self.known {
+            Some((known_t, n)) if known_t == t => n,
+            _ => p.before,
+        };
+        self.known = Some((t, persisted));
+        let gone = persisted.saturating_sub(p.after);
+        if gone == 0 || (p.after > 0 && gone * 10 < persisted) {
+            return;
+        }
+        let route = router.route();
+        if !route.translation.as_ref().is_some_and(|cur| Arc::ptr_eq(cur, &p.now)) {
+            return;
+        }
+        let tenant = router.fence().tenant_prefix.clone();
+        match crate::migrate::record::rewrite_keys(&route.datastore, &tenant, t, &p.now.keys).await {
+            Ok(written) => {
+                // Written by this replica or by another one that pruned as much: either
+                // way the record no longer holds what this replica dropped.
+                self.known = Some((t, p.after));
+                tracing::info!(
+                    keys = p.after,
+                    by_this_replica = written,
+                    "rewrote the translation record's key map"
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not rewrite the translation record's key map; trying again later")
+            }
+        }
+    }
 }
 
 /// Prunes every `every` (never if zero), and keeps the key map's gauges current.
@@ -47,6 +94,7 @@ pub fn spawn(router: Arc<Router>, metrics: Arc<Metrics>, every: Duration, backgr
     background.spawn(async move {
         let mut changes = router.changes();
         let mut next = (!every.is_zero()).then(|| tokio::time::Instant::now() + every);
+        let mut persisted = Persisted::default();
         loop {
             report(&router, &metrics);
             let due = async {
@@ -64,12 +112,15 @@ pub fn spawn(router: Arc<Router>, metrics: Arc<Metrics>, every: Duration, backgr
                 _ = due => {
                     next = Some(tokio::time::Instant::now() + every);
                     match prune_once(&router).await {
-                        Ok(Some(p)) if p.after < p.before => {
-                            metrics.translation_pruned.inc_by((p.before - p.after) as u64);
-                            tracing::info!(before = p.before, after = p.after, "pruned the translation's key map");
-                            crate::memory::return_free_memory().await;
+                        Ok(Some(p)) => {
+                            if p.after < p.before {
+                                metrics.translation_pruned.inc_by((p.before - p.after) as u64);
+                                tracing::info!(before = p.before, after = p.after, "pruned the translation's key map");
+                                crate::memory::return_free_memory().await;
+                            }
+                            persisted.rewrite_if_worth_it(&router, &p).await;
                         }
-                        Ok(_) => {}
+                        Ok(None) => {}
                         Err(e) => tracing::warn!(error = %e, "could not prune the translation's key map; trying again later"),
                     }
                 }
@@ -101,7 +152,11 @@ pub async fn prune_once(router: &Router) -> Result<Option<Pruned>, PruneError> {
     let live = scan(&route.datastore, &tenant, &seen).await?;
     let before = seen.keys.len();
     if live.count() == before {
-        return Ok(Some(Pruned { before, after: before }));
+        return Ok(Some(Pruned {
+            before,
+            after: before,
+            now: seen,
+        }));
     }
     // Rebuilding a large map takes a while: off the runtime's threads.
     let old = seen.clone();
@@ -114,10 +169,18 @@ pub async fn prune_once(router: &Router) -> Result<Option<Pruned>, PruneError> {
         ..(*seen).clone()
     });
     // A commit or a restart in the meantime brought another translation: leave it.
-    if !router.replace_translation(&seen, pruned) {
-        return Ok(Some(Pruned { before, after: before }));
+    if !router.replace_translation(&seen, pruned.clone()) {
+        return Ok(Some(Pruned {
+            before,
+            after: before,
+            now: seen,
+        }));
     }
-    Ok(Some(Pruned { before, after }))
+    Ok(Some(Pruned {
+        before,
+        after,
+        now: pruned,
+    }))
 }
 
 /// Which entries of K the datastore still holds, read at one revision.

@@ -11,6 +11,11 @@
 //!   mod_revision is T, which makes T greater than every copied change and every chunk,
 //!   as the translation requires.
 //!
+//! - `pruned` and `pruned-keys/<generation>/<n>`: K rewritten without the entries pruning
+//!   dropped (see migrate::prune), packed, in place of `keys/`: `pruned` names the
+//!   generation, its chunk count and the T it belongs to, and is written last, in the Txn
+//!   that removes what it replaces.
+//!
 //! Older formats are still read, never written: 1 (params without `format`) held
 //! hand-encoded varint records in every chunk, 2 held `KeyMapChunk` entries in every chunk.
 
@@ -293,6 +298,120 @@ pub async fn persist_final(
     Ok(put(target, key.freeze(), Bytes::from(json)).await?)
 }
 
+/// What `pruned` holds: the generation of K that replaces `keys/` for the record of T.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct PrunedKeys {
+    t: i64,
+    generation: String,
+    #[serde(rename = "chunkCount")]
+    chunk_count: u32,
+}
+
+fn record_key(base: &[u8], rest: &str) -> Bytes {
+    let mut key = BytesMut::from(base);
+    key.extend_from_slice(rest.as_bytes());
+    key.freeze()
+}
+
+/// Replaces the record's K by `keys`, the same K after pruning, if the record is still the
+/// one of T = `t` and no other replica rewrote it meanwhile. Returns whether this call's
+/// K is the record's now.
+pub async fn rewrite_keys(
+    target: &Datastore,
+    tenant_prefix: &[u8],
+    t: i64,
+    keys: &KeyMap,
+) -> Result<bool, RecordError> {
+    use crate::proto::etcdserverpb::{compare, request_op, Compare, DeleteRangeRequest, RequestOp, TxnRequest};
+    let base = record_prefix(tenant_prefix);
+    let params_key = record_key(&base, "params");
+    let pruned_key = record_key(&base, "pruned");
+    let read = |key: Bytes| async move {
+        let r = super::ops::range(
+            target,
+            RangeRequest {
+                key,
+                ..Default::default()
+            },
+        )
+        .await?;
+        Ok::<_, ProxyError>(r.kvs.into_iter().next())
+    };
+    if read(params_key.clone()).await?.map(|kv| kv.mod_revision) != Some(t) {
+        return Ok(false);
+    }
+    let seen = read(pruned_key.clone()).await?.map_or(0, |kv| kv.mod_revision);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let generation = format!("{:016x}", now ^ (u64::from(std::process::id()) << 40));
+    let all = record_key(&base, "pruned-keys/");
+    let dir = record_key(&base, &format!("pruned-keys/{generation}/"));
+    let pieces = cut(Bytes::from(keys.encode_base()), CHUNK_BYTES);
+    for (i, piece) in pieces.iter().enumerate() {
+        put(target, record_key(&dir, &format!("{i:08}")), piece.clone()).await?;
+    }
+    let value = PrunedKeys {
+        t,
+        generation: generation.clone(),
+        chunk_count: pieces.len() as u32,
+    };
+    let json = serde_json::to_vec(&value).map_err(|e| RecordError::Damaged(e.to_string()))?;
+    let mod_is = |key: &Bytes, rev: i64| Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Mod as i32,
+        key: key.clone(),
+        range_end: Bytes::new(),
+        target_union: Some(compare::TargetUnion::ModRevision(rev)),
+    };
+    let delete = |key: Bytes, range_end: Bytes| RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+            key,
+            range_end,
+            ..Default::default()
+        })),
+    };
+    let original = record_key(&base, "keys/");
+    let txn = TxnRequest {
+        compare: vec![mod_is(&params_key, t), mod_is(&pruned_key, seen)],
+        success: vec![
+            RequestOp {
+                request: Some(request_op::Request::RequestPut(PutRequest {
+                    key: pruned_key.clone(),
+                    value: Bytes::from(json),
+                    ..Default::default()
+                })),
+            },
+            delete(original.clone(), crate::keys::prefix_end(&original)),
+            // Every other generation, this one's excepted.
+            delete(all.clone(), dir.clone()),
+            delete(crate::keys::prefix_end(&dir), crate::keys::prefix_end(&all)),
+        ],
+        failure: vec![],
+    };
+    let answered = super::ops::txn(target, txn).await;
+    if matches!(&answered, Ok(r) if r.succeeded) {
+        return Ok(true);
+    }
+    // Lost, or no answer: the record says who won (a retried Txn that had been applied
+    // fails its compare, and must not take its own chunks away).
+    let current = read(pruned_key).await?;
+    let ours = current
+        .is_some_and(|kv| serde_json::from_slice::<PrunedKeys>(&kv.value).is_ok_and(|p| p.generation == generation));
+    if !ours {
+        super::ops::txn(
+            target,
+            TxnRequest {
+                success: vec![delete(dir.clone(), crate::keys::prefix_end(&dir))],
+                ..Default::default()
+            },
+        )
+        .await?;
+    }
+    answered?;
+    Ok(ours)
+}
+
 /// Reads the translation back, if the target has one.
 pub async fn load(target: &Datastore, tenant_prefix: &[u8]) -> Result<Option<Translation>, RecordError> {
     let base = record_prefix(tenant_prefix);
@@ -314,6 +433,36 @@ pub async fn load(target: &Datastore, tenant_prefix: &[u8]) -> Result<Option<Tra
     };
     let params: Params =
         serde_json::from_slice(&params_kv.value).map_err(|e| RecordError::Damaged(format!("params: {e}")))?;
+    let translation = |keys| Translation {
+        s: params.s,
+        t: params_kv.mod_revision,
+        l: params.l,
+        keys,
+        leases: params.leases.iter().copied().collect(),
+    };
+    // K as a replica rewrote it after pruning, if it did for this record.
+    let pruned_key = [&base[..], b"pruned"].concat();
+    if let Some(kv) = resp.kvs.iter().find(|kv| kv.key[..] == pruned_key[..]) {
+        let pruned: PrunedKeys =
+            serde_json::from_slice(&kv.value).map_err(|e| RecordError::Damaged(format!("pruned: {e}")))?;
+        if pruned.t == params_kv.mod_revision {
+            let dir = [&base[..], format!("pruned-keys/{}/", pruned.generation).as_bytes()].concat();
+            let mut packed = Vec::new();
+            let mut seen = 0u32;
+            for kv in resp.kvs.iter().filter(|kv| kv.key.starts_with(&dir)) {
+                packed.extend_from_slice(&kv.value);
+                seen += 1;
+            }
+            if seen != pruned.chunk_count {
+                return Err(RecordError::Damaged(format!(
+                    "{} chunks of the pruned key map expected, {seen} found",
+                    pruned.chunk_count
+                )));
+            }
+            let keys = KeyMap::decode_base(&packed).map_err(|e| RecordError::Damaged(e.to_string()))?;
+            return Ok(Some(translation(keys)));
+        }
+    }
     let keys_prefix = [&base[..], b"keys/"].concat();
     let delta_prefix = [&base[..], b"keys/delta/"].concat();
     let chunks = resp.kvs.iter().filter(|kv| kv.key.starts_with(&keys_prefix));
@@ -353,13 +502,7 @@ pub async fn load(target: &Datastore, tenant_prefix: &[u8]) -> Result<Option<Tra
             "{expected} chunks of the key map expected, {seen} found"
         )));
     }
-    Ok(Some(Translation {
-        s: params.s,
-        t: params_kv.mod_revision,
-        l: params.l,
-        keys,
-        leases: params.leases.into_iter().collect(),
-    }))
+    Ok(Some(translation(keys)))
 }
 
 #[cfg(test)]

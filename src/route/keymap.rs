@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use fst::Streamer;
+use fst::{IntoStreamer, Streamer};
 use prost::Message;
 use sucds::int_vectors::{Access, CompactVector};
 
@@ -224,6 +224,52 @@ impl KeyMap {
             }
         }
         self.base.get(key)
+    }
+
+    /// The entries of `keys`, given in increasing order (a Range's answer): one walk over
+    /// that stretch of the index instead of a lookup from the root per key, which keeps a
+    /// large answer's translation cheap. Keys out of order are looked up one by one.
+    pub fn get_sorted(&self, keys: &[&[u8]]) -> Vec<Option<CopiedKey>> {
+        let (Some(first), Some(last)) = (keys.first(), keys.last()) else {
+            return Vec::new();
+        };
+        if keys.len() < 4 || !keys.windows(2).all(|w| w[0] < w[1]) {
+            return keys.iter().map(|k| self.get(k)).collect();
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        // Entries the answer does not hold (keys deleted since the copy) are walked over
+        // too; past this budget the rest are looked up one by one.
+        let mut budget = 4 * keys.len() + 64;
+        let mut stream = self.base.index.range().ge(first).le(last).into_stream();
+        // The entry the walk is at (its key copied into a buffer kept across steps).
+        let mut at_key: Vec<u8> = Vec::new();
+        let mut step = |key: &mut Vec<u8>| {
+            stream.next().map(|(k, row)| {
+                key.clear();
+                key.extend_from_slice(k);
+                row
+            })
+        };
+        let mut at_row = step(&mut at_key);
+        for key in keys {
+            if !self.overlay.is_empty() {
+                if let Some(o) = self.overlay.get(*key) {
+                    out.push(*o);
+                    continue;
+                }
+            }
+            while at_row.is_some() && at_key.as_slice() < *key && budget > 0 {
+                budget -= 1;
+                at_row = step(&mut at_key);
+            }
+            out.push(match at_row {
+                Some(row) if at_key.as_slice() == *key => Some(self.base.row(row as usize)),
+                // Past the key (or past the stretch's end): K does not hold it.
+                _ if budget > 0 => None,
+                _ => self.base.get(key),
+            });
+        }
+        out
     }
 
     pub fn contains_key(&self, key: &[u8]) -> bool {
@@ -614,6 +660,35 @@ mod tests {
         let mut other = PackedKeyMap::decode(&bytes[..]).unwrap();
         other.format = 9;
         assert!(KeyMap::decode_base(&other.encode_to_vec()).is_err());
+    }
+
+    #[test]
+    fn a_sorted_batch_reads_as_key_by_key_lookups() {
+        let entries = kube_like(5_000);
+        let map = KeyMap::from_map(&as_map(&entries)).with_overlay([
+            (entries[101].0.clone(), None),
+            (entries[102].0.clone(), Some(entries[7].1)),
+        ]);
+        let absent = |i: usize| Bytes::from(format!("{}~absent", String::from_utf8_lossy(&entries[i].0)));
+        // A stretch of the answer: present keys, keys K does not hold, overlay keys.
+        let mut keys: Vec<Bytes> = Vec::new();
+        for (i, (key, _)) in entries.iter().enumerate().take(700).skip(90) {
+            keys.push(key.clone());
+            if i % 7 == 0 {
+                keys.push(absent(i));
+            }
+        }
+        let refs: Vec<&[u8]> = keys.iter().map(|k| &k[..]).collect();
+        let expect: Vec<Option<CopiedKey>> = refs.iter().map(|k| map.get(k)).collect();
+        assert_eq!(map.get_sorted(&refs), expect);
+        // Sparse answers exhaust the walk's budget, and out-of-order keys are looked up.
+        let sparse: Vec<&[u8]> = (0..entries.len()).step_by(997).map(|i| &entries[i].0[..]).collect();
+        let expect: Vec<_> = sparse.iter().map(|k| map.get(k)).collect();
+        assert_eq!(map.get_sorted(&sparse), expect);
+        let reversed: Vec<&[u8]> = sparse.iter().rev().copied().collect();
+        let expect: Vec<_> = reversed.iter().map(|k| map.get(k)).collect();
+        assert_eq!(map.get_sorted(&reversed), expect);
+        assert!(map.get_sorted(&[]).is_empty());
     }
 
     /// Only the incarnation K describes keeps an entry alive: a key seen with another

@@ -93,17 +93,26 @@ impl Translation {
         }
     }
 
-    /// Whether a target key-value belongs to the copied incarnation of its key.
-    fn copied(&self, key: &[u8], target_create: i64) -> Option<CopiedKey> {
-        if target_create <= 0 || target_create >= self.t {
-            return None;
-        }
-        self.keys.get(key).filter(|k| k.target_create == target_create)
+    /// Whether a target key-value can be a copied incarnation (created below `t`), so
+    /// that K must be asked.
+    pub fn may_be_copied(&self, target_create: i64) -> bool {
+        target_create > 0 && target_create < self.t
     }
 
     /// A key-value's revisions as clients see them.
     pub fn kv_to_virtual(&self, key: &[u8], target: Revisions) -> Revisions {
-        match self.copied(key, target.create) {
+        let entry = if self.may_be_copied(target.create) {
+            self.keys.get(key)
+        } else {
+            None
+        };
+        self.kv_to_virtual_given(entry, target)
+    }
+
+    /// [`Translation::kv_to_virtual`] with the key's entry in K already looked up.
+    pub fn kv_to_virtual_given(&self, entry: Option<CopiedKey>, target: Revisions) -> Revisions {
+        let copied = entry.filter(|k| self.may_be_copied(target.create) && k.target_create == target.create);
+        match copied {
             Some(k) => Revisions {
                 create: k.source_create,
                 modified: if target.modified == k.target_mod {

@@ -52,8 +52,36 @@ pub fn lease_id_to_virtual(t: &Translation, id: i64) -> i64 {
 }
 
 pub fn kv(t: &Translation, kv: &mut KeyValue) {
-    let v = t.kv_to_virtual(
-        &kv.key,
+    let entry = if t.may_be_copied(kv.create_revision) {
+        t.keys.get(&kv.key)
+    } else {
+        None
+    };
+    kv_given(t, kv, entry);
+}
+
+/// Many key-values (a Range's answer, in key order unless it asked for another): their
+/// entries in K are read in one walk.
+fn kvs(t: &Translation, kvs: &mut [KeyValue]) {
+    let asked: Vec<&[u8]> = kvs
+        .iter()
+        .filter(|kv| t.may_be_copied(kv.create_revision))
+        .map(|kv| &kv.key[..])
+        .collect();
+    let mut found = t.keys.get_sorted(&asked).into_iter();
+    for kv in kvs {
+        let entry = if t.may_be_copied(kv.create_revision) {
+            found.next().flatten()
+        } else {
+            None
+        };
+        kv_given(t, kv, entry);
+    }
+}
+
+fn kv_given(t: &Translation, kv: &mut KeyValue, entry: Option<super::revision::CopiedKey>) {
+    let v = t.kv_to_virtual_given(
+        entry,
         Revisions {
             create: kv.create_revision,
             modified: kv.mod_revision,
@@ -135,9 +163,7 @@ pub fn range_request(t: &Translation, r: &mut RangeRequest) -> Result<RangeFixup
 
 pub fn range_response(t: &Translation, r: &mut RangeResponse, fixup: &RangeFixup) {
     header(t, &mut r.header);
-    for k in &mut r.kvs {
-        kv(t, k);
-    }
+    kvs(t, &mut r.kvs);
     let Some(asked) = &fixup.local else { return };
     r.kvs.retain(|kv| {
         !((asked.max_mod_revision != 0 && kv.mod_revision > asked.max_mod_revision)

@@ -191,6 +191,16 @@ pub fn env_parse<T: std::str::FromStr>(name: &str, default: T) -> T {
     }
 }
 
+/// Resident memory of process `pid`, in KiB (from /proc; 0 if it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The `p` quantile (0..=1) of sorted values, by the nearest-rank method; `None` when
 /// there are none.
 pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {

@@ -18,6 +18,17 @@ async fn metric(proxy: &Proxy, name: &str) -> i64 {
         .unwrap_or_else(|| panic!("no sample {name} in the metrics:\n{text}"))
 }
 
+/// Keys in the key map the proxy translates with, once it has one.
+pub(crate) async fn translation_keys(proxy: &Proxy) -> i64 {
+    eventually(
+        "the proxy translates with a key map",
+        Duration::from_secs(20),
+        || async { metric(proxy, "cutover_translation_keys").await > 0 },
+    )
+    .await;
+    metric(proxy, "cutover_translation_keys").await
+}
+
 async fn wait_for_keys(proxy: &Proxy, what: &str, expected: i64) {
     eventually(what, Duration::from_secs(20), || async {
         metric(proxy, "cutover_translation_keys").await == expected
@@ -76,6 +87,20 @@ async fn entries_go_with_their_copies_and_no_answer_changes() {
     }
     wait_for_keys(&pruning, "K keeps only the updated keys", (KEYS / 3) as i64).await;
     assert_eq!(metric(&keeping, "cutover_translation_keys").await, KEYS as i64);
+    // The record in the target is rewritten too: a replica that starts now loads only what
+    // is left.
+    eventually("the record is rewritten", Duration::from_secs(20), || async {
+        pruning.log().contains("rewrote the translation record's key map")
+    })
+    .await;
+    let fresh = Proxy::start(&two_stores(&a, &b, "migration:\n  pruneInterval: 0s\n")).await;
+    wait_for_keys(&fresh, "a new replica loads the pruned record", (KEYS / 3) as i64).await;
+    assert_eq!(
+        tenant_state(&fresh.endpoint).await,
+        tenant_state(&keeping.endpoint).await,
+        "a replica that loaded the pruned record answers as one with the whole K"
+    );
+    drop(fresh);
     let pruned_state = tenant_state(&pruning.endpoint).await;
     assert_eq!(
         pruned_state,
@@ -135,4 +160,10 @@ async fn entries_go_with_their_copies_and_no_answer_changes() {
         tenant_state(&keeping.endpoint).await
     );
     assert!(pruning.log().contains("pruned the translation's key map"));
+    let fresh = Proxy::start(&two_stores(&a, &b, "migration:\n  pruneInterval: 0s\n")).await;
+    wait_for_keys(&fresh, "a new replica loads an empty K", 0).await;
+    assert_eq!(
+        tenant_state(&fresh.endpoint).await,
+        tenant_state(&keeping.endpoint).await
+    );
 }

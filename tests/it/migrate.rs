@@ -957,6 +957,7 @@ async fn migrations_compose_back_and_on() {
     load.progress(20).await;
     let mut fixed = tenant_state(&proxy.endpoint).await;
     fixed.retain(|k, _| k.contains("/k"));
+    let mut k_sizes = Vec::new();
     for (to, cleanup) in [("b", None), ("a", Some("a")), ("c", None)] {
         if let Some(ds) = cleanup {
             // The tenant left `a` when it moved to `b`: clear its old copy first.
@@ -965,6 +966,7 @@ async fn migrations_compose_back_and_on() {
         }
         let view = migrate(&proxy, to).await;
         assert_eq!(view["outcome"], "Succeeded", "to {to}: {view}");
+        k_sizes.push(crate::keymap::translation_keys(&proxy).await);
         load.progress(20).await;
         let now = tenant_state(&proxy.endpoint).await;
         for (k, v) in &fixed {
@@ -974,6 +976,14 @@ async fn migrations_compose_back_and_on() {
     let seen = load.finish().await;
     let after = tenant_state(&proxy.endpoint).await;
     check_load(&seen, &after);
+    // K has an entry per key the last hop copied, whatever came before: it never holds
+    // more keys than the tenant ever had.
+    let ever: std::collections::BTreeSet<&String> = fixed.keys().chain(seen.acked.keys()).chain(after.keys()).collect();
+    assert!(
+        k_sizes.iter().all(|&k| k > 0 && k as usize <= ever.len()),
+        "K after each hop {k_sizes:?}, {} keys ever",
+        ever.len()
+    );
     // A compare on a revision from the very first store still holds.
     let (k, v) = fixed.iter().next().unwrap();
     let t = c

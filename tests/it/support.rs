@@ -435,13 +435,7 @@ impl Proxy {
 
     /// Resident memory of the process, in KiB (from /proc).
     pub fn rss_kib(&self) -> u64 {
-        let pid = self.pid().expect("the proxy runs");
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        crate::common::rss_kib(self.pid().expect("the proxy runs"))
     }
 
     /// CPU time the process has used (user + system), from /proc.
