@@ -46,12 +46,11 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
 use tonic::transport::Channel;
 
 use cutover::proto::etcdserverpb::kv_client::KvClient;
 use cutover::proto::etcdserverpb::request_op::Request as Op;
-use cutover::proto::etcdserverpb::{PutRequest, RangeRequest, RequestOp, TxnRequest};
+use cutover::proto::etcdserverpb::{RangeRequest, RequestOp};
 
 const TENANT: &str = "/registry/";
 const ADMIN_TOKEN: &str = "bench-admin-token";
@@ -211,31 +210,9 @@ fn data_set(n: usize, value_bytes: usize) -> Vec<(Bytes, Bytes)> {
 }
 
 async fn load(ch: &Channel, kvs: &[(Bytes, Bytes)], per_txn: usize) {
-    let txns: Vec<TxnRequest> = kvs
-        .chunks(per_txn)
-        .map(|c| TxnRequest {
-            success: c
-                .iter()
-                .map(|(k, v)| RequestOp {
-                    request: Some(Op::RequestPut(PutRequest {
-                        key: k.clone(),
-                        value: v.clone(),
-                        ..Default::default()
-                    })),
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .collect();
-    futures::stream::iter(txns)
-        .map(|req| {
-            let mut kv = KvClient::new(ch.clone());
-            async move { kv.txn(req).await.map(drop) }
-        })
-        .buffer_unordered(LOAD_IN_FLIGHT)
-        .try_collect::<Vec<()>>()
+    common::send_txns(ch, common::put_txns(kvs, per_txn), LOAD_IN_FLIGHT)
         .await
-        .unwrap_or_else(|e| panic!("loading the source: {e}"));
+        .unwrap_or_else(|e| panic!("writing every key: {e}"));
 }
 
 /// p50s of Ranges of 500 keys, [start, end) each, one at a time, sent to `direct` and
@@ -274,28 +251,13 @@ async fn range_p50s(direct: &Channel, proxy: &Channel, spans: &[(Bytes, Bytes)])
 /// ops against what its parent leaves of --max-txn-ops), 8 in flight.
 async fn rewrite_all(ch: &Channel, kvs: &[(Bytes, Bytes)]) {
     use cutover::proto::etcdserverpb::DeleteRangeRequest;
-    let deletes: Vec<TxnRequest> = kvs
-        .chunks(REWRITE_TXN_OPS)
-        .map(|c| TxnRequest {
-            success: c
-                .iter()
-                .map(|(k, _)| RequestOp {
-                    request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
-                        key: k.clone(),
-                        ..Default::default()
-                    })),
-                })
-                .collect(),
+    let deletes = kvs.iter().map(|(k, _)| RequestOp {
+        request: Some(Op::RequestDeleteRange(DeleteRangeRequest {
+            key: k.clone(),
             ..Default::default()
-        })
-        .collect();
-    futures::stream::iter(deletes)
-        .map(|req| {
-            let mut kv = KvClient::new(ch.clone());
-            async move { kv.txn(req).await.map(drop) }
-        })
-        .buffer_unordered(LOAD_IN_FLIGHT)
-        .try_collect::<Vec<()>>()
+        })),
+    });
+    common::send_txns(ch, common::txns_of(deletes, REWRITE_TXN_OPS), LOAD_IN_FLIGHT)
         .await
         .unwrap_or_else(|e| panic!("deleting every key: {e}"));
     load(ch, kvs, REWRITE_TXN_OPS).await;

@@ -380,30 +380,7 @@ async fn fresh_pair(data: &DataSet, dir: &Path, tag: &str) -> Pair {
 /// Writes the data set into `ch` directly: Txns of 128 puts, 8 in flight.
 async fn load_source(ch: &Channel, data: &DataSet) -> Duration {
     let t0 = Instant::now();
-    let txns: Vec<TxnRequest> = data
-        .kvs
-        .chunks(LOAD_TXN_OPS)
-        .map(|c| TxnRequest {
-            success: c
-                .iter()
-                .map(|(k, v)| RequestOp {
-                    request: Some(Op1::RequestPut(PutRequest {
-                        key: k.clone(),
-                        value: v.clone(),
-                        ..Default::default()
-                    })),
-                })
-                .collect(),
-            ..Default::default()
-        })
-        .collect();
-    futures::stream::iter(txns)
-        .map(|req| {
-            let mut kv = KvClient::new(ch.clone());
-            async move { timed(kv.txn(req)).await.map(drop) }
-        })
-        .buffer_unordered(LOAD_IN_FLIGHT)
-        .try_collect::<Vec<()>>()
+    common::send_txns(ch, common::put_txns(&data.kvs, LOAD_TXN_OPS), LOAD_IN_FLIGHT)
         .await
         .unwrap_or_else(|e| panic!("loading the source failed: {e}"));
     t0.elapsed()

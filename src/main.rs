@@ -135,6 +135,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve(o) => {
+            cutover::memory::configure();
             let config = match o.load() {
                 Ok(c) => c,
                 Err(e) => {

@@ -32,6 +32,22 @@ impl Trimming {
     }
 }
 
+/// Allocations of at least this size get pages of their own, which go back to the system
+/// when freed. glibc otherwise raises that bound to the largest block freed so far (up to
+/// 32 MiB), and a key map built or loaded once (megabytes) would then leave its memory in
+/// the heap, where later small allocations pin it.
+const OWN_PAGES_FROM: i32 = 1 << 20;
+
+/// Sets the allocator up (once, at start).
+pub fn configure() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes a tunable of the allocator; called before the runtime
+    // starts its threads.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, OWN_PAGES_FROM);
+    }
+}
+
 /// Runs until the process stops.
 pub fn spawn_trimmer(metrics: Arc<Metrics>, background: &crate::tasks::Background) {
     background.spawn(async move {

@@ -107,22 +107,6 @@ impl Column {
     fn heap_bytes(&self) -> usize {
         self.offsets.as_ref().map_or(0, |cv| cv.len() * cv.width() / 8 + 8)
     }
-
-    /// The column of field number `field` (see [`fields`]) of `entries`.
-    fn build(entries: &[(&[u8], CopiedKey)], field: usize) -> Column {
-        let values = || entries.iter().map(move |(_, k)| fields(k)[field]);
-        let Some(least) = values().min() else {
-            return Column::default();
-        };
-        let most = values().map(|v| v.wrapping_sub(least) as u64).max().unwrap_or(0);
-        if most == 0 {
-            return Column { least, offsets: None };
-        }
-        let width = (64 - most.leading_zeros()) as usize;
-        // The width fits every offset, so the build cannot fail.
-        let offsets = compact(values().map(|v| v.wrapping_sub(least) as u64), width).ok();
-        Column { least, offsets }
-    }
 }
 
 /// A row's fields as stored: the differences that are usually small.
@@ -166,16 +150,55 @@ impl Packed {
         ])
     }
 
-    fn build(entries: &[(&[u8], CopiedKey)]) -> Result<Packed, KeyMapError> {
+    /// From the entries `source` gives in increasing key order, to the callback it is
+    /// handed; it is called twice (the index and each column's bounds, then the columns),
+    /// so that nothing of the size of the map is held but the map itself.
+    fn build(source: impl Fn(&mut dyn FnMut(&[u8], &CopiedKey))) -> Result<(Packed, usize), KeyMapError> {
         let mut builder = fst::MapBuilder::memory();
-        for (row, (key, _)) in entries.iter().enumerate() {
-            builder
-                .insert(key, row as u64)
-                .map_err(|e| KeyMapError::Order(e.to_string()))?;
+        let mut failed = None;
+        let mut rows = 0usize;
+        let mut least = [i64::MAX; 6];
+        let mut most = [i64::MIN; 6];
+        source(&mut |key, k| {
+            if failed.is_none() {
+                failed = builder.insert(key, rows as u64).err();
+            }
+            rows += 1;
+            for (f, v) in fields(k).into_iter().enumerate() {
+                least[f] = least[f].min(v);
+                most[f] = most[f].max(v);
+            }
+        });
+        if let Some(e) = failed {
+            return Err(KeyMapError::Order(e.to_string()));
         }
         let index = builder.into_map();
-        let columns = std::array::from_fn(|field| Column::build(entries, field));
-        Ok(Packed { index, columns })
+        // A column whose rows all hold one value is that value alone.
+        let mut offsets: [Option<CompactVector>; 6] = Default::default();
+        for f in 0..6 {
+            let span = most[f].wrapping_sub(least[f]) as u64;
+            if rows > 0 && span > 0 {
+                let width = (64 - span.leading_zeros()) as usize;
+                // The width is within 1..=64 here.
+                offsets[f] = CompactVector::with_capacity(rows, width).ok();
+            }
+        }
+        source(&mut |_, k| {
+            for (f, v) in fields(k).into_iter().enumerate() {
+                if let Some(cv) = &mut offsets[f] {
+                    // Every offset fits the width chosen from the bounds.
+                    let _ = cv.push_int(v.wrapping_sub(least[f]) as u64);
+                }
+            }
+        });
+        let mut columns: [Column; 6] = Default::default();
+        for (f, (column, offsets)) in columns.iter_mut().zip(offsets).enumerate() {
+            *column = Column {
+                least: if rows == 0 { 0 } else { least[f] },
+                offsets,
+            };
+        }
+        Ok((Packed { index, columns }, rows))
     }
 
     fn heap_bytes(&self) -> usize {
@@ -187,9 +210,13 @@ impl KeyMap {
     /// From entries in strictly increasing key order.
     pub fn from_sorted<'a>(entries: impl IntoIterator<Item = (&'a [u8], CopiedKey)>) -> Result<KeyMap, KeyMapError> {
         let entries: Vec<(&[u8], CopiedKey)> = entries.into_iter().collect();
-        let base = Packed::build(&entries)?;
+        let (base, len) = Packed::build(|f| {
+            for (k, v) in &entries {
+                f(k, v);
+            }
+        })?;
         Ok(KeyMap {
-            len: entries.len(),
+            len,
             base: Arc::new(base),
             overlay: Default::default(),
         })
@@ -310,16 +337,20 @@ impl KeyMap {
 
     /// The entries `keep` keeps, rebuilt compact (the overlay merged in).
     fn rebuilt(&self, keep: impl Fn(&[u8], &CopiedKey, Option<usize>) -> bool) -> KeyMap {
-        let mut keys: Vec<u8> = Vec::new();
-        let mut kept: Vec<(std::ops::Range<usize>, CopiedKey)> = Vec::new();
-        self.for_each_row(|k, v, row| {
-            if keep(k, &v, row) {
-                let start = keys.len();
-                keys.extend_from_slice(k);
-                kept.push((start..keys.len(), v));
-            }
+        let built = Packed::build(|f| {
+            self.for_each_row(|k, v, row| {
+                if keep(k, &v, row) {
+                    f(k, &v);
+                }
+            })
         });
-        Self::from_sorted(kept.iter().map(|(r, v)| (&keys[r.clone()], *v))).unwrap_or_default()
+        // The entries come in key order from a map, so the build cannot fail on order.
+        let (base, len) = built.unwrap_or_default();
+        KeyMap {
+            len,
+            base: Arc::new(base),
+            overlay: Default::default(),
+        }
     }
 
     /// The map without the keys `gone` says are gone.

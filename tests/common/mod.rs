@@ -158,6 +158,58 @@ pub async fn connect_channel(addr: &str) -> Result<tonic::transport::Channel, St
     .map_err(|e| format!("connect: {e}"))
 }
 
+/// Txns of `per_txn` ops each (at most etcd's --max-txn-ops, 128 by default), in order.
+pub fn txns_of(
+    ops: impl IntoIterator<Item = cutover::proto::etcdserverpb::RequestOp>,
+    per_txn: usize,
+) -> Vec<cutover::proto::etcdserverpb::TxnRequest> {
+    let ops: Vec<_> = ops.into_iter().collect();
+    ops.chunks(per_txn)
+        .map(|c| cutover::proto::etcdserverpb::TxnRequest {
+            success: c.to_vec(),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// Puts of every (key, value), as [`txns_of`].
+pub fn put_txns(kvs: &[(bytes::Bytes, bytes::Bytes)], per_txn: usize) -> Vec<cutover::proto::etcdserverpb::TxnRequest> {
+    use cutover::proto::etcdserverpb::{request_op, PutRequest, RequestOp};
+    let puts = kvs.iter().map(|(k, v)| RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: k.clone(),
+            value: v.clone(),
+            ..Default::default()
+        })),
+    });
+    txns_of(puts, per_txn)
+}
+
+/// Sends `txns` on `ch`, `in_flight` at a time, each answered within 10 s; the first
+/// error ends it.
+pub async fn send_txns(
+    ch: &tonic::transport::Channel,
+    txns: Vec<cutover::proto::etcdserverpb::TxnRequest>,
+    in_flight: usize,
+) -> Result<(), String> {
+    use futures::{StreamExt, TryStreamExt};
+    futures::stream::iter(txns)
+        .map(|req| {
+            let mut kv = cutover::proto::etcdserverpb::kv_client::KvClient::new(ch.clone());
+            async move {
+                match tokio::time::timeout(std::time::Duration::from_secs(10), kv.txn(req)).await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err("no answer to a Txn within 10 s".to_string()),
+                }
+            }
+        })
+        .buffer_unordered(in_flight)
+        .try_collect::<Vec<()>>()
+        .await
+        .map(drop)
+}
+
 /// A loopback port nothing listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
