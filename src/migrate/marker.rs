@@ -388,8 +388,13 @@ pub fn spawn_follower(router: std::sync::Arc<crate::route::Router>, background: 
             None
         };
         loop {
-            let route = router.route();
-            let ds = route.datastore.clone();
+            // Only what this loop needs of the route: the watch below lasts as long as
+            // the route, and holding the route itself would keep its translation alive
+            // after pruning replaced it.
+            let (ds, generation, datastore_name) = {
+                let route = router.route();
+                (route.datastore.clone(), route.generation, route.datastore_name.clone())
+            };
             let watched = async {
                 let (_, channel) = ds.pick();
                 let token = ds.token(&channel).await.ok().flatten();
@@ -452,12 +457,12 @@ pub fn spawn_follower(router: std::sync::Arc<crate::route::Router>, background: 
                     let leads_here = follower.link.is_none()
                         && router
                             .link()
-                            .is_some_and(|l| l.target.name == to && l.target.name != route.datastore_name);
+                            .is_some_and(|l| l.target.name == to && l.target.name != datastore_name);
                     if leads_here {
                         let _ = tokio::time::timeout(std::time::Duration::from_secs(30), changes.changed()).await;
                     }
                     let _ = crate::failpoint!("follower.switch");
-                    if router.route().generation == route.generation {
+                    if router.route().generation == generation {
                         if let Err(e) = follow_markers(&router).await {
                             tracing::warn!(to, error = %e, "the tenant moved, but its new datastore cannot be used yet; refusing requests and retrying");
                             follower.leave(&router);

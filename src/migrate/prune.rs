@@ -5,9 +5,10 @@
 //! after the commit keeps its copied create_revision and counts its version from the
 //! copied one, and clients must still see the source's values of both.
 //!
-//! Every replica prunes its own route: it reads the tenant's keys (without values) at one
+//! Every replica prunes its own key map: it reads the tenant's keys (without values) at one
 //! revision and keeps the entries whose incarnation it saw. The answers do not change, so
-//! streams that hold the previous translation go on with it.
+//! the map's contents are replaced in place, under every holder of the translation (open
+//! streams too), and the route stays as it is.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use crate::keys::prefix_end;
 use crate::metrics::Metrics;
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::RangeRequest;
+use crate::route::keymap::{Frozen, Liveness};
 use crate::route::revision::Translation;
 use crate::route::Router;
 use crate::upstream::client;
@@ -40,7 +42,7 @@ pub enum PruneError {
 pub struct Pruned {
     pub before: usize,
     pub after: usize,
-    /// The translation routed with after the pass.
+    /// The translation the pass pruned.
     pub now: Arc<Translation>,
 }
 
@@ -149,8 +151,12 @@ pub async fn prune_once(router: &Router) -> Result<Option<Pruned>, PruneError> {
         return Ok(None);
     }
     let tenant = router.fence().tenant_prefix.clone();
-    let live = scan(&route.datastore, &tenant, &seen).await?;
-    let before = seen.keys.len();
+    let datastore = route.datastore.clone();
+    // Nothing of the route is held while the datastore is read.
+    drop(route);
+    let frozen = seen.keys.frozen();
+    let before = frozen.len();
+    let live = scan(&datastore, &tenant, &frozen, seen.t).await?;
     if live.count() == before {
         return Ok(Some(Pruned {
             before,
@@ -159,37 +165,27 @@ pub async fn prune_once(router: &Router) -> Result<Option<Pruned>, PruneError> {
         }));
     }
     // Rebuilding a large map takes a while: off the runtime's threads.
-    let old = seen.clone();
-    let keys = tokio::task::spawn_blocking(move || old.keys.alive_only(&live))
-        .await
-        .map_err(|e| PruneError::Rebuild(e.to_string()))?;
-    let after = keys.len();
-    let pruned = Arc::new(Translation {
-        keys,
-        ..(*seen).clone()
-    });
-    // A commit or a restart in the meantime brought another translation: leave it.
-    if !router.replace_translation(&seen, pruned.clone()) {
-        return Ok(Some(Pruned {
-            before,
-            after: before,
-            now: seen,
-        }));
-    }
+    let (frozen, pruned) = tokio::task::spawn_blocking(move || {
+        let pruned = frozen.alive_only(&live);
+        (frozen, pruned)
+    })
+    .await
+    .map_err(|e| PruneError::Rebuild(e.to_string()))?;
+    let after = pruned.len();
+    // In place: every holder of this translation (open streams too) gets the pruned map,
+    // and the old one is freed once no lookup still reads it.
+    let replaced = seen.keys.replace_if(&frozen, &pruned);
+    drop(frozen);
     Ok(Some(Pruned {
         before,
-        after,
-        now: pruned,
+        after: if replaced { after } else { before },
+        now: seen,
     }))
 }
 
 /// Which entries of K the datastore still holds, read at one revision.
-async fn scan(
-    datastore: &Datastore,
-    tenant: &Bytes,
-    t: &Translation,
-) -> Result<crate::route::keymap::Liveness, ProxyError> {
-    let mut live = t.keys.liveness();
+async fn scan(datastore: &Datastore, tenant: &Bytes, keys: &Frozen, t: i64) -> Result<Liveness, ProxyError> {
+    let mut live = keys.liveness();
     let end = prefix_end(tenant);
     let mut from = tenant.clone();
     let mut at = 0;
@@ -213,8 +209,8 @@ async fn scan(
             at = resp.header.as_ref().map_or(0, |h| h.revision);
         }
         for kv in &resp.kvs {
-            if kv.create_revision < t.t {
-                t.keys.mark_alive(&mut live, &kv.key, kv.create_revision);
+            if kv.create_revision < t {
+                keys.mark_alive(&mut live, &kv.key, kv.create_revision);
             }
         }
         match resp.kvs.last() {

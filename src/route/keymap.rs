@@ -9,7 +9,7 @@
 //!
 //! The map is built once, from keys in order. What changes later comes as an overlay: the
 //! keys a migration changed after the bulk was persisted (see `migrate::record`), and
-//! nothing else; pruning (`KeyMap::without`) builds a new map.
+//! nothing else; pruning (`Contents::without`) builds a new map.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -46,16 +46,16 @@ pub enum KeyMapError {
     Damaged(String),
 }
 
-/// K: key -> [`CopiedKey`].
+/// What a [`KeyMap`] holds at one time.
 #[derive(Clone, Default)]
-pub struct KeyMap {
+struct Contents {
     base: Arc<Packed>,
     /// Later entries: `None` removes the key from the base.
     overlay: Arc<HashMap<Bytes, Option<CopiedKey>>>,
     len: usize,
 }
 
-impl std::fmt::Debug for KeyMap {
+impl std::fmt::Debug for Contents {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("KeyMap")
             .field("len", &self.len)
@@ -206,16 +206,16 @@ impl Packed {
     }
 }
 
-impl KeyMap {
+impl Contents {
     /// From entries in strictly increasing key order.
-    pub fn from_sorted<'a>(entries: impl IntoIterator<Item = (&'a [u8], CopiedKey)>) -> Result<KeyMap, KeyMapError> {
+    pub fn from_sorted<'a>(entries: impl IntoIterator<Item = (&'a [u8], CopiedKey)>) -> Result<Contents, KeyMapError> {
         let entries: Vec<(&[u8], CopiedKey)> = entries.into_iter().collect();
         let (base, len) = Packed::build(|f| {
             for (k, v) in &entries {
                 f(k, v);
             }
         })?;
-        Ok(KeyMap {
+        Ok(Contents {
             len,
             base: Arc::new(base),
             overlay: Default::default(),
@@ -223,7 +223,7 @@ impl KeyMap {
     }
 
     /// From a hash map (a migration's working K).
-    pub fn from_map(keys: &HashMap<Bytes, CopiedKey>) -> KeyMap {
+    pub fn from_map(keys: &HashMap<Bytes, CopiedKey>) -> Contents {
         let mut entries: Vec<(&[u8], CopiedKey)> = keys.iter().map(|(k, v)| (&k[..], *v)).collect();
         entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
         // Sorted keys of a map are distinct, so the build cannot fail on order.
@@ -231,13 +231,13 @@ impl KeyMap {
     }
 
     /// This map with later entries on top (`None`: the key left K).
-    pub fn with_overlay(&self, changes: impl IntoIterator<Item = (Bytes, Option<CopiedKey>)>) -> KeyMap {
+    pub fn with_overlay(&self, changes: impl IntoIterator<Item = (Bytes, Option<CopiedKey>)>) -> Contents {
         let mut overlay = (*self.overlay).clone();
         overlay.extend(changes);
         // A base key in the overlay is replaced or removed; the overlay's entries are counted.
         let in_base = overlay.keys().filter(|k| self.base.index.contains_key(k)).count();
         let present = overlay.values().filter(|v| v.is_some()).count();
-        KeyMap {
+        Contents {
             base: self.base.clone(),
             len: self.base.index.len() - in_base + present,
             overlay: Arc::new(overlay),
@@ -299,10 +299,6 @@ impl KeyMap {
         out
     }
 
-    pub fn contains_key(&self, key: &[u8]) -> bool {
-        self.get(key).is_some()
-    }
-
     pub fn len(&self) -> usize {
         self.len
     }
@@ -336,7 +332,7 @@ impl KeyMap {
     }
 
     /// The entries `keep` keeps, rebuilt compact (the overlay merged in).
-    fn rebuilt(&self, keep: impl Fn(&[u8], &CopiedKey, Option<usize>) -> bool) -> KeyMap {
+    fn rebuilt(&self, keep: impl Fn(&[u8], &CopiedKey, Option<usize>) -> bool) -> Contents {
         let built = Packed::build(|f| {
             self.for_each_row(|k, v, row| {
                 if keep(k, &v, row) {
@@ -346,7 +342,7 @@ impl KeyMap {
         });
         // The entries come in key order from a map, so the build cannot fail on order.
         let (base, len) = built.unwrap_or_default();
-        KeyMap {
+        Contents {
             len,
             base: Arc::new(base),
             overlay: Default::default(),
@@ -354,12 +350,12 @@ impl KeyMap {
     }
 
     /// The map without the keys `gone` says are gone.
-    pub fn without(&self, gone: impl Fn(&[u8], &CopiedKey) -> bool) -> KeyMap {
+    pub fn without(&self, gone: impl Fn(&[u8], &CopiedKey) -> bool) -> Contents {
         self.rebuilt(|k, v, _| !gone(k, v))
     }
 
     /// A record of which keys are still alive, all dead to begin with (see
-    /// [`KeyMap::mark_alive`]).
+    /// [`Contents::mark_alive`]).
     pub fn liveness(&self) -> Liveness {
         Liveness {
             base: vec![0; self.base.index.len().div_ceil(64)],
@@ -389,7 +385,7 @@ impl KeyMap {
     }
 
     /// The map with only the keys marked alive, rebuilt compact.
-    pub fn alive_only(&self, live: &Liveness) -> KeyMap {
+    pub fn alive_only(&self, live: &Liveness) -> Contents {
         self.rebuilt(|k, _, row| match row {
             Some(row) => live.base[row / 64] & (1 << (row % 64)) != 0,
             None => live.overlay.contains(k),
@@ -426,8 +422,8 @@ impl KeyMap {
         .encode_to_vec()
     }
 
-    /// A map from [`KeyMap::encode_base`]'s bytes, checked as far as a lookup relies on.
-    pub fn decode_base(bytes: &[u8]) -> Result<KeyMap, KeyMapError> {
+    /// A map from [`Contents::encode_base`]'s bytes, checked as far as a lookup relies on.
+    pub fn decode_base(bytes: &[u8]) -> Result<Contents, KeyMapError> {
         let damaged = |e: String| KeyMapError::Damaged(e);
         let packed = PackedKeyMap::decode(bytes).map_err(|e| damaged(e.to_string()))?;
         if packed.format != PACKED_FORMAT {
@@ -475,7 +471,7 @@ impl KeyMap {
                 }
             };
         }
-        Ok(KeyMap {
+        Ok(Contents {
             len: rows,
             base: Arc::new(Packed { index, columns }),
             overlay: Default::default(),
@@ -521,6 +517,129 @@ fn read_bits(bytes: &[u8], pos: usize, width: usize) -> u64 {
         v
     } else {
         v & ((1u64 << width) - 1)
+    }
+}
+
+/// K: key -> [`CopiedKey`]. A shared handle: every clone of a translation sees the same
+/// map, so that pruning ([`KeyMap::replace_if`]) reaches the translations that open
+/// streams hold too, and the memory of what it dropped goes back at once. Pruning never
+/// changes an answer, so the contents may change under a reader between two lookups.
+#[derive(Clone, Default)]
+pub struct KeyMap {
+    shared: Arc<arc_swap::ArcSwap<Contents>>,
+}
+
+impl std::fmt::Debug for KeyMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.shared.load().fmt(f)
+    }
+}
+
+/// The key map's contents at one time, for a pass of pruning.
+pub struct Frozen(Arc<Contents>);
+
+impl KeyMap {
+    fn new(contents: Contents) -> KeyMap {
+        KeyMap {
+            shared: Arc::new(arc_swap::ArcSwap::from_pointee(contents)),
+        }
+    }
+
+    /// From entries in strictly increasing key order.
+    pub fn from_sorted<'a>(entries: impl IntoIterator<Item = (&'a [u8], CopiedKey)>) -> Result<KeyMap, KeyMapError> {
+        Contents::from_sorted(entries).map(KeyMap::new)
+    }
+
+    /// From a hash map (a migration's working K).
+    pub fn from_map(keys: &HashMap<Bytes, CopiedKey>) -> KeyMap {
+        KeyMap::new(Contents::from_map(keys))
+    }
+
+    /// A new map: this one with later entries on top (`None`: the key left K).
+    pub fn with_overlay(&self, changes: impl IntoIterator<Item = (Bytes, Option<CopiedKey>)>) -> KeyMap {
+        KeyMap::new(self.shared.load().with_overlay(changes))
+    }
+
+    pub fn get(&self, key: &[u8]) -> Option<CopiedKey> {
+        self.shared.load().get(key)
+    }
+
+    /// See [`Contents::get_sorted`]: the entries of keys given in increasing order.
+    pub fn get_sorted(&self, keys: &[&[u8]]) -> Vec<Option<CopiedKey>> {
+        self.shared.load().get_sorted(keys)
+    }
+
+    pub fn contains_key(&self, key: &[u8]) -> bool {
+        self.get(key).is_some()
+    }
+
+    pub fn len(&self) -> usize {
+        self.shared.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every entry, in key order.
+    pub fn for_each(&self, f: impl FnMut(&[u8], CopiedKey)) {
+        self.shared.load().for_each(f)
+    }
+
+    /// A new map without the keys `gone` says are gone.
+    pub fn without(&self, gone: impl Fn(&[u8], &CopiedKey) -> bool) -> KeyMap {
+        KeyMap::new(self.shared.load().without(gone))
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.shared.load().heap_bytes()
+    }
+
+    /// The bulk, packed for the translation record (the overlay is persisted apart).
+    pub fn encode_base(&self) -> Vec<u8> {
+        self.shared.load().encode_base()
+    }
+
+    /// A map from [`KeyMap::encode_base`]'s bytes.
+    pub fn decode_base(bytes: &[u8]) -> Result<KeyMap, KeyMapError> {
+        Contents::decode_base(bytes).map(KeyMap::new)
+    }
+
+    /// The contents now, for pruning them.
+    pub fn frozen(&self) -> Frozen {
+        Frozen(self.shared.load_full())
+    }
+
+    /// Gives this map (every clone of it) the contents of `with`, if it still has those
+    /// of `was`.
+    pub fn replace_if(&self, was: &Frozen, with: &KeyMap) -> bool {
+        let prev = self.shared.compare_and_swap(&was.0, with.shared.load_full());
+        Arc::ptr_eq(&*prev, &was.0)
+    }
+}
+
+impl Frozen {
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// See [`Contents::liveness`].
+    pub fn liveness(&self) -> Liveness {
+        self.0.liveness()
+    }
+
+    /// See [`Contents::mark_alive`].
+    pub fn mark_alive(&self, live: &mut Liveness, key: &[u8], target_create: i64) -> bool {
+        self.0.mark_alive(live, key, target_create)
+    }
+
+    /// A new map of the entries marked alive.
+    pub fn alive_only(&self, live: &Liveness) -> KeyMap {
+        KeyMap::new(self.0.alive_only(live))
     }
 }
 
@@ -733,25 +852,34 @@ mod tests {
             (Bytes::from_static(b"/registry/zz/new"), Some(added)),
             (entries[0].0.clone(), None),
         ]);
-        let mut live = map.liveness();
+        let frozen = map.frozen();
+        let mut live = frozen.liveness();
         let mut expect = Vec::new();
         for (i, (k, v)) in entries.iter().enumerate() {
             let recreated = i % 2 == 1;
-            let alive = map.mark_alive(&mut live, k, v.target_create + i64::from(recreated));
+            let alive = frozen.mark_alive(&mut live, k, v.target_create + i64::from(recreated));
             assert_eq!(alive, i != 0 && !recreated, "{k:?}");
             if alive {
                 expect.push((k.clone(), *v));
             }
         }
-        assert!(!map.mark_alive(&mut live, b"/registry/not/there", 12));
-        assert!(map.mark_alive(&mut live, b"/registry/zz/new", added.target_create));
+        assert!(!frozen.mark_alive(&mut live, b"/registry/not/there", 12));
+        assert!(frozen.mark_alive(&mut live, b"/registry/zz/new", added.target_create));
         expect.push((Bytes::from_static(b"/registry/zz/new"), added));
         assert_eq!(live.count(), expect.len());
-        let pruned = map.alive_only(&live);
+        let pruned = frozen.alive_only(&live);
         assert_eq!(pruned.len(), expect.len());
         for (k, v) in &expect {
             assert_eq!(pruned.get(k), Some(*v));
         }
+        // In place: every clone of the map sees the pruned contents, once.
+        let held = map.clone();
+        assert!(map.replace_if(&frozen, &pruned));
+        assert_eq!(held.len(), expect.len());
+        assert!(
+            !map.replace_if(&frozen, &pruned),
+            "a second pass on old contents changes nothing"
+        );
         for (i, (k, _)) in entries.iter().enumerate() {
             if i == 0 || i % 2 == 1 {
                 assert_eq!(pruned.get(k), None, "{k:?}");

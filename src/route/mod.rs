@@ -205,33 +205,6 @@ impl Router {
         Ok(())
     }
 
-    /// Replaces the route's translation by `pruned`, the same translation with fewer keys
-    /// in K, if the route still has `seen`. Not a swap: the answers are the same with
-    /// either (a pruned key's copy is gone from the datastore, so nothing looks it up),
-    /// so open streams keep the one they have and the generation stays.
-    pub fn replace_translation(&self, seen: &Arc<Translation>, pruned: Arc<Translation>) -> bool {
-        let mut replaced = false;
-        self.current.rcu(|cur| {
-            replaced = false;
-            match &cur.translation {
-                Some(t) if Arc::ptr_eq(t, seen) => {
-                    replaced = true;
-                    Arc::new(Route {
-                        datastore_name: cur.datastore_name.clone(),
-                        datastore: cur.datastore.clone(),
-                        translation: Some(pruned.clone()),
-                        generation: cur.generation,
-                        since_unix_ms: cur.since_unix_ms,
-                        stranded: cur.stranded.clone(),
-                        proof: cur.proof.clone(),
-                    })
-                }
-                _ => Arc::clone(cur),
-            }
-        });
-        replaced
-    }
-
     /// The tenant moved to `moved_to`, which cannot be used yet: every request is refused
     /// (streams too, as they learn of the change) until [`Router::switch_to`] succeeds.
     /// Only if the route is still generation `seen` (the one the caller found stale): a
