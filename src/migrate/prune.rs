@@ -18,13 +18,11 @@ use bytes::Bytes;
 use crate::error::ProxyError;
 use crate::keys::prefix_end;
 use crate::metrics::Metrics;
-use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::RangeRequest;
 use crate::route::keymap::{Frozen, Liveness};
 use crate::route::revision::Translation;
 use crate::route::Router;
-use crate::upstream::client;
-use crate::upstream::{own_request, Datastore, Retry};
+use crate::upstream::Datastore;
 
 /// Keys read per page.
 const PAGE: i64 = 10_000;
@@ -198,13 +196,7 @@ async fn scan(datastore: &Datastore, tenant: &Bytes, keys: &Frozen, t: i64) -> R
             keys_only: true,
             ..Default::default()
         };
-        let resp = datastore
-            .unary(Retry::Idempotent, |ch, token| {
-                let r = own_request(req.clone(), token);
-                async move { client!(KvClient, ch).range(r).await }
-            })
-            .await?
-            .into_inner();
+        let resp = super::ops::range(datastore, req).await?;
         if at == 0 {
             at = resp.header.as_ref().map_or(0, |h| h.revision);
         }

@@ -420,13 +420,7 @@ pub async fn load(target: &Datastore, tenant_prefix: &[u8]) -> Result<Option<Tra
         range_end: crate::keys::prefix_end(&base),
         ..Default::default()
     };
-    let resp = target
-        .unary(Retry::Idempotent, |ch, token| {
-            let r = own_request(req.clone(), token);
-            async move { client!(KvClient, ch).range(r).await }
-        })
-        .await?
-        .into_inner();
+    let resp = super::ops::range(target, req).await?;
     let params_key = [&base[..], b"params"].concat();
     let Some(params_kv) = resp.kvs.iter().find(|kv| kv.key[..] == params_key[..]) else {
         return Ok(None);
