@@ -21,5 +21,41 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // prost's encoding with small starting buffers (src/codec.rs).
         .codec_path("crate::codec::LeanCodec")
         .compile_fds(descriptors)?;
+
+    // The KV service cutover serves: as the generated one, except that an answer may be
+    // etcd's own encoding, passed on undecoded (`crate::codec::Answer`).
+    let method = |name: &str, route: &str, input: &str, output: &str| {
+        tonic_build::manual::Method::builder()
+            .name(name)
+            .route_name(route)
+            .input_type(format!("crate::proto::etcdserverpb::{input}"))
+            .output_type(output)
+            .codec_path("crate::codec::LeanCodec")
+            .build()
+    };
+    let answer = |m: &str| format!("crate::codec::Answer<crate::proto::etcdserverpb::{m}>");
+    let kv = tonic_build::manual::Service::builder()
+        .name("KV")
+        .package("etcdserverpb")
+        .method(method("range", "Range", "RangeRequest", &answer("RangeResponse")))
+        .method(method("put", "Put", "PutRequest", &answer("PutResponse")))
+        .method(method(
+            "delete_range",
+            "DeleteRange",
+            "DeleteRangeRequest",
+            &answer("DeleteRangeResponse"),
+        ))
+        .method(method("txn", "Txn", "TxnRequest", &answer("TxnResponse")))
+        .method(method(
+            "compact",
+            "Compact",
+            "CompactionRequest",
+            "crate::proto::etcdserverpb::CompactionResponse",
+        ))
+        .build();
+    tonic_build::manual::Builder::new()
+        .build_client(false)
+        .build_server(true)
+        .compile(&[kv]);
     Ok(())
 }

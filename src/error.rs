@@ -178,6 +178,12 @@ impl From<ProxyError> for Status {
 }
 
 /// etcd refused a lease grant because the asked-for ID is taken.
+/// What a call gets when its channel cannot take requests (worded as tonic's generated
+/// clients word it).
+pub fn channel_not_ready(e: impl std::fmt::Display) -> Status {
+    Status::unknown(format!("Service was not ready: {e}"))
+}
+
 pub fn is_lease_exists(s: &Status) -> bool {
     s.message() == messages::LEASE_EXISTS
 }

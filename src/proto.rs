@@ -18,3 +18,9 @@ pub mod etcdserverpb {
 pub mod record {
     tonic::include_proto!("cutover.record");
 }
+
+/// The KV service as cutover serves it (build.rs): its answers may pass on etcd's own
+/// encoding (`crate::codec::Answer`).
+pub mod kv_answers {
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.KV.rs"));
+}

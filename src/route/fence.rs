@@ -29,6 +29,8 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::codec::wire::{self, Encoded, TxnAnswer};
+
 use crate::proto::etcdserverpb::{
     compare, request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
     RangeRequest, RangeResponse, RequestOp, ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
@@ -127,10 +129,18 @@ pub trait Guarded: Sized {
     fn into_op(self) -> request_op::Request;
     /// The inner answer, with the outer header; `None` if it is not this write's kind.
     fn from_op(op: response_op::Response, header: Option<ResponseHeader>) -> Option<Self::Response>;
+    /// The number of this write's answer in a ResponseOp (`wire::OP_PUT`, ...).
+    const OP: u32;
+    /// Whether etcd's answer reaches the client unchanged when no translation is active
+    /// (nothing in it to hide).
+    fn passes_unchanged(&self, _scope: &super::scope::Scope) -> bool {
+        true
+    }
 }
 
 impl Guarded for PutRequest {
     type Response = PutResponse;
+    const OP: u32 = wire::OP_PUT;
     fn allowed(&self, scope: &super::scope::Scope) -> bool {
         scope.in_tenant(&self.key, b"") && !scope.is_reserved(&self.key)
     }
@@ -147,6 +157,7 @@ impl Guarded for PutRequest {
 
 impl Guarded for DeleteRangeRequest {
     type Response = DeleteRangeResponse;
+    const OP: u32 = wire::OP_DELETE_RANGE;
     fn allowed(&self, scope: &super::scope::Scope) -> bool {
         scope.in_tenant(&self.key, &self.range_end) && !scope.touches_reserved(&self.key, &self.range_end)
     }
@@ -163,8 +174,12 @@ impl Guarded for DeleteRangeRequest {
 
 impl Guarded for TxnRequest {
     type Response = TxnResponse;
+    const OP: u32 = wire::OP_TXN;
     fn allowed(&self, scope: &super::scope::Scope) -> bool {
         scope.txn_allowed(self)
+    }
+    fn passes_unchanged(&self, scope: &super::scope::Scope) -> bool {
+        !scope.txn_reads_reserved(self)
     }
     fn hide_reserved(resp: &mut TxnResponse, scope: &super::scope::Scope) {
         scope.hide_in_txn(resp);
@@ -188,6 +203,22 @@ pub trait GuardedRead: Sized {
     /// The client's answer (with the outer header), and the fence read's answer if the
     /// Txn carried one: `Some(value)` (empty when the key does not exist).
     fn split(resp: TxnResponse, guarded: bool) -> Result<(Self::Response, Option<Bytes>), Malformed>;
+    /// As `split`, on etcd's encoded answer: the client's answer as etcd encoded it
+    /// (`None`: it must be decoded, see [`TxnAnswer::inner_with_outer_header`]).
+    fn split_encoded(resp: &TxnAnswer, guarded: bool) -> Result<(Option<Encoded>, Option<Bytes>), Malformed>;
+    /// Whether etcd's answer reaches the client unchanged when no translation is active
+    /// (nothing in it to hide).
+    fn passes_unchanged(&self, _scope: &super::scope::Scope) -> bool {
+        true
+    }
+}
+
+/// The value the fence read at the end of a guarded answer found.
+fn fence_value_encoded(resp: &TxnAnswer, guarded: bool) -> Result<Option<Bytes>, Malformed> {
+    if !guarded {
+        return Ok(None);
+    }
+    resp.read_value(&resp.last_op()?).map(Some)
 }
 
 fn fence_value(op: Option<ResponseOp>) -> Result<Bytes, Malformed> {
@@ -222,6 +253,16 @@ impl GuardedRead for RangeRequest {
         let fence = if guarded { Some(fence_value(ops.next())?) } else { None };
         Ok((range, fence))
     }
+    fn split_encoded(resp: &TxnAnswer, guarded: bool) -> Result<(Option<Encoded>, Option<Bytes>), Malformed> {
+        if resp.ops != 1 + usize::from(guarded) {
+            return Err(Malformed("the guarded read's answer has another number of ops"));
+        }
+        let op = resp.first_op()?;
+        if op.kind != wire::OP_RANGE {
+            return Err(Malformed("the guarded read's answer is not a Range"));
+        }
+        Ok((resp.inner_with_outer_header(&op)?, fence_value_encoded(resp, guarded)?))
+    }
 }
 
 impl GuardedRead for TxnRequest {
@@ -240,6 +281,13 @@ impl GuardedRead for TxnRequest {
             None
         };
         Ok((resp, fence))
+    }
+    fn split_encoded(resp: &TxnAnswer, guarded: bool) -> Result<(Option<Encoded>, Option<Bytes>), Malformed> {
+        let answer = if guarded { resp.without_last_op()? } else { resp.whole() };
+        Ok((Some(answer), fence_value_encoded(resp, guarded)?))
+    }
+    fn passes_unchanged(&self, scope: &super::scope::Scope) -> bool {
+        !scope.txn_reads_reserved(self)
     }
 }
 
@@ -318,6 +366,24 @@ impl Guard {
             }],
             failure: vec![],
         }
+    }
+
+    /// As [`Guard::unwrap`], on etcd's encoded answer: the client's answer as etcd
+    /// encoded it (`None`: it must be decoded), or who holds the fence.
+    pub fn unwrap_encoded<W: Guarded>(&self, resp: &TxnAnswer) -> Result<GuardAnswer<Option<Encoded>>, Malformed> {
+        let op = resp.first_op()?;
+        if resp.succeeded {
+            if op.kind != W::OP {
+                return Err(Malformed("inner response of another kind"));
+            }
+            return Ok(GuardAnswer::Applied(resp.inner_with_outer_header(&op)?));
+        }
+        if op.kind != wire::OP_RANGE {
+            return Err(Malformed("failure branch is not the fence read"));
+        }
+        Ok(GuardAnswer::Fenced(Fenced {
+            holder: resp.read_value(&op)?,
+        }))
     }
 
     /// The client's answer, or who holds the fence.

@@ -120,6 +120,16 @@ impl Scope {
             && txn.success.iter().all(|o| self.op_allowed(o))
             && txn.failure.iter().all(|o| self.op_allowed(o))
     }
+
+    /// Whether a Range of a Txn (nested ones included) may find reserved keys, which
+    /// `hide_in_txn` then takes out of the answer.
+    pub fn txn_reads_reserved(&self, txn: &TxnRequest) -> bool {
+        txn.success.iter().chain(&txn.failure).any(|op| match &op.request {
+            Some(request_op::Request::RequestRange(r)) => self.touches_reserved(&r.key, &r.range_end),
+            Some(request_op::Request::RequestTxn(t)) => self.txn_reads_reserved(t),
+            _ => false,
+        })
+    }
 }
 
 impl Scope {

@@ -5,9 +5,10 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 use super::{client, Context};
+use crate::codec::Answer;
 use crate::proto::etcdserverpb::kv_client::KvClient;
-use crate::proto::etcdserverpb::kv_server::Kv;
 use crate::proto::etcdserverpb::*;
+use crate::proto::kv_answers::k_v_server::KV as Kv;
 use crate::route::fence;
 use crate::route::revision::Translation;
 use crate::route::translate::{self, RangeFixup};
@@ -61,7 +62,7 @@ impl KvService {
 
 #[tonic::async_trait]
 impl Kv for KvService {
-    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+    async fn range(&self, request: Request<RangeRequest>) -> Result<Response<Answer<RangeResponse>>, Status> {
         let r = request.get_ref();
         let scope = self.ctx.router.scope();
         if !scope.in_tenant(&r.key, &r.range_end) {
@@ -72,7 +73,10 @@ impl Kv for KvService {
         if scope.touches_reserved(&r.key, &r.range_end) {
             let started = std::time::Instant::now();
             let result = self.range_hiding_reserved(request, linearizable).await;
-            return self.ctx.finish("KV", "Range", started, result);
+            return self
+                .ctx
+                .finish("KV", "Range", started, result)
+                .map(|r| r.map(Answer::Message));
         }
         if linearizable {
             // Inside the read guard: never answered by a store the tenant left.
@@ -90,10 +94,11 @@ impl Kv for KvService {
                 |ch, req| async move { client!(KvClient, ch).range(req).await },
             )
             .await
+            .map(|r| r.map(Answer::Message))
     }
 
     // Writes travel inside the fence guard (route/fence.rs).
-    async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+    async fn put(&self, request: Request<PutRequest>) -> Result<Response<Answer<PutResponse>>, Status> {
         let p = request.get_ref();
         let lease = p.lease;
         // (Outside the prefix, the write is refused anyway: no lookup for it.)
@@ -107,7 +112,7 @@ impl Kv for KvService {
     async fn delete_range(
         &self,
         request: Request<DeleteRangeRequest>,
-    ) -> Result<Response<DeleteRangeResponse>, Status> {
+    ) -> Result<Response<Answer<DeleteRangeResponse>>, Status> {
         let d = request.get_ref();
         let scope = self.ctx.router.scope();
         // Over the tenant's whole prefix (or any range across cutover's keys): the parts
@@ -116,12 +121,16 @@ impl Kv for KvService {
             let (metadata, extensions, _) = request.into_parts();
             let txn = Request::from_parts(metadata, extensions, parts);
             let resp = self.ctx.guarded_write("KV", "DeleteRange", txn).await?;
-            return Ok(Response::new(crate::route::scope::merge_deletes(resp.into_inner())));
+            let parts = resp
+                .into_inner()
+                .into_message()
+                .map_err(crate::error::ProxyError::from)?;
+            return Ok(Response::new(crate::route::scope::merge_deletes(parts).into()));
         }
         self.ctx.guarded_write("KV", "DeleteRange", request).await
     }
 
-    async fn txn(&self, mut request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+    async fn txn(&self, mut request: Request<TxnRequest>) -> Result<Response<Answer<TxnResponse>>, Status> {
         let mut leases = Vec::new();
         super::lease::leases_of_txn(request.get_ref(), &mut leases);
         if !leases.is_empty() {
@@ -137,10 +146,11 @@ impl Kv for KvService {
             let asked = request.get_ref().clone();
             *request.get_mut() = scope.rewrite_txn(&asked);
             let (metadata, answer, extensions) = self.txn_as_sent(request).await?.into_parts();
+            let answer = answer.into_message().map_err(crate::error::ProxyError::from)?;
             let answer = scope
                 .answer_rewritten(&asked, answer)
                 .map_err(crate::error::ProxyError::from)?;
-            return Ok(Response::from_parts(metadata, answer, extensions));
+            return Ok(Response::from_parts(metadata, answer.into(), extensions));
         }
         self.txn_as_sent(request).await
     }
@@ -201,7 +211,7 @@ impl KvService {
     }
 
     /// A Txn, as a write or, when nothing in it writes, as a read.
-    async fn txn_as_sent(&self, request: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+    async fn txn_as_sent(&self, request: Request<TxnRequest>) -> Result<Response<Answer<TxnResponse>>, Status> {
         let t = request.get_ref();
         if !fence::is_read_only(t) {
             return self.ctx.guarded_write("KV", "Txn", request).await;
@@ -243,7 +253,8 @@ impl KvService {
                 linearizable,
             )
             .await?
-            .into_inner();
+            .into_inner()
+            .into_message()?;
         let at = hidden.header.map_or(0, |h| h.revision);
         let main = RangeRequest {
             revision: if asked.revision > 0 { asked.revision } else { at },

@@ -26,24 +26,28 @@ use tonic::transport::{Certificate, Channel, Identity, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status};
 
 use crate::coalesce::Coalesced;
+use crate::codec::wire::TxnAnswer;
+use crate::codec::Answer;
 use crate::config::FenceMode;
 use crate::config::{Config, ListenAddr};
 use crate::error::messages;
+use crate::error::Malformed;
 use crate::error::{Blame, ProxyError};
 use crate::metrics::{Metrics, OutcomeLabels};
 use crate::proto::etcdserverpb::auth_server::AuthServer;
 use crate::proto::etcdserverpb::cluster_server::ClusterServer;
 use crate::proto::etcdserverpb::kv_client::KvClient;
-use crate::proto::etcdserverpb::kv_server::KvServer;
 use crate::proto::etcdserverpb::lease_server::LeaseServer;
 use crate::proto::etcdserverpb::maintenance_server::MaintenanceServer;
 use crate::proto::etcdserverpb::watch_server::WatchServer;
-use crate::proto::etcdserverpb::TxnRequest;
+use crate::proto::etcdserverpb::{TxnRequest, TxnResponse};
+use crate::proto::kv_answers::k_v_server::KVServer as KvServer;
 use crate::route::fence::{GuardAnswer, Guarded, GuardedRead, Marker};
 use crate::route::revision::Translation;
 use crate::route::translate::{Translate, TxnShape};
 use crate::route::{Route, Router};
 use crate::upstream::Retry;
+use prost::Message as _;
 
 /// What every service needs: where to send requests, limits, metrics.
 pub struct Context {
@@ -162,7 +166,7 @@ impl Forwarded {
 
 /// A read the proxy sends inside the read guard (route/fence.rs), translated both ways
 /// when the route has a translation.
-pub(crate) trait Read: GuardedRead + prost::Message + Clone {
+pub(crate) trait Read: GuardedRead<Response: prost::Message + Default> + prost::Message + Clone {
     type Fixup: Default;
     fn to_target(self, t: &Translation) -> Result<(Self, Self::Fixup), ProxyError>;
     fn answer_to_virtual(a: Self::Response, t: &Translation, fix: Self::Fixup) -> Result<Self::Response, ProxyError>;
@@ -295,18 +299,20 @@ impl Context {
         service: &'static str,
         method: &'static str,
         request: Request<W>,
-    ) -> Result<Response<W::Response>, Status>
+    ) -> Result<Response<Answer<W::Response>>, Status>
     where
         W: Guarded + Translate<Answer = <W as Guarded>::Response> + prost::Message + Clone,
+        W::Response: prost::Message + Default,
     {
         let started = Instant::now();
         let result = self.forward_guarded(request).await;
         self.finish(service, method, started, result)
     }
 
-    async fn forward_guarded<W>(&self, request: Request<W>) -> Result<Response<W::Response>, ProxyError>
+    async fn forward_guarded<W>(&self, request: Request<W>) -> Result<Response<Answer<W::Response>>, ProxyError>
     where
         W: Guarded + Translate<Answer = <W as Guarded>::Response> + prost::Message + Clone,
+        W::Response: prost::Message + Default,
     {
         let (metadata, _, msg) = request.into_parts();
         self.check_size(&msg)?;
@@ -328,10 +334,11 @@ impl Context {
             let fwd = &fwd;
             let send = |txn: TxnRequest| {
                 route.datastore.unary(Retry::IfNotSent, move |ch, token| {
-                    let req = fwd.request(txn.clone(), token);
-                    async move { client!(KvClient, ch).txn(req).await }
+                    crate::upstream::txn_encoded(ch, fwd.request(txn.clone(), token))
                 })
             };
+            // With no translation and nothing to hide, etcd's answer goes back as it came.
+            let unchanged = route.translation.is_none() && msg.passes_unchanged(self.router.scope());
             let resp = match send(policy.guard.wrap(write.clone())).await {
                 // The client's credentials may not read the fence key (an etcd user limited
                 // to part of the tenant's keys). The guard was refused before anything was
@@ -350,16 +357,25 @@ impl Context {
                     detail: e.to_string(),
                 });
             }
-            let fenced = match policy.guard.unwrap::<W>(resp.into_inner())? {
-                GuardAnswer::Applied(mut answer) => {
+            let bytes = resp.into_inner();
+            let fenced = match policy.guard.unwrap_encoded::<W>(&TxnAnswer::parse(bytes.clone())?)? {
+                GuardAnswer::Applied(encoded) => {
+                    if hold.held() {
+                        self.count_fenced("held");
+                    }
+                    if let (true, Some(encoded)) = (unchanged, encoded) {
+                        return Ok(Response::new(Answer::Encoded(encoded)));
+                    }
+                    let decoded =
+                        TxnResponse::decode(bytes).map_err(|_| Malformed("etcd's Txn answer does not decode"))?;
+                    let GuardAnswer::Applied(mut answer) = policy.guard.unwrap::<W>(decoded)? else {
+                        return Err(Malformed("etcd's Txn answer reads two ways").into());
+                    };
                     if let Some(t) = &route.translation {
                         answer = W::answer_to_virtual(answer, t, shape)?;
                     }
                     W::hide_reserved(&mut answer, self.router.scope());
-                    if hold.held() {
-                        self.count_fenced("held");
-                    }
-                    return Ok(Response::new(answer));
+                    return Ok(Response::new(Answer::Message(answer)));
                 }
                 GuardAnswer::Fenced(fenced) => fenced,
             };
@@ -387,7 +403,7 @@ impl Context {
         service: &'static str,
         method: &'static str,
         request: Request<R>,
-    ) -> Result<Response<R::Response>, Status> {
+    ) -> Result<Response<Answer<R::Response>>, Status> {
         let started = Instant::now();
         let result = self.forward_read(request, true).await;
         self.finish(service, method, started, result)
@@ -400,7 +416,7 @@ impl Context {
         service: &'static str,
         method: &'static str,
         request: Request<R>,
-    ) -> Result<Response<R::Response>, Status> {
+    ) -> Result<Response<Answer<R::Response>>, Status> {
         let started = Instant::now();
         let result = self.forward_read(request, false).await;
         self.finish(service, method, started, result)
@@ -411,7 +427,7 @@ impl Context {
         &self,
         request: Request<R>,
         linearizable: bool,
-    ) -> Result<Response<R::Response>, ProxyError> {
+    ) -> Result<Response<Answer<R::Response>>, ProxyError> {
         let (metadata, _, msg) = request.into_parts();
         self.check_size(&msg)?;
         let fwd = Forwarded::from_incoming(&metadata);
@@ -427,8 +443,7 @@ impl Context {
             let fwd = &fwd;
             let send = |txn: TxnRequest| {
                 route.datastore.unary(Retry::Idempotent, move |ch, token| {
-                    let req = fwd.request(txn.clone(), token);
-                    async move { client!(KvClient, ch).txn(req).await }
+                    crate::upstream::txn_encoded(ch, fwd.request(txn.clone(), token))
                 })
             };
             let _ = crate::failpoint!("server.read.before_send");
@@ -454,9 +469,10 @@ impl Context {
                 }
                 Err(e) => return Err(e),
             };
-            let resp = resp.into_inner();
-            let header_rev = resp.header.as_ref().map_or(0, |h| h.revision);
-            let (mut answer, fence) = R::split(resp, guarded)?;
+            let bytes = resp.into_inner();
+            let parsed = TxnAnswer::parse(bytes.clone())?;
+            let header_rev = parsed.revision()?;
+            let (encoded, fence) = R::split_encoded(&parsed, guarded)?;
             let left = match &fence {
                 Some(f) if Marker::moved_to(f).is_some() => true,
                 Some(_) => {
@@ -483,11 +499,19 @@ impl Context {
             if hold.held() {
                 self.metrics.rerouted_reads.inc();
             }
+            // With no translation and nothing to hide, etcd's answer goes back as it came.
+            if route.translation.is_none() && msg.passes_unchanged(self.router.scope()) {
+                if let Some(encoded) = encoded {
+                    return Ok(Response::new(Answer::Encoded(encoded)));
+                }
+            }
+            let decoded = TxnResponse::decode(bytes).map_err(|_| Malformed("etcd's Txn answer does not decode"))?;
+            let (mut answer, _) = R::split(decoded, guarded)?;
             if let Some(t) = &route.translation {
                 answer = R::answer_to_virtual(answer, t, fix)?;
             }
             R::hide_reserved(&mut answer, self.router.scope());
-            return Ok(Response::new(answer));
+            return Ok(Response::new(Answer::Message(answer)));
         }
     }
 

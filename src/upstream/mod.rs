@@ -41,6 +41,20 @@ macro_rules! client {
 }
 pub(crate) use client;
 
+/// A Txn whose answer is kept as etcd encoded it, to be read with `codec::wire` and
+/// passed on without decoding.
+pub async fn txn_encoded(
+    channel: Channel,
+    request: tonic::Request<crate::proto::etcdserverpb::TxnRequest>,
+) -> Result<Response<bytes::Bytes>, Status> {
+    let mut grpc = tonic::client::Grpc::new(channel)
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    grpc.ready().await.map_err(crate::error::channel_not_ready)?;
+    let path = http::uri::PathAndQuery::from_static("/etcdserverpb.KV/Txn");
+    grpc.unary(request, path, crate::codec::KeepEncoded::default()).await
+}
+
 /// A request of the proxy's own (the migration's), with the proxy's auth token if any.
 pub fn own_request<T>(msg: T, token: Option<AsciiMetadataValue>) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
