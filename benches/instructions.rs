@@ -15,9 +15,10 @@
 //! shutdown and the work a proxy does by the clock (cutover's health probes and status
 //! reads) are in both runs and cancel out. The ops are those of the overhead
 //! bench: `range` (linearizable, one key), `put`, `txn` (kube-style: compare mod_revision,
-//! put, else range) and `rotxn` (compare mod_revision, range in both branches).
+//! put, else range) and `rotxn` (compare mod_revision, range in both branches), and
+//! `list`, a linearizable Range over 100 keys (kube's LIST of a small collection).
 //!
-//! Environment: `BENCH_OPS` (default `range,put,txn,rotxn`), `BENCH_REQUESTS` (default
+//! Environment: `BENCH_OPS` (default `range,put,txn,rotxn,list`), `BENCH_REQUESTS` (default
 //! 2000), `BENCH_WARMUP` (default 200), `BENCH_VALUE_BYTES` (default 1024), `CUTOVER_BIN`,
 //! `ETCD_BIN` (default `etcd`), `BENCH_ANNOTATE=1` (also print callgrind_annotate's top
 //! functions of cutover's longer run of each op), `BENCH_OUT_DIR` (keep callgrind's files
@@ -49,6 +50,7 @@ enum Op {
     Put,
     Txn,
     ReadTxn,
+    List,
 }
 
 impl Op {
@@ -58,6 +60,7 @@ impl Op {
             Op::Put => "put",
             Op::Txn => "txn",
             Op::ReadTxn => "rotxn",
+            Op::List => "list",
         }
     }
 }
@@ -78,6 +81,9 @@ impl Proxy {
 }
 
 const KEY: &[u8] = b"/registry/bench/instructions";
+/// The `list` op reads this many keys under this prefix: a kube LIST of a small collection.
+const LIST_KEYS: usize = 100;
+const LIST_PREFIX: &str = "/registry/bench/list/";
 
 fn main() {
     relay::run_if_asked();
@@ -86,14 +92,15 @@ fn main() {
         return;
     }
     let ops: Vec<Op> = std::env::var("BENCH_OPS")
-        .unwrap_or_else(|_| "range,put,txn,rotxn".into())
+        .unwrap_or_else(|_| "range,put,txn,rotxn,list".into())
         .split(',')
         .map(|s| match s.trim() {
             "range" => Op::Range,
             "put" => Op::Put,
             "txn" => Op::Txn,
             "rotxn" => Op::ReadTxn,
-            other => panic!("BENCH_OPS: unknown op {other:?} (range, put, txn, rotxn)"),
+            "list" => Op::List,
+            other => panic!("BENCH_OPS: unknown op {other:?} (range, put, txn, rotxn, list)"),
         })
         .collect();
     let requests: u64 = env_parse("BENCH_REQUESTS", 2000u64).max(1);
@@ -120,7 +127,7 @@ fn main() {
     let etcd_addr = format!("127.0.0.1:{etcd_port}");
     runtime.block_on(async {
         let channel = connect(&etcd_addr, Duration::from_secs(30)).await;
-        KvClient::new(channel)
+        KvClient::new(channel.clone())
             .put(PutRequest {
                 key: Bytes::from_static(KEY),
                 value: value.clone(),
@@ -128,6 +135,16 @@ fn main() {
             })
             .await
             .expect("create the key the requests use");
+        for i in 0..LIST_KEYS {
+            KvClient::new(channel.clone())
+                .put(PutRequest {
+                    key: Bytes::from(format!("{LIST_PREFIX}{i:03}")),
+                    value: value.clone(),
+                    ..Default::default()
+                })
+                .await
+                .expect("create the keys the list reads");
+        }
     });
 
     println!("cutover instructions bench");
@@ -326,6 +343,18 @@ async fn send(kv: &mut KvClient<Channel>, op: Op, value: &Bytes, known_rev: i64)
                 .await
                 .expect("range");
             assert_eq!(r.get_ref().kvs.len(), 1, "the range finds its key");
+            known_rev
+        }
+        Op::List => {
+            let r = kv
+                .range(RangeRequest {
+                    key: Bytes::from_static(LIST_PREFIX.as_bytes()),
+                    range_end: Bytes::from_static(b"/registry/bench/list0"),
+                    ..Default::default()
+                })
+                .await
+                .expect("list");
+            assert_eq!(r.get_ref().kvs.len(), LIST_KEYS, "the list finds its keys");
             known_rev
         }
         Op::Put => {

@@ -5,8 +5,8 @@
 //! trailers, each end up in a write of its own. Every write wakes the process on the other
 //! end (etcd, or the client) once more. [`Coalesced`] keeps what is written in a buffer and,
 //! on the first flush, lets the runtime run every other ready task once before writing, so
-//! the rest of the call joins the same write. At most one scheduler pass is added; anything
-//! larger than the buffer goes straight to the socket.
+//! the rest of the call joins the same write. At most one scheduler pass is added; a
+//! write of 8 KiB or more goes straight to the socket.
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -14,8 +14,11 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Bytes kept before a write is forced; above this, writes go straight through.
+/// Bytes kept before a write is forced.
 const LIMIT: usize = 64 * 1024;
+/// A write this large goes straight to the socket (after what is kept): copying it would
+/// cost more than the system call it saves (a large answer's DATA frames, for one).
+const DIRECT: usize = 8 * 1024;
 
 pin_project_lite::pin_project! {
     /// A byte stream whose writes are gathered until a flush (see the module docs).
@@ -83,12 +86,11 @@ impl<T: AsyncWrite> AsyncWrite for Coalesced<T> {
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let total: usize = bufs.iter().map(|b| b.len()).sum();
-        if self.buf.len() + total > LIMIT && !self.buf.is_empty() {
+        if (total >= DIRECT || self.buf.len() + total > LIMIT) && !self.buf.is_empty() {
             ready!(self.as_mut().poll_drain(cx))?;
         }
         let this = self.project();
-        if total >= LIMIT {
-            // A large message: copying it would cost more than the write it saves.
+        if total >= DIRECT {
             return this.inner.poll_write_vectored(cx, bufs);
         }
         for b in bufs {
@@ -156,7 +158,7 @@ mod tests {
 
     #[tokio::test]
     async fn large_writes_and_slow_peers_lose_nothing() {
-        // A small pipe forces partial writes; a message above LIMIT goes straight through.
+        // A small pipe forces partial writes; pieces of DIRECT or more go straight through.
         let (a, mut b) = tokio::io::duplex(4096);
         let reader = tokio::spawn(async move {
             let mut all = Vec::new();
