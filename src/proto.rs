@@ -20,7 +20,7 @@ pub mod record {
 }
 
 /// The KV service as cutover serves it (build.rs): its answers may pass on etcd's own
-/// encoding (`crate::codec::Answer`).
+/// encoding (see `Answer` in the codec module).
 pub mod kv_answers {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.KV.rs"));
 }
