@@ -94,6 +94,9 @@ pub enum ProxyError {
     /// The datastore's answer to cutover's own authentication cannot be used.
     #[error("the datastore returned an auth token that is not ASCII")]
     BadToken,
+    /// A refusal of cutover's own auth store (gateway mode), worded as etcd's.
+    #[error("{0}")]
+    Auth(#[from] crate::rbac::AuthError),
     /// The client sent a message larger than the configured limit.
     #[error("request of {size} bytes is larger than the limit of {limit} bytes")]
     RequestTooLarge { size: usize, limit: usize },
@@ -117,6 +120,7 @@ impl ProxyError {
             ProxyError::Malformed(_) => Blame::Upstream,
             ProxyError::UnknownMethod { .. } | ProxyError::NotProxied { .. } => Blame::Downstream,
             ProxyError::BadToken => Blame::Upstream,
+            ProxyError::Auth(_) => Blame::Downstream,
         }
     }
 
@@ -134,6 +138,7 @@ impl ProxyError {
             // Nothing was sent.
             ProxyError::UnknownMethod { .. } | ProxyError::NotProxied { .. } => false,
             ProxyError::BadToken => true,
+            ProxyError::Auth(_) => false,
             ProxyError::Etcd(s) => s.code() == Code::Unavailable && s.message() == messages::NO_CONNECTION,
         }
     }
@@ -163,6 +168,17 @@ impl ProxyError {
             // grpc-go's wording for a path the server does not register.
             ProxyError::UnknownMethod { .. } | ProxyError::NotProxied { .. } => Status::unimplemented(self.to_string()),
             ProxyError::BadToken => Status::internal(format!("cutover: {self}")),
+            // etcd's own code for each, with its message.
+            ProxyError::Auth(e) => {
+                use crate::rbac::AuthError::*;
+                let code = match e {
+                    PermissionDenied => Code::PermissionDenied,
+                    UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt => Code::InvalidArgument,
+                    RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound | RoleAlreadyExist
+                    | RoleNotFound | RoleNotGranted | PermissionNotGranted | AuthNotEnabled => Code::FailedPrecondition,
+                };
+                Status::new(code, e.to_string())
+            }
             // grpc-go's wording, which etcd's server produces for an oversized message.
             ProxyError::RequestTooLarge { size, limit } => {
                 Status::resource_exhausted(format!("grpc: received message larger than max ({size} vs. {limit})"))
@@ -214,6 +230,51 @@ pub fn code_name(code: Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_refusals_carry_etcds_codes_and_words() {
+        use crate::rbac::AuthError;
+        let cases = [
+            (
+                AuthError::UserNotFound,
+                Code::FailedPrecondition,
+                "etcdserver: user name not found",
+            ),
+            (
+                AuthError::RoleNotFound,
+                Code::FailedPrecondition,
+                "etcdserver: role name not found",
+            ),
+            (
+                AuthError::UserAlreadyExist,
+                Code::FailedPrecondition,
+                "etcdserver: user name already exists",
+            ),
+            (
+                AuthError::PermissionDenied,
+                Code::PermissionDenied,
+                "etcdserver: permission denied",
+            ),
+            (
+                AuthError::UserEmpty,
+                Code::InvalidArgument,
+                "etcdserver: user name is empty",
+            ),
+            (
+                AuthError::InvalidAuthMgmt,
+                Code::InvalidArgument,
+                "etcdserver: invalid auth management",
+            ),
+        ];
+        for (e, code, message) in cases {
+            let s = ProxyError::from(e).to_status();
+            assert_eq!((s.code(), s.message()), (code, message));
+        }
+        assert_eq!(
+            messages::PERMISSION_DENIED,
+            crate::rbac::AuthError::PermissionDenied.to_string()
+        );
+    }
 
     #[test]
     fn etcd_status_passes_through_unchanged() {

@@ -17,6 +17,7 @@ pub mod memory;
 pub mod metrics;
 pub mod migrate;
 pub mod proto;
+pub mod rbac;
 pub mod reload;
 pub mod route;
 pub mod server;
