@@ -22,6 +22,7 @@ mod keymap;
 mod layers;
 mod limits;
 mod migrate;
+mod rbac;
 mod replicas;
 mod soak;
 mod tenancy;
