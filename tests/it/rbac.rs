@@ -105,7 +105,7 @@ async fn the_auth_store_answers_as_etcd_does_for_kamajis_calls_and_a_tenants_req
         "UserAdd root",
         |c| c.user_add(AuthUserAddRequest {
             name: "root".into(),
-            options: no_pw.clone(),
+            options: no_pw,
             ..Default::default()
         }),
         |s| s.user_add(as_root, "root", true).map(|_| String::new()),
@@ -167,7 +167,7 @@ async fn the_auth_store_answers_as_etcd_does_for_kamajis_calls_and_a_tenants_req
         |c| c.user_add(AuthUserAddRequest {
             name: "tenant-a".into(),
             password: "ignored".into(),
-            options: no_pw.clone(),
+            options: no_pw,
             ..Default::default()
         }),
         |s| s.user_add(as_root, "tenant-a", true).map(|_| String::new()),
@@ -254,7 +254,7 @@ async fn the_auth_store_answers_as_etcd_does_for_kamajis_calls_and_a_tenants_req
         "UserAdd again",
         |c| c.user_add(AuthUserAddRequest {
             name: "tenant-a".into(),
-            options: no_pw.clone(),
+            options: no_pw,
             ..Default::default()
         }),
         |s| s.user_add(as_root, "tenant-a", true).map(|_| String::new()),
@@ -267,7 +267,7 @@ async fn the_auth_store_answers_as_etcd_does_for_kamajis_calls_and_a_tenants_req
         as_root,
         "UserAdd empty",
         |c| c.user_add(AuthUserAddRequest {
-            options: no_pw.clone(),
+            options: no_pw,
             ..Default::default()
         }),
         |s| s.user_add(as_root, "", true).map(|_| String::new()),
