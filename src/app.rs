@@ -32,9 +32,114 @@ pub enum RunError {
 /// How often each datastore endpoint is probed.
 const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(2);
 
+/// How often a gateway replica reads the catalog for changes other replicas made.
+const CATALOG_READ_EVERY: Duration = Duration::from_millis(500);
+
+/// Serves gateway mode until SIGTERM or Ctrl-C: the Auth API from the catalog, and each
+/// caller's tenant over its home datastore.
+async fn serve_gateway(config: Config, gateway: crate::config::GatewaySettings) -> Result<(), RunError> {
+    use crate::gateway::{auth::GatewayAuth, catalog::CatalogStore, dispatch};
+    let metrics = Arc::new(Metrics::new());
+    let mut datastores = BTreeMap::new();
+    for (name, ds) in &config.data_stores {
+        datastores.insert(name.clone(), Datastore::new(ds, metrics.clone())?);
+    }
+    let background = crate::tasks::Background::new();
+    for ds in datastores.values() {
+        ds.spawn_health_probe(HEALTH_PROBE_EVERY, &background);
+    }
+    let catalog_ds = datastores
+        .get(&gateway.catalog)
+        .cloned()
+        .ok_or_else(|| crate::route::UnknownDatastore(gateway.catalog.clone()))?;
+    let catalog = Arc::new(CatalogStore::new(catalog_ds, gateway.placement.clone()));
+    if let Err(e) = catalog.read().await {
+        tracing::warn!(error = %e, datastore = %gateway.catalog, "cannot read the gateway's catalog yet; retrying in the background");
+    }
+    catalog.spawn_follower(CATALOG_READ_EVERY, &background);
+    let shared = dispatch::Shared {
+        datastores,
+        metrics,
+        max_recv_bytes: config.max_recv_message_bytes(),
+        fence_mode: config.fence_mode,
+        hold_timeout: config.hold_timeout,
+        placement: gateway.placement.clone(),
+    };
+    let placement = shared.datastores.get(&gateway.placement).cloned();
+    let admin_state = Arc::new(admin::gateway::GatewayAdmin {
+        metrics: shared.metrics.clone(),
+        problem: {
+            let catalog = catalog.clone();
+            let name = gateway.placement.clone();
+            Box::new(move || {
+                if !catalog.has_read() {
+                    return Some("the gateway's catalog has not been read yet".to_string());
+                }
+                match &placement {
+                    Some(ds) if ds.is_ready() => None,
+                    _ => Some(format!("no endpoint of datastore {name:?} answers")),
+                }
+            })
+        },
+    });
+    let dispatcher: Arc<dyn server::Dispatch> = Arc::new(dispatch::Gateway::new(shared, catalog.clone())?);
+    let routes = server::auth_routes(GatewayAuth::new(catalog), config.max_recv_message_bytes());
+    let listener = Listener::bind(&config.listen).await?;
+    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|source| RunError::AdminBind {
+            addr: config.admin_listen.to_string(),
+            source,
+        })?;
+    tracing::info!(
+        listen = %listener.local_addr(),
+        catalog = %gateway.catalog,
+        placement = %gateway.placement,
+        "cutover is serving as a gateway"
+    );
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin = {
+        let mut stop = stop_rx.clone();
+        let app = admin::gateway::routes(admin_state);
+        tokio::spawn(async move {
+            axum::serve(admin_listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                })
+                .await
+        })
+    };
+    let grpc = {
+        let mut stop = stop_rx.clone();
+        let config = config.clone();
+        tokio::spawn(async move {
+            let max = config.max_recv_message_bytes();
+            server::serve_routes(&config, max, routes, Some(dispatcher), listener, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await
+        })
+    };
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = stop_tx.send(true);
+    let grace = Duration::from_secs(5);
+    background.shutdown(grace).await;
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(grace, grpc).await {
+        return Err(e.into());
+    }
+    if let Ok(Ok(Err(e))) = tokio::time::timeout(grace, admin).await {
+        return Err(RunError::Admin(e));
+    }
+    Ok(())
+}
+
 /// Serves until SIGTERM or Ctrl-C. With `reload` (the flags the config was loaded with,
 /// naming the file), the file is watched for changes.
 pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> Result<(), RunError> {
+    if let Some(gateway) = config.gateway.clone() {
+        return serve_gateway(config, gateway).await;
+    }
     let metrics = Arc::new(Metrics::new());
     let mut datastores = BTreeMap::new();
     for (name, ds) in &config.data_stores {

@@ -115,6 +115,43 @@ pub struct RawConfig {
     pub log: LogConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// `sidecar` (one tenant, `prefix`) or `gateway` (many tenants over the pool; see
+    /// `gateway`).
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default)]
+    pub gateway: GatewayConfig,
+}
+
+/// What cutover is in front of.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    /// One tenant's datastore, beside its kube-apiserver.
+    #[default]
+    Sidecar,
+    /// The DataStore of many tenants (Kamaji's), over a pool of etcd clusters.
+    Gateway,
+}
+
+/// Gateway mode's settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GatewayConfig {
+    /// The datastore that keeps the gateway's catalog (users, roles, each tenant's home)
+    /// [default: dataStore].
+    #[serde(default)]
+    pub catalog: Option<String>,
+    /// Where new tenants go [default: dataStore].
+    #[serde(default)]
+    pub placement: Option<String>,
+}
+
+/// Gateway mode's settings, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewaySettings {
+    pub catalog: String,
+    pub placement: String,
 }
 
 /// The limits on what clients can make the proxy hold, as checked (see server::limits).
@@ -468,6 +505,8 @@ pub struct Config {
     pub migration: MigrationSettings,
     pub log: LogConfig,
     pub limits: Limits,
+    /// `Some` in gateway mode.
+    pub gateway: Option<GatewaySettings>,
 }
 
 impl Config {
@@ -1017,6 +1056,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             },
         );
     }
+    let gateway = gateway_settings(&raw, &listen)?;
     Ok(Config {
         listen,
         tls: raw.tls,
@@ -1032,7 +1072,42 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         migration,
         log: raw.log,
         limits,
+        gateway,
     })
+}
+
+/// Gateway mode's settings: it knows its callers by their client certificates, so it
+/// serves TLS over TCP with a client CA, and its tenants' prefixes come from their roles.
+fn gateway_settings(raw: &RawConfig, listen: &ListenAddr) -> Result<Option<GatewaySettings>, ConfigError> {
+    if raw.mode != Mode::Gateway {
+        if raw.gateway.catalog.is_some() || raw.gateway.placement.is_some() {
+            return Err(ConfigError::invalid("gateway", "is read only with mode: gateway"));
+        }
+        return Ok(None);
+    }
+    if !raw.prefix.is_empty() {
+        return Err(ConfigError::invalid(
+            "prefix",
+            "is a sidecar's; in gateway mode each tenant's prefix comes from its role",
+        ));
+    }
+    if raw.tls.as_ref().is_none_or(|t| t.client_ca_file.is_none()) || !matches!(listen, ListenAddr::Tcp(_)) {
+        return Err(ConfigError::invalid(
+            "tls.clientCAFile",
+            "gateway mode knows its callers by their client certificates: serve TLS over TCP with a client CA",
+        ));
+    }
+    let pick = |key: &str, v: &Option<String>| -> Result<String, ConfigError> {
+        let name = v.clone().unwrap_or_else(|| raw.data_store.clone());
+        if !raw.data_stores.contains_key(&name) {
+            return Err(ConfigError::invalid(key, format!("{name:?} is not one of dataStores")));
+        }
+        Ok(name)
+    };
+    Ok(Some(GatewaySettings {
+        catalog: pick("gateway.catalog", &raw.gateway.catalog)?,
+        placement: pick("gateway.placement", &raw.gateway.placement)?,
+    }))
 }
 
 fn migration_settings(m: &MigrationConfig) -> Result<MigrationSettings, ConfigError> {
@@ -1229,6 +1304,43 @@ mod tests {
                 built_in.catch_up_timeout,
             )
         );
+    }
+
+    #[test]
+    fn gateway_mode_needs_client_certificates_and_names_datastores_of_the_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("x.pem");
+        std::fs::write(&pem, "not checked here").unwrap();
+        let tls = format!(
+            "tls: {{certFile: {p}, keyFile: {p}, clientCAFile: {p}}}\n",
+            p = pem.display()
+        );
+        let pool = "dataStore: east\ndataStores:\n  east: {endpoints: [\"127.0.0.1:1\"]}\n  west: {endpoints: [\"127.0.0.1:2\"]}\n";
+        let ok = from_yaml(&format!("mode: gateway\n{tls}{pool}gateway: {{placement: west}}\n")).unwrap();
+        assert_eq!(
+            ok.gateway,
+            Some(GatewaySettings {
+                catalog: "east".into(),
+                placement: "west".into()
+            })
+        );
+        assert_eq!(
+            from_yaml(&format!("{tls}{pool}")).unwrap().gateway,
+            None,
+            "sidecar by default"
+        );
+        for (text, key) in [
+            (format!("mode: gateway\n{pool}"), "tls.clientCAFile"),
+            (format!("mode: gateway\nprefix: /a/\n{tls}{pool}"), "prefix"),
+            (
+                format!("mode: gateway\n{tls}{pool}gateway: {{placement: north}}\n"),
+                "gateway.placement",
+            ),
+            (format!("{tls}{pool}gateway: {{catalog: west}}\n"), "gateway"),
+        ] {
+            let err = from_yaml(&text).unwrap_err().to_string();
+            assert!(err.starts_with(&format!("config: {key}: ")), "{key}: {err}");
+        }
     }
 
     #[test]

@@ -97,6 +97,12 @@ pub enum ProxyError {
     /// A refusal of cutover's own auth store (gateway mode), worded as etcd's.
     #[error("{0}")]
     Auth(#[from] crate::rbac::AuthError),
+    /// A request of a kind cutover does not serve (yet), said plainly.
+    #[error("cutover: {0}")]
+    Unsupported(&'static str),
+    /// The gateway's catalog cannot be read or written (damaged, or never settled).
+    #[error("the gateway's catalog: {0}")]
+    Catalog(String),
     /// The client sent a message larger than the configured limit.
     #[error("request of {size} bytes is larger than the limit of {limit} bytes")]
     RequestTooLarge { size: usize, limit: usize },
@@ -121,6 +127,8 @@ impl ProxyError {
             ProxyError::UnknownMethod { .. } | ProxyError::NotProxied { .. } => Blame::Downstream,
             ProxyError::BadToken => Blame::Upstream,
             ProxyError::Auth(_) => Blame::Downstream,
+            ProxyError::Catalog(_) => Blame::Proxy,
+            ProxyError::Unsupported(_) => Blame::Downstream,
         }
     }
 
@@ -139,6 +147,7 @@ impl ProxyError {
             ProxyError::UnknownMethod { .. } | ProxyError::NotProxied { .. } => false,
             ProxyError::BadToken => true,
             ProxyError::Auth(_) => false,
+            ProxyError::Catalog(_) | ProxyError::Unsupported(_) => false,
             ProxyError::Etcd(s) => s.code() == Code::Unavailable && s.message() == messages::NO_CONNECTION,
         }
     }
@@ -167,7 +176,8 @@ impl ProxyError {
             ProxyError::Untranslatable(m) => Status::unimplemented(format!("cutover: {m}")),
             // grpc-go's wording for a path the server does not register.
             ProxyError::UnknownMethod { .. } | ProxyError::NotProxied { .. } => Status::unimplemented(self.to_string()),
-            ProxyError::BadToken => Status::internal(format!("cutover: {self}")),
+            ProxyError::BadToken | ProxyError::Catalog(_) => Status::internal(format!("cutover: {self}")),
+            ProxyError::Unsupported(_) => Status::unimplemented(self.to_string()),
             // etcd's own code for each, with its message.
             ProxyError::Auth(e) => {
                 use crate::rbac::AuthError::*;
@@ -198,6 +208,17 @@ impl From<ProxyError> for Status {
 /// clients word it).
 pub fn channel_not_ready(e: impl std::fmt::Display) -> Status {
     Status::unknown(format!("Service was not ready: {e}"))
+}
+
+/// etcd's answer to a token it does not know.
+pub fn invalid_auth_token() -> Status {
+    Status::unauthenticated("etcdserver: invalid auth token")
+}
+
+/// etcd's answer to a password given for a user that has none (not in etcd's error table,
+/// so it reaches clients as Unknown with the store's own words).
+pub fn no_password_user() -> Status {
+    Status::unknown("auth: authentication failed, password was given for no password user")
 }
 
 pub fn is_lease_exists(s: &Status) -> bool {

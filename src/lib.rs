@@ -12,6 +12,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod failpoint;
+pub mod gateway;
 pub mod keys;
 pub mod memory;
 pub mod metrics;

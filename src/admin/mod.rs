@@ -16,6 +16,7 @@ use axum::{Json, Router as HttpRouter};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+pub mod gateway;
 mod migrations;
 pub mod readiness;
 

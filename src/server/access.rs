@@ -33,20 +33,7 @@ impl Access {
         if self.operator_common_names.is_empty() {
             return false;
         }
-        // tonic hands over the peer's chain only after verifying it against the client CA.
-        let Some(chain) = request.peer_certs() else {
-            return false;
-        };
-        let Some(leaf) = chain.first() else { return false };
-        let Ok((_, cert)) = X509Certificate::from_der(leaf.as_ref()) else {
-            return false;
-        };
-        let operator = cert
-            .subject()
-            .iter_common_name()
-            .filter_map(|cn| cn.as_str().ok())
-            .any(|cn| self.operator_common_names.iter().any(|op| op == cn));
-        operator
+        common_name(request).is_some_and(|cn| self.operator_common_names.contains(&cn))
     }
 
     /// `Ok` for the operator; etcd's permission error for a tenant.
@@ -62,6 +49,23 @@ impl Access {
             Err(ProxyError::NotTheTenants { service, method })
         }
     }
+}
+
+/// The common name of the caller's client certificate, as etcd takes a user from it:
+/// tonic hands over the peer's chain only after verifying it against the client CA.
+pub fn common_name<T>(request: &Request<T>) -> Option<String> {
+    common_name_in(request.extensions())
+}
+
+/// [`common_name`], from a request's extensions (where the server puts the connection's
+/// verified chain).
+pub fn common_name_in(extensions: &http::Extensions) -> Option<String> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let chain = extensions.get::<TlsConnectInfo<TcpConnectInfo>>()?.peer_certs()?;
+    let leaf = chain.first()?;
+    let (_, cert) = X509Certificate::from_der(leaf.as_ref()).ok()?;
+    let cn = cert.subject().iter_common_name().next()?.as_str().ok()?.to_string();
+    Some(cn)
 }
 
 #[cfg(test)]

@@ -864,14 +864,105 @@ fn tls_config(cfg: &Config) -> Result<Option<ServerTlsConfig>, ServeError> {
     Ok(Some(config))
 }
 
-/// Serves every etcd service on `listener` until `shutdown` completes.
+/// Unary handlers check sizes against the exact limit themselves, to answer with the
+/// wording etcd uses; the decoder's own cap only bounds memory.
+macro_rules! svc {
+    ($server:ident, $impl:expr, $cap:expr) => {
+        $server::new($impl)
+            .max_decoding_message_size($cap)
+            .max_encoding_message_size(usize::MAX)
+    };
+}
+
+/// The services of one context, Auth aside: KV, Watch, Lease, Cluster, Maintenance.
+pub fn data_routes(ctx: &Arc<Context>) -> tonic::service::Routes {
+    let cap = ctx.max_recv_bytes.saturating_mul(4);
+    tonic::service::Routes::new(svc!(KvServer, kv::KvService::new(ctx.clone()), cap))
+        .add_service(svc!(WatchServer, watch::WatchService::new(ctx.clone()), cap))
+        .add_service(svc!(LeaseServer, lease::LeaseService::new(ctx.clone()), cap))
+        .add_service(svc!(ClusterServer, cluster::ClusterService::new(ctx.clone()), cap))
+        .add_service(svc!(
+            MaintenanceServer,
+            maintenance::MaintenanceService::new(ctx.clone()),
+            cap
+        ))
+}
+
+/// Every service of the sidecar: the data path and Auth, forwarded.
+pub fn sidecar_routes(ctx: &Arc<Context>) -> tonic::service::Routes {
+    let cap = ctx.max_recv_bytes.saturating_mul(4);
+    data_routes(ctx).add_service(svc!(AuthServer, auth::AuthService::new(ctx.clone()), cap))
+}
+
+/// An Auth service served by cutover itself (the gateway's), with the same limits.
+pub fn auth_routes<A: crate::proto::etcdserverpb::auth_server::Auth>(
+    auth: A,
+    max_recv_bytes: usize,
+) -> tonic::service::Routes {
+    tonic::service::Routes::new(svc!(AuthServer, auth, max_recv_bytes.saturating_mul(4)))
+}
+
+/// Chooses, per request, which services answer it: in gateway mode, those of the caller's
+/// tenant. `Ok(None)`: the routes `serve` was given.
+pub trait Dispatch: Send + Sync + 'static {
+    fn routes_for(&self, request: &http::request::Parts) -> Result<Option<tonic::service::Routes>, Status>;
+}
+
+/// The routes given to `serve`, or those a [`Dispatch`] picks.
+#[derive(Clone)]
+struct Dispatched {
+    inner: tonic::service::Routes,
+    dispatch: Option<Arc<dyn Dispatch>>,
+}
+
+type Body = tonic::body::Body;
+type RoutesFuture = <tonic::service::Routes as tower::Service<http::Request<Body>>>::Future;
+
+impl tower::Service<http::Request<Body>> for Dispatched {
+    type Response = http::Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = Either<RoutesFuture, std::future::Ready<Result<Self::Response, Self::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut TaskContext<'_>) -> Poll<Result<(), Self::Error>> {
+        tower::Service::<http::Request<Body>>::poll_ready(&mut self.inner, cx)
+    }
+
+    fn call(&mut self, req: http::Request<Body>) -> Self::Future {
+        let Some(dispatch) = &self.dispatch else {
+            return Either::Left(self.inner.call(req));
+        };
+        let (parts, body) = req.into_parts();
+        let picked = dispatch.routes_for(&parts);
+        let req = http::Request::from_parts(parts, body);
+        match picked {
+            Ok(None) => Either::Left(self.inner.call(req)),
+            Ok(Some(mut routes)) => Either::Left(routes.call(req)),
+            Err(status) => Either::Right(std::future::ready(Ok(status.into_http()))),
+        }
+    }
+}
+
+/// Serves the sidecar's services on `listener` until `shutdown` completes.
 pub async fn serve(
     cfg: &Config,
     ctx: Arc<Context>,
     listener: Listener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
-    let decode_cap = ctx.max_recv_bytes.saturating_mul(4);
+    let routes = sidecar_routes(&ctx);
+    serve_routes(cfg, ctx.max_recv_bytes, routes, None, listener, shutdown).await
+}
+
+/// Serves `routes` (or what `dispatch` picks for each request) on `listener` until
+/// `shutdown` completes.
+pub async fn serve_routes(
+    cfg: &Config,
+    max_recv_bytes: usize,
+    routes: tonic::service::Routes,
+    dispatch: Option<Arc<dyn Dispatch>>,
+    listener: Listener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
     let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .initial_stream_window_size(Some(4 << 20))
@@ -883,29 +974,16 @@ pub async fn serve(
     if let Some(tls) = tls_config(cfg)? {
         builder = builder.tls_config(tls)?;
     }
-    // Unary handlers check sizes against the exact limit themselves, to answer with the
-    // wording etcd uses; the decoder's own cap only bounds memory.
-    macro_rules! svc {
-        ($server:ident, $impl:expr) => {
-            $server::new($impl)
-                .max_decoding_message_size(decode_cap)
-                .max_encoding_message_size(usize::MAX)
-        };
-    }
     let router = builder
         .layer(tower::layer::layer_fn(|inner| NotGrpc {
             inner,
-            limit: ctx.max_recv_bytes,
+            limit: max_recv_bytes,
         }))
-        .add_service(svc!(KvServer, kv::KvService::new(ctx.clone())))
-        .add_service(svc!(WatchServer, watch::WatchService::new(ctx.clone())))
-        .add_service(svc!(LeaseServer, lease::LeaseService::new(ctx.clone())))
-        .add_service(svc!(ClusterServer, cluster::ClusterService::new(ctx.clone())))
-        .add_service(svc!(
-            MaintenanceServer,
-            maintenance::MaintenanceService::new(ctx.clone())
-        ))
-        .add_service(svc!(AuthServer, auth::AuthService::new(ctx.clone())));
+        .layer(tower::layer::layer_fn(move |inner| Dispatched {
+            inner,
+            dispatch: dispatch.clone(),
+        }))
+        .add_routes(routes);
     match listener {
         Listener::Tcp(l) => {
             let incoming = limits::incoming(l, cfg.limits);

@@ -17,6 +17,7 @@ mod etcdctl;
 mod failover;
 mod faults;
 mod fence;
+mod gateway;
 mod history;
 mod keymap;
 mod layers;

@@ -94,6 +94,9 @@ pub struct TlsFiles {
     /// A second client certificate, common name "tenant-a".
     pub tenant_cert: PathBuf,
     pub tenant_key: PathBuf,
+    /// A third, common name "tenant-b".
+    pub tenant_b_cert: PathBuf,
+    pub tenant_b_key: PathBuf,
 }
 
 impl TlsFiles {
@@ -125,6 +128,11 @@ impl TlsFiles {
         tp.distinguished_name.push(DnType::CommonName, "tenant-a");
         tp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let tenant = tp.signed_by(&tenant_key, &issuer).expect("tenant cert");
+        let tenant_b_key = KeyPair::generate().expect("key");
+        let mut bp = CertificateParams::new(Vec::<String>::new()).expect("params");
+        bp.distinguished_name.push(DnType::CommonName, "tenant-b");
+        bp.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let tenant_b = bp.signed_by(&tenant_b_key, &issuer).expect("tenant-b cert");
 
         let write = |name: &str, pem: String| {
             let p = dir.path().join(name);
@@ -139,6 +147,8 @@ impl TlsFiles {
             client_key: write("client-key.pem", client_key.serialize_pem()),
             tenant_cert: write("tenant.pem", tenant.pem()),
             tenant_key: write("tenant-key.pem", tenant_key.serialize_pem()),
+            tenant_b_cert: write("tenant-b.pem", tenant_b.pem()),
+            tenant_b_key: write("tenant-b-key.pem", tenant_b_key.serialize_pem()),
             dir,
         }
     }

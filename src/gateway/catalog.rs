@@ -1,0 +1,286 @@
+//! The gateway's catalog: the users and roles of every tenant, and which datastore of the
+//! pool each tenant lives on. It is one JSON value under a key of its own in one datastore
+//! (`gateway.catalog`), so that every replica reads the same one; a change is written with
+//! a compare on the revision it was made from, so two replicas changing it at once both
+//! take effect, one after the other.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+use crate::error::ProxyError;
+use crate::proto::authpb::permission::Type as PermType;
+use crate::proto::etcdserverpb::kv_client::KvClient;
+use crate::proto::etcdserverpb::{
+    compare, request_op, Compare, PutRequest, RangeRequest, RequestOp, ResponseHeader, TxnRequest,
+};
+use crate::rbac::{self, AuthError};
+use crate::upstream::{client, own_request, Datastore, Retry};
+
+/// Where the catalog lives in its datastore: outside any tenant's prefix (tenants' keys
+/// start with `/`).
+pub const CATALOG_KEY: &[u8] = b"\0cutover-gateway/catalog";
+
+/// How many times a change is tried again when another replica changed the catalog first.
+const MAX_CONFLICTS: usize = 32;
+
+/// One tenant: a role whose permission is one key prefix.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Tenant {
+    /// The tenant's keys: `/<schema>/`.
+    pub prefix: String,
+    /// The datastore of the pool that holds them.
+    pub home: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Catalog {
+    pub auth: rbac::Store,
+    /// By role name (Kamaji's schema).
+    pub tenants: BTreeMap<String, Tenant>,
+}
+
+/// The prefix a permission names, if it is a whole prefix `[p, p+1)` ending in `/`.
+fn prefix_of(perm: &crate::proto::authpb::Permission) -> Option<String> {
+    let key = std::str::from_utf8(&perm.key).ok()?;
+    if !key.starts_with('/') || !key.ends_with('/') {
+        return None;
+    }
+    let end = crate::keys::prefix_end(&perm.key);
+    (end[..] == perm.range_end[..] && perm.perm_type == PermType::Readwrite as i32).then(|| key.to_string())
+}
+
+impl Catalog {
+    /// Takes note of tenants after a change of roles: a role granted read-write on one
+    /// prefix is a tenant, placed on `default_home` when it is new. A tenant whose role
+    /// went keeps its entry: its keys are still on its home until they are deleted.
+    pub fn place_tenants(&mut self, default_home: &str) {
+        for (name, role) in &self.auth.roles {
+            if self.tenants.contains_key(name) {
+                continue;
+            }
+            let prefixes: Vec<String> = role.perms.iter().filter_map(prefix_of).collect();
+            if let [prefix] = prefixes.as_slice() {
+                self.tenants.insert(
+                    name.clone(),
+                    Tenant {
+                        prefix: prefix.clone(),
+                        home: default_home.to_string(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// The tenant whose prefix holds `key`.
+    pub fn tenant_of_key(&self, key: &[u8]) -> Option<(&String, &Tenant)> {
+        self.tenants.iter().find(|(_, t)| key.starts_with(t.prefix.as_bytes()))
+    }
+}
+
+/// The catalog as one replica sees it, read from and written to its datastore.
+pub struct CatalogStore {
+    ds: Arc<Datastore>,
+    /// Where new tenants go.
+    default_home: String,
+    /// The catalog as last read or written here, with its mod revision: what requests are
+    /// decided with.
+    current: arc_swap::ArcSwap<(Catalog, i64)>,
+    /// Whether the catalog was read at least once.
+    read_once: std::sync::atomic::AtomicBool,
+}
+
+/// A catalog read at one revision of its datastore.
+pub struct Read {
+    pub catalog: Catalog,
+    /// The catalog key's mod revision (0: not written yet).
+    pub mod_revision: i64,
+    /// The datastore's answer header, given back on the Auth API's answers.
+    pub header: Option<ResponseHeader>,
+}
+
+impl CatalogStore {
+    pub fn new(ds: Arc<Datastore>, default_home: impl Into<String>) -> CatalogStore {
+        CatalogStore {
+            ds,
+            default_home: default_home.into(),
+            current: arc_swap::ArcSwap::from_pointee((Catalog::default(), 0)),
+            read_once: Default::default(),
+        }
+    }
+
+    /// Whether requests can be decided: the catalog was read at least once.
+    pub fn has_read(&self) -> bool {
+        self.read_once.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The catalog as this replica knows it now.
+    pub fn snapshot(&self) -> Arc<(Catalog, i64)> {
+        self.current.load_full()
+    }
+
+    /// Keeps `catalog` (at `mod_revision`) unless a newer one is known already.
+    fn keep(&self, catalog: &Catalog, mod_revision: i64) {
+        self.current.rcu(|cur| {
+            if cur.1 >= mod_revision && cur.1 != 0 {
+                Arc::clone(cur)
+            } else {
+                Arc::new((catalog.clone(), mod_revision))
+            }
+        });
+    }
+
+    /// Reads the catalog every `every` until the process stops, so that changes another
+    /// replica made reach this one's decisions.
+    pub fn spawn_follower(self: &Arc<Self>, every: std::time::Duration, background: &crate::tasks::Background) {
+        let store = Arc::clone(self);
+        background.spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                if let Err(e) = store.read().await {
+                    tracing::warn!(error = %e, "cannot read the gateway's catalog; deciding with the last one read");
+                }
+            }
+        });
+    }
+
+    /// The catalog now (a linearizable read).
+    pub async fn read(&self) -> Result<Read, ProxyError> {
+        let resp = self
+            .ds
+            .unary(Retry::Idempotent, |ch, token| {
+                let r = own_request(
+                    RangeRequest {
+                        key: Bytes::from_static(CATALOG_KEY),
+                        ..Default::default()
+                    },
+                    token,
+                );
+                async move { client!(KvClient, ch).range(r).await }
+            })
+            .await?
+            .into_inner();
+        let (catalog, mod_revision) = match resp.kvs.first() {
+            Some(kv) => (
+                serde_json::from_slice(&kv.value).map_err(|e| ProxyError::Catalog(format!("cannot be read: {e}")))?,
+                kv.mod_revision,
+            ),
+            None => (Catalog::default(), 0),
+        };
+        self.keep(&catalog, mod_revision);
+        self.read_once.store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(Read {
+            catalog,
+            mod_revision,
+            header: resp.header,
+        })
+    }
+
+    /// Applies `change` to the catalog and writes it, unless it changed nothing; again
+    /// from a fresh read if another replica wrote first. `change` may run more than once.
+    pub async fn update<T>(
+        &self,
+        change: impl Fn(&mut Catalog) -> Result<T, AuthError>,
+    ) -> Result<(T, Option<ResponseHeader>), ProxyError> {
+        for _ in 0..MAX_CONFLICTS {
+            let read = self.read().await?;
+            let mut next = read.catalog.clone();
+            let out = change(&mut next)?;
+            next.place_tenants(&self.default_home);
+            if next == read.catalog {
+                return Ok((out, read.header));
+            }
+            let value = Bytes::from(
+                serde_json::to_vec(&next).map_err(|e| ProxyError::Catalog(format!("cannot be written: {e}")))?,
+            );
+            let txn = TxnRequest {
+                compare: vec![Compare {
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Mod as i32,
+                    key: Bytes::from_static(CATALOG_KEY),
+                    range_end: Bytes::new(),
+                    target_union: Some(compare::TargetUnion::ModRevision(read.mod_revision)),
+                }],
+                success: vec![RequestOp {
+                    request: Some(request_op::Request::RequestPut(PutRequest {
+                        key: Bytes::from_static(CATALOG_KEY),
+                        value,
+                        ..Default::default()
+                    })),
+                }],
+                failure: vec![],
+            };
+            let resp = self
+                .ds
+                .unary(Retry::IfNotSent, |ch, token| {
+                    let r = own_request(txn.clone(), token);
+                    async move { client!(KvClient, ch).txn(r).await }
+                })
+                .await?
+                .into_inner();
+            if resp.succeeded {
+                let written = resp.header.as_ref().map_or(0, |h| h.revision);
+                self.keep(&next, written);
+                return Ok((out, resp.header));
+            }
+            tracing::debug!("the gateway's catalog changed under this change; trying again");
+        }
+        Err(ProxyError::Catalog(format!(
+            "kept changing: {MAX_CONFLICTS} tries lost to other replicas"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proto::authpb::Permission;
+
+    fn perm(t: PermType, key: &str, end: &str) -> Permission {
+        Permission {
+            perm_type: t as i32,
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            range_end: Bytes::copy_from_slice(end.as_bytes()),
+        }
+    }
+
+    #[test]
+    fn a_role_with_one_read_write_prefix_is_a_tenant_placed_once() {
+        let mut c = Catalog::default();
+        for name in ["a", "b", "odd", "two"] {
+            c.auth.role_add(None, name).unwrap();
+        }
+        c.auth
+            .role_grant_permission(None, "a", Some(perm(PermType::Readwrite, "/a/", "/a0")))
+            .unwrap();
+        c.auth
+            .role_grant_permission(None, "b", Some(perm(PermType::Readwrite, "/b/", "/b0")))
+            .unwrap();
+        // Not a prefix, or read only, or two of them: not a tenant.
+        c.auth
+            .role_grant_permission(None, "odd", Some(perm(PermType::Read, "/odd/", "/odd0")))
+            .unwrap();
+        c.auth
+            .role_grant_permission(None, "two", Some(perm(PermType::Readwrite, "/x/", "/x0")))
+            .unwrap();
+        c.auth
+            .role_grant_permission(None, "two", Some(perm(PermType::Readwrite, "/y/", "/y0")))
+            .unwrap();
+        c.place_tenants("east");
+        assert_eq!(c.tenants.keys().collect::<Vec<_>>(), vec!["a", "b"]);
+        assert_eq!(c.tenants["a"].prefix, "/a/");
+        c.tenants.get_mut("a").unwrap().home = "west".into();
+        c.place_tenants("east");
+        assert_eq!(c.tenants["a"].home, "west", "placed once");
+        assert_eq!(c.tenant_of_key(b"/b/pods/x").map(|(n, _)| n.as_str()), Some("b"));
+        assert_eq!(c.tenant_of_key(b"/c/x"), None);
+        // The role goes; the tenant stays until its keys are gone.
+        c.auth.role_delete(None, "a").unwrap();
+        c.place_tenants("east");
+        assert!(c.tenants.contains_key("a"));
+    }
+}
