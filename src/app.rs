@@ -59,15 +59,32 @@ async fn serve_gateway(config: Config, gateway: crate::config::GatewaySettings) 
     catalog.spawn_follower(CATALOG_READ_EVERY, &background);
     let shared = dispatch::Shared {
         datastores,
-        metrics,
+        metrics: metrics.clone(),
         max_recv_bytes: config.max_recv_message_bytes(),
         fence_mode: config.fence_mode,
         hold_timeout: config.hold_timeout,
         placement: gateway.placement.clone(),
+        migration: config.migration.clone(),
+        background: background.clone(),
     };
     let placement = shared.datastores.get(&gateway.placement).cloned();
+    let gw = Arc::new(dispatch::Gateway::new(shared, catalog.clone())?);
+    {
+        // After a migration, the catalog learns the tenant's new home.
+        let gw = gw.clone();
+        background.spawn(async move {
+            let mut tick = tokio::time::interval(CATALOG_READ_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                gw.record_homes().await;
+            }
+        });
+    }
     let admin_state = Arc::new(admin::gateway::GatewayAdmin {
-        metrics: shared.metrics.clone(),
+        metrics: metrics.clone(),
+        gateway: gw.clone(),
+        token: config.admin_token.clone(),
         problem: {
             let catalog = catalog.clone();
             let name = gateway.placement.clone();
@@ -82,7 +99,7 @@ async fn serve_gateway(config: Config, gateway: crate::config::GatewaySettings) 
             })
         },
     });
-    let dispatcher: Arc<dyn server::Dispatch> = Arc::new(dispatch::Gateway::new(shared, catalog.clone())?);
+    let dispatcher: Arc<dyn server::Dispatch> = gw;
     let routes = server::auth_routes(GatewayAuth::new(catalog), config.max_recv_message_bytes());
     let listener = Listener::bind(&config.listen).await?;
     let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)

@@ -1,28 +1,45 @@
-//! The admin API of a gateway replica (being built): health, readiness and metrics. The
-//! tenant-level endpoints (`/v1/tenants`, migrations) come with the gateway's migrations.
+//! The admin API of a gateway replica: health, readiness, metrics, and its tenants: where
+//! each lives, and moving one to another datastore of the pool (token needed).
 
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Path, Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router as HttpRouter;
+use axum::routing::{get, post};
+use axum::{Json, Router as HttpRouter};
+use serde::{Deserialize, Serialize};
 
+use super::refuse;
+use crate::gateway::dispatch::Gateway;
 use crate::metrics::Metrics;
+use crate::migrate::{MigrationView, StartError, WholeKeyspace};
 
 pub struct GatewayAdmin {
     pub metrics: Arc<Metrics>,
+    pub gateway: Arc<Gateway>,
+    pub token: Option<crate::config::Secret>,
     /// `None` when ready; else why not.
     pub problem: Box<dyn Fn() -> Option<String> + Send + Sync>,
 }
 
 pub fn routes(state: Arc<GatewayAdmin>) -> HttpRouter {
+    let changes = HttpRouter::new()
+        .route("/v1/tenants/{name}/migrations", post(migrate))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
     HttpRouter::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/v1/tenants", get(tenants))
+        .route("/v1/tenants/{name}", get(tenant))
+        .merge(changes)
         .with_state(state)
+}
+
+async fn require_token(State(s): State<Arc<GatewayAdmin>>, req: Request, next: Next) -> Response {
+    super::check_token(s.token.as_ref(), req, next).await
 }
 
 async fn readyz(State(s): State<Arc<GatewayAdmin>>) -> Response {
@@ -41,4 +58,72 @@ async fn metrics(State(s): State<Arc<GatewayAdmin>>) -> Response {
         s.metrics.encode(),
     )
         .into_response()
+}
+
+/// One tenant as the admin API shows it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantView {
+    pub name: String,
+    pub prefix: String,
+    /// Where the catalog says it lives.
+    pub home: String,
+    /// Where this replica sends its requests now (`None`: it has not served it yet).
+    pub serving_from: Option<String>,
+    /// Its latest migration seen by this replica.
+    pub migration: Option<MigrationView>,
+}
+
+fn view(s: &GatewayAdmin, name: &str, with_context: bool) -> Option<TenantView> {
+    let snapshot = s.gateway.catalog().snapshot();
+    let t = snapshot.0.tenants.get(name)?;
+    let served = if with_context {
+        s.gateway.tenant(name).ok()
+    } else {
+        s.gateway.served(name)
+    };
+    Some(TenantView {
+        name: name.to_string(),
+        prefix: t.prefix.clone(),
+        home: t.home.clone(),
+        serving_from: served
+            .as_ref()
+            .map(|x| x.migrator.router().route().datastore_name.clone()),
+        migration: served.and_then(|x| x.migrator.snapshot().migration),
+    })
+}
+
+async fn tenants(State(s): State<Arc<GatewayAdmin>>) -> Response {
+    let snapshot = s.gateway.catalog().snapshot();
+    let all: Vec<TenantView> = snapshot.0.tenants.keys().filter_map(|n| view(&s, n, false)).collect();
+    Json(all).into_response()
+}
+
+async fn tenant(State(s): State<Arc<GatewayAdmin>>, Path(name): Path<String>) -> Response {
+    match view(&s, &name, true) {
+        Some(v) => Json(v).into_response(),
+        None => refuse(StatusCode::NOT_FOUND, format!("no tenant {name:?}")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateBody {
+    to: String,
+}
+
+async fn migrate(State(s): State<Arc<GatewayAdmin>>, Path(name): Path<String>, body: Json<MigrateBody>) -> Response {
+    let served = match s.gateway.tenant(&name) {
+        Ok(x) => x,
+        Err(e) => return refuse(StatusCode::NOT_FOUND, e),
+    };
+    match served
+        .migrator
+        .start_checked(&body.to, false, WholeKeyspace::Refused, "api")
+        .await
+    {
+        Ok(view) => (StatusCode::ACCEPTED, Json(view)).into_response(),
+        Err(e @ StartError::UnknownDatastore(_)) => refuse(StatusCode::NOT_FOUND, e),
+        Err(e) => refuse(StatusCode::CONFLICT, e),
+    }
 }

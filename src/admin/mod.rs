@@ -92,7 +92,7 @@ pub fn routes(state: Arc<AdminState>) -> HttpRouter {
 }
 
 /// `{"error": message}` with `code`.
-fn refuse(code: StatusCode, message: impl std::fmt::Display) -> Response {
+pub(crate) fn refuse(code: StatusCode, message: impl std::fmt::Display) -> Response {
     (code, Json(json!({ "error": message.to_string() }))).into_response()
 }
 
@@ -116,7 +116,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 /// Lets a state-changing call through only with the admin token; answers the body
 /// rejections of the calls (bad JSON, wrong content type) as `{"error": ...}` too.
 async fn require_token(State(s): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
-    let Some(token) = &s.token else {
+    check_token(s.token.as_ref(), req, next).await
+}
+
+/// Runs `next` only for a request that carries the admin token.
+pub(crate) async fn check_token(token: Option<&crate::config::Secret>, req: Request, next: Next) -> Response {
+    let Some(token) = token else {
         return refuse(
             StatusCode::FORBIDDEN,
             "no admin token is configured (admin.tokenFile); state-changing calls are disabled",

@@ -29,13 +29,16 @@ pub struct Shared {
     pub fence_mode: crate::config::FenceMode,
     pub hold_timeout: std::time::Duration,
     pub placement: String,
+    pub migration: crate::config::MigrationSettings,
+    /// Where each tenant's followers run (its markers, its migrations' status).
+    pub background: crate::tasks::Background,
 }
 
-/// One tenant's services, and where they send requests.
+/// One tenant's services, where they send requests, and its migrations.
 #[derive(Clone)]
-struct Served {
-    home: String,
-    routes: tonic::service::Routes,
+pub struct Served {
+    pub routes: tonic::service::Routes,
+    pub migrator: Arc<crate::migrate::Migrator>,
 }
 
 pub struct Gateway {
@@ -49,6 +52,7 @@ pub struct Gateway {
 impl Gateway {
     pub fn new(shared: Shared, catalog: Arc<CatalogStore>) -> Result<Gateway, crate::route::UnknownDatastore> {
         let root = Self::build(&shared, &shared.placement, b"", true)?;
+        // (The root context's migrator is never started: the whole key space does not move.)
         Ok(Gateway {
             shared,
             catalog,
@@ -72,6 +76,24 @@ impl Gateway {
             hold_timeout: shared.hold_timeout,
         };
         let router = Arc::new(Router::new(shared.datastores.clone(), home, fence)?);
+        // Where the catalog says the tenant lives may be a store it has left since: the
+        // markers there say where it went (and until they are read, the fence guard keeps
+        // writes from landing on a store the tenant left).
+        if operator {
+            // The whole key space is nobody's to move.
+        } else {
+            let r = router.clone();
+            shared.background.spawn(async move {
+                if let Err(e) = crate::migrate::marker::follow_markers(&r).await {
+                    tracing::warn!(error = %e, "a tenant's migration markers cannot be read yet; its follower keeps trying");
+                }
+            });
+            crate::migrate::marker::spawn_follower(router.clone(), &shared.background);
+        }
+        let migrator = crate::migrate::Migrator::new(router.clone(), shared.metrics.clone(), shared.migration.clone());
+        if !operator {
+            migrator.spawn_status_follower();
+        }
         let ctx = Arc::new(Context {
             router,
             metrics: shared.metrics.clone(),
@@ -81,24 +103,76 @@ impl Gateway {
             known_leases: Default::default(),
         });
         Ok(Served {
-            home: home.to_string(),
             routes: data_routes(&ctx),
+            migrator,
         })
     }
 
-    /// The services of tenant `name` (prefix `prefix`, on `home`).
-    fn tenant(&self, name: &str, prefix: &str, home: &str) -> Result<tonic::service::Routes, Status> {
+    /// Tenant `name`'s services (built from the catalog the first time). Once built, a
+    /// tenant's context follows the tenant itself when it moves (its migration markers).
+    pub fn tenant(&self, name: &str) -> Result<Served, ProxyError> {
         if let Some(s) = self.tenants.get(name) {
-            if s.home == home {
-                return Ok(s.routes.clone());
+            return Ok(s.clone());
+        }
+        let snapshot = self.catalog.snapshot();
+        let t = snapshot
+            .0
+            .tenants
+            .get(name)
+            .ok_or_else(|| ProxyError::Catalog(format!("no tenant {name:?}")))?;
+        let entry = self.tenants.entry(name.to_string());
+        let served = match entry {
+            dashmap::Entry::Occupied(o) => o.get().clone(),
+            dashmap::Entry::Vacant(v) => {
+                let served = Self::build(&self.shared, &t.home, t.prefix.as_bytes(), false).map_err(|e| {
+                    ProxyError::Catalog(format!("tenant {name:?} lives on {e}, which is not one of dataStores"))
+                })?;
+                v.insert(served.clone());
+                served
+            }
+        };
+        Ok(served)
+    }
+
+    /// Tenant `name`'s services if this replica has built them.
+    pub fn served(&self, name: &str) -> Option<Served> {
+        self.tenants.get(name).map(|s| s.clone())
+    }
+
+    /// Where each tenant lives as the catalog says, and this replica's view of the ones it
+    /// serves.
+    pub fn catalog(&self) -> &Arc<CatalogStore> {
+        &self.catalog
+    }
+
+    /// Records in the catalog where a tenant this replica serves lives now, when that
+    /// changed (after a migration): replicas that start later build it there.
+    pub async fn record_homes(&self) {
+        let moved: Vec<(String, String)> = self
+            .tenants
+            .iter()
+            .filter_map(|e| {
+                let now = e.value().migrator.router().route().datastore_name.clone();
+                let snapshot = self.catalog.snapshot();
+                let recorded = snapshot.0.tenants.get(e.key()).map(|t| t.home.clone());
+                (recorded.is_some_and(|r| r != now)).then(|| (e.key().clone(), now))
+            })
+            .collect();
+        for (name, home) in moved {
+            let result = self
+                .catalog
+                .update(|c| {
+                    if let Some(t) = c.tenants.get_mut(&name) {
+                        t.home = home.clone();
+                    }
+                    Ok(())
+                })
+                .await;
+            match result {
+                Ok(_) => tracing::info!(tenant = %name, home = %home, "the catalog records the tenant's new home"),
+                Err(e) => tracing::warn!(tenant = %name, error = %e, "cannot record the tenant's new home yet"),
             }
         }
-        let served = Self::build(&self.shared, home, prefix.as_bytes(), false).map_err(|e| {
-            ProxyError::Catalog(format!("tenant {name:?} lives on {e}, which is not one of dataStores")).to_status()
-        })?;
-        let routes = served.routes.clone();
-        self.tenants.insert(name.to_string(), served);
-        Ok(routes)
     }
 
     /// How many tenants have a context built on this replica.
@@ -134,8 +208,8 @@ impl Dispatch for Gateway {
         // A user of exactly one tenant is that tenant; anyone else reaches no keys.
         let mut theirs = user.roles.iter().filter_map(|r| catalog.tenants.get(r).map(|t| (r, t)));
         match (theirs.next(), theirs.next()) {
-            (Some((name, t)), None) if catalog.auth.roles.contains_key(name) => {
-                self.tenant(name, &t.prefix, &t.home).map(Some)
+            (Some((name, _)), None) if catalog.auth.roles.contains_key(name) => {
+                self.tenant(name).map(|s| Some(s.routes)).map_err(|e| e.to_status())
             }
             _ => Err(refused(AuthError::PermissionDenied)),
         }

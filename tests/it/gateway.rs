@@ -131,3 +131,200 @@ async fn kamajis_calls_through_the_gateway_answer_as_etcd_and_each_tenant_keeps_
     assert_eq!(on(&east), "/b/pods/x");
     assert_eq!(on(&west), "");
 }
+
+/// A tenant's client through the gateway: etcd-client over TLS with its certificate.
+async fn client_as(gateway: &Proxy, tls: &TlsFiles, cert: &Path, key: &Path) -> etcd_client::Client {
+    use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+    let pem = |p: &Path| std::fs::read(p).expect("pem");
+    let opts = ConnectOptions::new().with_tls(
+        TlsOptions::new()
+            .ca_certificate(Certificate::from_pem(pem(&tls.ca)))
+            .identity(Identity::from_pem(pem(cert), pem(key))),
+    );
+    etcd_client::Client::connect([format!("https://{}", gateway.endpoint)], Some(opts))
+        .await
+        .expect("a tenant connects to the gateway")
+}
+
+/// Kamaji's setup of tenants a (user tenant-a) and b (tenant-b), as root with etcdctl.
+fn kamaji_setup(endpoint: &str, tls: &TlsFiles) {
+    let root = |args: &[&str]| {
+        let out = run(endpoint, tls, &tls.client_cert, &tls.client_key, args);
+        assert!(out.starts_with("ok"), "{args:?}: {out}");
+    };
+    root(&["user", "add", "root", "--no-password"]);
+    root(&["user", "grant-role", "root", "root"]);
+    root(&["auth", "enable"]);
+    for (user, schema) in [("tenant-a", "a"), ("tenant-b", "b")] {
+        root(&["user", "add", user, "--no-password"]);
+        root(&["role", "add", schema]);
+        root(&[
+            "role",
+            "grant-permission",
+            schema,
+            "readwrite",
+            &format!("/{schema}/"),
+            "--prefix",
+        ]);
+        root(&["user", "grant-role", user, schema]);
+    }
+}
+
+/// One tenant moves to another cluster of the pool while both tenants keep writing: the
+/// moved tenant's keys keep their revisions, a watch it opened before goes on, its writes
+/// are held for the fence and none fails, and the other tenant sees no error at all.
+#[tokio::test]
+async fn a_tenant_moves_to_another_cluster_live_and_the_other_sees_nothing() {
+    use etcd_client::{GetOptions, WatchOptions};
+    use std::time::{Duration, Instant};
+
+    let tls = TlsFiles::generate();
+    let east = Etcd::start().await;
+    let west = Etcd::start().await;
+    let gateway = Proxy::start(&format!(
+        "mode: gateway\ntls:\n  certFile: {}\n  keyFile: {}\n  clientCAFile: {}\n\
+         dataStore: east\ndataStores:\n  east:\n    endpoints: [\"{}\"]\n  west:\n    endpoints: [\"{}\"]\n",
+        tls.server_cert.display(),
+        tls.server_key.display(),
+        tls.ca.display(),
+        east.endpoint,
+        west.endpoint
+    ))
+    .await;
+    kamaji_setup(&gateway.endpoint, &tls);
+    let mut a = client_as(&gateway, &tls, &tls.tenant_cert, &tls.tenant_key).await;
+    let mut b = client_as(&gateway, &tls, &tls.tenant_b_cert, &tls.tenant_b_key).await;
+    for i in 0..20 {
+        a.put(format!("/a/pods/p{i:02}"), format!("v{i}"), None).await.unwrap();
+    }
+    b.put("/b/pods/x", "0", None).await.unwrap();
+    let revisions = |r: &etcd_client::GetResponse| -> Vec<(String, i64, i64, i64)> {
+        r.kvs()
+            .iter()
+            .map(|kv| {
+                (
+                    kv.key_str().unwrap().to_string(),
+                    kv.create_revision(),
+                    kv.mod_revision(),
+                    kv.version(),
+                )
+            })
+            .collect()
+    };
+    let before = a.get("/a/", Some(GetOptions::new().with_prefix())).await.unwrap();
+    let before_rev = before.header().unwrap().revision();
+    let (_watcher, mut events) = a
+        .watch(
+            "/a/",
+            Some(WatchOptions::new().with_prefix().with_start_revision(before_rev + 1)),
+        )
+        .await
+        .unwrap();
+
+    let (code, started) = gateway
+        .admin_post("/v1/tenants/a/migrations", serde_json::json!({"to": "west"}))
+        .await;
+    assert_eq!(code, 202, "{started}");
+
+    // Both tenants write on while it moves; every write must succeed.
+    let mut n = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let view = loop {
+        n += 1;
+        a.put(format!("/a/load/{n:04}"), "x", None)
+            .await
+            .unwrap_or_else(|e| panic!("tenant a's write {n} failed during its move: {e}"));
+        b.put(format!("/b/load/{n:04}"), "y", None)
+            .await
+            .unwrap_or_else(|e| panic!("tenant b's write {n} failed while a moved: {e}"));
+        let v: serde_json::Value = reqwest::get(format!("{}/v1/tenants/a", gateway.admin))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if v["migration"]["outcome"] != "Unknown"
+            && v["migration"]["outcome"] != serde_json::Value::Null
+            && v["migration"]["finishedUnixMs"] != serde_json::Value::Null
+        {
+            break v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the migration did not end: {v}\n{}",
+            gateway.log()
+        );
+    };
+    assert_eq!(view["migration"]["outcome"], "Succeeded", "{view}");
+    assert_eq!(view["servingFrom"], "west", "{view}");
+
+    // Every key a wrote before keeps its revisions, now read from west.
+    let after = a.get("/a/pods/", Some(GetOptions::new().with_prefix())).await.unwrap();
+    assert_eq!(revisions(&after), revisions(&before));
+    let on = |etcd: &Etcd, prefix: &str| {
+        let out = etcdctl(&etcd.endpoint, &["get", prefix, "--prefix", "--keys-only"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count()
+    };
+    assert_eq!(on(&west, "/a/pods/"), 20, "tenant a's keys are on west");
+    assert_eq!(on(&west, "/b/"), 0, "tenant b stayed on east");
+    assert!(on(&east, "/b/load/") >= n, "tenant b's writes went to east");
+
+    // The watch opened before the move sees every write a made during it, then one after.
+    let last = a.put("/a/after", "z", None).await.unwrap().header().unwrap().revision();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !seen.iter().any(|(k, _): &(String, i64)| k == "/a/after") {
+        let msg = tokio::time::timeout(deadline - Instant::now(), events.message())
+            .await
+            .expect("the watch goes on after the move")
+            .expect("the watch is not broken")
+            .expect("the watch is not closed");
+        assert!(!msg.canceled(), "the watch was cancelled: {:?}", msg.cancel_reason());
+        for e in msg.events() {
+            let kv = e.kv().unwrap();
+            seen.push((kv.key_str().unwrap().to_string(), kv.mod_revision()));
+        }
+    }
+    let load: Vec<&(String, i64)> = seen.iter().filter(|(k, _)| k.starts_with("/a/load/")).collect();
+    assert_eq!(load.len(), n, "every write of the load seen once: {seen:?}");
+    assert!(seen.windows(2).all(|w| w[0].1 < w[1].1), "in order: {seen:?}");
+    assert_eq!(seen.last().unwrap().1, last);
+
+    // Replicas that start later learn the new home from the catalog.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let all: serde_json::Value = reqwest::get(format!("{}/v1/tenants", gateway.admin))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let homes: Vec<(String, String)> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap().to_string(),
+                    t["home"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        if homes
+            == vec![
+                ("a".to_string(), "west".to_string()),
+                ("b".to_string(), "east".to_string()),
+            ]
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the catalog did not record the move: {homes:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
