@@ -35,6 +35,9 @@ enum Command {
         /// The datastore to move to (a name from `dataStores`)
         #[arg(long, value_name = "NAME")]
         to: String,
+        /// (Gateway) the tenant to move: its role name, Kamaji's schema
+        #[arg(long, value_name = "NAME", conflicts_with = "overwrite")]
+        tenant: Option<String>,
         /// Delete whatever the target holds in the tenant's key range first
         #[arg(long)]
         overwrite: bool,
@@ -65,10 +68,40 @@ enum Command {
         /// a line a second)
         #[arg(long, short = 'w')]
         watch: bool,
+        /// (Gateway) show this tenant: NAME, PREFIX, HOME (where the catalog places it),
+        /// SERVING (where this replica sends its requests), MIGRATION (its latest)
+        #[arg(long, value_name = "NAME")]
+        tenant: Option<String>,
         /// Output format: table (the columns above) or json (the /v1/status document; with
         /// --watch, one JSON line per change)
         #[arg(long, short = 'o', value_name = "FORMAT", default_value = "table", value_parser = ["table", "json"])]
         output: String,
+        #[command(flatten)]
+        connect: cutover::cli::Connect,
+    },
+    /// (Gateway) List the tenants: where each lives and its latest migration.
+    ///
+    /// Columns: NAME (the tenant's role, Kamaji's schema), PREFIX (its keys), HOME (the
+    /// datastore the catalog places it on), SERVING (where this replica sends its requests
+    /// now), MIGRATION (the latest this replica saw: id, phase or outcome, from -> to).
+    Tenants {
+        /// Output format: table or json (the /v1/tenants document)
+        #[arg(long, short = 'o', value_name = "FORMAT", default_value = "table", value_parser = ["table", "json"])]
+        output: String,
+        #[command(flatten)]
+        connect: cutover::cli::Connect,
+    },
+    /// (Gateway) Move every tenant off one datastore of the pool, live.
+    ///
+    /// Each tenant goes to the datastore that holds the fewest tenants at that moment;
+    /// exit 0 when every move succeeded.
+    Drain {
+        /// The datastore to empty
+        #[arg(long, value_name = "NAME")]
+        datastore: String,
+        /// How many tenants move at once
+        #[arg(long, value_name = "N", default_value_t = 2)]
+        parallel: usize,
         #[command(flatten)]
         connect: cutover::cli::Connect,
     },
@@ -176,18 +209,41 @@ fn main() -> ExitCode {
         }
         Command::Migrate {
             to,
+            tenant,
             overwrite,
             delete_whole_keyspace,
             wait,
             connect,
         } => admin_command(&connect, |a| async move {
-            cutover::cli::migrate(&a, &to, overwrite, delete_whole_keyspace, wait).await
+            match tenant {
+                Some(t) => cutover::cli::tenants::migrate(&a, &t, &to, wait).await,
+                None => cutover::cli::migrate(&a, &to, overwrite, delete_whole_keyspace, wait).await,
+            }
+        }),
+        Command::Tenants { output, connect } => admin_command(&connect, |a| async move {
+            cutover::cli::tenants::list(&a, output == "json").await.map(|_| true)
+        }),
+        Command::Drain {
+            datastore,
+            parallel,
+            connect,
+        } => admin_command(&connect, |a| async move {
+            cutover::cli::tenants::drain(&a, &datastore, parallel).await
         }),
         Command::Abort { connect } => {
             admin_command(&connect, |a| async move { cutover::cli::abort(&a).await.map(|_| true) })
         }
-        Command::Status { watch, output, connect } => admin_command(&connect, |a| async move {
-            cutover::cli::status(&a, watch, output == "json").await.map(|_| true)
+        Command::Status {
+            watch,
+            tenant,
+            output,
+            connect,
+        } => admin_command(&connect, |a| async move {
+            match tenant {
+                Some(t) => cutover::cli::tenants::status(&a, &t, watch, output == "json").await,
+                None => cutover::cli::status(&a, watch, output == "json").await,
+            }
+            .map(|_| true)
         }),
         Command::Cleanup {
             datastore,

@@ -34,6 +34,7 @@ pub fn routes(state: Arc<GatewayAdmin>) -> HttpRouter {
         .route("/metrics", get(metrics))
         .route("/v1/tenants", get(tenants))
         .route("/v1/tenants/{name}", get(tenant))
+        .route("/v1/datastores", get(datastores))
         .merge(changes)
         .with_state(state)
 }
@@ -126,4 +127,26 @@ async fn migrate(State(s): State<Arc<GatewayAdmin>>, Path(name): Path<String>, b
         Err(e @ StartError::UnknownDatastore(_)) => refuse(StatusCode::NOT_FOUND, e),
         Err(e) => refuse(StatusCode::CONFLICT, e),
     }
+}
+
+/// One datastore of the pool: how many tenants the catalog places there.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatastoreView {
+    pub name: String,
+    pub tenants: usize,
+}
+
+async fn datastores(State(s): State<Arc<GatewayAdmin>>) -> Response {
+    let snapshot = s.gateway.catalog().snapshot();
+    let all: Vec<DatastoreView> = s
+        .gateway
+        .datastore_names()
+        .into_iter()
+        .map(|name| DatastoreView {
+            tenants: snapshot.0.tenants.values().filter(|t| t.home == name).count(),
+            name,
+        })
+        .collect();
+    Json(all).into_response()
 }

@@ -134,6 +134,11 @@ impl Gateway {
         Ok(served)
     }
 
+    /// The datastores of the pool.
+    pub fn datastore_names(&self) -> Vec<String> {
+        self.shared.datastores.keys().cloned().collect()
+    }
+
     /// Tenant `name`'s services if this replica has built them.
     pub fn served(&self, name: &str) -> Option<Served> {
         self.tenants.get(name).map(|s| s.clone())

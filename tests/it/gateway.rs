@@ -328,3 +328,154 @@ async fn a_tenant_moves_to_another_cluster_live_and_the_other_sees_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `cutover drain` empties one datastore of the pool while two tenants write without
+/// pause: ten tenants move, two at a time, each to the datastore holding the fewest
+/// tenants then, and no write fails.
+#[tokio::test]
+async fn drain_moves_ten_tenants_off_a_datastore_two_at_a_time_with_no_client_error() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let tls = TlsFiles::generate();
+    let east = Etcd::start().await;
+    let west = Etcd::start().await;
+    let north = Etcd::start().await;
+    let gateway = Proxy::start(&format!(
+        "mode: gateway\ntls:\n  certFile: {}\n  keyFile: {}\n  clientCAFile: {}\n\
+         dataStore: east\ndataStores:\n  east:\n    endpoints: [\"{}\"]\n  west:\n    endpoints: [\"{}\"]\n  north:\n    endpoints: [\"{}\"]\n",
+        tls.server_cert.display(),
+        tls.server_key.display(),
+        tls.ca.display(),
+        east.endpoint,
+        west.endpoint,
+        north.endpoint
+    ))
+    .await;
+    kamaji_setup(&gateway.endpoint, &tls);
+    let root = |args: &[&str]| {
+        let out = run(&gateway.endpoint, &tls, &tls.client_cert, &tls.client_key, args);
+        assert!(out.starts_with("ok"), "{args:?}: {out}");
+    };
+    let others = ["c", "d", "e", "f", "g", "h", "i", "j"];
+    for schema in others {
+        let prefix = format!("/{schema}/");
+        root(&["user", "add", &format!("tenant-{schema}"), "--no-password"]);
+        root(&["role", "add", schema]);
+        root(&["role", "grant-permission", schema, "readwrite", &prefix, "--prefix"]);
+        root(&["user", "grant-role", &format!("tenant-{schema}"), schema]);
+        root(&["put", &format!("{prefix}seed"), schema]);
+    }
+    let tenants_on = |etcd: &Etcd| {
+        let out = etcdctl(&etcd.endpoint, &["get", "/", "--prefix", "--keys-only"]);
+        let mut prefixes: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| l.split('/').nth(1).map(String::from))
+            .collect();
+        prefixes.dedup();
+        prefixes
+    };
+
+    // Two tenants write on, each to its own keys, for as long as the drain runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let mut load = Vec::new();
+    for (cert, key, prefix) in [
+        (tls.tenant_cert.clone(), tls.tenant_key.clone(), "/a/load/"),
+        (tls.tenant_b_cert.clone(), tls.tenant_b_key.clone(), "/b/load/"),
+    ] {
+        let mut c = client_as(&gateway, &tls, &cert, &key).await;
+        let (stop, writes) = (stop.clone(), writes.clone());
+        load.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                c.put(format!("{prefix}{n:06}"), "x", None)
+                    .await
+                    .map_err(|e| format!("write {n} under {prefix}: {e}"))?;
+                writes.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<u64, String>(n)
+        }));
+    }
+
+    let drain = tokio::task::spawn_blocking({
+        let admin = gateway.admin.clone();
+        let token = gateway.dir.path().join("admin-token");
+        move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+                .args([
+                    "drain",
+                    "--datastore",
+                    "east",
+                    "--parallel",
+                    "2",
+                    "--admin",
+                    &admin,
+                    "--token-file",
+                ])
+                .arg(&token)
+                .output()
+                .expect("cutover drain runs")
+        }
+    })
+    .await
+    .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    let mut written = Vec::new();
+    for l in load {
+        written.push(
+            l.await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("a tenant's write failed during the drain: {e}")),
+        );
+    }
+    let said = String::from_utf8_lossy(&drain.stdout).to_string();
+    assert!(
+        drain.status.success(),
+        "drain failed: {said}{}\n{}",
+        String::from_utf8_lossy(&drain.stderr),
+        gateway.log()
+    );
+    assert!(said.contains("draining east: 10 tenants, 2 at a time"), "{said}");
+    assert!(said.contains("east is drained"), "{said}");
+    assert!(
+        written.iter().all(|&n| n > 1),
+        "both tenants wrote during the drain: {written:?}"
+    );
+
+    // Every tenant is served from west or north now, five each, with its keys there.
+    let all: Vec<serde_json::Value> = reqwest::get(format!("{}/v1/tenants", gateway.admin))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut per: std::collections::BTreeMap<String, usize> = Default::default();
+    for t in &all {
+        let from = t["servingFrom"].as_str().unwrap_or("-").to_string();
+        assert_ne!(from, "east", "{t}");
+        *per.entry(from).or_default() += 1;
+    }
+    assert_eq!(per.values().copied().collect::<Vec<_>>(), vec![5, 5], "{per:?}");
+    let mut moved = tenants_on(&west);
+    moved.extend(tenants_on(&north));
+    moved.sort();
+    assert_eq!(moved, vec!["a", "b", "c", "d", "e", "f", "g", "h", "i", "j"]);
+    // The load's every write is on the new homes (none was lost on the way).
+    let count = |prefix: &str| {
+        [&west, &north]
+            .iter()
+            .map(|e| {
+                // (etcdctl 3.4 has no --count-only.)
+                let out = etcdctl(&e.endpoint, &["get", prefix, "--prefix", "--keys-only"]);
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter(|l| !l.is_empty())
+                    .count() as u64
+            })
+            .sum::<u64>()
+    };
+    assert_eq!(count("/a/load/") + count("/b/load/"), writes.load(Ordering::Relaxed));
+}

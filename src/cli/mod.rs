@@ -1,5 +1,8 @@
-//! The operator commands (`migrate`, `abort`, `status`, `cleanup`): clients of a running
-//! sidecar's admin API, found through its config file or given directly.
+//! The operator commands (`migrate`, `abort`, `status`, `cleanup`, and a gateway's
+//! `tenants`, `drain`): clients of a running replica's admin API, found through its config
+//! file or given directly.
+
+pub mod tenants;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -53,7 +56,7 @@ pub enum CliError {
 
 /// Prints a line on stdout; a closed stdout ends the command (quietly) instead of
 /// panicking as `println!` would.
-fn say(text: impl std::fmt::Display) -> Result<(), CliError> {
+pub(crate) fn say(text: impl std::fmt::Display) -> Result<(), CliError> {
     let mut out = std::io::stdout().lock();
     match writeln!(out, "{text}").and_then(|_| out.flush()) {
         Ok(()) => Ok(()),
@@ -258,7 +261,21 @@ impl Admin {
         })
     }
 
-    async fn post(&self, path: &str, body: Value) -> Result<Value, CliError> {
+    /// GET `path`: its JSON, or the API's refusal.
+    pub(crate) async fn get(&self, path: &str) -> Result<Value, CliError> {
+        let (code, json) = self.call(http::Method::GET, path, None).await?;
+        if code == 200 {
+            Ok(json)
+        } else {
+            let why = json["error"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| json.to_string());
+            Err(CliError::Refused(format!("{why} (HTTP {code})")))
+        }
+    }
+
+    pub(crate) async fn post(&self, path: &str, body: Value) -> Result<Value, CliError> {
         let (code, json) = self.call(http::Method::POST, path, Some(body)).await?;
         if (200..300).contains(&code) {
             Ok(json)
