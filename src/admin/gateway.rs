@@ -25,9 +25,15 @@ pub struct GatewayAdmin {
 }
 
 pub fn routes(state: Arc<GatewayAdmin>) -> HttpRouter {
-    let changes = HttpRouter::new()
-        .route("/v1/tenants/{name}/migrations", post(migrate))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+    let changes = HttpRouter::new().route("/v1/tenants/{name}/migrations", post(migrate));
+    #[cfg(feature = "failpoints")]
+    let changes = changes.route(
+        "/v1/failpoints/{name}",
+        axum::routing::put(super::failpoints::set).delete(super::failpoints::remove),
+    );
+    let changes = changes.route_layer(axum::middleware::from_fn_with_state(state.clone(), require_token));
+    #[cfg(feature = "failpoints")]
+    let changes = changes.route("/v1/failpoints", get(super::failpoints::list));
     HttpRouter::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

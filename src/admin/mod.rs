@@ -22,7 +22,7 @@ pub mod readiness;
 
 /// Fault injection for tests (builds with the `failpoints` feature only).
 #[cfg(feature = "failpoints")]
-mod failpoints {
+pub(crate) mod failpoints {
     use axum::extract::Path;
     use axum::http::StatusCode;
     use axum::response::{IntoResponse, Response};

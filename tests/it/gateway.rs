@@ -479,3 +479,150 @@ async fn drain_moves_ten_tenants_off_a_datastore_two_at_a_time_with_no_client_er
     };
     assert_eq!(count("/a/load/") + count("/b/load/"), writes.load(Ordering::Relaxed));
 }
+
+async fn tenant_view(gateway: &Proxy, name: &str) -> serde_json::Value {
+    reqwest::get(format!("{}/v1/tenants/{name}", gateway.admin))
+        .await
+        .expect("admin API answers")
+        .json()
+        .await
+        .expect("a tenant view")
+}
+
+/// Two gateway replicas; the one leading tenant a's migration is SIGKILLed while a is
+/// fenced. The tenant stays on its source (the fence goes with the dead leader's lease),
+/// every write of both tenants through the other replica succeeds, nothing is lost, and a
+/// second try from the surviving replica moves the tenant.
+#[tokio::test]
+async fn a_replica_killed_while_leading_a_tenants_move_leaves_it_whole_on_one_store() {
+    use crate::support::eventually;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    let tls = TlsFiles::generate();
+    let east = Etcd::start().await;
+    let west = Etcd::start().await;
+    let config = format!(
+        "mode: gateway\nmigration: {{leaseTTL: 2s}}\ntls:\n  certFile: {}\n  keyFile: {}\n  clientCAFile: {}\n\
+         dataStore: east\ndataStores:\n  east:\n    endpoints: [\"{}\"]\n  west:\n    endpoints: [\"{}\"]\n",
+        tls.server_cert.display(),
+        tls.server_key.display(),
+        tls.ca.display(),
+        east.endpoint,
+        west.endpoint
+    );
+    let mut leader = Proxy::start(&config).await;
+    let other = Proxy::start(&config).await;
+    kamaji_setup(&leader.endpoint, &tls);
+    eventually(
+        "the other replica reads the tenants from the catalog",
+        Duration::from_secs(10),
+        || async { tenant_view(&other, "a").await["home"] == "east" },
+    )
+    .await;
+    let mut a = client_as(&other, &tls, &tls.tenant_cert, &tls.tenant_key).await;
+    for i in 0..20 {
+        a.put(format!("/a/pods/p{i:02}"), "v", None).await.unwrap();
+    }
+
+    leader.failpoint("migrate.fence.after_write", "return(pause)").await;
+    let (code, started) = leader
+        .admin_post("/v1/tenants/a/migrations", serde_json::json!({"to": "west"}))
+        .await;
+    assert_eq!(code, 202, "{started}");
+    leader.wait_paused("migrate.fence.after_write").await;
+
+    // Both tenants write through the other replica from now on.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for (cert, key, prefix) in [
+        (tls.tenant_cert.clone(), tls.tenant_key.clone(), "/a/load/"),
+        (tls.tenant_b_cert.clone(), tls.tenant_b_key.clone(), "/b/load/"),
+    ] {
+        let mut c = client_as(&other, &tls, &cert, &key).await;
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                c.put(format!("{prefix}{n:06}"), "x", None)
+                    .await
+                    .map_err(|e| format!("write {n} under {prefix}: {e}"))?;
+            }
+            Ok::<u64, String>(n)
+        }));
+    }
+    leader.kill();
+    // The fence's lease runs out on the source; the held writes of tenant a go on there.
+    let direct = crate::support::client(&east.endpoint).await;
+    eventually(
+        "tenant a's writes go on after the fence expired",
+        Duration::from_secs(20),
+        || {
+            let mut direct = direct.clone();
+            async move {
+                let r = direct
+                    .get(
+                        "/a/load/",
+                        Some(etcd_client::GetOptions::new().with_prefix().with_count_only()),
+                    )
+                    .await
+                    .unwrap();
+                r.count() >= 50
+            }
+        },
+    )
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    let mut written = Vec::new();
+    for l in load {
+        written.push(
+            l.await
+                .unwrap()
+                .unwrap_or_else(|e| panic!("a write failed after the leader died: {e}")),
+        );
+    }
+    let count = |etcd: &Etcd, prefix: &str| {
+        let out = etcdctl(&etcd.endpoint, &["get", prefix, "--prefix", "--keys-only"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count() as u64
+    };
+    assert_eq!(
+        count(&east, "/a/load/"),
+        written[0],
+        "every write of tenant a, on the source"
+    );
+    assert_eq!(count(&east, "/b/load/"), written[1], "every write of tenant b, on east");
+    assert_eq!(tenant_view(&other, "a").await["servingFrom"], "east");
+
+    // The dead leader's lock is gone with its lease: the survivor moves the tenant.
+    eventually("a second try starts", Duration::from_secs(20), || async {
+        other
+            .admin_post("/v1/tenants/a/migrations", serde_json::json!({"to": "west"}))
+            .await
+            .0
+            == 202
+    })
+    .await;
+    eventually("the second try ends", Duration::from_secs(60), || async {
+        !tenant_view(&other, "a").await["migration"]["finishedUnixMs"].is_null()
+    })
+    .await;
+    let view = tenant_view(&other, "a").await;
+    assert_eq!(view["migration"]["outcome"], "Succeeded", "{view}");
+    assert_eq!(view["servingFrom"], "west", "{view}");
+    assert_eq!(count(&west, "/a/load/"), written[0]);
+    assert_eq!(count(&west, "/a/pods/"), 20);
+    assert_eq!(count(&west, "/b/"), 0);
+    let after = a
+        .get(
+            "/a/",
+            Some(etcd_client::GetOptions::new().with_prefix().with_count_only()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(after.count() as u64, 20 + written[0]);
+}
