@@ -104,10 +104,12 @@ soak: deps etcd-$(CUTOVER_ETCD_VERSION)
 	  if [ "$(SEED)" != random ]; then break; fi; \
 	done
 
-## e2e: kube-apiserver (built offline from Debian's source package, cached) through cutover.
+## e2e: kube-apiserver (built offline from Debian's source package, cached) through cutover:
+## a sidecar, then two tenants' apiservers through a gateway of two replicas.
 e2e: deps build etcd-$(CUTOVER_ETCD_VERSION)
 	$(ETCD_BANNER)
 	env $(ETCD_ENV) tests/e2e/kube-apiserver.sh target/debug/cutover
+	env $(ETCD_ENV) tests/e2e/gateway.sh target/debug/cutover
 
 ## bench: latency/throughput against direct etcd and etcd's grpc-proxy.
 bench: deps
