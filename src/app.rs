@@ -226,6 +226,7 @@ pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> 
                 .unwrap_or_default(),
         ),
         known_leases: Default::default(),
+        tenant_requests: None,
     });
     if let Some(o) = reload {
         if let Some(path) = o.config.clone() {

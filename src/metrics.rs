@@ -44,6 +44,19 @@ pub struct DatastoreLabels {
     pub datastore: String,
 }
 
+/// A tenant of a gateway: the label set is as large as the catalog's tenants, which only
+/// the root user creates.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantOutcomeLabels {
+    pub tenant: String,
+    pub outcome: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
@@ -78,6 +91,15 @@ pub struct Metrics {
     /// The migration phase now (0 Ready, 1 Preparing, 2 Copying, 3 CatchingUp, 4 Fenced,
     /// 5 Committing, 6 Failed).
     pub migration_phase: Gauge,
+    /// (Gateway) unary requests of each tenant this replica served.
+    pub tenant_requests: Family<TenantLabels, Counter>,
+    /// (Gateway) each tenant's migration phase on this replica (numbers as `migration_phase`).
+    pub tenant_migration_phase: Family<TenantLabels, Gauge>,
+    /// (Gateway) migrations of each tenant that ended, by outcome.
+    pub tenant_migrations: Family<TenantOutcomeLabels, Counter>,
+    /// (Gateway) tenants in the catalog, and those this replica has served.
+    pub gateway_tenants: Gauge,
+    pub gateway_tenants_served: Gauge,
     pub keys_copied: Counter,
     pub bytes_copied: Counter,
     /// Source revisions the target is behind during the catch-up.
@@ -183,6 +205,36 @@ impl Metrics {
             "Linearizable reads that found the tenant moved away from the datastore they were sent to and were sent to its new one",
             rerouted_reads.clone(),
         );
+        let tenant_requests = Family::<TenantLabels, Counter>::default();
+        registry.register(
+            "tenant_requests",
+            "(Gateway) unary requests of each tenant served by this replica",
+            tenant_requests.clone(),
+        );
+        let tenant_migration_phase = Family::<TenantLabels, Gauge>::default();
+        registry.register(
+            "tenant_migration_phase",
+            "(Gateway) each tenant's migration phase, numbered as migration_phase",
+            tenant_migration_phase.clone(),
+        );
+        let tenant_migrations = Family::<TenantOutcomeLabels, Counter>::default();
+        registry.register(
+            "tenant_migrations",
+            "(Gateway) migrations of each tenant that ended here, by outcome",
+            tenant_migrations.clone(),
+        );
+        let gateway_tenants = Gauge::default();
+        registry.register(
+            "gateway_tenants",
+            "(Gateway) tenants in the catalog",
+            gateway_tenants.clone(),
+        );
+        let gateway_tenants_served = Gauge::default();
+        registry.register(
+            "gateway_tenants_served",
+            "(Gateway) tenants this replica has built a context for",
+            gateway_tenants_served.clone(),
+        );
         let migration_phase = Gauge::default();
         registry.register(
             "migration_phase",
@@ -280,6 +332,11 @@ impl Metrics {
             unguarded_reads,
             rerouted_reads,
             migration_phase,
+            tenant_requests,
+            tenant_migration_phase,
+            tenant_migrations,
+            gateway_tenants,
+            gateway_tenants_served,
             keys_copied,
             bytes_copied,
             catch_up_lag,

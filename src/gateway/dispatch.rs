@@ -51,7 +51,7 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(shared: Shared, catalog: Arc<CatalogStore>) -> Result<Gateway, crate::route::UnknownDatastore> {
-        let root = Self::build(&shared, &shared.placement, b"", true)?;
+        let root = Self::build(&shared, &shared.placement, b"", None)?;
         // (The root context's migrator is never started: the whole key space does not move.)
         Ok(Gateway {
             shared,
@@ -61,13 +61,15 @@ impl Gateway {
         })
     }
 
-    /// A context of its own for the keys under `prefix` on `home` (all keys: empty).
+    /// A context of its own for tenant `tenant`'s keys under `prefix` on `home` (`None`:
+    /// root's, over every key).
     fn build(
         shared: &Shared,
         home: &str,
         prefix: &[u8],
-        operator: bool,
+        tenant: Option<&str>,
     ) -> Result<Served, crate::route::UnknownDatastore> {
+        let operator = tenant.is_none();
         let prefix = bytes::Bytes::copy_from_slice(prefix);
         let fence = FencePolicy {
             tenant_prefix: prefix.clone(),
@@ -91,8 +93,9 @@ impl Gateway {
             crate::migrate::marker::spawn_follower(router.clone(), &shared.background);
         }
         let migrator = crate::migrate::Migrator::new(router.clone(), shared.metrics.clone(), shared.migration.clone());
-        if !operator {
+        if let Some(name) = tenant {
             migrator.spawn_status_follower();
+            Self::spawn_migration_metrics(shared, name, &migrator);
         }
         let ctx = Arc::new(Context {
             router,
@@ -101,11 +104,52 @@ impl Gateway {
             warned_unguarded: Default::default(),
             access: Access::new(!operator, Vec::new()),
             known_leases: Default::default(),
+            tenant_requests: tenant.map(|t| {
+                shared
+                    .metrics
+                    .tenant_requests
+                    .get_or_create(&crate::metrics::TenantLabels { tenant: t.to_string() })
+                    .clone()
+            }),
         });
         Ok(Served {
             routes: data_routes(&ctx),
             migrator,
         })
+    }
+
+    /// Keeps tenant `name`'s migration metrics: its phase, and each migration's outcome
+    /// once it ends.
+    fn spawn_migration_metrics(shared: &Shared, name: &str, migrator: &Arc<crate::migrate::Migrator>) {
+        use crate::metrics::{TenantLabels, TenantOutcomeLabels};
+        let metrics = shared.metrics.clone();
+        let mut changes = migrator.subscribe();
+        let tenant = name.to_string();
+        shared.background.spawn(async move {
+            let mut counted: Option<String> = None;
+            loop {
+                let snapshot = changes.borrow_and_update().clone();
+                metrics
+                    .tenant_migration_phase
+                    .get_or_create(&TenantLabels { tenant: tenant.clone() })
+                    .set(snapshot.phase.number());
+                if let Some(m) = snapshot.migration.filter(|m| m.finished_unix_ms.is_some()) {
+                    if counted.as_deref() != Some(m.id.as_str()) {
+                        metrics
+                            .tenant_migrations
+                            .get_or_create(&TenantOutcomeLabels {
+                                tenant: tenant.clone(),
+                                outcome: m.outcome.as_str(),
+                            })
+                            .inc();
+                        counted = Some(m.id);
+                    }
+                }
+                if changes.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
     }
 
     /// Tenant `name`'s services (built from the catalog the first time). Once built, a
@@ -124,10 +168,14 @@ impl Gateway {
         let served = match entry {
             dashmap::Entry::Occupied(o) => o.get().clone(),
             dashmap::Entry::Vacant(v) => {
-                let served = Self::build(&self.shared, &t.home, t.prefix.as_bytes(), false).map_err(|e| {
+                let served = Self::build(&self.shared, &t.home, t.prefix.as_bytes(), Some(name)).map_err(|e| {
                     ProxyError::Catalog(format!("tenant {name:?} lives on {e}, which is not one of dataStores"))
                 })?;
                 v.insert(served.clone());
+                self.shared
+                    .metrics
+                    .gateway_tenants_served
+                    .set(self.tenants.len() as i64);
                 served
             }
         };
@@ -153,6 +201,10 @@ impl Gateway {
     /// Records in the catalog where a tenant this replica serves lives now, when that
     /// changed (after a migration): replicas that start later build it there.
     pub async fn record_homes(&self) {
+        self.shared
+            .metrics
+            .gateway_tenants
+            .set(self.catalog.snapshot().0.tenants.len() as i64);
         let moved: Vec<(String, String)> = self
             .tenants
             .iter()

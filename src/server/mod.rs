@@ -61,6 +61,8 @@ pub struct Context {
     pub access: access::Access,
     /// Leases known to be the tenant's.
     pub known_leases: lease::KnownLeases,
+    /// (Gateway) this tenant's request counter.
+    pub tenant_requests: Option<prometheus_client::metrics::counter::Counter>,
 }
 
 /// What a stream gets when the datastore cannot be reached again: as for a request never
@@ -652,6 +654,9 @@ impl Context {
             }
         };
         self.metrics.observe_unary(service, method, code, started.elapsed());
+        if let Some(c) = &self.tenant_requests {
+            c.inc();
+        }
         result.map_err(Status::from)
     }
 

@@ -293,6 +293,28 @@ async fn a_tenant_moves_to_another_cluster_live_and_the_other_sees_nothing() {
     assert!(seen.windows(2).all(|w| w[0].1 < w[1].1), "in order: {seen:?}");
     assert_eq!(seen.last().unwrap().1, last);
 
+    // The tenant's metrics: its requests and its migration's outcome.
+    let metrics = gateway.metrics().await;
+    for line in [
+        "cutover_tenant_migrations_total{tenant=\"a\",outcome=\"succeeded\"} 1",
+        "cutover_tenant_migration_phase{tenant=\"a\"} 0",
+        "cutover_gateway_tenants_served 2",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "no {line:?} in:\n{metrics}");
+    }
+    let requests = |tenant: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("cutover_tenant_requests_total{{tenant=\"{tenant}\"}} ")))
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    assert!(requests("a") > n as u64 && requests("b") > n as u64, "{metrics}");
+    assert!(
+        !metrics.contains("tenant=\"c\""),
+        "no series for tenants that do not exist"
+    );
+
     // Replicas that start later learn the new home from the catalog.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
