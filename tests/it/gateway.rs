@@ -648,3 +648,79 @@ async fn a_replica_killed_while_leading_a_tenants_move_leaves_it_whole_on_one_st
         .unwrap();
     assert_eq!(after.count() as u64, 20 + written[0]);
 }
+
+/// A thousand tenants served by one replica: what each costs in memory (a context of its
+/// own, with its followers), measured and bounded.
+#[tokio::test]
+async fn a_thousand_tenants_cost_little_memory_each() {
+    use cutover::gateway::catalog::{Catalog, CATALOG_KEY};
+    use cutover::proto::authpb::{permission::Type as PermType, Permission};
+
+    const TENANTS: usize = 1000;
+    let tls = TlsFiles::generate();
+    let east = Etcd::start().await;
+    // The catalog as Kamaji's setup of a thousand tenants leaves it, written directly.
+    let mut catalog = Catalog::default();
+    let root = Some("root");
+    catalog.auth.user_add(None, "root", true).unwrap();
+    catalog.auth.user_grant_role(None, "root", "root").unwrap();
+    catalog.auth.auth_enable(None).unwrap();
+    for i in 0..TENANTS {
+        let (user, role) = (format!("u{i:04}"), format!("t{i:04}"));
+        catalog.auth.user_add(root, &user, true).unwrap();
+        catalog.auth.role_add(root, &role).unwrap();
+        let perm = Permission {
+            perm_type: PermType::Readwrite as i32,
+            key: bytes::Bytes::from(format!("/{role}/")),
+            range_end: bytes::Bytes::from(format!("/{role}0")),
+        };
+        catalog.auth.role_grant_permission(root, &role, Some(perm)).unwrap();
+        catalog.auth.user_grant_role(root, &user, &role).unwrap();
+    }
+    catalog.place_tenants("east");
+    let mut direct = crate::support::client(&east.endpoint).await;
+    direct
+        .put(CATALOG_KEY.to_vec(), serde_json::to_vec(&catalog).unwrap(), None)
+        .await
+        .unwrap();
+    let gateway = Proxy::start(&format!(
+        "mode: gateway\ntls:\n  certFile: {}\n  keyFile: {}\n  clientCAFile: {}\n\
+         dataStore: east\ndataStores:\n  east:\n    endpoints: [\"{}\"]\n",
+        tls.server_cert.display(),
+        tls.server_key.display(),
+        tls.ca.display(),
+        east.endpoint
+    ))
+    .await;
+    let listed: Vec<serde_json::Value> = reqwest::get(format!("{}/v1/tenants", gateway.admin))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), TENANTS);
+    let before = gateway.rss_kib();
+    let http = reqwest::Client::new();
+    for i in 0..TENANTS {
+        let v: serde_json::Value = http
+            .get(format!("{}/v1/tenants/t{i:04}", gateway.admin))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["servingFrom"], "east", "{v}");
+    }
+    let metrics = gateway.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("cutover_gateway_tenants_served {TENANTS}")),
+        "{metrics}"
+    );
+    let after = gateway.rss_kib();
+    let per_tenant = (after.saturating_sub(before)) as f64 / TENANTS as f64;
+    println!("RSS {before} KiB with no tenant served, {after} KiB with {TENANTS}: {per_tenant:.1} KiB per tenant");
+    assert!(per_tenant < 64.0, "{per_tenant:.1} KiB per tenant");
+}
