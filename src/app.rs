@@ -68,7 +68,7 @@ async fn serve_gateway(config: Config, gateway: crate::config::GatewaySettings) 
         background: background.clone(),
     };
     let placement = shared.datastores.get(&gateway.placement).cloned();
-    let gw = Arc::new(dispatch::Gateway::new(shared, catalog.clone())?);
+    let gw = dispatch::Gateway::new(shared, catalog.clone())?;
     {
         // After a migration, the catalog learns the tenant's new home.
         let gw = gw.clone();

@@ -71,3 +71,13 @@ mod tests {
         );
     }
 }
+
+/// Whether a request's range `[key, end)` (etcd's reading: empty `end`, the one key;
+/// `"\0"`, every key from `key` on) shares a key with `[lo, hi)` (`hi` a real key).
+pub fn overlaps(key: &[u8], end: &[u8], lo: &[u8], hi: &[u8]) -> bool {
+    match end {
+        [] => key >= lo && key < hi,
+        [0] => hi > key,
+        _ => key < hi && end > lo,
+    }
+}

@@ -74,10 +74,40 @@ impl Catalog {
         }
     }
 
+    /// Whose keys the range `[key, range_end)` names (etcd's reading of a range: an empty
+    /// end is the one key, `"\0"` every key from `key` on).
+    pub fn owner_of_range(&self, key: &[u8], range_end: &[u8]) -> RangeOwner<'_> {
+        let mut found = None;
+        for (name, t) in &self.tenants {
+            let p = t.prefix.as_bytes();
+            let end = crate::keys::prefix_end(p);
+            if !crate::keys::overlaps(key, range_end, p, &end) {
+                continue;
+            }
+            let inside = key.starts_with(p) && (range_end.is_empty() || (range_end != [0] && range_end <= &end[..]));
+            if !inside || found.is_some() {
+                return RangeOwner::Several;
+            }
+            found = Some(name);
+        }
+        found.map_or(RangeOwner::NoTenant, RangeOwner::Tenant)
+    }
+
     /// The tenant whose prefix holds `key`.
     pub fn tenant_of_key(&self, key: &[u8]) -> Option<(&String, &Tenant)> {
         self.tenants.iter().find(|(_, t)| key.starts_with(t.prefix.as_bytes()))
     }
+}
+
+/// Whose keys a request's range names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RangeOwner<'a> {
+    /// Only this tenant's.
+    Tenant(&'a String),
+    /// No tenant's.
+    NoTenant,
+    /// Keys of several tenants, or of a tenant and of none.
+    Several,
 }
 
 /// The catalog as one replica sees it, read from and written to its datastore.
@@ -277,6 +307,13 @@ mod tests {
         c.place_tenants("east");
         assert_eq!(c.tenants["a"].home, "west", "placed once");
         assert_eq!(c.tenant_of_key(b"/b/pods/x").map(|(n, _)| n.as_str()), Some("b"));
+        let b = "b".to_string();
+        assert_eq!(c.owner_of_range(b"/b/", b"/b0"), RangeOwner::Tenant(&b));
+        assert_eq!(c.owner_of_range(b"/b/x", b""), RangeOwner::Tenant(&b));
+        assert_eq!(c.owner_of_range(b"/b/x", b"\0"), RangeOwner::Several, "past the prefix");
+        assert_eq!(c.owner_of_range(b"/", b"0"), RangeOwner::Several);
+        assert_eq!(c.owner_of_range(b"/c/", b"/c0"), RangeOwner::NoTenant);
+        assert_eq!(c.owner_of_range(b"compact_rev_key", b""), RangeOwner::NoTenant);
         assert_eq!(c.tenant_of_key(b"/c/x"), None);
         // The role goes; the tenant stays until its keys are gone.
         c.auth.role_delete(None, "a").unwrap();

@@ -39,6 +39,7 @@ pub struct Shared {
 pub struct Served {
     pub routes: tonic::service::Routes,
     pub migrator: Arc<crate::migrate::Migrator>,
+    pub ctx: Arc<Context>,
 }
 
 pub struct Gateway {
@@ -50,15 +51,23 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn new(shared: Shared, catalog: Arc<CatalogStore>) -> Result<Gateway, crate::route::UnknownDatastore> {
-        let root = Self::build(&shared, &shared.placement, b"", None)?;
+    pub fn new(shared: Shared, catalog: Arc<CatalogStore>) -> Result<Arc<Gateway>, crate::route::UnknownDatastore> {
+        let mut root = Self::build(&shared, &shared.placement, b"", None)?;
         // (The root context's migrator is never started: the whole key space does not move.)
-        Ok(Gateway {
-            shared,
-            catalog,
-            tenants: DashMap::new(),
-            root,
-        })
+        Ok(Arc::new_cyclic(|me| {
+            // Root's KV goes to the tenant whose keys it names (see `super::root`).
+            let kv = super::root::RootKv {
+                gateway: me.clone(),
+                own: crate::server::KvService::new(root.ctx.clone()),
+            };
+            root.routes = crate::server::data_routes_with_kv(&root.ctx, kv);
+            Gateway {
+                shared,
+                catalog,
+                tenants: DashMap::new(),
+                root,
+            }
+        }))
     }
 
     /// A context of its own for tenant `tenant`'s keys under `prefix` on `home` (`None`:
@@ -115,6 +124,7 @@ impl Gateway {
         Ok(Served {
             routes: data_routes(&ctx),
             migrator,
+            ctx,
         })
     }
 

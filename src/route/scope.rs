@@ -5,7 +5,7 @@
 use bytes::Bytes;
 
 use crate::error::Malformed;
-use crate::keys::reserved_prefix;
+use crate::keys::{overlaps, reserved_prefix};
 use crate::proto::etcdserverpb::{
     compare, request_op, response_op, Compare, DeleteRangeRequest, DeleteRangeResponse, RequestOp, TxnRequest,
     TxnResponse,
@@ -13,14 +13,6 @@ use crate::proto::etcdserverpb::{
 
 /// A key range in etcd's terms: `end` empty = the key alone, `end == "\0"` = every key
 /// from `key` on, otherwise the half-open range [key, end).
-fn overlaps(key: &[u8], end: &[u8], lo: &[u8], hi: &[u8]) -> bool {
-    // [lo, hi) is the reserved range (hi is never empty or "\0" here).
-    match end {
-        [] => key >= lo && key < hi,
-        [0] => hi > key,
-        _ => key < hi && end > lo,
-    }
-}
 
 /// kube-apiserver's compactor keeps its bookkeeping in this key at the root of the key
 /// space, outside any `--etcd-prefix`: a tenant's proxy lets it through.

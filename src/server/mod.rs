@@ -7,6 +7,7 @@ pub mod access;
 mod auth;
 mod cluster;
 mod kv;
+pub use kv::KvService;
 pub mod lease;
 pub mod limits;
 mod maintenance;
@@ -881,8 +882,17 @@ macro_rules! svc {
 
 /// The services of one context, Auth aside: KV, Watch, Lease, Cluster, Maintenance.
 pub fn data_routes(ctx: &Arc<Context>) -> tonic::service::Routes {
+    data_routes_with_kv(ctx, kv::KvService::new(ctx.clone()))
+}
+
+/// [`data_routes`], with `kv` answering the KV service (the gateway's root has one that
+/// sends each request to the tenant whose keys it names).
+pub fn data_routes_with_kv<K: crate::proto::kv_answers::k_v_server::KV>(
+    ctx: &Arc<Context>,
+    kv: K,
+) -> tonic::service::Routes {
     let cap = ctx.max_recv_bytes.saturating_mul(4);
-    tonic::service::Routes::new(svc!(KvServer, kv::KvService::new(ctx.clone()), cap))
+    tonic::service::Routes::new(svc!(KvServer, kv, cap))
         .add_service(svc!(WatchServer, watch::WatchService::new(ctx.clone()), cap))
         .add_service(svc!(LeaseServer, lease::LeaseService::new(ctx.clone()), cap))
         .add_service(svc!(ClusterServer, cluster::ClusterService::new(ctx.clone()), cap))

@@ -349,6 +349,39 @@ async fn a_tenant_moves_to_another_cluster_live_and_the_other_sees_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // Root's request across tenants that live apart is refused, saying why.
+    let across = run(
+        &gateway.endpoint,
+        &tls,
+        &tls.client_cert,
+        &tls.client_key,
+        &["get", "/", "--prefix"],
+    );
+    assert!(
+        across.starts_with("failed") && across.contains("names keys of several tenants"),
+        "{across}"
+    );
+    // Kamaji deletes the tenant as root: its role, its keys (a prefix delete that must
+    // reach the tenant's home, west now), its user.
+    for args in [
+        vec!["role", "delete", "a"],
+        vec!["del", "/a/", "--prefix"],
+        vec!["user", "delete", "tenant-a"],
+    ] {
+        let out = run(&gateway.endpoint, &tls, &tls.client_cert, &tls.client_key, &args);
+        assert!(out.starts_with("ok"), "{args:?}: {out}");
+    }
+    // (cutover's own keys under the prefix, its translation record and markers, stay.)
+    let tenant_keys = |etcd: &Etcd| {
+        let out = etcdctl(&etcd.endpoint, &["get", "/a/", "--prefix", "--keys-only"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty() && !l.contains("\0cutover/"))
+            .count()
+    };
+    assert_eq!(tenant_keys(&west), 0, "root's prefix delete reached tenant a's home");
+    assert!(on(&east, "/b/") > 0, "and nothing of tenant b");
 }
 
 /// `cutover drain` empties one datastore of the pool while two tenants write without
