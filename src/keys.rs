@@ -53,6 +53,16 @@ pub fn reserved_prefix(tenant_prefix: &[u8]) -> Bytes {
     b.freeze()
 }
 
+/// Whether a request's range `[key, end)` (etcd's reading: empty `end`, the one key;
+/// `"\0"`, every key from `key` on) shares a key with `[lo, hi)` (`hi` a real key).
+pub fn overlaps(key: &[u8], end: &[u8], lo: &[u8], hi: &[u8]) -> bool {
+    match end {
+        [] => key >= lo && key < hi,
+        [0] => hi > key,
+        _ => key < hi && end > lo,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,15 +79,5 @@ mod tests {
                 end: Bytes::from_static(b"\0")
             }
         );
-    }
-}
-
-/// Whether a request's range `[key, end)` (etcd's reading: empty `end`, the one key;
-/// `"\0"`, every key from `key` on) shares a key with `[lo, hi)` (`hi` a real key).
-pub fn overlaps(key: &[u8], end: &[u8], lo: &[u8], hi: &[u8]) -> bool {
-    match end {
-        [] => key >= lo && key < hi,
-        [0] => hi > key,
-        _ => key < hi && end > lo,
     }
 }

@@ -56,8 +56,9 @@ impl Gateway {
         // (The root context's migrator is never started: the whole key space does not move.)
         Ok(Arc::new_cyclic(|me| {
             // Root's KV goes to the tenant whose keys it names (see `super::root`).
+            let weak: std::sync::Weak<Gateway> = me.clone();
             let kv = super::root::RootKv {
-                gateway: me.clone(),
+                gateway: weak,
                 own: crate::server::KvService::new(root.ctx.clone()),
             };
             root.routes = crate::server::data_routes_with_kv(&root.ctx, kv);
@@ -245,6 +246,16 @@ impl Gateway {
     /// How many tenants have a context built on this replica.
     pub fn tenants_served(&self) -> usize {
         self.tenants.len()
+    }
+}
+
+impl super::root::Tenants for Gateway {
+    fn catalog(&self) -> &Arc<CatalogStore> {
+        &self.catalog
+    }
+
+    fn context_of(&self, tenant: &str) -> Result<Arc<Context>, ProxyError> {
+        self.tenant(tenant).map(|s| s.ctx)
     }
 }
 

@@ -9,16 +9,21 @@ use std::sync::Weak;
 
 use tonic::{Request, Response, Status};
 
-use super::catalog::RangeOwner;
-use super::dispatch::Gateway;
+use super::catalog::{CatalogStore, RangeOwner};
 use crate::codec::Answer;
 use crate::error::ProxyError;
 use crate::proto::etcdserverpb::*;
 use crate::proto::kv_answers::k_v_server::KV;
-use crate::server::KvService;
+use crate::server::{Context, KvService};
+
+/// What root's KV needs of the gateway: the catalog, and a tenant's context.
+pub trait Tenants: Send + Sync {
+    fn catalog(&self) -> &std::sync::Arc<CatalogStore>;
+    fn context_of(&self, tenant: &str) -> Result<std::sync::Arc<Context>, ProxyError>;
+}
 
 pub struct RootKv {
-    pub(super) gateway: Weak<Gateway>,
+    pub(super) gateway: Weak<dyn Tenants>,
     /// Root's own context's KV (the placement datastore, every key).
     pub(super) own: KvService,
 }
@@ -59,8 +64,8 @@ impl RootKv {
         match first {
             RangeOwner::NoTenant | RangeOwner::Several => Ok(None),
             RangeOwner::Tenant(name) => {
-                let served = gateway.tenant(name).map_err(|e| e.to_status())?;
-                Ok(Some(KvService::new(served.ctx)))
+                let ctx = gateway.context_of(name).map_err(|e| e.to_status())?;
+                Ok(Some(KvService::new(ctx)))
             }
         }
     }

@@ -11,9 +11,6 @@ use crate::proto::etcdserverpb::{
     TxnResponse,
 };
 
-/// A key range in etcd's terms: `end` empty = the key alone, `end == "\0"` = every key
-/// from `key` on, otherwise the half-open range [key, end).
-
 /// kube-apiserver's compactor keeps its bookkeeping in this key at the root of the key
 /// space, outside any `--etcd-prefix`: a tenant's proxy lets it through.
 pub const KUBE_COMPACT_KEY: &[u8] = b"compact_rev_key";
