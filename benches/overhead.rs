@@ -44,6 +44,10 @@
 //!   relay terminate HTTP/2 on both sides (hyper server and client, frames re-sent
 //!   unchanged, no gRPC or protobuf work): the floor for a proxy that routes requests.
 //!
+//! * `BENCH_GATEWAY=1` adds two targets that clients reach over TLS with a client
+//!   certificate: `cutover-tls`, a sidecar with the tenant prefix `/registry/`, and
+//!   `gateway`, a gateway (mode: gateway) serving that tenant (role `registry`, its user the
+//!   certificate's CN) beside 50 idle ones; the report adds gateway / cutover-tls ratios;
 //! * `BENCH_UDS=1`: clients reach cutover over a unix socket instead of TCP (cutover
 //!   still reaches etcd over TCP; the other targets are unchanged);
 //! * `BENCH_CUTOVER_ENV="K=V ..."`: extra environment for the cutover process only, e.g.
@@ -403,6 +407,11 @@ enum Kind {
     Cutover,
     /// Optional reference: a byte-level TCP relay, the least any proxy process can add.
     TcpRelay,
+    /// (BENCH_GATEWAY) a sidecar for the tenant `/registry/`, over TLS with a client
+    /// certificate.
+    SidecarTls,
+    /// (BENCH_GATEWAY) a gateway serving that tenant among 50 idle ones, the same way.
+    Gateway,
 }
 
 impl Kind {
@@ -412,6 +421,8 @@ impl Kind {
             Kind::GrpcProxy => "grpc-proxy",
             Kind::Cutover => "cutover",
             Kind::TcpRelay => relay_label(),
+            Kind::SidecarTls => "cutover-tls",
+            Kind::Gateway => "gateway",
         }
     }
 }
@@ -422,13 +433,118 @@ struct Target {
     channel: Channel,
 }
 
-/// Connects and waits until a linearizable Range answers through `addr`.
-async fn connect_ready(what: &str, addr: &str) -> (Channel, u64) {
+/// The TLS files of BENCH_GATEWAY: a CA, the proxies' serving certificate, and the
+/// tenant's client certificate (CN = its user).
+struct GatewayTls {
+    ca: std::path::PathBuf,
+    server: (std::path::PathBuf, std::path::PathBuf),
+    client: tonic::transport::ClientTlsConfig,
+}
+
+/// The tenant the BENCH_GATEWAY targets serve: the bench's keys are under its prefix.
+const BENCH_TENANT: &str = "registry";
+const BENCH_USER: &str = "bench";
+
+fn gateway_tls(dir: &std::path::Path) -> GatewayTls {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
+    let ca_key = KeyPair::generate().expect("key");
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "bench CA");
+    let ca = ca_params.self_signed(&ca_key).expect("ca");
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let server_key = KeyPair::generate().expect("key");
+    let mut sp = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
+    sp.subject_alt_names
+        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
+    let server = sp.signed_by(&server_key, &issuer).expect("server cert");
+    let client_key = KeyPair::generate().expect("key");
+    let mut cp = CertificateParams::new(Vec::<String>::new()).expect("params");
+    cp.distinguished_name.push(DnType::CommonName, BENCH_USER);
+    let client = cp.signed_by(&client_key, &issuer).expect("client cert");
+    let write = |name: &str, pem: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, pem).expect("write pem");
+        p
+    };
+    let ca_path = write("bench-ca.pem", ca.pem());
+    let server_paths = (
+        write("bench-server.pem", server.pem()),
+        write("bench-server-key.pem", server_key.serialize_pem()),
+    );
+    let client = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(ca.pem()))
+        .identity(tonic::transport::Identity::from_pem(
+            client.pem(),
+            client_key.serialize_pem(),
+        ))
+        .domain_name("localhost");
+    GatewayTls {
+        ca: ca_path,
+        server: server_paths,
+        client,
+    }
+}
+
+/// The gateway's catalog as Kamaji's setup leaves it: the bench's tenant and 50 idle ones,
+/// written straight into etcd before the gateway starts.
+fn write_gateway_catalog(etcd_addr: &str) {
+    use cutover::gateway::catalog::{Catalog, CATALOG_KEY};
+    use cutover::proto::authpb::{permission::Type as PermType, Permission};
+    let mut c = Catalog::default();
+    let root = Some("root");
+    c.auth.user_add(None, "root", true).expect("root");
+    c.auth.user_grant_role(None, "root", "root").expect("root role");
+    c.auth.auth_enable(None).expect("auth on");
+    let mut tenants = vec![(BENCH_USER.to_string(), BENCH_TENANT.to_string())];
+    tenants.extend((0..50).map(|i| (format!("idle-user-{i:02}"), format!("idle-{i:02}"))));
+    for (user, role) in tenants {
+        c.auth.user_add(root, &user, true).expect("user");
+        c.auth.role_add(root, &role).expect("role");
+        let perm = Permission {
+            perm_type: PermType::Readwrite as i32,
+            key: Bytes::from(format!("/{role}/")),
+            range_end: Bytes::from(format!("/{role}0")),
+        };
+        c.auth.role_grant_permission(root, &role, Some(perm)).expect("grant");
+        c.auth.user_grant_role(root, &user, &role).expect("user's role");
+    }
+    c.place_tenants("bench");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let (channel, _) = connect_ready("etcd", etcd_addr, None).await;
+        KvClient::new(channel)
+            .put(PutRequest {
+                key: Bytes::from_static(CATALOG_KEY),
+                value: Bytes::from(serde_json::to_vec(&c).expect("catalog json")),
+                ..Default::default()
+            })
+            .await
+            .expect("write the gateway's catalog");
+    });
+}
+
+/// Connects and waits until a linearizable Range answers through `addr` (over TLS with
+/// `tls`).
+async fn connect_ready(what: &str, addr: &str, tls: Option<&tonic::transport::ClientTlsConfig>) -> (Channel, u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut last;
     loop {
         let attempt = async {
-            let channel = connect_channel(addr).await?;
+            let channel = match tls {
+                None => connect_channel(addr).await?,
+                Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
+                    .map_err(|e| e.to_string())?
+                    .tls_config(tls.clone())
+                    .map_err(|e| e.to_string())?
+                    .tcp_nodelay(true)
+                    .connect()
+                    .await
+                    .map_err(|e| format!("connect: {e}"))?,
+            };
             let resp = KvClient::new(channel.clone())
                 .range(RangeRequest {
                     key: Bytes::from_static(b"/registry/bench/ready"),
@@ -969,6 +1085,48 @@ fn main() {
         ));
     }
 
+    let gateway_tls = (env_parse("BENCH_GATEWAY", 0u8) != 0).then(|| gateway_tls(dir.path()));
+    if let Some(tls) = &gateway_tls {
+        write_gateway_catalog(&format!("127.0.0.1:{etcd_port}"));
+        for kind in [Kind::SidecarTls, Kind::Gateway] {
+            let port = free_port();
+            let admin_port = free_port();
+            let config = dir.path().join(format!("{}.yaml", kind.name()));
+            let mode = match kind {
+                Kind::Gateway => "mode: gateway\n".to_string(),
+                _ => format!("prefix: /{BENCH_TENANT}/\n"),
+            };
+            std::fs::write(
+                &config,
+                format!(
+                    "{mode}listen: 127.0.0.1:{port}\nadmin:\n  listen: 127.0.0.1:{admin_port}\n\
+                     tls:\n  certFile: {}\n  keyFile: {}\n  clientCAFile: {}\n\
+                     dataStore: bench\ndataStores:\n  bench:\n    endpoints: [\"127.0.0.1:{etcd_port}\"]\n\
+                     log:\n  level: warn\n",
+                    tls.server.0.display(),
+                    tls.server.1.display(),
+                    tls.ca.display()
+                ),
+            )
+            .expect("write the config");
+            let mut cmd = Command::new(&cutover_bin);
+            cmd.arg("serve").arg("--config").arg(&config).env_remove("RUST_LOG");
+            for (k, v) in cutover_env() {
+                cmd.env(k, v);
+            }
+            proxies.push((
+                kind,
+                port,
+                Proc::spawn(
+                    kind.name(),
+                    cmd,
+                    dir.path().join(format!("{}.log", kind.name())),
+                    bound_to(pin.proxy),
+                ),
+            ));
+        }
+    }
+
     if let Some(set) = &pin.client {
         // After the children started (they must not inherit it), before the runtime
         // exists (its threads must).
@@ -993,7 +1151,11 @@ fn main() {
                 (Some(path), Kind::Cutover) => format!("unix:{}", path.display()),
                 _ => format!("127.0.0.1:{port}"),
             };
-            let (channel, cluster) = connect_ready(kind.name(), &addr).await;
+            let tls = match kind {
+                Kind::SidecarTls | Kind::Gateway => gateway_tls.as_ref().map(|t| &t.client),
+                _ => None,
+            };
+            let (channel, cluster) = connect_ready(kind.name(), &addr, tls).await;
             clusters.push(cluster);
             targets.push(Target { kind, addr, channel });
         }
@@ -1311,6 +1473,40 @@ fn main() {
                     r,
                     c / r,
                     pass(ok)
+                );
+            }
+        }
+        println!();
+    }
+    if gateway_tls.is_some() {
+        println!("gateway / cutover-tls (the same tenant, both over TLS with its client certificate)");
+        println!(
+            "{:<6} {:>4} {:>12} {:>12} {:>8} {:>14} {:>14} {:>8}",
+            "op", "conc", "cpu gateway", "cpu sidecar", "ratio", "added p50 gw", "added p50 sc", "ratio"
+        );
+        for &op in &settings.ops {
+            for &conc in &settings.concurrency {
+                let (Some(g), Some(c)) = (
+                    cpu_us(op, conc, Kind::Gateway, false),
+                    cpu_us(op, conc, Kind::SidecarTls, false),
+                ) else {
+                    continue;
+                };
+                let added = |kind: Kind| {
+                    let d = rows[&(op, conc, Kind::Direct)].p50;
+                    rows[&(op, conc, kind)].p50 - d
+                };
+                let (ag, ac) = (added(Kind::Gateway), added(Kind::SidecarTls));
+                println!(
+                    "{:<6} {:>4} {:>10.1}µs {:>10.1}µs {:>8.2} {:>12.1}µs {:>12.1}µs {:>8.2}",
+                    op.name(),
+                    conc,
+                    g,
+                    c,
+                    g / c,
+                    ag,
+                    ac,
+                    ag / ac
                 );
             }
         }
