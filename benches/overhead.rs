@@ -1492,9 +1492,10 @@ fn main() {
                 ) else {
                     continue;
                 };
+                // (p50s are kept in nanoseconds.)
                 let added = |kind: Kind| {
                     let d = rows[&(op, conc, Kind::Direct)].p50;
-                    rows[&(op, conc, kind)].p50 - d
+                    (rows[&(op, conc, kind)].p50 - d) / 1000.0
                 };
                 let (ag, ac) = (added(Kind::Gateway), added(Kind::SidecarTls));
                 println!(

@@ -52,7 +52,11 @@ async fn serve_gateway(config: Config, gateway: crate::config::GatewaySettings) 
         .get(&gateway.catalog)
         .cloned()
         .ok_or_else(|| crate::route::UnknownDatastore(gateway.catalog.clone()))?;
-    let catalog = Arc::new(CatalogStore::new(catalog_ds, gateway.placement.clone()));
+    let catalog = Arc::new(CatalogStore::new(
+        catalog_ds,
+        gateway.placement.clone(),
+        datastores.clone(),
+    ));
     if let Err(e) = catalog.read().await {
         tracing::warn!(error = %e, datastore = %gateway.catalog, "cannot read the gateway's catalog yet; retrying in the background");
     }
@@ -63,11 +67,11 @@ async fn serve_gateway(config: Config, gateway: crate::config::GatewaySettings) 
         max_recv_bytes: config.max_recv_message_bytes(),
         fence_mode: config.fence_mode,
         hold_timeout: config.hold_timeout,
-        placement: gateway.placement.clone(),
+        root_home: gateway.catalog.clone(),
         migration: config.migration.clone(),
         background: background.clone(),
     };
-    let placement = shared.datastores.get(&gateway.placement).cloned();
+    let catalog_home = shared.datastores.get(&gateway.catalog).cloned();
     let gw = dispatch::Gateway::new(shared, catalog.clone())?;
     {
         // After a migration, the catalog learns the tenant's new home.
@@ -87,12 +91,12 @@ async fn serve_gateway(config: Config, gateway: crate::config::GatewaySettings) 
         token: config.admin_token.clone(),
         problem: {
             let catalog = catalog.clone();
-            let name = gateway.placement.clone();
+            let name = gateway.catalog.clone();
             Box::new(move || {
                 if !catalog.has_read() {
                     return Some("the gateway's catalog has not been read yet".to_string());
                 }
-                match &placement {
+                match &catalog_home {
                     Some(ds) if ds.is_ready() => None,
                     _ => Some(format!("no endpoint of datastore {name:?} answers")),
                 }
@@ -111,7 +115,7 @@ async fn serve_gateway(config: Config, gateway: crate::config::GatewaySettings) 
     tracing::info!(
         listen = %listener.local_addr(),
         catalog = %gateway.catalog,
-        placement = %gateway.placement,
+        placement = ?gateway.placement,
         "cutover is serving as a gateway"
     );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -142,16 +142,26 @@ pub struct GatewayConfig {
     /// [default: dataStore].
     #[serde(default)]
     pub catalog: Option<String>,
-    /// Where new tenants go [default: dataStore].
+    /// Where new tenants go: a datastore's name, or `fewestKeys` (the datastore of the pool
+    /// holding the fewest keys when the tenant appears) [default: dataStore].
     #[serde(default)]
     pub placement: Option<String>,
+}
+
+/// Where a gateway puts a new tenant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// Always this datastore.
+    Named(String),
+    /// The datastore holding the fewest keys then.
+    FewestKeys,
 }
 
 /// Gateway mode's settings, checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewaySettings {
     pub catalog: String,
-    pub placement: String,
+    pub placement: Placement,
 }
 
 /// The limits on what clients can make the proxy hold, as checked (see server::limits).
@@ -1106,7 +1116,10 @@ fn gateway_settings(raw: &RawConfig, listen: &ListenAddr) -> Result<Option<Gatew
     };
     Ok(Some(GatewaySettings {
         catalog: pick("gateway.catalog", &raw.gateway.catalog)?,
-        placement: pick("gateway.placement", &raw.gateway.placement)?,
+        placement: match raw.gateway.placement.as_deref() {
+            Some("fewestKeys") => Placement::FewestKeys,
+            other => Placement::Named(pick("gateway.placement", &other.map(String::from))?),
+        },
     }))
 }
 
@@ -1321,7 +1334,7 @@ mod tests {
             ok.gateway,
             Some(GatewaySettings {
                 catalog: "east".into(),
-                placement: "west".into()
+                placement: Placement::Named("west".into())
             })
         );
         assert_eq!(
@@ -1329,6 +1342,11 @@ mod tests {
             None,
             "sidecar by default"
         );
+        let fewest = from_yaml(&format!(
+            "mode: gateway\n{tls}{pool}gateway: {{placement: fewestKeys}}\n"
+        ))
+        .unwrap();
+        assert_eq!(fewest.gateway.unwrap().placement, Placement::FewestKeys);
         for (text, key) in [
             (format!("mode: gateway\n{pool}"), "tls.clientCAFile"),
             (format!("mode: gateway\nprefix: /a/\n{tls}{pool}"), "prefix"),

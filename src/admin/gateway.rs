@@ -77,6 +77,10 @@ pub struct TenantView {
     pub home: String,
     /// Where this replica sends its requests now (`None`: it has not served it yet).
     pub serving_from: Option<String>,
+    /// Its keys where it lives now (`None`: that datastore did not answer). Its size is
+    /// not shown: etcd tells the size of a key range only by reading every value.
+    #[serde(default)]
+    pub keys: Option<i64>,
     /// Its latest migration seen by this replica.
     pub migration: Option<MigrationView>,
 }
@@ -97,18 +101,33 @@ fn view(s: &GatewayAdmin, name: &str, with_context: bool) -> Option<TenantView> 
             .as_ref()
             .map(|x| x.migrator.router().route().datastore_name.clone()),
         migration: served.and_then(|x| x.migrator.snapshot().migration),
+        keys: None,
     })
 }
 
+/// `v` with its key count, read where the tenant lives now.
+async fn with_keys(s: &GatewayAdmin, mut v: TenantView) -> TenantView {
+    let at = v.serving_from.clone().unwrap_or_else(|| v.home.clone());
+    v.keys = s.gateway.count_keys(&at, &v.prefix).await.ok();
+    v
+}
+
 async fn tenants(State(s): State<Arc<GatewayAdmin>>) -> Response {
+    use futures::StreamExt;
     let snapshot = s.gateway.catalog().snapshot();
-    let all: Vec<TenantView> = snapshot.0.tenants.keys().filter_map(|n| view(&s, n, false)).collect();
+    let views: Vec<TenantView> = snapshot.0.tenants.keys().filter_map(|n| view(&s, n, false)).collect();
+    // A count per tenant, a few at a time.
+    let all: Vec<TenantView> = futures::stream::iter(views)
+        .map(|v| with_keys(&s, v))
+        .buffered(8)
+        .collect()
+        .await;
     Json(all).into_response()
 }
 
 async fn tenant(State(s): State<Arc<GatewayAdmin>>, Path(name): Path<String>) -> Response {
     match view(&s, &name, true) {
-        Some(v) => Json(v).into_response(),
+        Some(v) => Json(with_keys(&s, v).await).into_response(),
         None => refuse(StatusCode::NOT_FOUND, format!("no tenant {name:?}")),
     }
 }

@@ -29,19 +29,20 @@ fn line(t: &TenantView) -> String {
         None => "-".into(),
     };
     format!(
-        "{:<24} {:<28} {:<12} {:<12} {}",
+        "{:<24} {:<28} {:<12} {:<12} {:>8} {}",
         t.name,
         t.prefix,
         t.home,
         t.serving_from.as_deref().unwrap_or("-"),
+        t.keys.map_or("?".to_string(), |k| k.to_string()),
         migration
     )
 }
 
 fn header() -> String {
     format!(
-        "{:<24} {:<28} {:<12} {:<12} {}",
-        "NAME", "PREFIX", "HOME", "SERVING", "MIGRATION"
+        "{:<24} {:<28} {:<12} {:<12} {:>8} {}",
+        "NAME", "PREFIX", "HOME", "SERVING", "KEYS", "MIGRATION"
     )
 }
 
@@ -75,10 +76,17 @@ pub async fn status(admin: &Admin, name: &str, watch: bool, json: bool) -> Resul
     if !watch {
         return Ok(());
     }
+    // A line per change of home, serving datastore or migration (not of the key count).
+    let state = |t: &TenantView| {
+        line(&TenantView {
+            keys: None,
+            ..t.clone()
+        })
+    };
     loop {
         tokio::time::sleep(POLL).await;
         let now = tenant(admin, name).await?;
-        if line(&now) != line(&last) {
+        if state(&now) != state(&last) {
             show(&now)?;
             last = now;
         }

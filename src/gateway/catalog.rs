@@ -53,24 +53,35 @@ fn prefix_of(perm: &crate::proto::authpb::Permission) -> Option<String> {
 }
 
 impl Catalog {
-    /// Takes note of tenants after a change of roles: a role granted read-write on one
-    /// prefix is a tenant, placed on `default_home` when it is new. A tenant whose role
-    /// went keeps its entry: its keys are still on its home until they are deleted.
-    pub fn place_tenants(&mut self, default_home: &str) {
-        for (name, role) in &self.auth.roles {
-            if self.tenants.contains_key(name) {
-                continue;
-            }
-            let prefixes: Vec<String> = role.perms.iter().filter_map(prefix_of).collect();
-            if let [prefix] = prefixes.as_slice() {
-                self.tenants.insert(
-                    name.clone(),
-                    Tenant {
-                        prefix: prefix.clone(),
-                        home: default_home.to_string(),
-                    },
-                );
-            }
+    /// The roles that are tenants the catalog has not placed yet: a role granted
+    /// read-write on exactly one prefix is a tenant.
+    pub fn unplaced(&self) -> Vec<(String, String)> {
+        self.auth
+            .roles
+            .iter()
+            .filter(|(name, _)| !self.tenants.contains_key(*name))
+            .filter_map(|(name, role)| {
+                let prefixes: Vec<String> = role.perms.iter().filter_map(prefix_of).collect();
+                match prefixes.as_slice() {
+                    [prefix] => Some((name.clone(), prefix.clone())),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Takes note of tenants after a change of roles, placing each new one on `home`. A
+    /// tenant whose role went keeps its entry: its keys are still on its home until they
+    /// are deleted.
+    pub fn place_tenants(&mut self, home: &str) {
+        for (name, prefix) in self.unplaced() {
+            self.tenants.insert(
+                name,
+                Tenant {
+                    prefix,
+                    home: home.to_string(),
+                },
+            );
         }
     }
 
@@ -114,7 +125,9 @@ pub enum RangeOwner<'a> {
 pub struct CatalogStore {
     ds: Arc<Datastore>,
     /// Where new tenants go.
-    default_home: String,
+    placement: crate::config::Placement,
+    /// The pool, for the `fewestKeys` placement.
+    pool: BTreeMap<String, Arc<Datastore>>,
     /// The catalog as last read or written here, with its mod revision: what requests are
     /// decided with.
     current: arc_swap::ArcSwap<(Catalog, i64)>,
@@ -132,10 +145,15 @@ pub struct Read {
 }
 
 impl CatalogStore {
-    pub fn new(ds: Arc<Datastore>, default_home: impl Into<String>) -> CatalogStore {
+    pub fn new(
+        ds: Arc<Datastore>,
+        placement: crate::config::Placement,
+        pool: BTreeMap<String, Arc<Datastore>>,
+    ) -> CatalogStore {
         CatalogStore {
             ds,
-            default_home: default_home.into(),
+            placement,
+            pool,
             current: arc_swap::ArcSwap::from_pointee((Catalog::default(), 0)),
             read_once: Default::default(),
         }
@@ -176,6 +194,26 @@ impl CatalogStore {
                 }
             }
         });
+    }
+
+    /// Where a tenant that appears now goes: the named datastore, or the one of the pool
+    /// holding the fewest keys (ties: the first by name).
+    async fn home_for_new_tenants(&self) -> Result<String, ProxyError> {
+        match &self.placement {
+            crate::config::Placement::Named(name) => Ok(name.clone()),
+            crate::config::Placement::FewestKeys => {
+                let mut best: Option<(i64, String)> = None;
+                for (name, ds) in &self.pool {
+                    let all = Bytes::from_static(b"\0");
+                    let n = crate::upstream::calls::count(ds, all.clone(), all).await?;
+                    if best.as_ref().is_none_or(|(m, _)| n < *m) {
+                        best = Some((n, name.clone()));
+                    }
+                }
+                best.map(|(_, name)| name)
+                    .ok_or_else(|| ProxyError::Catalog("the pool has no datastore".into()))
+            }
+        }
     }
 
     /// The catalog now (a linearizable read).
@@ -220,7 +258,10 @@ impl CatalogStore {
             let read = self.read().await?;
             let mut next = read.catalog.clone();
             let out = change(&mut next)?;
-            next.place_tenants(&self.default_home);
+            if !next.unplaced().is_empty() {
+                let home = self.home_for_new_tenants().await?;
+                next.place_tenants(&home);
+            }
             if next == read.catalog {
                 return Ok((out, read.header));
             }

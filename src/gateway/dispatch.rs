@@ -3,7 +3,7 @@
 //! served by that tenant's own context (its prefix, its home datastore, its fence), built
 //! the first time it calls, exactly as a sidecar in front of that tenant would serve it.
 //! `root` (or anyone, while auth is off) is served over the whole key space of the
-//! placement datastore. The Auth API is the gateway's own (`super::auth`).
+//! catalog's datastore. The Auth API is the gateway's own (`super::auth`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -28,7 +28,8 @@ pub struct Shared {
     pub max_recv_bytes: usize,
     pub fence_mode: crate::config::FenceMode,
     pub hold_timeout: std::time::Duration,
-    pub placement: String,
+    /// Where root's requests for keys of no tenant go: the catalog's datastore.
+    pub root_home: String,
     pub migration: crate::config::MigrationSettings,
     /// Where each tenant's followers run (its markers, its migrations' status).
     pub background: crate::tasks::Background,
@@ -52,7 +53,7 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn new(shared: Shared, catalog: Arc<CatalogStore>) -> Result<Arc<Gateway>, crate::route::UnknownDatastore> {
-        let mut root = Self::build(&shared, &shared.placement, b"", None)?;
+        let mut root = Self::build(&shared, &shared.root_home, b"", None)?;
         // (The root context's migrator is never started: the whole key space does not move.)
         Ok(Arc::new_cyclic(|me| {
             // Root's KV goes to the tenant whose keys it names (see `super::root`).
@@ -191,6 +192,22 @@ impl Gateway {
             }
         };
         Ok(served)
+    }
+
+    /// How many keys tenant `prefix` has on datastore `name` (cutover's own keys under the
+    /// prefix not counted).
+    pub async fn count_keys(&self, name: &str, prefix: &str) -> Result<i64, ProxyError> {
+        let ds = self
+            .shared
+            .datastores
+            .get(name)
+            .ok_or_else(|| ProxyError::Catalog(format!("no datastore {name:?} in the pool")))?;
+        let p = bytes::Bytes::copy_from_slice(prefix.as_bytes());
+        let reserved = crate::keys::reserved_prefix(&p);
+        let reserved_end = crate::keys::prefix_end(&reserved);
+        let before = crate::upstream::calls::count(ds, p.clone(), reserved.clone()).await?;
+        let after = crate::upstream::calls::count(ds, reserved_end, crate::keys::prefix_end(&p)).await?;
+        Ok(before + after)
     }
 
     /// The datastores of the pool.

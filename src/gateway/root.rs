@@ -24,7 +24,7 @@ pub trait Tenants: Send + Sync {
 
 pub struct RootKv {
     pub(super) gateway: Weak<dyn Tenants>,
-    /// Root's own context's KV (the placement datastore, every key).
+    /// Root's own context's KV (the catalog's datastore, every key).
     pub(super) own: KvService,
 }
 

@@ -42,3 +42,21 @@ pub async fn value(ds: &Datastore, key: bytes::Bytes) -> Result<Option<bytes::By
     .await
     .map(|r| r.into_inner().kvs.into_iter().next().map(|kv| kv.value))
 }
+
+/// How many keys the range `[key, range_end)` holds now (a count-only read).
+pub async fn count(ds: &Datastore, key: bytes::Bytes, range_end: bytes::Bytes) -> Result<i64, ProxyError> {
+    ds.unary(Retry::Idempotent, |ch, token| {
+        let r = own_request(
+            RangeRequest {
+                key: key.clone(),
+                range_end: range_end.clone(),
+                count_only: true,
+                ..Default::default()
+            },
+            token,
+        );
+        async move { client!(KvClient, ch).range(r).await }
+    })
+    .await
+    .map(|r| r.into_inner().count)
+}

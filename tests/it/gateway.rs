@@ -257,6 +257,7 @@ async fn a_tenant_moves_to_another_cluster_live_and_the_other_sees_nothing() {
     };
     assert_eq!(view["migration"]["outcome"], "Succeeded", "{view}");
     assert_eq!(view["servingFrom"], "west", "{view}");
+    assert_eq!(view["keys"], 20 + n, "its keys, counted where it lives: {view}");
 
     // Every key a wrote before keeps its revisions, now read from west.
     let after = a.get("/a/pods/", Some(GetOptions::new().with_prefix())).await.unwrap();
@@ -756,4 +757,62 @@ async fn a_thousand_tenants_cost_little_memory_each() {
     let per_tenant = (after.saturating_sub(before)) as f64 / TENANTS as f64;
     println!("RSS {before} KiB with no tenant served, {after} KiB with {TENANTS}: {per_tenant:.1} KiB per tenant");
     assert!(per_tenant < 64.0, "{per_tenant:.1} KiB per tenant");
+}
+
+/// `gateway.placement: fewestKeys` puts each new tenant on the datastore of the pool that
+/// holds the fewest keys when its role is granted its prefix.
+#[tokio::test]
+async fn new_tenants_go_where_the_fewest_keys_are() {
+    let tls = TlsFiles::generate();
+    let east = Etcd::start().await;
+    let west = Etcd::start().await;
+    let mut direct_east = crate::support::client(&east.endpoint).await;
+    for i in 0..3 {
+        direct_east.put(format!("/legacy/{i}"), "x", None).await.unwrap();
+    }
+    let gateway = Proxy::start(&format!(
+        "mode: gateway\ngateway: {{placement: fewestKeys}}\ntls:\n  certFile: {}\n  keyFile: {}\n  clientCAFile: {}\n\
+         dataStore: east\ndataStores:\n  east:\n    endpoints: [\"{}\"]\n  west:\n    endpoints: [\"{}\"]\n",
+        tls.server_cert.display(),
+        tls.server_key.display(),
+        tls.ca.display(),
+        east.endpoint,
+        west.endpoint
+    ))
+    .await;
+    let root = |args: &[&str]| {
+        let out = run(&gateway.endpoint, &tls, &tls.client_cert, &tls.client_key, args);
+        assert!(out.starts_with("ok"), "{args:?}: {out}");
+    };
+    let tenant = |schema: &str| {
+        root(&["role", "add", schema]);
+        root(&[
+            "role",
+            "grant-permission",
+            schema,
+            "readwrite",
+            &format!("/{schema}/"),
+            "--prefix",
+        ]);
+    };
+    let home = |schema: &str| {
+        let gateway = &gateway;
+        let schema = schema.to_string();
+        async move {
+            tenant_view(gateway, &schema).await["home"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        }
+    };
+    // West is empty: the first tenant goes there.
+    tenant("a");
+    assert_eq!(home("a").await, "west");
+    // Ten keys on west now; east has the three above and the catalog.
+    let mut direct_west = crate::support::client(&west.endpoint).await;
+    for i in 0..10 {
+        direct_west.put(format!("/a/pods/{i}"), "x", None).await.unwrap();
+    }
+    tenant("b");
+    assert_eq!(home("b").await, "east");
 }
