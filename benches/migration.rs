@@ -58,7 +58,9 @@
 //! * `BENCH_KEYS` (default `10000,100000`): comma-separated data set sizes;
 //! * `BENCH_REPS` (default 1): repetitions of every (size, method); with more than one, the
 //!   table shows medians and the maximum of the write-blocked window;
-//! * `BENCH_METHODS` (default `cutover,kamaji,make-mirror`);
+//! * `BENCH_METHODS` (default `cutover,kamaji,make-mirror`); `gateway` is the cutover method
+//!   with gateway replicas (mode: gateway, over TLS with the tenant's client certificate),
+//!   moving the tenant `/registry/` while 50 idle tenants share the catalog;
 //! * `BENCH_REPLICAS` (default 3): cutover replicas of the `cutover` method (1: a single
 //!   proxy, as before);
 //! * `BENCH_VALUE_BYTES` (default 1024); `BENCH_WRITE_RATE` (default 200 writes/s, the
@@ -84,6 +86,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/gateway.rs"]
+mod gateway;
 use common::{cutover_binary, env_parse, free_port, percentile, Proc};
 
 use bytes::Bytes;
@@ -122,6 +126,8 @@ const MIRROR_DEADLINE: Duration = Duration::from_secs(1800);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Method {
     Cutover,
+    /// cutover as a gateway (mode: gateway) moving the tenant among 50 idle ones.
+    Gateway,
     Kamaji,
     MakeMirror,
 }
@@ -168,9 +174,10 @@ impl Settings {
             .split(',')
             .map(|s| match s.trim() {
                 "cutover" => Method::Cutover,
+                "gateway" => Method::Gateway,
                 "kamaji" => Method::Kamaji,
                 "make-mirror" | "mirror" => Method::MakeMirror,
-                other => panic!("BENCH_METHODS: unknown method {other:?} (cutover, kamaji, make-mirror)"),
+                other => panic!("BENCH_METHODS: unknown method {other:?} (cutover, gateway, kamaji, make-mirror)"),
             })
             .collect();
         Settings {
@@ -194,6 +201,7 @@ impl Settings {
     fn method_name(&self, m: Method) -> String {
         match m {
             Method::Cutover => "cutover".into(),
+            Method::Gateway => "gateway".into(),
             Method::Kamaji if self.kamaji_concurrency > 1 => format!("kamaji-c{}", self.kamaji_concurrency),
             Method::Kamaji => "kamaji".into(),
             Method::MakeMirror => "make-mirror".into(),
@@ -708,7 +716,15 @@ struct CutoverProc {
 }
 
 /// Replica `i`: the same config as every other replica but for its ports.
-fn start_cutover(i: usize, dir: &Path, src: &Etcd, dst: &Etcd, extra_yaml: &str, log_level: &str) -> CutoverProc {
+fn start_cutover(
+    i: usize,
+    dir: &Path,
+    src: &Etcd,
+    dst: &Etcd,
+    extra_yaml: &str,
+    log_level: &str,
+    gateway: Option<&gateway::GatewayTls>,
+) -> CutoverProc {
     let port = free_port();
     let admin_port = free_port();
     // One token file per replica: rewriting a shared one while another replica starts
@@ -716,9 +732,19 @@ fn start_cutover(i: usize, dir: &Path, src: &Etcd, dst: &Etcd, extra_yaml: &str,
     let token = dir.join(format!("admin-token-{i}"));
     std::fs::write(&token, ADMIN_TOKEN).expect("write the admin token");
     let config = dir.join(format!("cutover-{i}.yaml"));
+    // A sidecar for the tenant, or a gateway serving it (the catalog is in the source).
+    let mode = match gateway {
+        None => format!("prefix: {TENANT}\n"),
+        Some(tls) => format!(
+            "mode: gateway\ntls:\n  certFile: {}\n  keyFile: {}\n  clientCAFile: {}\n",
+            tls.server.0.display(),
+            tls.server.1.display(),
+            tls.ca.display()
+        ),
+    };
     let mut yaml = format!(
         "listen: 127.0.0.1:{port}\nadmin:\n  listen: 127.0.0.1:{admin_port}\n  tokenFile: {}\n\
-         prefix: {TENANT}\ndataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\"]\n  \
+         {mode}dataStore: default\ndataStores:\n  default:\n    endpoints: [\"{}\"]\n  \
          dedicated:\n    endpoints: [\"{}\"]\nlog:\n  level: \"{}\"\n",
         token.display(),
         src.endpoint,
@@ -772,6 +798,24 @@ async fn get_status(http: &reqwest::Client, admin: &str) -> Result<serde_json::V
         .send()
         .await
         .map_err(|e| format!("GET /v1/status: {e}"))?;
+    if r.status() == reqwest::StatusCode::NOT_FOUND {
+        // A gateway: the tenant's view, in the shape of a sidecar's status.
+        let path = format!("/v1/tenants/{}", gateway::BENCH_TENANT);
+        let v: serde_json::Value = http
+            .get(format!("{admin}{path}"))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?
+            .json()
+            .await
+            .map_err(|e| format!("GET {path}: {e}"))?;
+        return Ok(serde_json::json!({
+            "migration": v["migration"],
+            "dataStore": v["servingFrom"],
+            "dataStoreSinceUnixMs": v["servingSinceUnixMs"],
+        }));
+    }
     r.json().await.map_err(|e| format!("GET /v1/status: {e}"))
 }
 
@@ -877,25 +921,43 @@ async fn await_replicas(http: &reqwest::Client, proxies: &mut [CutoverProc], vie
     }
 }
 
-async fn run_cutover(s: &Settings, data: &DataSet, dir: &Path, tag: &str) -> RunResult {
+/// The cutover method: sidecar replicas, or (`as_gateway`) gateway replicas moving the
+/// tenant among 50 idle ones.
+async fn run_cutover(s: &Settings, data: &DataSet, dir: &Path, tag: &str, as_gateway: bool) -> RunResult {
     let Pair {
         src,
         dst,
-        src_ch: _,
+        src_ch,
         dst_ch,
     } = fresh_pair(data, dir, tag).await;
 
+    let tls = as_gateway.then(|| gateway::gateway_tls(dir));
+    if as_gateway {
+        gateway::write_catalog(src_ch.clone(), "default", 50).await;
+    }
     let http = reqwest::Client::new();
     let mut proxies: Vec<CutoverProc> = (0..s.replicas)
-        .map(|i| start_cutover(i, dir, &src, &dst, &s.cutover_yaml, &s.cutover_log))
+        .map(|i| start_cutover(i, dir, &src, &dst, &s.cutover_yaml, &s.cutover_log, tls.as_ref()))
         .collect();
     let mut channels = Vec::new();
     for (i, p) in proxies.iter_mut().enumerate() {
         if let Err(e) = wait_cutover_ready(p, &http).await {
             return RunResult::failure(format!("replica {i}: {e}"));
         }
-        channels.push(connect_ready(&format!("cutover replica {i}"), &p.endpoint).await);
+        let what = format!("cutover replica {i}");
+        channels.push(match &tls {
+            None => connect_ready(&what, &p.endpoint).await,
+            Some(tls) => match gateway::connect_tls(&p.endpoint, &tls.client).await {
+                Ok(c) => c,
+                Err(e) => return RunResult::failure(format!("{what}: {e}")),
+            },
+        });
     }
+    let start_path = if as_gateway {
+        format!("/v1/tenants/{}/migrations", gateway::BENCH_TENANT)
+    } else {
+        "/v1/migrations".to_string()
+    };
 
     // The load runs a second before, during, and a second after the migration.
     let load = Load::start(&channels, s.write_rate, s.writers);
@@ -905,7 +967,7 @@ async fn run_cutover(s: &Settings, data: &DataSet, dir: &Path, tag: &str) -> Run
     let clock = Clock::now();
     let posted = Instant::now();
     let resp = http
-        .post(format!("{}/v1/migrations", proxies[0].admin))
+        .post(format!("{}{start_path}", proxies[0].admin))
         .bearer_auth(ADMIN_TOKEN)
         .json(&serde_json::json!({ "to": "dedicated" }))
         .send()
@@ -920,12 +982,12 @@ async fn run_cutover(s: &Settings, data: &DataSet, dir: &Path, tag: &str) -> Run
         }
         Err(e) => {
             let _ = load.finish().await;
-            return RunResult::failure(format!("POST /v1/migrations: {e}"));
+            return RunResult::failure(format!("POST {start_path}: {e}"));
         }
     };
     if code != 202 {
         let _ = load.finish().await;
-        return RunResult::failure(format!("POST /v1/migrations answered {code}: {body}"));
+        return RunResult::failure(format!("POST {start_path} answered {code}: {body}"));
     }
     let id = body["id"].clone();
 
@@ -1610,7 +1672,8 @@ fn main() {
                 std::fs::create_dir_all(&dir).expect("run dir");
                 let r = runtime.block_on(async {
                     match m {
-                        Method::Cutover => run_cutover(&s, &data, &dir, &tag).await,
+                        Method::Cutover => run_cutover(&s, &data, &dir, &tag, false).await,
+                        Method::Gateway => run_cutover(&s, &data, &dir, &tag, true).await,
                         Method::Kamaji => run_kamaji(&s, &data, &dir, &tag).await,
                         Method::MakeMirror => run_mirror(&data, &dir, &tag).await,
                     }
@@ -1670,7 +1733,7 @@ fn main() {
                 _ => (fmt_ms(a.blocked_med), fmt_ms(a.blocked_max)),
             };
             let (fmed, fmax, flat, lmed, lmax) = match m {
-                Method::Cutover => (
+                Method::Cutover | Method::Gateway => (
                     fmt_ms(a.fence_med),
                     fmt_ms(a.fence_max),
                     fmt_ms(a.fence_lat_max),
@@ -1680,7 +1743,7 @@ fn main() {
                 _ => ("-".into(), "-".into(), "-".into(), "-".into(), "-".into()),
             };
             let errors = match m {
-                Method::Cutover => format!("{}/{}", a.errors, a.writes),
+                Method::Cutover | Method::Gateway => format!("{}/{}", a.errors, a.writes),
                 _ => "-".into(),
             };
             let failed = if a.failed > 0 {

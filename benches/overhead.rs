@@ -71,9 +71,12 @@ use std::time::{Duration, Instant};
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "support/gateway.rs"]
+mod gateway;
 #[path = "support/relay.rs"]
 mod relay;
 use common::{bench_etcd, connect_channel, cutover_binary, env_parse, free_port, percentile, Proc};
+use gateway::{gateway_tls, BENCH_TENANT};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, Barrier};
@@ -433,100 +436,6 @@ struct Target {
     channel: Channel,
 }
 
-/// The TLS files of BENCH_GATEWAY: a CA, the proxies' serving certificate, and the
-/// tenant's client certificate (CN = its user).
-struct GatewayTls {
-    ca: std::path::PathBuf,
-    server: (std::path::PathBuf, std::path::PathBuf),
-    client: tonic::transport::ClientTlsConfig,
-}
-
-/// The tenant the BENCH_GATEWAY targets serve: the bench's keys are under its prefix.
-const BENCH_TENANT: &str = "registry";
-const BENCH_USER: &str = "bench";
-
-fn gateway_tls(dir: &std::path::Path) -> GatewayTls {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
-    let ca_key = KeyPair::generate().expect("key");
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "bench CA");
-    let ca = ca_params.self_signed(&ca_key).expect("ca");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let server_key = KeyPair::generate().expect("key");
-    let mut sp = CertificateParams::new(vec!["localhost".to_string()]).expect("params");
-    sp.subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().expect("ip")));
-    let server = sp.signed_by(&server_key, &issuer).expect("server cert");
-    let client_key = KeyPair::generate().expect("key");
-    let mut cp = CertificateParams::new(Vec::<String>::new()).expect("params");
-    cp.distinguished_name.push(DnType::CommonName, BENCH_USER);
-    let client = cp.signed_by(&client_key, &issuer).expect("client cert");
-    let write = |name: &str, pem: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, pem).expect("write pem");
-        p
-    };
-    let ca_path = write("bench-ca.pem", ca.pem());
-    let server_paths = (
-        write("bench-server.pem", server.pem()),
-        write("bench-server-key.pem", server_key.serialize_pem()),
-    );
-    let client = tonic::transport::ClientTlsConfig::new()
-        .ca_certificate(tonic::transport::Certificate::from_pem(ca.pem()))
-        .identity(tonic::transport::Identity::from_pem(
-            client.pem(),
-            client_key.serialize_pem(),
-        ))
-        .domain_name("localhost");
-    GatewayTls {
-        ca: ca_path,
-        server: server_paths,
-        client,
-    }
-}
-
-/// The gateway's catalog as Kamaji's setup leaves it: the bench's tenant and 50 idle ones,
-/// written straight into etcd before the gateway starts.
-fn write_gateway_catalog(etcd_addr: &str) {
-    use cutover::gateway::catalog::{Catalog, CATALOG_KEY};
-    use cutover::proto::authpb::{permission::Type as PermType, Permission};
-    let mut c = Catalog::default();
-    let root = Some("root");
-    c.auth.user_add(None, "root", true).expect("root");
-    c.auth.user_grant_role(None, "root", "root").expect("root role");
-    c.auth.auth_enable(None).expect("auth on");
-    let mut tenants = vec![(BENCH_USER.to_string(), BENCH_TENANT.to_string())];
-    tenants.extend((0..50).map(|i| (format!("idle-user-{i:02}"), format!("idle-{i:02}"))));
-    for (user, role) in tenants {
-        c.auth.user_add(root, &user, true).expect("user");
-        c.auth.role_add(root, &role).expect("role");
-        let perm = Permission {
-            perm_type: PermType::Readwrite as i32,
-            key: Bytes::from(format!("/{role}/")),
-            range_end: Bytes::from(format!("/{role}0")),
-        };
-        c.auth.role_grant_permission(root, &role, Some(perm)).expect("grant");
-        c.auth.user_grant_role(root, &user, &role).expect("user's role");
-    }
-    c.place_tenants("bench");
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    runtime.block_on(async {
-        let (channel, _) = connect_ready("etcd", etcd_addr, None).await;
-        KvClient::new(channel)
-            .put(PutRequest {
-                key: Bytes::from_static(CATALOG_KEY),
-                value: Bytes::from(serde_json::to_vec(&c).expect("catalog json")),
-                ..Default::default()
-            })
-            .await
-            .expect("write the gateway's catalog");
-    });
-}
-
 /// Connects and waits until a linearizable Range answers through `addr` (over TLS with
 /// `tls`).
 async fn connect_ready(what: &str, addr: &str, tls: Option<&tonic::transport::ClientTlsConfig>) -> (Channel, u64) {
@@ -536,14 +445,7 @@ async fn connect_ready(what: &str, addr: &str, tls: Option<&tonic::transport::Cl
         let attempt = async {
             let channel = match tls {
                 None => connect_channel(addr).await?,
-                Some(tls) => tonic::transport::Endpoint::from_shared(format!("https://{addr}"))
-                    .map_err(|e| e.to_string())?
-                    .tls_config(tls.clone())
-                    .map_err(|e| e.to_string())?
-                    .tcp_nodelay(true)
-                    .connect()
-                    .await
-                    .map_err(|e| format!("connect: {e}"))?,
+                Some(tls) => gateway::connect_tls(addr, tls).await?,
             };
             let resp = KvClient::new(channel.clone())
                 .range(RangeRequest {
@@ -1087,7 +989,14 @@ fn main() {
 
     let gateway_tls = (env_parse("BENCH_GATEWAY", 0u8) != 0).then(|| gateway_tls(dir.path()));
     if let Some(tls) = &gateway_tls {
-        write_gateway_catalog(&format!("127.0.0.1:{etcd_port}"));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        runtime.block_on(async {
+            let (channel, _) = connect_ready("etcd", &format!("127.0.0.1:{etcd_port}"), None).await;
+            gateway::write_catalog(channel, "bench", 50).await;
+        });
         for kind in [Kind::SidecarTls, Kind::Gateway] {
             let port = free_port();
             let admin_port = free_port();

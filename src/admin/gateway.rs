@@ -77,6 +77,9 @@ pub struct TenantView {
     pub home: String,
     /// Where this replica sends its requests now (`None`: it has not served it yet).
     pub serving_from: Option<String>,
+    /// Since when (Unix ms) this replica has served it from there.
+    #[serde(default)]
+    pub serving_since_unix_ms: Option<u64>,
     /// Its keys where it lives now (`None`: that datastore did not answer). Its size is
     /// not shown: etcd tells the size of a key range only by reading every value.
     #[serde(default)]
@@ -100,6 +103,7 @@ fn view(s: &GatewayAdmin, name: &str, with_context: bool) -> Option<TenantView> 
         serving_from: served
             .as_ref()
             .map(|x| x.migrator.router().route().datastore_name.clone()),
+        serving_since_unix_ms: served.as_ref().map(|x| x.migrator.router().route().since_unix_ms),
         migration: served.and_then(|x| x.migrator.snapshot().migration),
         keys: None,
     })
