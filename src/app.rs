@@ -231,6 +231,7 @@ pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> 
         ),
         known_leases: Default::default(),
         tenant_requests: None,
+        keep_client_credentials: false,
     });
     if let Some(o) = reload {
         if let Some(path) = o.config.clone() {

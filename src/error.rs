@@ -186,6 +186,8 @@ impl ProxyError {
                     UserEmpty | RoleEmpty | AuthFailed | PermissionNotGiven | InvalidAuthMgmt => Code::InvalidArgument,
                     RootUserNotExist | RootRoleNotExist | UserAlreadyExist | UserNotFound | RoleAlreadyExist
                     | RoleNotFound | RoleNotGranted | PermissionNotGranted | AuthNotEnabled => Code::FailedPrecondition,
+                    NoPasswordUser => Code::Unknown,
+                    InvalidAuthToken => Code::Unauthenticated,
                 };
                 Status::new(code, e.to_string())
             }
@@ -208,17 +210,6 @@ impl From<ProxyError> for Status {
 /// clients word it).
 pub fn channel_not_ready(e: impl std::fmt::Display) -> Status {
     Status::unknown(format!("Service was not ready: {e}"))
-}
-
-/// etcd's answer to a token it does not know.
-pub fn invalid_auth_token() -> Status {
-    Status::unauthenticated("etcdserver: invalid auth token")
-}
-
-/// etcd's answer to a password given for a user that has none (not in etcd's error table,
-/// so it reaches clients as Unknown with the store's own words).
-pub fn no_password_user() -> Status {
-    Status::unknown("auth: authentication failed, password was given for no password user")
 }
 
 pub fn is_lease_exists(s: &Status) -> bool {
@@ -275,6 +266,16 @@ mod tests {
                 AuthError::PermissionDenied,
                 Code::PermissionDenied,
                 "etcdserver: permission denied",
+            ),
+            (
+                AuthError::InvalidAuthToken,
+                Code::Unauthenticated,
+                "etcdserver: invalid auth token",
+            ),
+            (
+                AuthError::NoPasswordUser,
+                Code::Unknown,
+                "auth: authentication failed, password was given for no password user",
             ),
             (
                 AuthError::UserEmpty,

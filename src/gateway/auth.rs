@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::catalog::CatalogStore;
+use super::catalog::{Catalog, CatalogStore};
 use crate::error::ProxyError;
 use crate::proto::etcdserverpb::auth_server::Auth;
 use crate::proto::etcdserverpb::*;
@@ -23,14 +23,27 @@ impl GatewayAuth {
     }
 }
 
-/// Who calls: the certificate's user. The gateway issues no tokens, so a request that
-/// carries one carries a token etcd would not know either.
-fn caller<T>(request: &Request<T>) -> Result<Option<String>, ProxyError> {
+/// Who calls, as etcd decides it (see `super::token::caller`), against `catalog`.
+fn caller<T>(request: &Request<T>, catalog: &Catalog) -> Result<Option<String>, ProxyError> {
     let md = request.metadata();
-    if md.contains_key("token") || md.contains_key("authorization") {
-        return Err(ProxyError::Etcd(crate::error::invalid_auth_token()));
-    }
-    Ok(common_name(request))
+    super::token::caller(
+        |name| md.get(name).and_then(|v| v.to_str().ok()),
+        || common_name(request),
+        catalog,
+    )
+    .map_err(ProxyError::from)
+}
+
+/// bcrypt's cost for the passwords of password users: etcd's default.
+const BCRYPT_COST: u32 = 10;
+
+/// A password's bcrypt hash (off the runtime's threads: it takes tens of milliseconds).
+async fn hash_password(password: String) -> Result<String, Status> {
+    tokio::task::spawn_blocking(move || bcrypt::hash(password, BCRYPT_COST))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .ok_or_else(|| ProxyError::Catalog("a password could not be hashed".into()).into())
 }
 
 impl GatewayAuth {
@@ -40,8 +53,8 @@ impl GatewayAuth {
         request: &Request<T>,
         answer: impl FnOnce(Option<&str>, &Store) -> Result<R, AuthError>,
     ) -> Result<(R, Option<ResponseHeader>), Status> {
-        let who = caller(request)?;
         let read = self.catalog.read().await?;
+        let who = caller(request, &read.catalog)?;
         let out = answer(who.as_deref(), &read.catalog.auth).map_err(ProxyError::from)?;
         Ok((out, read.header))
     }
@@ -52,7 +65,8 @@ impl GatewayAuth {
         request: &Request<T>,
         change: impl Fn(Option<&str>, &mut Store) -> Result<(), AuthError>,
     ) -> Result<Option<ResponseHeader>, Status> {
-        let who = caller(request)?;
+        let read = self.catalog.read().await?;
+        let who = caller(request, &read.catalog)?;
         let (_, header) = self.catalog.update(|c| change(who.as_deref(), &mut c.auth)).await?;
         Ok(header)
     }
@@ -79,30 +93,51 @@ impl Auth for GatewayAuth {
         }))
     }
 
-    /// The gateway's users are certificate users: no password authenticates any of them,
-    /// and etcd words each refusal its own way.
+    /// A password user's token, signed with the catalog's key (made by the first
+    /// Authenticate), so that every replica takes it.
     async fn authenticate(&self, r: Request<AuthenticateRequest>) -> Result<Response<AuthenticateResponse>, Status> {
+        let AuthenticateRequest { name, password } = r.into_inner();
         let read = self.catalog.read().await?;
-        let auth = &read.catalog.auth;
-        if !auth.enabled {
-            return Err(ProxyError::from(AuthError::AuthNotEnabled).into());
+        let hash = read
+            .catalog
+            .auth
+            .password_hash_of(&name)
+            .map_err(ProxyError::from)?
+            .to_string();
+        let matches = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+            .await
+            .unwrap_or(false);
+        if !matches {
+            return Err(ProxyError::from(AuthError::AuthFailed).into());
         }
-        match auth.users.get(&r.get_ref().name) {
-            Some(u) if u.no_password => Err(crate::error::no_password_user()),
-            _ => Err(ProxyError::from(AuthError::AuthFailed).into()),
-        }
+        let (secret, header) = self
+            .catalog
+            .update(|c| {
+                if c.token_secret.is_empty() {
+                    c.token_secret = super::token::new_secret();
+                }
+                Ok(c.token_secret.clone())
+            })
+            .await?;
+        let tokens = super::token::Tokens::from_secret(&secret)
+            .ok_or_else(|| ProxyError::Catalog("no key to sign tokens with".into()))?;
+        Ok(Response::new(AuthenticateResponse {
+            header,
+            token: tokens.issue(&name, super::token::now_unix()),
+        }))
     }
 
     async fn user_add(&self, r: Request<AuthUserAddRequest>) -> Result<Response<AuthUserAddResponse>, Status> {
         let no_password = r.get_ref().options.is_some_and(|o| o.no_password);
-        if !no_password {
-            return Err(ProxyError::Unsupported(
-                "the gateway keeps certificate users only: add the user with no password (etcdctl user add --no-password)",
-            )
-            .into());
-        }
         let name = r.get_ref().name.clone();
-        let header = self.change(&r, |who, s| s.user_add(who, &name, true)).await?;
+        let header = if no_password {
+            self.change(&r, |who, s| s.user_add(who, &name, true)).await?
+        } else {
+            // As etcd: the password is hashed first, even an empty one.
+            let hash = hash_password(r.get_ref().password.clone()).await?;
+            self.change(&r, |who, s| s.user_add_with_password(who, &name, hash.clone()))
+                .await?
+        };
         Ok(Response::new(AuthUserAddResponse { header }))
     }
 
@@ -129,11 +164,15 @@ impl Auth for GatewayAuth {
         r: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
         let name = r.get_ref().name.clone();
-        let ((), header) = self
-            .read(&r, |who, s| {
-                s.check_admin(who)?;
-                s.users.get(&name).map(|_| ()).ok_or(AuthError::UserNotFound)
-            })
+        // etcd hashes only a password that is not empty; an empty one leaves no way in.
+        let password = r.get_ref().password.clone();
+        let hash = if password.is_empty() {
+            String::new()
+        } else {
+            hash_password(password).await?
+        };
+        let header = self
+            .change(&r, |who, s| s.user_change_password(who, &name, hash.clone()))
             .await?;
         Ok(Response::new(AuthUserChangePasswordResponse { header }))
     }

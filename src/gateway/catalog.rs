@@ -40,6 +40,9 @@ pub struct Catalog {
     pub auth: rbac::Store,
     /// By role name (Kamaji's schema).
     pub tenants: BTreeMap<String, Tenant>,
+    /// The key Authenticate's tokens are signed with (hex; empty until the first one).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub token_secret: String,
 }
 
 /// The prefix a permission names, if it is a whole prefix `[p, p+1)` ending in `/`.

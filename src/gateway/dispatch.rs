@@ -115,6 +115,7 @@ impl Gateway {
             warned_unguarded: Default::default(),
             access: Access::new(!operator, Vec::new()),
             known_leases: Default::default(),
+            keep_client_credentials: true,
             tenant_requests: tenant.map(|t| {
                 shared
                     .metrics
@@ -281,17 +282,19 @@ impl Dispatch for Gateway {
         if request.uri.path().starts_with("/etcdserverpb.Auth/") {
             return Ok(None);
         }
-        // The gateway issues no tokens: one sent is one etcd would not know either.
-        if request.headers.contains_key("token") || request.headers.contains_key("authorization") {
-            return Err(crate::error::invalid_auth_token());
-        }
         let snapshot = self.catalog.snapshot();
         let catalog = &snapshot.0;
         if !catalog.auth.enabled {
             return Ok(Some(self.root.routes.clone()));
         }
         let refused = |e: AuthError| ProxyError::from(e).to_status();
-        let user_name = common_name_in(&request.extensions).ok_or_else(|| refused(AuthError::UserEmpty))?;
+        let who = super::token::caller(
+            |name| request.headers.get(name).and_then(|v| v.to_str().ok()),
+            || common_name_in(&request.extensions),
+            catalog,
+        )
+        .map_err(refused)?;
+        let user_name = who.ok_or_else(|| refused(AuthError::UserEmpty))?;
         let user = catalog
             .auth
             .users

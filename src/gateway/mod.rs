@@ -9,3 +9,4 @@ pub mod auth;
 pub mod catalog;
 pub mod dispatch;
 pub mod root;
+pub mod token;

@@ -55,6 +55,11 @@ pub enum AuthError {
     InvalidAuthMgmt,
     #[error("etcdserver: authentication failed, invalid user ID or password")]
     AuthFailed,
+    /// Not in etcd's error table: clients get it as Unknown, in the auth store's words.
+    #[error("auth: authentication failed, password was given for no password user")]
+    NoPasswordUser,
+    #[error("etcdserver: invalid auth token")]
+    InvalidAuthToken,
 }
 
 /// Who sent a request: the user its certificate (or token) names, or nobody.
@@ -66,6 +71,9 @@ pub struct User {
     pub roles: Vec<String>,
     /// A user known by its certificate only (Kamaji's): no password can authenticate it.
     pub no_password: bool,
+    /// The bcrypt hash of a password user's password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -198,10 +206,49 @@ impl Store {
             User {
                 roles: Vec::new(),
                 no_password,
+                password_hash: None,
             },
         );
         self.commit();
         Ok(())
+    }
+
+    /// UserAdd of a password user: `password_hash` is the password's bcrypt hash.
+    pub fn user_add_with_password(
+        &mut self,
+        caller: Caller,
+        name: &str,
+        password_hash: String,
+    ) -> Result<(), AuthError> {
+        self.user_add(caller, name, false)?;
+        if let Some(u) = self.users.get_mut(name) {
+            u.password_hash = Some(password_hash);
+        }
+        Ok(())
+    }
+
+    /// UserChangePassword: a certificate user's password is ignored, as etcd ignores it.
+    pub fn user_change_password(&mut self, caller: Caller, name: &str, password_hash: String) -> Result<(), AuthError> {
+        self.check_admin(caller)?;
+        let user = self.users.get_mut(name).ok_or(AuthError::UserNotFound)?;
+        if !user.no_password {
+            user.password_hash = Some(password_hash);
+        }
+        self.commit();
+        Ok(())
+    }
+
+    /// Authenticate's checks, in etcd's order, before the password itself: the hash to
+    /// check it against.
+    pub fn password_hash_of(&self, name: &str) -> Result<&str, AuthError> {
+        if !self.enabled {
+            return Err(AuthError::AuthNotEnabled);
+        }
+        let user = self.users.get(name).ok_or(AuthError::AuthFailed)?;
+        if user.no_password {
+            return Err(AuthError::NoPasswordUser);
+        }
+        Ok(user.password_hash.as_deref().unwrap_or(""))
     }
 
     /// UserGet: the user's roles, sorted. A user may read itself.
@@ -653,6 +700,29 @@ mod tests {
             ..kube
         };
         assert_eq!(s.check_txn(a, &nested), Err(AuthError::PermissionDenied));
+    }
+
+    #[test]
+    fn password_users_are_checked_in_etcds_order() {
+        let s = Store::default();
+        assert_eq!(s.password_hash_of("x"), Err(AuthError::AuthNotEnabled));
+        let mut s = with_root();
+        s.user_add_with_password(Some(ROOT), "alice", "hash-a".into()).unwrap();
+        s.user_add(Some(ROOT), "cert-user", true).unwrap();
+        assert_eq!(s.password_hash_of("alice"), Ok("hash-a"));
+        assert_eq!(s.password_hash_of("nobody"), Err(AuthError::AuthFailed));
+        assert_eq!(s.password_hash_of("cert-user"), Err(AuthError::NoPasswordUser));
+        s.user_change_password(Some(ROOT), "alice", "hash-b".into()).unwrap();
+        assert_eq!(s.password_hash_of("alice"), Ok("hash-b"));
+        // A certificate user's password is ignored.
+        s.user_change_password(Some(ROOT), "cert-user", "hash-c".into())
+            .unwrap();
+        assert_eq!(s.password_hash_of("cert-user"), Err(AuthError::NoPasswordUser));
+        assert_eq!(
+            s.user_change_password(Some("alice"), "alice", "h".into()),
+            Err(AuthError::PermissionDenied),
+            "only root changes passwords"
+        );
     }
 
     #[test]

@@ -321,7 +321,7 @@ impl Lease for LeaseService {
         let operator = self.ctx.access.is_operator(&request);
         let (metadata, _, inbound) = request.into_parts();
         let ctx = self.ctx.clone();
-        let fwd = Forwarded::from_incoming(&metadata);
+        let fwd = self.ctx.forwarded(&metadata);
         Ok(Response::new(Driven::new(|down| {
             relay_keep_alive(ctx, fwd, operator, inbound, down)
         })))

@@ -64,6 +64,9 @@ pub struct Context {
     pub known_leases: lease::KnownLeases,
     /// (Gateway) this tenant's request counter.
     pub tenant_requests: Option<prometheus_client::metrics::counter::Counter>,
+    /// (Gateway) the client's credentials (its etcd token) are the gateway's to check and
+    /// never reach a datastore: the gateway reaches them with its own.
+    pub keep_client_credentials: bool,
 }
 
 /// What a stream gets when the datastore cannot be reached again: as for a request never
@@ -211,6 +214,16 @@ impl Read for TxnRequest {
 }
 
 impl Context {
+    /// What of a client's request metadata goes upstream with it.
+    pub(crate) fn forwarded(&self, incoming: &MetadataMap) -> Forwarded {
+        let mut f = Forwarded::from_incoming(incoming);
+        if self.keep_client_credentials {
+            f.metadata.remove("token");
+            f.metadata.remove("authorization");
+        }
+        f
+    }
+
     /// Refuses a cluster-wide RPC to a tenant (see [`access`]), counted like any answer.
     pub(crate) fn refuse_tenant<T>(
         &self,
@@ -322,7 +335,7 @@ impl Context {
         if !msg.allowed(self.router.scope()) {
             return Err(ProxyError::Reserved);
         }
-        let fwd = Forwarded::from_incoming(&metadata);
+        let fwd = self.forwarded(&metadata);
         let policy = self.router.fence();
         let mut hold = Hold::new(self, &self.metrics.held_writes);
         loop {
@@ -433,7 +446,7 @@ impl Context {
     ) -> Result<Response<Answer<R::Response>>, ProxyError> {
         let (metadata, _, msg) = request.into_parts();
         self.check_size(&msg)?;
-        let fwd = Forwarded::from_incoming(&metadata);
+        let fwd = self.forwarded(&metadata);
         let guard = &self.router.fence().guard;
         let mut hold = Hold::new(self, &self.metrics.held_reads);
         loop {
@@ -691,7 +704,7 @@ impl Context {
         route.usable()?;
         let (metadata, _, msg) = request.into_parts();
         self.check_size(&msg)?;
-        let fwd = Forwarded::from_incoming(&metadata);
+        let fwd = self.forwarded(&metadata);
         let resp = route
             .datastore
             .unary(retry, |ch, token| call(ch, fwd.request(msg.clone(), token)))

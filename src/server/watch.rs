@@ -50,7 +50,7 @@ impl Watch for WatchService {
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
         let (metadata, _, inbound) = request.into_parts();
         let ctx = self.ctx.clone();
-        let fwd = Forwarded::from_incoming(&metadata);
+        let fwd = self.ctx.forwarded(&metadata);
         Ok(Response::new(Driven::new(|down| {
             WatchSession::new(ctx, fwd, down).run(inbound)
         })))

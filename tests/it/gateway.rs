@@ -816,3 +816,164 @@ async fn new_tenants_go_where_the_fewest_keys_are() {
     tenant("b");
     assert_eq!(home("b").await, "east");
 }
+
+/// A password user, as etcd serves one: it authenticates (etcd-client with a user and
+/// password, over TLS), its token decides who it is whatever certificate the connection
+/// shows, it reaches its role's keys only, a wrong password and a password for a
+/// certificate user fail as on etcd, and a token from one replica works on another.
+#[tokio::test]
+async fn password_users_authenticate_as_on_etcd_and_their_tokens_work_on_every_replica() {
+    use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
+
+    let tls = TlsFiles::generate();
+    let direct = Etcd::start_with(EtcdOptions {
+        tls: Some((tls.server_cert.clone(), tls.server_key.clone(), tls.ca.clone())),
+        client_auth: true,
+    })
+    .await;
+    let east = Etcd::start().await;
+    let config = format!(
+        "mode: gateway\ntls:\n  certFile: {}\n  keyFile: {}\n  clientCAFile: {}\n\
+         dataStore: east\ndataStores:\n  east:\n    endpoints: [\"{}\"]\n",
+        tls.server_cert.display(),
+        tls.server_key.display(),
+        tls.ca.display(),
+        east.endpoint
+    );
+    let one = Proxy::start(&config).await;
+    let two = Proxy::start(&config).await;
+    for endpoint in [&direct.endpoint, &one.endpoint] {
+        let root = |args: &[&str]| {
+            let out = run(endpoint, &tls, &tls.client_cert, &tls.client_key, args);
+            assert!(out.starts_with("ok"), "{endpoint} {args:?}: {out}");
+        };
+        root(&["user", "add", "root", "--no-password"]);
+        root(&["user", "grant-role", "root", "root"]);
+        root(&["user", "add", "alice:alicepw"]);
+        root(&["user", "add", "tenant-a", "--no-password"]);
+        root(&["role", "add", "a"]);
+        root(&["role", "grant-permission", "a", "readwrite", "/a/", "--prefix"]);
+        root(&["user", "grant-role", "alice", "a"]);
+        root(&["auth", "enable"]);
+    }
+    // The connection shows tenant-b's certificate; the token says alice.
+    let pem = |p: &Path| std::fs::read(p).expect("pem");
+    let connect = |endpoint: String, user: &'static str, password: &'static str| {
+        let opts = ConnectOptions::new().with_user(user, password).with_tls(
+            TlsOptions::new()
+                .ca_certificate(Certificate::from_pem(pem(&tls.ca)))
+                .identity(Identity::from_pem(pem(&tls.tenant_b_cert), pem(&tls.tenant_b_key))),
+        );
+        async move { etcd_client::Client::connect([format!("https://{endpoint}")], Some(opts)).await }
+    };
+    let status = |e: etcd_client::Error| match e {
+        etcd_client::Error::GRpcStatus(s) => format!("{:?}: {}", s.code(), s.message()),
+        other => format!("{other}"),
+    };
+    let mut answers = Vec::new();
+    for endpoint in [&direct.endpoint, &one.endpoint] {
+        let mut alice = connect(endpoint.to_string(), "alice", "alicepw")
+            .await
+            .expect("alice logs in");
+        let mut out = Vec::new();
+        out.push(format!(
+            "{:?}",
+            alice.put("/a/x", "1", None).await.map(|_| ()).map_err(status)
+        ));
+        out.push(format!(
+            "{:?}",
+            alice.get("/a/x", None).await.map(|r| r.kvs().len()).map_err(status)
+        ));
+        out.push(format!(
+            "{:?}",
+            alice.put("/b/x", "1", None).await.map(|_| ()).map_err(status)
+        ));
+        out.push(format!(
+            "{:?}",
+            connect(endpoint.to_string(), "alice", "nope")
+                .await
+                .map(|_| ())
+                .map_err(status)
+        ));
+        out.push(format!(
+            "{:?}",
+            connect(endpoint.to_string(), "tenant-a", "x")
+                .await
+                .map(|_| ())
+                .map_err(status)
+        ));
+        answers.push(out);
+    }
+    assert_eq!(answers[0], answers[1], "etcd, then the gateway");
+    assert!(answers[1][2].contains("permission denied"), "{:?}", answers[1]);
+    assert!(
+        answers[1][3].contains("invalid user ID or password"),
+        "{:?}",
+        answers[1]
+    );
+
+    // A token the first replica issued, used on the second.
+    let mut auth = cutover::proto::etcdserverpb::auth_client::AuthClient::new(
+        tonic::transport::Endpoint::from_shared(format!("https://{}", one.endpoint))
+            .unwrap()
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(pem(&tls.ca)))
+                    .identity(tonic::transport::Identity::from_pem(
+                        pem(&tls.tenant_b_cert),
+                        pem(&tls.tenant_b_key),
+                    )),
+            )
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let token = auth
+        .authenticate(cutover::proto::etcdserverpb::AuthenticateRequest {
+            name: "alice".into(),
+            password: "alicepw".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    let on_two = |token: String| {
+        let two = two.endpoint.clone();
+        let ca = pem(&tls.ca);
+        let (cert, key) = (pem(&tls.tenant_b_cert), pem(&tls.tenant_b_key));
+        async move {
+            let channel = tonic::transport::Endpoint::from_shared(format!("https://{two}"))
+                .unwrap()
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(ca))
+                        .identity(tonic::transport::Identity::from_pem(cert, key)),
+                )
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let mut req = tonic::Request::new(cutover::proto::etcdserverpb::RangeRequest {
+                key: bytes::Bytes::from_static(b"/a/x"),
+                ..Default::default()
+            });
+            req.metadata_mut().insert("token", token.parse().unwrap());
+            cutover::proto::etcdserverpb::kv_client::KvClient::new(channel)
+                .range(req)
+                .await
+                .map(|r| r.into_inner().kvs.len())
+                .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+        }
+    };
+    crate::support::eventually(
+        "the second replica reads the catalog with alice",
+        std::time::Duration::from_secs(10),
+        || async { on_two(token.clone()).await == Ok(1) },
+    )
+    .await;
+    assert_eq!(
+        on_two(format!("{token}0")).await,
+        Err("Unauthenticated: etcdserver: invalid auth token".to_string())
+    );
+}
