@@ -32,8 +32,11 @@ pub enum RunError {
 /// How often each datastore endpoint is probed.
 const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(2);
 
-/// How often a gateway replica reads the catalog for changes other replicas made.
+/// How often a gateway replica checks whether a tenant it serves moved (to record its new
+/// home in the catalog).
 const CATALOG_READ_EVERY: Duration = Duration::from_millis(500);
+/// A gateway replica watches the catalog, and reads it this often besides.
+const CATALOG_REREAD_EVERY: Duration = Duration::from_secs(10);
 
 /// Serves gateway mode until SIGTERM or Ctrl-C: the Auth API from the catalog, and each
 /// caller's tenant over its home datastore.
@@ -60,7 +63,7 @@ async fn serve_gateway(config: Config, gateway: crate::config::GatewaySettings) 
     if let Err(e) = catalog.read().await {
         tracing::warn!(error = %e, datastore = %gateway.catalog, "cannot read the gateway's catalog yet; retrying in the background");
     }
-    catalog.spawn_follower(CATALOG_READ_EVERY, &background);
+    catalog.spawn_follower(CATALOG_REREAD_EVERY, &background);
     let shared = dispatch::Shared {
         datastores,
         metrics: metrics.clone(),

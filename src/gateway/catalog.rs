@@ -183,20 +183,69 @@ impl CatalogStore {
         });
     }
 
-    /// Reads the catalog every `every` until the process stops, so that changes another
-    /// replica made reach this one's decisions.
+    /// Follows the catalog until the process stops, so that a change another replica made
+    /// reaches this one's decisions at once: a watch of the catalog key, and a read every
+    /// `every` besides (a watch that stalls unnoticed costs at most that).
     pub fn spawn_follower(self: &Arc<Self>, every: std::time::Duration, background: &crate::tasks::Background) {
         let store = Arc::clone(self);
         background.spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut backoff = crate::backoff::Backoff::new(std::time::Duration::from_millis(100), every);
             loop {
-                tick.tick().await;
-                if let Err(e) = store.read().await {
-                    tracing::warn!(error = %e, "cannot read the gateway's catalog; deciding with the last one read");
+                match store.follow(every).await {
+                    Ok(()) => backoff.reset(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot follow the gateway's catalog; deciding with the last one read")
+                    }
                 }
+                backoff.wait().await;
             }
         });
+    }
+
+    /// One watch of the catalog key from the catalog just read, until it ends.
+    async fn follow(&self, every: std::time::Duration) -> Result<(), ProxyError> {
+        use crate::proto::etcdserverpb::watch_client::WatchClient;
+        use crate::proto::etcdserverpb::{watch_request, WatchCreateRequest, WatchRequest};
+        let from = self.read().await?.mod_revision;
+        let (_, channel) = self.ds.pick();
+        let token = self.ds.token(&channel).await.map_err(ProxyError::Etcd)?;
+        let create = WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+                key: Bytes::from_static(CATALOG_KEY),
+                start_revision: from + 1,
+                ..Default::default()
+            })),
+        };
+        let req = own_request(
+            futures::StreamExt::chain(futures::stream::iter([create]), futures::stream::pending()),
+            token,
+        );
+        let mut stream = client!(WatchClient, channel)
+            .watch(req)
+            .await
+            .map_err(ProxyError::Etcd)?
+            .into_inner();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = stream.message() => {
+                    let Some(resp) = msg.map_err(ProxyError::Etcd)? else { return Ok(()) };
+                    if resp.canceled {
+                        return Err(ProxyError::Catalog(format!("its watch was cancelled: {}", resp.cancel_reason)));
+                    }
+                    for kv in resp.events.iter().filter_map(|e| e.kv.as_ref()) {
+                        match serde_json::from_slice::<Catalog>(&kv.value) {
+                            Ok(c) => self.keep(&c, kv.mod_revision),
+                            Err(e) => tracing::warn!(error = %e, "the gateway's catalog cannot be read"),
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    self.read().await?;
+                }
+            }
+        }
     }
 
     /// Where a tenant that appears now goes: the named datastore, or the one of the pool
