@@ -121,41 +121,12 @@ async fn serve_gateway(config: Config, gateway: crate::config::GatewaySettings) 
         placement = ?gateway.placement,
         "cutover is serving as a gateway"
     );
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let admin = {
-        let mut stop = stop_rx.clone();
-        let app = admin::gateway::routes(admin_state);
-        tokio::spawn(async move {
-            axum::serve(admin_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        })
-    };
-    let grpc = {
-        let mut stop = stop_rx.clone();
-        let config = config.clone();
-        tokio::spawn(async move {
-            let max = config.max_recv_message_bytes();
-            server::serve_routes(&config, max, routes, Some(dispatcher), listener, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-        })
-    };
-    shutdown_signal().await;
-    tracing::info!("shutting down");
-    let _ = stop_tx.send(true);
-    let grace = Duration::from_secs(5);
-    background.shutdown(grace).await;
-    if let Ok(Ok(Err(e))) = tokio::time::timeout(grace, grpc).await {
-        return Err(e.into());
-    }
-    if let Ok(Ok(Err(e))) = tokio::time::timeout(grace, admin).await {
-        return Err(RunError::Admin(e));
-    }
-    Ok(())
+    let app = admin::gateway::routes(admin_state);
+    run_until_signal(admin_listener, app, &background, |stop| async move {
+        let max = config.max_recv_message_bytes();
+        server::serve_routes(&config, max, routes, Some(dispatcher), listener, stop).await
+    })
+    .await
 }
 
 /// Serves until SIGTERM or Ctrl-C. With `reload` (the flags the config was loaded with,
@@ -266,33 +237,42 @@ pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> 
         "cutover is serving"
     );
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let admin = {
-        let mut stop = stop_rx.clone();
-        let app = admin::routes(admin_state);
-        tokio::spawn(async move {
-            axum::serve(admin_listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                })
-                .await
-        })
-    };
-    let grpc = {
-        let mut stop = stop_rx.clone();
-        let config = config.clone();
-        tokio::spawn(async move {
-            server::serve(&config, ctx, listener, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            })
-            .await
-        })
-    };
+    let app = admin::routes(admin_state);
+    run_until_signal(admin_listener, app, &background, |stop| async move {
+        server::serve(&config, ctx, listener, stop).await
+    })
+    .await
+}
 
+/// Runs the admin API and the gRPC server (`grpc`, given the future that says stop) until
+/// SIGTERM or Ctrl-C, then stops both and the background tasks. Streams (watches) may stay
+/// open: nothing is waited for longer than a grace period.
+async fn run_until_signal<G, F>(
+    admin_listener: tokio::net::TcpListener,
+    app: axum::Router,
+    background: &crate::tasks::Background,
+    grpc: G,
+) -> Result<(), RunError>
+where
+    G: FnOnce(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>) -> F,
+    F: std::future::Future<Output = Result<(), server::ServeError>> + Send + 'static,
+{
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| {
+        Box::pin(async move {
+            let _ = stop.wait_for(|s| *s).await;
+        }) as std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>
+    };
+    let admin_stop = stopped(stop_rx.clone());
+    let admin = tokio::spawn(async move {
+        axum::serve(admin_listener, app)
+            .with_graceful_shutdown(admin_stop)
+            .await
+    });
+    let grpc = tokio::spawn(grpc(stopped(stop_rx)));
     shutdown_signal().await;
     tracing::info!("shutting down");
     let _ = stop_tx.send(true);
-    // Streams (watches) may stay open; do not wait for them for ever.
     let grace = Duration::from_secs(5);
     background.shutdown(grace).await;
     if let Ok(Ok(Err(e))) = tokio::time::timeout(grace, grpc).await {

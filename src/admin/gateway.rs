@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::{Path, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -57,14 +57,7 @@ async fn readyz(State(s): State<Arc<GatewayAdmin>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<GatewayAdmin>>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        s.metrics.encode(),
-    )
-        .into_response()
+    super::metrics_response(&s.metrics)
 }
 
 /// One tenant as the admin API shows it.

@@ -187,12 +187,17 @@ async fn readyz(State(s): State<Arc<AdminState>>) -> Response {
 }
 
 async fn metrics(State(s): State<Arc<AdminState>>) -> Response {
+    metrics_response(&s.metrics)
+}
+
+/// The metrics in OpenMetrics text.
+pub(crate) fn metrics_response(metrics: &Metrics) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        s.metrics.encode(),
+        metrics.encode(),
     )
         .into_response()
 }

@@ -146,6 +146,18 @@ impl Connect {
     }
 }
 
+/// The API's answer, or its refusal in its own words.
+fn answered(code: u16, json: Value) -> Result<Value, CliError> {
+    if (200..300).contains(&code) {
+        return Ok(json);
+    }
+    let why = json["error"]
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| json.to_string());
+    Err(CliError::Refused(format!("{why} (HTTP {code})")))
+}
+
 /// The lines of `GET /v1/status?watch=true`, as they come.
 pub struct StatusStream {
     body: hyper::body::Incoming,
@@ -264,28 +276,12 @@ impl Admin {
     /// GET `path`: its JSON, or the API's refusal.
     pub(crate) async fn get(&self, path: &str) -> Result<Value, CliError> {
         let (code, json) = self.call(http::Method::GET, path, None).await?;
-        if code == 200 {
-            Ok(json)
-        } else {
-            let why = json["error"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| json.to_string());
-            Err(CliError::Refused(format!("{why} (HTTP {code})")))
-        }
+        answered(code, json)
     }
 
     pub(crate) async fn post(&self, path: &str, body: Value) -> Result<Value, CliError> {
         let (code, json) = self.call(http::Method::POST, path, Some(body)).await?;
-        if (200..300).contains(&code) {
-            Ok(json)
-        } else {
-            let why = json["error"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| json.to_string());
-            Err(CliError::Refused(format!("{why} (HTTP {code})")))
-        }
+        answered(code, json)
     }
 
     pub async fn status(&self) -> Result<Status, CliError> {

@@ -8,6 +8,22 @@ use std::path::Path;
 
 use crate::support::{etcdctl, Etcd, EtcdOptions, Proxy, TlsFiles};
 
+/// A gateway's config: TLS with the test CA, `extra` top-level YAML, and the pool (the
+/// first datastore is `dataStore`, where the catalog lives).
+fn gateway_config(tls: &TlsFiles, extra: &str, pool: &[(&str, &Etcd)]) -> String {
+    let mut c = format!(
+        "mode: gateway\n{extra}tls:\n  certFile: {}\n  keyFile: {}\n  clientCAFile: {}\ndataStore: {}\ndataStores:\n",
+        tls.server_cert.display(),
+        tls.server_key.display(),
+        tls.ca.display(),
+        pool[0].0
+    );
+    for (name, etcd) in pool {
+        c.push_str(&format!("  {name}:\n    endpoints: [\"{}\"]\n", etcd.endpoint));
+    }
+    c
+}
+
 /// etcdctl as the holder of `cert`: what it printed and whether it succeeded.
 fn run(endpoint: &str, tls: &TlsFiles, cert: &Path, key: &Path, args: &[&str]) -> String {
     let mut all = vec![
@@ -42,16 +58,7 @@ async fn kamajis_calls_through_the_gateway_answer_as_etcd_and_each_tenant_keeps_
     .await;
     let east = Etcd::start().await;
     let west = Etcd::start().await;
-    let gateway = Proxy::start(&format!(
-        "mode: gateway\ntls:\n  certFile: {}\n  keyFile: {}\n  clientCAFile: {}\n\
-         dataStore: east\ndataStores:\n  east:\n    endpoints: [\"{}\"]\n  west:\n    endpoints: [\"{}\"]\n",
-        tls.server_cert.display(),
-        tls.server_key.display(),
-        tls.ca.display(),
-        east.endpoint,
-        west.endpoint
-    ))
-    .await;
+    let gateway = Proxy::start(&gateway_config(&tls, "", &[("east", &east), ("west", &west)])).await;
 
     let root = (&tls.client_cert, &tls.client_key);
     let a = (&tls.tenant_cert, &tls.tenant_key);
@@ -181,16 +188,7 @@ async fn a_tenant_moves_to_another_cluster_live_and_the_other_sees_nothing() {
     let tls = TlsFiles::generate();
     let east = Etcd::start().await;
     let west = Etcd::start().await;
-    let gateway = Proxy::start(&format!(
-        "mode: gateway\ntls:\n  certFile: {}\n  keyFile: {}\n  clientCAFile: {}\n\
-         dataStore: east\ndataStores:\n  east:\n    endpoints: [\"{}\"]\n  west:\n    endpoints: [\"{}\"]\n",
-        tls.server_cert.display(),
-        tls.server_key.display(),
-        tls.ca.display(),
-        east.endpoint,
-        west.endpoint
-    ))
-    .await;
+    let gateway = Proxy::start(&gateway_config(&tls, "", &[("east", &east), ("west", &west)])).await;
     kamaji_setup(&gateway.endpoint, &tls);
     let mut a = client_as(&gateway, &tls, &tls.tenant_cert, &tls.tenant_key).await;
     let mut b = client_as(&gateway, &tls, &tls.tenant_b_cert, &tls.tenant_b_key).await;
@@ -397,15 +395,10 @@ async fn drain_moves_ten_tenants_off_a_datastore_two_at_a_time_with_no_client_er
     let east = Etcd::start().await;
     let west = Etcd::start().await;
     let north = Etcd::start().await;
-    let gateway = Proxy::start(&format!(
-        "mode: gateway\ntls:\n  certFile: {}\n  keyFile: {}\n  clientCAFile: {}\n\
-         dataStore: east\ndataStores:\n  east:\n    endpoints: [\"{}\"]\n  west:\n    endpoints: [\"{}\"]\n  north:\n    endpoints: [\"{}\"]\n",
-        tls.server_cert.display(),
-        tls.server_key.display(),
-        tls.ca.display(),
-        east.endpoint,
-        west.endpoint,
-        north.endpoint
+    let gateway = Proxy::start(&gateway_config(
+        &tls,
+        "",
+        &[("east", &east), ("west", &west), ("north", &north)],
     ))
     .await;
     kamaji_setup(&gateway.endpoint, &tls);
@@ -559,15 +552,7 @@ async fn a_replica_killed_while_leading_a_tenants_move_leaves_it_whole_on_one_st
     let tls = TlsFiles::generate();
     let east = Etcd::start().await;
     let west = Etcd::start().await;
-    let config = format!(
-        "mode: gateway\nmigration: {{leaseTTL: 2s}}\ntls:\n  certFile: {}\n  keyFile: {}\n  clientCAFile: {}\n\
-         dataStore: east\ndataStores:\n  east:\n    endpoints: [\"{}\"]\n  west:\n    endpoints: [\"{}\"]\n",
-        tls.server_cert.display(),
-        tls.server_key.display(),
-        tls.ca.display(),
-        east.endpoint,
-        west.endpoint
-    );
+    let config = gateway_config(&tls, "migration: {leaseTTL: 2s}\n", &[("east", &east), ("west", &west)]);
     let mut leader = Proxy::start(&config).await;
     let other = Proxy::start(&config).await;
     kamaji_setup(&leader.endpoint, &tls);
@@ -717,15 +702,7 @@ async fn a_thousand_tenants_cost_little_memory_each() {
         .put(CATALOG_KEY.to_vec(), serde_json::to_vec(&catalog).unwrap(), None)
         .await
         .unwrap();
-    let gateway = Proxy::start(&format!(
-        "mode: gateway\ntls:\n  certFile: {}\n  keyFile: {}\n  clientCAFile: {}\n\
-         dataStore: east\ndataStores:\n  east:\n    endpoints: [\"{}\"]\n",
-        tls.server_cert.display(),
-        tls.server_key.display(),
-        tls.ca.display(),
-        east.endpoint
-    ))
-    .await;
+    let gateway = Proxy::start(&gateway_config(&tls, "", &[("east", &east)])).await;
     let listed: Vec<serde_json::Value> = reqwest::get(format!("{}/v1/tenants", gateway.admin))
         .await
         .unwrap()
@@ -770,14 +747,10 @@ async fn new_tenants_go_where_the_fewest_keys_are() {
     for i in 0..3 {
         direct_east.put(format!("/legacy/{i}"), "x", None).await.unwrap();
     }
-    let gateway = Proxy::start(&format!(
-        "mode: gateway\ngateway: {{placement: fewestKeys}}\ntls:\n  certFile: {}\n  keyFile: {}\n  clientCAFile: {}\n\
-         dataStore: east\ndataStores:\n  east:\n    endpoints: [\"{}\"]\n  west:\n    endpoints: [\"{}\"]\n",
-        tls.server_cert.display(),
-        tls.server_key.display(),
-        tls.ca.display(),
-        east.endpoint,
-        west.endpoint
+    let gateway = Proxy::start(&gateway_config(
+        &tls,
+        "gateway: {placement: fewestKeys}\n",
+        &[("east", &east), ("west", &west)],
     ))
     .await;
     let root = |args: &[&str]| {
@@ -832,14 +805,7 @@ async fn password_users_authenticate_as_on_etcd_and_their_tokens_work_on_every_r
     })
     .await;
     let east = Etcd::start().await;
-    let config = format!(
-        "mode: gateway\ntls:\n  certFile: {}\n  keyFile: {}\n  clientCAFile: {}\n\
-         dataStore: east\ndataStores:\n  east:\n    endpoints: [\"{}\"]\n",
-        tls.server_cert.display(),
-        tls.server_key.display(),
-        tls.ca.display(),
-        east.endpoint
-    );
+    let config = gateway_config(&tls, "", &[("east", &east)]);
     let one = Proxy::start(&config).await;
     let two = Proxy::start(&config).await;
     for endpoint in [&direct.endpoint, &one.endpoint] {
