@@ -109,12 +109,7 @@ async fn serve_gateway(config: Config, gateway: crate::config::GatewaySettings) 
     let dispatcher: Arc<dyn server::Dispatch> = gw;
     let routes = server::auth_routes(GatewayAuth::new(catalog), config.max_recv_message_bytes());
     let listener = Listener::bind(&config.listen).await?;
-    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
-        .await
-        .map_err(|source| RunError::AdminBind {
-            addr: config.admin_listen.to_string(),
-            source,
-        })?;
+    let admin_listener = bind_admin(&config).await?;
     tracing::info!(
         listen = %listener.local_addr(),
         catalog = %gateway.catalog,
@@ -149,12 +144,7 @@ pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> 
     let router = Arc::new(Router::new(datastores, &config.data_store, fence)?);
 
     let listener = Listener::bind(&config.listen).await?;
-    let admin_listener = tokio::net::TcpListener::bind(config.admin_listen)
-        .await
-        .map_err(|source| RunError::AdminBind {
-            addr: config.admin_listen.to_string(),
-            source,
-        })?;
+    let admin_listener = bind_admin(&config).await?;
 
     let background = crate::tasks::Background::new();
     for ds in router.datastores().values() {
@@ -242,6 +232,16 @@ pub async fn serve(config: Config, reload: Option<crate::config::Overrides>) -> 
         server::serve(&config, ctx, listener, stop).await
     })
     .await
+}
+
+/// The admin API's listener, bound before anything serves.
+async fn bind_admin(config: &Config) -> Result<tokio::net::TcpListener, RunError> {
+    tokio::net::TcpListener::bind(config.admin_listen)
+        .await
+        .map_err(|source| RunError::AdminBind {
+            addr: config.admin_listen.to_string(),
+            source,
+        })
 }
 
 /// Runs the admin API and the gRPC server (`grpc`, given the future that says stop) until
