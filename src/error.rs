@@ -14,11 +14,14 @@ pub mod messages {
     pub const FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
     pub const REQUEST_TIMED_OUT: &str = "etcdserver: request timed out";
     pub const PERMISSION_DENIED: &str = "etcdserver: permission denied";
+    /// A refused watch's cancel reason: etcd writes the whole gRPC error into it.
+    pub const WATCH_PERMISSION_DENIED: &str = "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
     pub const NOT_CAPABLE: &str = "etcdserver: not capable";
     /// grpc-go's load-balancer message when no connection exists: clientv3 treats it as
     /// "never sent" and retries even writes.
     pub const NO_CONNECTION: &str = "there is no connection available";
     pub const LEASE_EXISTS: &str = "etcdserver: lease already exists";
+    pub const EMPTY_KEY: &str = "etcdserver: key is not provided";
     /// What a write gets while the tenant is fenced and writes are rejected.
     pub const FROZEN: &str =
         "the current Control Plane is in freezing mode due to a maintenance mode, all the changes are blocked";
@@ -103,6 +106,10 @@ pub enum ProxyError {
     /// The gateway's catalog cannot be read or written (damaged, or never settled).
     #[error("the gateway's catalog: {0}")]
     Catalog(String),
+    /// A KV request without a key, refused before any permission is looked at (as etcd
+    /// validates a request before it checks it).
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
     /// The client sent a message larger than the configured limit.
     #[error("request of {size} bytes is larger than the limit of {limit} bytes")]
     RequestTooLarge { size: usize, limit: usize },
@@ -128,7 +135,7 @@ impl ProxyError {
             ProxyError::BadToken => Blame::Upstream,
             ProxyError::Auth(_) => Blame::Downstream,
             ProxyError::Catalog(_) => Blame::Proxy,
-            ProxyError::Unsupported(_) => Blame::Downstream,
+            ProxyError::Unsupported(_) | ProxyError::EmptyKey => Blame::Downstream,
         }
     }
 
@@ -147,7 +154,7 @@ impl ProxyError {
             ProxyError::UnknownMethod { .. } | ProxyError::NotProxied { .. } => false,
             ProxyError::BadToken => true,
             ProxyError::Auth(_) => false,
-            ProxyError::Catalog(_) | ProxyError::Unsupported(_) => false,
+            ProxyError::Catalog(_) | ProxyError::Unsupported(_) | ProxyError::EmptyKey => false,
             ProxyError::Etcd(s) => s.code() == Code::Unavailable && s.message() == messages::NO_CONNECTION,
         }
     }
@@ -178,6 +185,7 @@ impl ProxyError {
             ProxyError::UnknownMethod { .. } | ProxyError::NotProxied { .. } => Status::unimplemented(self.to_string()),
             ProxyError::BadToken | ProxyError::Catalog(_) => Status::internal(format!("cutover: {self}")),
             ProxyError::Unsupported(_) => Status::unimplemented(self.to_string()),
+            ProxyError::EmptyKey => Status::invalid_argument(messages::EMPTY_KEY),
             // etcd's own code for each, with its message.
             ProxyError::Auth(e) => {
                 use crate::rbac::AuthError::*;

@@ -19,8 +19,9 @@ use crate::rbac::{self, AuthError};
 use crate::upstream::{client, own_request, Datastore, Retry};
 
 /// Where the catalog lives in its datastore: outside any tenant's prefix (tenants' keys
-/// start with `/`).
-pub const CATALOG_KEY: &[u8] = b"\0cutover-gateway/catalog";
+/// start with `/`), among the keys cutover reserves at the root of the key space, which no
+/// client reads, watches or writes (it holds the users and the key tokens are signed with).
+pub const CATALOG_KEY: &[u8] = b"\0cutover/gateway-catalog";
 
 /// How many times a change is tried again when another replica changed the catalog first.
 const MAX_CONFLICTS: usize = 32;
@@ -45,10 +46,13 @@ pub struct Catalog {
     pub token_secret: String,
 }
 
-/// The prefix a permission names, if it is a whole prefix `[p, p+1)` ending in `/`.
+/// The prefix a permission names, if it is a whole prefix `/<name>/` of one segment, as
+/// Kamaji grants them: tenants' prefixes never nest, and a role granted a narrower prefix
+/// inside one (`/a/pods/`) is a user's role, not a tenant.
 fn prefix_of(perm: &crate::proto::authpb::Permission) -> Option<String> {
     let key = std::str::from_utf8(&perm.key).ok()?;
-    if !key.starts_with('/') || !key.ends_with('/') {
+    let name = key.strip_prefix('/')?.strip_suffix('/')?;
+    if name.is_empty() || name.contains('/') {
         return None;
     }
     let end = crate::keys::prefix_end(&perm.key);
@@ -374,7 +378,7 @@ mod tests {
     #[test]
     fn a_role_with_one_read_write_prefix_is_a_tenant_placed_once() {
         let mut c = Catalog::default();
-        for name in ["a", "b", "odd", "two"] {
+        for name in ["a", "b", "odd", "two", "a-pods"] {
             c.auth.role_add(None, name).unwrap();
         }
         c.auth
@@ -392,6 +396,10 @@ mod tests {
             .unwrap();
         c.auth
             .role_grant_permission(None, "two", Some(perm(PermType::Readwrite, "/y/", "/y0")))
+            .unwrap();
+        // A prefix inside a tenant's is a narrower user's role.
+        c.auth
+            .role_grant_permission(None, "a-pods", Some(perm(PermType::Readwrite, "/a/pods/", "/a/pods0")))
             .unwrap();
         c.place_tenants("east");
         assert_eq!(c.tenants.keys().collect::<Vec<_>>(), vec!["a", "b"]);

@@ -1,9 +1,12 @@
-//! Which services answer a request in gateway mode: those of the caller's tenant. The
-//! caller is the user its client certificate names; a user holding one tenant's role is
+//! Which services answer a request in gateway mode, and what its caller may do. The caller
+//! is the user its client certificate (or token) names. A user whose permissions all lie
+//! in one tenant's prefix (Kamaji's tenants, and any narrower or read-only user of one) is
 //! served by that tenant's own context (its prefix, its home datastore, its fence), built
 //! the first time it calls, exactly as a sidecar in front of that tenant would serve it.
-//! `root` (or anyone, while auth is off) is served over the whole key space of the
-//! catalog's datastore. The Auth API is the gateway's own (`super::auth`).
+//! `root` (or anyone, while auth is off), and a user whose permissions reach several
+//! tenants or none, have their requests routed key by key (`super::root`). Every caller but
+//! root has each request checked against its permissions as etcd checks it (the
+//! `rbac::Permits` put on the request). The Auth API is the gateway's own (`super::auth`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -14,7 +17,8 @@ use tonic::Status;
 use super::catalog::CatalogStore;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::rbac::{AuthError, ROOT};
+use crate::rbac::perm::End;
+use crate::rbac::{AuthError, Permits};
 use crate::route::fence::Guard;
 use crate::route::{FencePolicy, Router};
 use crate::server::access::{common_name_in, Access};
@@ -48,39 +52,131 @@ pub struct Gateway {
     catalog: Arc<CatalogStore>,
     /// By tenant (role) name.
     tenants: DashMap<String, Served>,
+    /// Root's context: every key of the catalog's datastore, every call.
     root: Served,
+    /// That of users who are no one tenant's: as root's, but with what a tenant may call.
+    others: Served,
+    /// Each user's permits and where its requests go, from the catalog last seen.
+    callers: arc_swap::ArcSwap<Callers>,
+}
+
+/// Where a caller's requests go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Reach {
+    /// Root, or anyone while auth is off: routed by key, nothing checked.
+    Everything,
+    /// One tenant's context serves it: every key it may reach is that tenant's.
+    Tenant(String),
+    /// Routed by key, and checked: its permissions reach several tenants, or none.
+    Keys,
+}
+
+#[derive(Debug, Clone)]
+struct CallerView {
+    permits: Arc<Permits>,
+    reach: Reach,
+}
+
+/// Every user's view, worked out from one catalog (rebuilt when it changes).
+#[derive(Default)]
+struct Callers {
+    from: Option<Arc<(super::catalog::Catalog, i64)>>,
+    users: std::collections::HashMap<String, CallerView>,
+}
+
+impl Callers {
+    fn of(snapshot: &Arc<(super::catalog::Catalog, i64)>) -> Callers {
+        let catalog = &snapshot.0;
+        let users = catalog
+            .auth
+            .users
+            .keys()
+            .filter_map(|name| {
+                let permits = catalog.auth.permits(Some(name)).ok()?;
+                let reach = if permits.is_everything() {
+                    Reach::Everything
+                } else {
+                    reach_of(catalog, &permits)
+                };
+                Some((
+                    name.clone(),
+                    CallerView {
+                        permits: Arc::new(permits),
+                        reach,
+                    },
+                ))
+            })
+            .collect();
+        Callers {
+            from: Some(snapshot.clone()),
+            users,
+        }
+    }
+}
+
+/// The one tenant whose prefix holds every key `permits` reach, if there is one.
+fn reach_of(catalog: &super::catalog::Catalog, permits: &Permits) -> Reach {
+    let mut tenant: Option<&String> = None;
+    for interval in permits.intervals() {
+        let end: &[u8] = match &interval.end {
+            End::Key(e) => e,
+            End::Unbounded => b"\0",
+        };
+        match catalog.owner_of_range(&interval.begin, end) {
+            super::catalog::RangeOwner::Tenant(t) if tenant.is_none_or(|seen| seen == t) => tenant = Some(t),
+            _ => return Reach::Keys,
+        }
+    }
+    tenant.map_or(Reach::Keys, |t| Reach::Tenant(t.clone()))
 }
 
 impl Gateway {
     pub fn new(shared: Shared, catalog: Arc<CatalogStore>) -> Result<Arc<Gateway>, crate::route::UnknownDatastore> {
-        let mut root = Self::build(&shared, &shared.root_home, b"", None)?;
-        // (The root context's migrator is never started: the whole key space does not move.)
+        // (Their migrators are never started: the whole key space does not move.)
+        let mut root = Self::build(&shared, &shared.root_home, b"", None, true)?;
+        let mut others = Self::build(&shared, &shared.root_home, b"", None, false)?;
         Ok(Arc::new_cyclic(|me| {
-            // Root's KV goes to the tenant whose keys it names (see `super::root`).
-            let weak: std::sync::Weak<Gateway> = me.clone();
-            let kv = super::root::RootKv {
-                gateway: weak,
-                own: crate::server::KvService::new(root.ctx.clone()),
-            };
-            root.routes = crate::server::data_routes_with_kv(&root.ctx, kv);
+            // Their KV and Watch go to the tenant whose keys they name (see `super::root`).
+            for served in [&mut root, &mut others] {
+                let gateway: std::sync::Weak<Gateway> = me.clone();
+                let owners = super::root::Owners {
+                    gateway,
+                    own: served.ctx.clone(),
+                };
+                served.routes = crate::server::data_routes_routed(&served.ctx, Arc::new(owners));
+            }
             Gateway {
                 shared,
                 catalog,
                 tenants: DashMap::new(),
                 root,
+                others,
+                callers: Default::default(),
             }
         }))
     }
 
+    /// Each user's view, from the catalog as this replica knows it now.
+    fn callers(&self) -> Arc<Callers> {
+        let snapshot = self.catalog.snapshot();
+        let current = self.callers.load_full();
+        if current.from.as_ref().is_some_and(|from| Arc::ptr_eq(from, &snapshot)) {
+            return current;
+        }
+        let fresh = Arc::new(Callers::of(&snapshot));
+        self.callers.store(fresh.clone());
+        fresh
+    }
+
     /// A context of its own for tenant `tenant`'s keys under `prefix` on `home` (`None`:
-    /// root's, over every key).
+    /// over every key, for root when `operator`, else for users who are no one tenant's).
     fn build(
         shared: &Shared,
         home: &str,
         prefix: &[u8],
         tenant: Option<&str>,
+        operator: bool,
     ) -> Result<Served, crate::route::UnknownDatastore> {
-        let operator = tenant.is_none();
         let prefix = bytes::Bytes::copy_from_slice(prefix);
         let fence = FencePolicy {
             tenant_prefix: prefix.clone(),
@@ -92,7 +188,7 @@ impl Gateway {
         // Where the catalog says the tenant lives may be a store it has left since: the
         // markers there say where it went (and until they are read, the fence guard keeps
         // writes from landing on a store the tenant left).
-        if operator {
+        if tenant.is_none() {
             // The whole key space is nobody's to move.
         } else {
             let r = router.clone();
@@ -181,9 +277,10 @@ impl Gateway {
         let served = match entry {
             dashmap::Entry::Occupied(o) => o.get().clone(),
             dashmap::Entry::Vacant(v) => {
-                let served = Self::build(&self.shared, &t.home, t.prefix.as_bytes(), Some(name)).map_err(|e| {
-                    ProxyError::Catalog(format!("tenant {name:?} lives on {e}, which is not one of dataStores"))
-                })?;
+                let served =
+                    Self::build(&self.shared, &t.home, t.prefix.as_bytes(), Some(name), false).map_err(|e| {
+                        ProxyError::Catalog(format!("tenant {name:?} lives on {e}, which is not one of dataStores"))
+                    })?;
                 v.insert(served.clone());
                 self.shared
                     .metrics
@@ -278,7 +375,7 @@ impl super::root::Tenants for Gateway {
 }
 
 impl Dispatch for Gateway {
-    fn routes_for(&self, request: &http::request::Parts) -> Result<Option<tonic::service::Routes>, Status> {
+    fn routes_for(&self, request: &mut http::request::Parts) -> Result<Option<tonic::service::Routes>, Status> {
         if request.uri.path().starts_with("/etcdserverpb.Auth/") {
             return Ok(None);
         }
@@ -295,21 +392,93 @@ impl Dispatch for Gateway {
         )
         .map_err(refused)?;
         let user_name = who.ok_or_else(|| refused(AuthError::UserEmpty))?;
-        let user = catalog
-            .auth
-            .users
-            .get(&user_name)
-            .ok_or_else(|| refused(AuthError::PermissionDenied))?;
-        if user.roles.iter().any(|r| r == ROOT) {
+        let callers = self.callers();
+        // A user etcd does not know may still call what needs no permission (the member
+        // list); every key is refused to it.
+        let view = callers.users.get(&user_name).cloned().unwrap_or_else(|| CallerView {
+            permits: Arc::new(Permits::default()),
+            reach: Reach::Keys,
+        });
+        if view.reach == Reach::Everything {
             return Ok(Some(self.root.routes.clone()));
         }
-        // A user of exactly one tenant is that tenant; anyone else reaches no keys.
-        let mut theirs = user.roles.iter().filter_map(|r| catalog.tenants.get(r).map(|t| (r, t)));
-        match (theirs.next(), theirs.next()) {
-            (Some((name, _)), None) if catalog.auth.roles.contains_key(name) => {
-                self.tenant(name).map(|s| Some(s.routes)).map_err(|e| e.to_status())
-            }
-            _ => Err(refused(AuthError::PermissionDenied)),
+        request.extensions.insert(view.permits);
+        match view.reach {
+            Reach::Tenant(name) => self.tenant(&name).map(|s| Some(s.routes)).map_err(|e| e.to_status()),
+            Reach::Keys | Reach::Everything => Ok(Some(self.others.routes.clone())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gateway::catalog::{Catalog, Tenant};
+    use crate::proto::authpb::permission::Type as PermType;
+    use crate::proto::authpb::Permission;
+
+    /// A role's name and its permissions: type, key, range end.
+    type RoleSpec<'a> = (&'a str, &'a [(PermType, &'a str, &'a str)]);
+
+    fn catalog_with(roles: &[RoleSpec]) -> Catalog {
+        let mut c = Catalog::default();
+        for schema in ["a", "b"] {
+            c.tenants.insert(
+                schema.into(),
+                Tenant {
+                    prefix: format!("/{schema}/"),
+                    home: "east".into(),
+                },
+            );
+        }
+        c.auth.user_add(None, "u", true).unwrap();
+        for (role, perms) in roles {
+            c.auth.role_add(None, role).unwrap();
+            for (t, key, end) in *perms {
+                let perm = Permission {
+                    perm_type: *t as i32,
+                    key: bytes::Bytes::copy_from_slice(key.as_bytes()),
+                    range_end: bytes::Bytes::copy_from_slice(end.as_bytes()),
+                };
+                c.auth.role_grant_permission(None, role, Some(perm)).unwrap();
+            }
+            c.auth.user_grant_role(None, "u", role).unwrap();
+        }
+        c.auth.enabled = true;
+        c
+    }
+
+    fn reach(roles: &[RoleSpec]) -> Reach {
+        let c = catalog_with(roles);
+        let permits = c.auth.permits(Some("u")).unwrap();
+        reach_of(&c, &permits)
+    }
+
+    #[test]
+    fn a_user_is_one_tenants_when_every_key_it_may_touch_is_that_tenants() {
+        use PermType::*;
+        let a = Reach::Tenant("a".into());
+        assert_eq!(reach(&[("a", &[(Readwrite, "/a/", "/a0")])]), a, "Kamaji's");
+        assert_eq!(reach(&[("r", &[(Read, "/a/", "/a0")])]), a, "read-only");
+        assert_eq!(
+            reach(&[
+                ("p", &[(Readwrite, "/a/pods/", "/a/pods0")]),
+                ("k", &[(Read, "/a/cfg", "")])
+            ]),
+            a,
+            "narrower, from two roles"
+        );
+        assert_eq!(
+            reach(&[("r", &[(Read, "/a/", "/a0"), (Read, "/b/", "/b0")])]),
+            Reach::Keys,
+            "two tenants"
+        );
+        assert_eq!(
+            reach(&[("r", &[(Read, "/a/", "/a0"), (Read, "compact_rev_key", "")])]),
+            Reach::Keys,
+            "a tenant and keys of none"
+        );
+        assert_eq!(reach(&[("r", &[(Read, "/", "\0")])]), Reach::Keys, "everything");
+        assert_eq!(reach(&[]), Reach::Keys, "nothing");
     }
 }

@@ -161,10 +161,6 @@ impl Store {
         }
     }
 
-    fn is_admin(&self, caller: Caller) -> bool {
-        self.enabled && self.check_admin(caller).is_ok()
-    }
-
     pub fn auth_enable(&mut self, caller: Caller) -> Result<(), AuthError> {
         self.check_admin(caller)?;
         if self.enabled {
@@ -417,15 +413,82 @@ impl Store {
         )
     }
 
+    /// What `caller` may do with keys: everything while auth is off or for `root`; for a
+    /// user, what its roles grant (nothing for a user not known).
+    pub fn permits(&self, caller: Caller) -> Result<Permits, AuthError> {
+        if !self.enabled {
+            return Ok(Permits::everything());
+        }
+        let name = caller.filter(|n| !n.is_empty()).ok_or(AuthError::UserEmpty)?;
+        let Some(user) = self.users.get(name) else {
+            return Ok(Permits::default());
+        };
+        if user.roles.iter().any(|r| r == ROOT) {
+            return Ok(Permits::everything());
+        }
+        Ok(Permits {
+            everything: false,
+            read: self.grants(name, PermType::Read),
+            write: self.grants(name, PermType::Write),
+        })
+    }
+
     /// etcd's check of one key range: anyone while auth is off; then a known user with
     /// `root`, or whose permissions cover the whole range.
     pub fn check_range(&self, caller: Caller, key: &[u8], range_end: &[u8], wanted: PermType) -> Result<(), AuthError> {
-        if !self.enabled {
-            return Ok(());
+        self.permits(caller)?.check_range(key, range_end, wanted)
+    }
+
+    /// See [`Permits::check_put`].
+    pub fn check_put(&self, caller: Caller, key: &[u8], prev_kv: bool) -> Result<(), AuthError> {
+        self.permits(caller)?.check_put(key, prev_kv)
+    }
+
+    /// See [`Permits::check_delete`].
+    pub fn check_delete(&self, caller: Caller, key: &[u8], range_end: &[u8], prev_kv: bool) -> Result<(), AuthError> {
+        self.permits(caller)?.check_delete(key, range_end, prev_kv)
+    }
+
+    /// See [`Permits::check_txn`].
+    pub fn check_txn(&self, caller: Caller, txn: &TxnRequest) -> Result<(), AuthError> {
+        self.permits(caller)?.check_txn(txn)
+    }
+}
+
+/// What one caller may do with keys, compiled once from its roles: each of its requests
+/// is checked against it as etcd checks a request against the caller's permissions.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Permits {
+    /// Auth is off, or the caller holds `root`: every key, and every lease's keys.
+    everything: bool,
+    read: Grants,
+    write: Grants,
+}
+
+impl Permits {
+    pub fn everything() -> Permits {
+        Permits {
+            everything: true,
+            ..Default::default()
         }
-        let name = caller.filter(|n| !n.is_empty()).ok_or(AuthError::UserEmpty)?;
-        let user = self.users.get(name).ok_or(AuthError::PermissionDenied)?;
-        if user.roles.iter().any(|r| r == ROOT) || self.grants(name, wanted).covers(key, range_end) {
+    }
+
+    /// Whether every check passes (auth off, or `root`).
+    pub fn is_everything(&self) -> bool {
+        self.everything
+    }
+
+    /// Whether the whole range `[key, range_end)` may be read (`Read`) or written (`Write`).
+    pub fn check_range(&self, key: &[u8], range_end: &[u8], wanted: PermType) -> Result<(), AuthError> {
+        let grants = match wanted {
+            PermType::Read => &self.read,
+            PermType::Write => &self.write,
+            PermType::Readwrite => {
+                self.check_range(key, range_end, PermType::Read)?;
+                return self.check_range(key, range_end, PermType::Write);
+            }
+        };
+        if self.everything || grants.covers(key, range_end) {
             Ok(())
         } else {
             Err(AuthError::PermissionDenied)
@@ -434,54 +497,52 @@ impl Store {
 
     /// A Put: write on its key, and read too when it asks for the previous value. (The
     /// keys already on its lease are checked by the caller, which knows them.)
-    pub fn check_put(&self, caller: Caller, key: &[u8], prev_kv: bool) -> Result<(), AuthError> {
-        self.check_range(caller, key, b"", PermType::Write)?;
+    pub fn check_put(&self, key: &[u8], prev_kv: bool) -> Result<(), AuthError> {
+        self.check_range(key, b"", PermType::Write)?;
         if prev_kv {
-            self.check_range(caller, key, b"", PermType::Read)?;
+            self.check_range(key, b"", PermType::Read)?;
         }
         Ok(())
     }
 
     /// A DeleteRange: write over its range, and read too with `prev_kv`.
-    pub fn check_delete(&self, caller: Caller, key: &[u8], range_end: &[u8], prev_kv: bool) -> Result<(), AuthError> {
-        self.check_range(caller, key, range_end, PermType::Write)?;
+    pub fn check_delete(&self, key: &[u8], range_end: &[u8], prev_kv: bool) -> Result<(), AuthError> {
+        self.check_range(key, range_end, PermType::Write)?;
         if prev_kv {
-            self.check_range(caller, key, range_end, PermType::Read)?;
+            self.check_range(key, range_end, PermType::Read)?;
         }
         Ok(())
     }
 
     /// A Txn, as etcd checks it whatever its compare turns out: read on every compare,
     /// then every op of both branches (nested Txns included).
-    pub fn check_txn(&self, caller: Caller, txn: &TxnRequest) -> Result<(), AuthError> {
-        if !self.enabled {
+    pub fn check_txn(&self, txn: &TxnRequest) -> Result<(), AuthError> {
+        if self.everything {
             return Ok(());
         }
         for c in &txn.compare {
-            self.check_range(caller, &c.key, &c.range_end, PermType::Read)?;
+            self.check_range(&c.key, &c.range_end, PermType::Read)?;
         }
         for op in txn.success.iter().chain(&txn.failure) {
             match &op.request {
-                Some(request_op::Request::RequestRange(r)) => {
-                    self.check_range(caller, &r.key, &r.range_end, PermType::Read)?
-                }
-                Some(request_op::Request::RequestPut(p)) => self.check_put(caller, &p.key, p.prev_kv)?,
+                Some(request_op::Request::RequestRange(r)) => self.check_range(&r.key, &r.range_end, PermType::Read)?,
+                Some(request_op::Request::RequestPut(p)) => self.check_put(&p.key, p.prev_kv)?,
                 Some(request_op::Request::RequestDeleteRange(d)) => {
                     if d.prev_kv {
-                        self.check_range(caller, &d.key, &d.range_end, PermType::Read)?;
+                        self.check_range(&d.key, &d.range_end, PermType::Read)?;
                     }
-                    self.check_range(caller, &d.key, &d.range_end, PermType::Write)?;
+                    self.check_range(&d.key, &d.range_end, PermType::Write)?;
                 }
-                Some(request_op::Request::RequestTxn(t)) => self.check_txn(caller, t)?,
+                Some(request_op::Request::RequestTxn(t)) => self.check_txn(t)?,
                 None => {}
             }
         }
         Ok(())
     }
 
-    /// Whether the caller is `root` (which passes every check, leases' keys included).
-    pub fn is_root(&self, caller: Caller) -> bool {
-        self.is_admin(caller)
+    /// Every key interval the caller holds any permission on.
+    pub fn intervals(&self) -> impl Iterator<Item = &perm::Interval> {
+        self.read.intervals().iter().chain(self.write.intervals())
     }
 }
 
@@ -723,6 +784,39 @@ mod tests {
             Err(AuthError::PermissionDenied),
             "only root changes passwords"
         );
+    }
+
+    #[test]
+    fn a_users_permits_check_each_kind_of_access_apart() {
+        let mut s = with_root();
+        let root = Some(ROOT);
+        s.user_add(root, "reader", true).unwrap();
+        s.role_add(root, "r").unwrap();
+        let read_a = Permission {
+            perm_type: PermType::Read as i32,
+            key: Bytes::from_static(b"/a/"),
+            range_end: Bytes::from_static(b"/a0"),
+        };
+        s.role_grant_permission(root, "r", Some(read_a)).unwrap();
+        s.user_grant_role(root, "reader", "r").unwrap();
+        let p = s.permits(Some("reader")).unwrap();
+        assert!(!p.is_everything());
+        assert_eq!(p.check_range(b"/a/x", b"", PermType::Read), Ok(()));
+        assert_eq!(p.check_put(b"/a/x", false), Err(AuthError::PermissionDenied));
+        assert_eq!(p.check_delete(b"/a/", b"/a0", false), Err(AuthError::PermissionDenied));
+        assert_eq!(
+            p.check_range(b"/a/x", b"", PermType::Readwrite),
+            Err(AuthError::PermissionDenied)
+        );
+        assert_eq!(p.intervals().count(), 1);
+        assert!(s.permits(Some(ROOT)).unwrap().is_everything());
+        assert_eq!(s.permits(None), Err(AuthError::UserEmpty));
+        let stranger = s.permits(Some("stranger")).unwrap();
+        assert_eq!(
+            stranger.check_range(b"/a/x", b"", PermType::Read),
+            Err(AuthError::PermissionDenied)
+        );
+        assert!(Store::default().permits(None).unwrap().is_everything(), "auth off");
     }
 
     #[test]

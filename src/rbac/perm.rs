@@ -79,6 +79,11 @@ impl Grants {
         Grants { intervals }
     }
 
+    /// The intervals, sorted by their start.
+    pub fn intervals(&self) -> &[Interval] {
+        &self.intervals
+    }
+
     /// Whether the request's keys, `[key, range_end)` as etcd reads a request's range
     /// (empty: the one key; `"\0"`: every key from `key` on), are all covered.
     pub fn covers(&self, key: &[u8], range_end: &[u8]) -> bool {

@@ -52,6 +52,14 @@ impl Scope {
         }
     }
 
+    /// The tenant's keys as a request's range (`["", "\0")`: every key).
+    pub fn tenant_range(&self) -> (&[u8], &[u8]) {
+        match &self.tenant {
+            Some((lo, hi)) => (lo, hi),
+            None => (b"", b"\0"),
+        }
+    }
+
     /// Whether `key` lies under the tenant's prefix itself (kube-apiserver's compaction
     /// key, shared by every tenant of a datastore, does not).
     pub fn in_prefix(&self, key: &[u8]) -> bool {

@@ -63,6 +63,7 @@ impl KvService {
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, request: Request<RangeRequest>) -> Result<Response<Answer<RangeResponse>>, Status> {
+        super::permits::range(&request)?;
         let r = request.get_ref();
         let scope = self.ctx.router.scope();
         if !scope.in_tenant(&r.key, &r.range_end) {
@@ -99,12 +100,14 @@ impl Kv for KvService {
 
     // Writes travel inside the fence guard (route/fence.rs).
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<Answer<PutResponse>>, Status> {
+        super::permits::put(&request)?;
         let p = request.get_ref();
         let lease = p.lease;
         // (Outside the prefix, the write is refused anyway: no lookup for it.)
         if lease != 0 && self.ctx.router.scope().in_tenant(&p.key, b"") {
             // A key on another tenant's lease would tie the two tenants' keys together.
             self.check_lease_owners(&request, &[lease], "Put").await?;
+            super::lease::check_keys_writable(&self.ctx, super::permits::of(&request), lease).await?;
         }
         self.ctx.guarded_write("KV", "Put", request).await
     }
@@ -113,6 +116,7 @@ impl Kv for KvService {
         &self,
         request: Request<DeleteRangeRequest>,
     ) -> Result<Response<Answer<DeleteRangeResponse>>, Status> {
+        super::permits::delete_range(&request)?;
         let d = request.get_ref();
         let scope = self.ctx.router.scope();
         // Over the tenant's whole prefix (or any range across cutover's keys): the parts
@@ -131,12 +135,16 @@ impl Kv for KvService {
     }
 
     async fn txn(&self, mut request: Request<TxnRequest>) -> Result<Response<Answer<TxnResponse>>, Status> {
+        super::permits::txn(&request)?;
         let mut leases = Vec::new();
         super::lease::leases_of_txn(request.get_ref(), &mut leases);
         if !leases.is_empty() {
             leases.sort_unstable();
             leases.dedup();
             self.check_lease_owners(&request, &leases, "Txn").await?;
+            for &lease in &leases {
+                super::lease::check_keys_writable(&self.ctx, super::permits::of(&request), lease).await?;
+            }
         }
         // A delete or compare over the tenant's whole prefix works as on etcd, on the
         // tenant's keys alone: the Txn is rewritten around cutover's keys, and etcd's

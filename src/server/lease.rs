@@ -48,6 +48,22 @@ enum Owner {
 /// Whose the lease with `client_id` is, asked of the current datastore with cutover's own
 /// credentials (the client may not be allowed to list another tenant's keys).
 async fn owner(ctx: &Context, client_id: i64) -> Result<Owner, ProxyError> {
+    let resp = lease_keys(ctx, client_id).await?;
+    let scope = ctx.router.scope();
+    // A lease holding cutover's own keys (a migration's lock) is no client's to touch, nor
+    // one on kube-apiserver's compaction key, which every tenant of the datastore shares.
+    if resp.keys.iter().any(|k| !scope.in_prefix(k) || scope.is_reserved(k)) {
+        return Ok(Owner::Other);
+    }
+    Ok(if resp.keys.is_empty() {
+        Owner::Unknown
+    } else {
+        Owner::Tenant { ttl: resp.ttl }
+    })
+}
+
+/// The lease with `client_id` and its keys, as the current datastore has them.
+async fn lease_keys(ctx: &Context, client_id: i64) -> Result<LeaseTimeToLiveResponse, ProxyError> {
     let route = ctx.router.route();
     let id = route
         .translation
@@ -61,17 +77,26 @@ async fn owner(ctx: &Context, client_id: i64) -> Result<Owner, ProxyError> {
         })
         .await?
         .into_inner();
-    let scope = ctx.router.scope();
-    // A lease holding cutover's own keys (a migration's lock) is no client's to touch, nor
-    // one on kube-apiserver's compaction key, which every tenant of the datastore shares.
-    if resp.keys.iter().any(|k| !scope.in_prefix(k) || scope.is_reserved(k)) {
-        return Ok(Owner::Other);
+    Ok(resp)
+}
+
+/// (Gateway) etcd's check before a key is put on lease `id`, or the lease is revoked: the
+/// caller may write every key already on it.
+pub(super) async fn check_keys_writable(
+    ctx: &Context,
+    permits: Option<&Arc<crate::rbac::Permits>>,
+    id: i64,
+) -> Result<(), Status> {
+    let Some(p) = permits else { return Ok(()) };
+    if super::permits::writes_all(p, ctx.router.scope().tenant_range()) {
+        return Ok(());
     }
-    Ok(if resp.keys.is_empty() {
-        Owner::Unknown
-    } else {
-        Owner::Tenant { ttl: resp.ttl }
-    })
+    let on_lease = lease_keys(ctx, id).await.map_err(|e| e.to_status())?;
+    for key in &on_lease.keys {
+        p.check_range(key, b"", crate::proto::authpb::permission::Type::Write)
+            .map_err(|e| ProxyError::from(e).to_status())?;
+    }
+    Ok(())
 }
 
 /// Leases seen to carry the tenant's keys (and nobody else's), by the client's ID, each
@@ -210,6 +235,7 @@ impl Lease for LeaseService {
         let id = request.get_ref().id;
         let operator = self.ctx.access.is_operator(&request);
         check_owner(&self.ctx, operator, id, Lookup::Fresh, "Lease", "LeaseRevoke").await?;
+        check_keys_writable(&self.ctx, super::permits::of(&request), id).await?;
         self.ctx.known_leases.forget(id);
         let resp = self
             .ctx

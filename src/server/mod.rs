@@ -11,6 +11,8 @@ pub use kv::KvService;
 pub mod lease;
 pub mod limits;
 mod maintenance;
+mod permits;
+pub mod routed;
 mod stream;
 mod uds;
 mod watch;
@@ -895,18 +897,31 @@ macro_rules! svc {
 
 /// The services of one context, Auth aside: KV, Watch, Lease, Cluster, Maintenance.
 pub fn data_routes(ctx: &Arc<Context>) -> tonic::service::Routes {
-    data_routes_with_kv(ctx, kv::KvService::new(ctx.clone()))
+    data_routes_of(
+        ctx,
+        kv::KvService::new(ctx.clone()),
+        watch::WatchService::new(ctx.clone()),
+    )
 }
 
-/// [`data_routes`], with `kv` answering the KV service (the gateway's root has one that
-/// sends each request to the tenant whose keys it names).
-pub fn data_routes_with_kv<K: crate::proto::kv_answers::k_v_server::KV>(
+/// [`data_routes`], with KV and Watch sent to the context `owner` says holds their keys
+/// (see [`routed`]); Lease, Cluster and Maintenance are `ctx`'s own.
+pub fn data_routes_routed(ctx: &Arc<Context>, owner: Arc<dyn routed::KeyOwner>) -> tonic::service::Routes {
+    data_routes_of(
+        ctx,
+        routed::RoutedKv::new(ctx.clone(), owner.clone()),
+        watch::WatchService::routed(ctx.clone(), owner),
+    )
+}
+
+fn data_routes_of<K: crate::proto::kv_answers::k_v_server::KV>(
     ctx: &Arc<Context>,
     kv: K,
+    watch: watch::WatchService,
 ) -> tonic::service::Routes {
     let cap = ctx.max_recv_bytes.saturating_mul(4);
     tonic::service::Routes::new(svc!(KvServer, kv, cap))
-        .add_service(svc!(WatchServer, watch::WatchService::new(ctx.clone()), cap))
+        .add_service(svc!(WatchServer, watch, cap))
         .add_service(svc!(LeaseServer, lease::LeaseService::new(ctx.clone()), cap))
         .add_service(svc!(ClusterServer, cluster::ClusterService::new(ctx.clone()), cap))
         .add_service(svc!(
@@ -933,7 +948,8 @@ pub fn auth_routes<A: crate::proto::etcdserverpb::auth_server::Auth>(
 /// Chooses, per request, which services answer it: in gateway mode, those of the caller's
 /// tenant. `Ok(None)`: the routes `serve` was given.
 pub trait Dispatch: Send + Sync + 'static {
-    fn routes_for(&self, request: &http::request::Parts) -> Result<Option<tonic::service::Routes>, Status>;
+    /// May put what the services need to know of the caller in the request's extensions.
+    fn routes_for(&self, request: &mut http::request::Parts) -> Result<Option<tonic::service::Routes>, Status>;
 }
 
 /// The routes given to `serve`, or those a [`Dispatch`] picks.
@@ -959,8 +975,8 @@ impl tower::Service<http::Request<Body>> for Dispatched {
         let Some(dispatch) = &self.dispatch else {
             return Either::Left(self.inner.call(req));
         };
-        let (parts, body) = req.into_parts();
-        let picked = dispatch.routes_for(&parts);
+        let (mut parts, body) = req.into_parts();
+        let picked = dispatch.routes_for(&mut parts);
         let req = http::Request::from_parts(parts, body);
         match picked {
             Ok(None) => Either::Left(self.inner.call(req)),

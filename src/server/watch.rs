@@ -18,9 +18,10 @@ use std::time::Duration;
 use futures::SinkExt;
 use tonic::{Code, Request, Response, Status, Streaming};
 
+use super::routed::KeyOwner;
 use super::stream::{Answers, Driven, Reconnect, UpstreamStream};
 use super::{client, no_connection, Context, Forwarded, HeldGuard, Standing};
-use crate::error::messages;
+use crate::error::{messages, ProxyError};
 use crate::proto::etcdserverpb::kv_client::KvClient;
 use crate::proto::etcdserverpb::watch_client::WatchClient;
 use crate::proto::etcdserverpb::watch_request::RequestUnion;
@@ -35,11 +36,22 @@ type Down = Answers<WatchResponse>;
 
 pub struct WatchService {
     ctx: Arc<Context>,
+    /// (Gateway) which context serves the keys a stream's watches name (see
+    /// `super::routed`); without one, `ctx` serves every stream.
+    owner: Option<Arc<dyn KeyOwner>>,
 }
 
 impl WatchService {
     pub fn new(ctx: Arc<Context>) -> Self {
-        WatchService { ctx }
+        WatchService { ctx, owner: None }
+    }
+
+    /// A stream is served by the context holding the keys its first watch names.
+    pub fn routed(ctx: Arc<Context>, owner: Arc<dyn KeyOwner>) -> Self {
+        WatchService {
+            ctx,
+            owner: Some(owner),
+        }
     }
 }
 
@@ -48,11 +60,32 @@ impl Watch for WatchService {
     type WatchStream = Driven<WatchResponse>;
 
     async fn watch(&self, request: Request<Streaming<WatchRequest>>) -> Result<Response<Self::WatchStream>, Status> {
-        let (metadata, _, inbound) = request.into_parts();
-        let ctx = self.ctx.clone();
+        let (metadata, extensions, mut inbound) = request.into_parts();
+        let own = self.ctx.clone();
         let fwd = self.ctx.forwarded(&metadata);
-        Ok(Response::new(Driven::new(|down| {
-            WatchSession::new(ctx, fwd, down).run(inbound)
+        let permits = super::permits::of_extensions(&extensions).cloned();
+        let Some(owner) = self.owner.clone() else {
+            return Ok(Response::new(Driven::new(|down| {
+                WatchSession::new(own, fwd, permits, None, down).run(None, inbound)
+            })));
+        };
+        // The stream's context is known once its first watch is: read it first (a client
+        // that sends nothing yet costs nothing more).
+        Ok(Response::new(Driven::new(|down| async move {
+            let first = match inbound.message().await {
+                Ok(Some(first)) => first,
+                Ok(None) | Err(_) => return,
+            };
+            let ctx = match &first.request_union {
+                Some(RequestUnion::CreateRequest(c)) => {
+                    let key: &[u8] = if c.key.is_empty() { b"\0" } else { &c.key };
+                    owner.context_of(&[(key, &c.range_end)]).unwrap_or(own)
+                }
+                _ => own,
+            };
+            WatchSession::new(ctx, fwd, permits, Some(owner), down)
+                .run(Some(first), inbound)
+                .await
         })))
     }
 }
@@ -85,6 +118,11 @@ type Upstream = UpstreamStream<WatchRequest, WatchResponse>;
 struct WatchSession {
     ctx: Arc<Context>,
     fwd: Forwarded,
+    /// (Gateway) what the caller may read: each watch it creates is checked against it.
+    permits: Option<Arc<crate::rbac::Permits>>,
+    /// (Gateway) which context holds which keys: every watch of a routed stream must name
+    /// keys of the context serving it.
+    owner: Option<Arc<dyn KeyOwner>>,
     down: Down,
     route: Arc<Route>,
     /// Boxed: a table keeps room for a few entries ahead, and most streams hold one.
@@ -116,12 +154,20 @@ enum Drained {
 }
 
 impl WatchSession {
-    fn new(ctx: Arc<Context>, fwd: Forwarded, down: Down) -> Self {
+    fn new(
+        ctx: Arc<Context>,
+        fwd: Forwarded,
+        permits: Option<Arc<crate::rbac::Permits>>,
+        owner: Option<Arc<dyn KeyOwner>>,
+        down: Down,
+    ) -> Self {
         let route = ctx.router.route();
         let end = ctx.metrics.stream_end("Watch", "Watch");
         WatchSession {
             ctx,
             fwd,
+            permits,
+            owner,
             down,
             route,
             watches: HashMap::new(),
@@ -138,7 +184,9 @@ impl WatchSession {
         })
     }
 
-    async fn run(mut self, mut inbound: Streaming<WatchRequest>) {
+    /// Serves the stream until either side ends it; `first` is a request already read
+    /// from `inbound`.
+    async fn run(mut self, first: Option<WatchRequest>, mut inbound: Streaming<WatchRequest>) {
         let _open = self.ctx.metrics.stream_guard("watch");
         let mut changes = self.ctx.router.changes();
         if self.ctx.router.route().generation != self.route.generation {
@@ -152,6 +200,11 @@ impl WatchSession {
         let mut upstream = self.open_upstream();
         let mut reconnect = Reconnect::new();
         let mut inbound_open = true;
+        if let Some(first) = first {
+            if self.on_client(&mut upstream, first).await.is_err() {
+                return;
+            }
+        }
         let code = loop {
             tokio::select! {
                 _ = changes.changed() => {
@@ -247,17 +300,18 @@ impl WatchSession {
 
     async fn on_client(&mut self, upstream: &mut Upstream, req: WatchRequest) -> Result<(), ClientGone> {
         match &req.request_union {
-            Some(RequestUnion::CreateRequest(c)) if !self.ctx.router.scope().in_tenant(&c.key, &c.range_end) => {
-                // etcd refuses such a watch by canceling it at once.
+            Some(RequestUnion::CreateRequest(c)) if self.refusal(c).is_some() => {
+                // etcd refuses a watch by canceling it at once, with no ID (etcd 3.5's
+                // answer; 3.4 gives the ID asked for).
                 let header = self.last_header;
-                let id = if c.watch_id != 0 { c.watch_id } else { -1 };
+                let cancel_reason = self.refusal(c).unwrap_or_default();
                 return self
                     .send_down(WatchResponse {
                         header,
-                        watch_id: id,
+                        watch_id: -1,
                         created: true,
                         canceled: true,
-                        cancel_reason: messages::PERMISSION_DENIED.into(),
+                        cancel_reason,
                         ..Default::default()
                     })
                     .await;
@@ -287,6 +341,34 @@ impl WatchSession {
             _ => upstream.send(req),
         }
         Ok(())
+    }
+
+    /// Why a watch cannot be created on this stream, if it cannot: its keys are not the
+    /// caller's to read (etcd's refusal), or (a routed stream) they are served elsewhere.
+    fn refusal(&self, c: &WatchCreateRequest) -> Option<String> {
+        let denied = || Some(messages::WATCH_PERMISSION_DENIED.to_string());
+        if !super::permits::watch(self.permits.as_ref(), &c.key, &c.range_end) {
+            return denied();
+        }
+        let Some(owner) = self.owner.as_ref() else {
+            return if self.ctx.router.scope().in_tenant(&c.key, &c.range_end) {
+                None
+            } else {
+                denied()
+            };
+        };
+        let key: &[u8] = if c.key.is_empty() { b"\0" } else { &c.key };
+        match owner.context_of(&[(key, &c.range_end)]) {
+            Ok(ctx) if Arc::ptr_eq(&ctx, &self.ctx) => None,
+            Ok(_) => Some(
+                ProxyError::Unsupported(
+                    "this watch names keys of another tenant than this stream's first watch, which may live \
+                     on another datastore of the pool; watch them on a stream of their own",
+                )
+                .to_string(),
+            ),
+            Err(e) => Some(e.to_string()),
+        }
     }
 
     /// After a route swap: deliver what the watches still miss on the old datastore (up
