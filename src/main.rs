@@ -102,6 +102,10 @@ enum Command {
         /// How many tenants move at once
         #[arg(long, value_name = "N", default_value_t = 2)]
         parallel: usize,
+        /// Delete each moved tenant's old copy from the drained datastore once it has moved
+        /// (its "moved" marker stays), as `cleanup --tenant` does
+        #[arg(long)]
+        cleanup: bool,
         #[command(flatten)]
         connect: cutover::cli::Connect,
     },
@@ -110,6 +114,9 @@ enum Command {
         /// The datastore to clean up (refused while it is authoritative or a migration runs)
         #[arg(long, value_name = "NAME")]
         datastore: String,
+        /// (Gateway) The tenant whose old copy goes (its role name, Kamaji's schema)
+        #[arg(long, value_name = "NAME")]
+        tenant: Option<String>,
         /// With no `prefix` configured (the tenant's range is then the whole key space):
         /// yes, delete every key on that datastore, whoever wrote it
         #[arg(long)]
@@ -226,9 +233,10 @@ fn main() -> ExitCode {
         Command::Drain {
             datastore,
             parallel,
+            cleanup,
             connect,
         } => admin_command(&connect, |a| async move {
-            cutover::cli::tenants::drain(&a, &datastore, parallel).await
+            cutover::cli::tenants::drain(&a, &datastore, parallel, cleanup).await
         }),
         Command::Abort { connect } => {
             admin_command(&connect, |a| async move { cutover::cli::abort(&a).await.map(|_| true) })
@@ -247,12 +255,15 @@ fn main() -> ExitCode {
         }),
         Command::Cleanup {
             datastore,
+            tenant,
             delete_whole_keyspace,
             connect,
         } => admin_command(&connect, |a| async move {
-            cutover::cli::cleanup(&a, &datastore, delete_whole_keyspace)
-                .await
-                .map(|_| true)
+            match tenant {
+                Some(t) => cutover::cli::tenants::cleanup(&a, &t, &datastore).await,
+                None => cutover::cli::cleanup(&a, &datastore, delete_whole_keyspace).await,
+            }
+            .map(|_| true)
         }),
         Command::CheckConfig(o) => match o.load() {
             Ok(c) => {

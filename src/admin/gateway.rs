@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::refuse;
 use crate::gateway::dispatch::Gateway;
 use crate::metrics::Metrics;
-use crate::migrate::{MigrationView, StartError, WholeKeyspace};
+use crate::migrate::{CleanupError, MigrationView, StartError, WholeKeyspace};
 
 pub struct GatewayAdmin {
     pub metrics: Arc<Metrics>,
@@ -25,7 +25,9 @@ pub struct GatewayAdmin {
 }
 
 pub fn routes(state: Arc<GatewayAdmin>) -> HttpRouter {
-    let changes = HttpRouter::new().route("/v1/tenants/{name}/migrations", post(migrate));
+    let changes = HttpRouter::new()
+        .route("/v1/tenants/{name}/migrations", post(migrate))
+        .route("/v1/tenants/{name}/cleanup", post(cleanup));
     #[cfg(feature = "failpoints")]
     let changes = changes.route(
         "/v1/failpoints/{name}",
@@ -147,6 +149,28 @@ async fn migrate(State(s): State<Arc<GatewayAdmin>>, Path(name): Path<String>, b
     {
         Ok(view) => (StatusCode::ACCEPTED, Json(view)).into_response(),
         Err(e @ StartError::UnknownDatastore(_)) => refuse(StatusCode::NOT_FOUND, e),
+        Err(e) => refuse(StatusCode::CONFLICT, e),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CleanupBody {
+    datastore: String,
+}
+
+/// Deletes a tenant's old copy from a datastore it has left (its "moved" marker stays).
+async fn cleanup(State(s): State<Arc<GatewayAdmin>>, Path(name): Path<String>, body: Json<CleanupBody>) -> Response {
+    let served = match s.gateway.tenant(&name) {
+        Ok(x) => x,
+        Err(e) => return refuse(StatusCode::NOT_FOUND, e),
+    };
+    match served.migrator.cleanup(&body.datastore, WholeKeyspace::Refused).await {
+        Ok(deleted) => {
+            Json(serde_json::json!({ "tenant": name, "datastore": body.datastore, "deleted": deleted })).into_response()
+        }
+        Err(e @ CleanupError::UnknownDatastore(_)) => refuse(StatusCode::NOT_FOUND, e),
+        Err(e @ CleanupError::Datastore(_)) => refuse(StatusCode::BAD_GATEWAY, e),
         Err(e) => refuse(StatusCode::CONFLICT, e),
     }
 }

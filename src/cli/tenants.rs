@@ -138,10 +138,26 @@ pub async fn migrate(admin: &Admin, name: &str, to: &str, wait: bool) -> Result<
     wait_for(admin, name, &id).await
 }
 
-/// `cutover drain --datastore NAME [--parallel N]`: moves every tenant whose home is
-/// `datastore` to the other datastores of the pool, each to the one holding the fewest
-/// tenants then, `parallel` at a time. Whether every move succeeded.
-pub async fn drain(admin: &Admin, datastore: &str, parallel: usize) -> Result<bool, CliError> {
+/// `cutover cleanup --tenant S --datastore NAME`: deletes tenant `name`'s old copy from
+/// a datastore it has left.
+pub async fn cleanup(admin: &Admin, name: &str, datastore: &str) -> Result<(), CliError> {
+    let r = admin
+        .post(
+            &format!("/v1/tenants/{name}/cleanup"),
+            serde_json::json!({ "datastore": datastore }),
+        )
+        .await?;
+    say(format_args!(
+        "deleted {} keys of tenant {name} from {datastore}",
+        r["deleted"]
+    ))
+}
+
+/// `cutover drain --datastore NAME [--parallel N] [--cleanup]`: moves every tenant whose
+/// home is `datastore` to the other datastores of the pool, each to the one holding the
+/// fewest tenants then, `parallel` at a time; with `cleanup`, deletes each moved tenant's
+/// old copy from `datastore` once it has moved. Whether every move succeeded.
+pub async fn drain(admin: &Admin, datastore: &str, parallel: usize, cleanup_after: bool) -> Result<bool, CliError> {
     let pool: Vec<DatastoreView> = serde_json::from_value(admin.get("/v1/datastores").await?)
         .map_err(|e| CliError::Refused(format!("the admin API sent no datastore list: {e}")))?;
     if !pool.iter().any(|d| d.name == datastore) {
@@ -189,6 +205,8 @@ pub async fn drain(admin: &Admin, datastore: &str, parallel: usize) -> Result<bo
                 say(format_args!(
                     "tenant {name}: migration {id} did not succeed; it stays where it was"
                 ))?;
+            } else if cleanup_after {
+                cleanup(admin, &name, datastore).await?;
             }
             all_ok &= ok;
         }

@@ -460,6 +460,7 @@ async fn drain_moves_ten_tenants_off_a_datastore_two_at_a_time_with_no_client_er
                     "east",
                     "--parallel",
                     "2",
+                    "--cleanup",
                     "--admin",
                     &admin,
                     "--token-file",
@@ -527,6 +528,15 @@ async fn drain_moves_ten_tenants_off_a_datastore_two_at_a_time_with_no_client_er
             .sum::<u64>()
     };
     assert_eq!(count("/a/load/") + count("/b/load/"), writes.load(Ordering::Relaxed));
+    // With --cleanup, east keeps only each tenant's "moved" marker (cutover's own keys).
+    let out = etcdctl(&east.endpoint, &["get", "/", "--prefix", "--keys-only"]);
+    let left: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty() && !l.contains("\0cutover/"))
+        .map(String::from)
+        .collect();
+    assert!(left.is_empty(), "tenant keys left on the drained east: {left:?}");
+    assert!(said.contains("deleted 1 keys of tenant c from east"), "{said}");
 }
 
 async fn tenant_view(gateway: &Proxy, name: &str) -> serde_json::Value {
