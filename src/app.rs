@@ -35,6 +35,8 @@ const HEALTH_PROBE_EVERY: Duration = Duration::from_secs(2);
 /// How often a gateway replica checks whether a tenant it serves moved (to record its new
 /// home in the catalog).
 const CATALOG_READ_EVERY: Duration = Duration::from_millis(500);
+/// How often (in those ticks) deleted tenants are looked for: every 5 s.
+const RETIRE_EVERY_TICKS: u64 = 10;
 /// A gateway replica watches the catalog, and reads it this often besides.
 const CATALOG_REREAD_EVERY: Duration = Duration::from_secs(10);
 
@@ -77,14 +79,18 @@ async fn serve_gateway(config: Config, gateway: crate::config::GatewaySettings) 
     let catalog_home = shared.datastores.get(&gateway.catalog).cloned();
     let gw = dispatch::Gateway::new(shared, catalog.clone())?;
     {
-        // After a migration, the catalog learns the tenant's new home.
+        // After a migration, the catalog learns the tenant's new home; now and then, the
+        // tenants Kamaji deleted leave it.
         let gw = gw.clone();
         background.spawn(async move {
             let mut tick = tokio::time::interval(CATALOG_READ_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
+            for n in 0u64.. {
                 tick.tick().await;
                 gw.record_homes().await;
+                if n % RETIRE_EVERY_TICKS == 0 {
+                    gw.retire_deleted_tenants().await;
+                }
             }
         });
     }

@@ -382,6 +382,22 @@ impl Metrics {
 
     /// A guard that counts a stream's end, with the code it leaves in `code` (Cancelled
     /// unless set: a stream dropped with its client was cancelled).
+    /// (Gateway) Drops a deleted tenant's series, so that the label sets stay those of the
+    /// tenants that exist.
+    pub fn forget_tenant(&self, tenant: &str) {
+        let labels = TenantLabels {
+            tenant: tenant.to_string(),
+        };
+        self.tenant_requests.remove(&labels);
+        self.tenant_migration_phase.remove(&labels);
+        for outcome in ["running", "succeeded", "failed", "aborted", "refused"] {
+            self.tenant_migrations.remove(&TenantOutcomeLabels {
+                tenant: tenant.to_string(),
+                outcome,
+            });
+        }
+    }
+
     pub fn stream_end(self: &Arc<Self>, service: &'static str, method: &'static str) -> StreamEnd {
         StreamEnd {
             metrics: Arc::clone(self),

@@ -32,6 +32,20 @@ impl Background {
         });
     }
 
+    /// Tasks of their own on the same tracker (waited for at shutdown), stopped with the
+    /// process or by [`Background::stop`] on the child alone.
+    pub fn child(&self) -> Self {
+        Background {
+            tracker: self.tracker.clone(),
+            stop: self.stop.child_token(),
+        }
+    }
+
+    /// Stops this one's tasks (a child's: see [`Background::child`]).
+    pub fn stop(&self) {
+        self.stop.cancel();
+    }
+
     /// Cancelled when the process stops: for a task that must finish a step first.
     pub fn stopping(&self) -> CancellationToken {
         self.stop.clone()

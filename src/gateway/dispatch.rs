@@ -45,6 +45,8 @@ pub struct Served {
     pub routes: tonic::service::Routes,
     pub migrator: Arc<crate::migrate::Migrator>,
     pub ctx: Arc<Context>,
+    /// Its followers (markers, migration metrics), stopped when the tenant is deleted.
+    tasks: crate::tasks::Background,
 }
 
 pub struct Gateway {
@@ -185,6 +187,7 @@ impl Gateway {
             hold_timeout: shared.hold_timeout,
         };
         let router = Arc::new(Router::new(shared.datastores.clone(), home, fence)?);
+        let tasks = shared.background.child();
         // Where the catalog says the tenant lives may be a store it has left since: the
         // markers there say where it went (and until they are read, the fence guard keeps
         // writes from landing on a store the tenant left).
@@ -192,17 +195,17 @@ impl Gateway {
             // The whole key space is nobody's to move.
         } else {
             let r = router.clone();
-            shared.background.spawn(async move {
+            tasks.spawn(async move {
                 if let Err(e) = crate::migrate::marker::follow_markers(&r).await {
                     tracing::warn!(error = %e, "a tenant's migration markers cannot be read yet; its follower keeps trying");
                 }
             });
-            crate::migrate::marker::spawn_follower(router.clone(), &shared.background);
+            crate::migrate::marker::spawn_follower(router.clone(), &tasks);
         }
         let migrator = crate::migrate::Migrator::new(router.clone(), shared.metrics.clone(), shared.migration.clone());
         if let Some(name) = tenant {
             migrator.spawn_status_follower();
-            Self::spawn_migration_metrics(shared, name, &migrator);
+            Self::spawn_migration_metrics(shared, &tasks, name, &migrator);
         }
         let ctx = Arc::new(Context {
             router,
@@ -224,17 +227,23 @@ impl Gateway {
             routes: data_routes(&ctx),
             migrator,
             ctx,
+            tasks,
         })
     }
 
     /// Keeps tenant `name`'s migration metrics: its phase, and each migration's outcome
     /// once it ends.
-    fn spawn_migration_metrics(shared: &Shared, name: &str, migrator: &Arc<crate::migrate::Migrator>) {
+    fn spawn_migration_metrics(
+        shared: &Shared,
+        tasks: &crate::tasks::Background,
+        name: &str,
+        migrator: &Arc<crate::migrate::Migrator>,
+    ) {
         use crate::metrics::{TenantLabels, TenantOutcomeLabels};
         let metrics = shared.metrics.clone();
         let mut changes = migrator.subscribe();
         let tenant = name.to_string();
-        shared.background.spawn(async move {
+        tasks.spawn(async move {
             let mut counted: Option<String> = None;
             loop {
                 let snapshot = changes.borrow_and_update().clone();
@@ -356,6 +365,73 @@ impl Gateway {
                 Err(e) => tracing::warn!(tenant = %name, error = %e, "cannot record the tenant's new home yet"),
             }
         }
+    }
+
+    /// Clears what is left of the tenants Kamaji deleted (see `super::retire`): a tenant
+    /// whose role is gone and whose home holds none of its keys leaves the catalog, with
+    /// cutover's keys of it on every datastore. A replica drops its context of a tenant the
+    /// catalog no longer has.
+    pub async fn retire_deleted_tenants(&self) {
+        let snapshot = self.catalog.snapshot();
+        let catalog = &snapshot.0;
+        let gone: Vec<(String, super::catalog::Tenant)> = catalog
+            .tenants
+            .iter()
+            .filter(|(name, _)| !catalog.auth.roles.contains_key(*name))
+            .map(|(n, t)| (n.clone(), t.clone()))
+            .collect();
+        for (name, tenant) in gone {
+            // Where it lives as this replica serves it (the catalog may not know a move yet).
+            let served = self.served(&name);
+            if served
+                .as_ref()
+                .is_some_and(|s| s.migrator.snapshot().phase != crate::migrate::Phase::Ready)
+            {
+                continue;
+            }
+            let home = served.as_ref().map_or(tenant.home.clone(), |s| {
+                s.migrator.router().route().datastore_name.clone()
+            });
+            let Some(home_ds) = self.shared.datastores.get(&home) else {
+                continue;
+            };
+            let result = async {
+                if !super::retire::is_gone(home_ds, tenant.prefix.as_bytes()).await? {
+                    return Ok(None);
+                }
+                let deleted = super::retire::forget(&self.shared.datastores, &home, tenant.prefix.as_bytes()).await?;
+                self.catalog
+                    .update(|c| {
+                        if !c.auth.roles.contains_key(&name) {
+                            c.tenants.remove(&name);
+                        }
+                        Ok(())
+                    })
+                    .await?;
+                Ok::<_, ProxyError>(Some(deleted))
+            }
+            .await;
+            match result {
+                Ok(Some(deleted)) => {
+                    tracing::info!(tenant = %name, home = %home, keys = deleted, "the tenant was deleted; cutover's keys of it are gone too")
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(tenant = %name, error = %e, "cannot clear a deleted tenant's keys yet"),
+            }
+        }
+        let snapshot = self.catalog.snapshot();
+        self.tenants.retain(|name, served| {
+            let keep = snapshot.0.tenants.contains_key(name);
+            if !keep {
+                served.tasks.stop();
+                self.shared.metrics.forget_tenant(name);
+            }
+            keep
+        });
+        self.shared
+            .metrics
+            .gateway_tenants_served
+            .set(self.tenants.len() as i64);
     }
 
     /// How many tenants have a context built on this replica.

@@ -5,10 +5,11 @@
 //! with each tenant's home datastore, and reaches the clusters with its own credentials.
 //! The catalog (`catalog`), the Auth API answered from it (`auth`, `token`), each caller
 //! served by its tenant's own context (`dispatch`), root's requests sent to the tenant
-//! whose keys they name (`root`).
+//! whose keys they name (`root`), a deleted tenant's leftovers cleared (`retire`).
 
 pub mod auth;
 pub mod catalog;
 pub mod dispatch;
+pub mod retire;
 pub mod root;
 pub mod token;

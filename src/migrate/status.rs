@@ -108,15 +108,17 @@ impl Migrator {
 
     /// On a replica that runs no migration: shows the one another replica runs (or ran
     /// last), as published in the authoritative datastore, and ends it as "leader lost"
-    /// when its leader is gone.
+    /// when its leader is gone. It ends once the migrator is dropped (a gateway's tenant
+    /// that was deleted).
     pub fn spawn_status_follower(self: &Arc<Self>) {
-        let me = Arc::clone(self);
+        let weak = Arc::downgrade(self);
         self.tasks.spawn(async move {
             // Since when the lock has been seen without the running migration's marker, and
             // for which migration (a view of another one starts the wait again).
             let mut lock_gone_since: Option<(String, tokio::time::Instant)> = None;
             loop {
                 tokio::time::sleep(FOLLOW_EVERY).await;
+                let Some(me) = weak.upgrade() else { return };
                 if me.leading() {
                     lock_gone_since = None;
                     continue;

@@ -1428,3 +1428,99 @@ async fn watches_of_root_follow_the_tenant_and_the_catalog_is_nobodys_key() {
         (tonic::Code::PermissionDenied, "etcdserver: permission denied")
     );
 }
+
+/// Kamaji deletes a tenant that had moved (east to west): once its role and its keys are
+/// gone, so is everything cutover kept of it (the old copy and the "moved" marker on east,
+/// the translation record on west) and its catalog entry; the same tenant created again is
+/// placed afresh on east and served there, not sent after the old one.
+#[tokio::test]
+async fn a_deleted_tenant_leaves_nothing_behind_and_comes_back_afresh() {
+    use crate::support::eventually;
+    use std::time::Duration;
+
+    let tls = TlsFiles::generate();
+    let east = Etcd::start().await;
+    let west = Etcd::start().await;
+    let gateway = Proxy::start(&gateway_config(&tls, "", &[("east", &east), ("west", &west)])).await;
+    kamaji_setup(&gateway.endpoint, &tls);
+    let as_a = |args: &[&str]| run(&gateway.endpoint, &tls, &tls.tenant_cert, &tls.tenant_key, args);
+    let root = |args: &[&str]| {
+        let out = run(&gateway.endpoint, &tls, &tls.client_cert, &tls.client_key, args);
+        assert!(out.starts_with("ok"), "{args:?}: {out}");
+    };
+    for i in 0..5 {
+        let out = as_a(&["put", &format!("/a/pods/p{i}"), "v"]);
+        assert!(out.starts_with("ok"), "{out}");
+    }
+    let out = run(
+        &gateway.endpoint,
+        &tls,
+        &tls.tenant_b_cert,
+        &tls.tenant_b_key,
+        &["put", "/b/pods/z", "1"],
+    );
+    assert!(out.starts_with("ok"), "{out}");
+    let (code, started) = gateway
+        .admin_post("/v1/tenants/a/migrations", serde_json::json!({"to": "west"}))
+        .await;
+    assert_eq!(code, 202, "{started}");
+    eventually("tenant a lives on west", Duration::from_secs(60), || async {
+        tenant_view(&gateway, "a").await["home"] == "west"
+    })
+    .await;
+    let keys_of_a = |etcd: &Etcd| {
+        let out = etcdctl(&etcd.endpoint, &["get", "/a/", "--prefix", "--keys-only"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        keys_of_a(&east).iter().any(|k| k.contains("\0cutover/")),
+        "a move leaves a marker: {:?}",
+        keys_of_a(&east)
+    );
+
+    // Kamaji's deletion of tenant a.
+    root(&["role", "delete", "a"]);
+    root(&["del", "/a/", "--prefix"]);
+    root(&["user", "delete", "tenant-a"]);
+    eventually(
+        "nothing of tenant a is left on either cluster",
+        Duration::from_secs(30),
+        || async { keys_of_a(&east).is_empty() && keys_of_a(&west).is_empty() },
+    )
+    .await;
+    let (status, _) = {
+        let r = reqwest::get(format!("{}/v1/tenants/a", gateway.admin)).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    assert_eq!(status, 404, "tenant a has left the catalog");
+    assert!(
+        !gateway.metrics().await.contains("tenant=\"a\""),
+        "tenant a's series are gone from /metrics"
+    );
+    // Tenant b saw nothing of it.
+    let out = run(
+        &gateway.endpoint,
+        &tls,
+        &tls.tenant_b_cert,
+        &tls.tenant_b_key,
+        &["get", "/b/pods/z"],
+    );
+    assert!(out.starts_with("ok") && out.contains("/b/pods/z"), "{out}");
+
+    // The same tenant again: placed on east, served there.
+    root(&["user", "add", "tenant-a", "--no-password"]);
+    root(&["role", "add", "a"]);
+    root(&["role", "grant-permission", "a", "readwrite", "/a/", "--prefix"]);
+    root(&["user", "grant-role", "tenant-a", "a"]);
+    let out = as_a(&["put", "/a/pods/again", "v"]);
+    assert!(out.starts_with("ok"), "{out}");
+    let out = as_a(&["get", "/a/", "--prefix", "--keys-only"]);
+    assert_eq!(out, "ok | /a/pods/again ", "only the new tenant's key");
+    assert_eq!(tenant_view(&gateway, "a").await["home"], "east");
+    assert_eq!(keys_of_a(&east), vec!["/a/pods/again".to_string()]);
+    assert!(keys_of_a(&west).is_empty(), "{:?}", keys_of_a(&west));
+}
