@@ -83,11 +83,16 @@ enum Command {
     ///
     /// Columns: NAME (the tenant's role, Kamaji's schema), PREFIX (its keys), HOME (the
     /// datastore the catalog places it on), SERVING (where this replica sends its requests
-    /// now), MIGRATION (the latest this replica saw: id, phase or outcome, from -> to).
+    /// now), KEYS (its keys there), SIZE (with --size), MIGRATION (the latest this replica
+    /// saw: id, phase or outcome, from -> to).
     Tenants {
         /// Output format: table or json (the /v1/tenants document)
         #[arg(long, short = 'o', value_name = "FORMAT", default_value = "table", value_parser = ["table", "json"])]
         output: String,
+        /// Also show each tenant's size (SIZE: its keys' and values' bytes), which reads
+        /// every tenant's keys whole
+        #[arg(long)]
+        size: bool,
         #[command(flatten)]
         connect: cutover::cli::Connect,
     },
@@ -227,8 +232,10 @@ fn main() -> ExitCode {
                 None => cutover::cli::migrate(&a, &to, overwrite, delete_whole_keyspace, wait).await,
             }
         }),
-        Command::Tenants { output, connect } => admin_command(&connect, |a| async move {
-            cutover::cli::tenants::list(&a, output == "json").await.map(|_| true)
+        Command::Tenants { output, size, connect } => admin_command(&connect, |a| async move {
+            cutover::cli::tenants::list(&a, output == "json", size)
+                .await
+                .map(|_| true)
         }),
         Command::Drain {
             datastore,

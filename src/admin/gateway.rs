@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -75,10 +75,13 @@ pub struct TenantView {
     /// Since when (Unix ms) this replica has served it from there.
     #[serde(default)]
     pub serving_since_unix_ms: Option<u64>,
-    /// Its keys where it lives now (`None`: that datastore did not answer). Its size is
-    /// not shown: etcd tells the size of a key range only by reading every value.
+    /// Its keys where it lives now (`None`: that datastore did not answer).
     #[serde(default)]
     pub keys: Option<i64>,
+    /// Its keys' and values' bytes where it lives now, when asked for (`?size=true`: etcd
+    /// tells a range's size only by reading it whole).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_bytes: Option<i64>,
     /// Its latest migration seen by this replica.
     pub migration: Option<MigrationView>,
 }
@@ -101,32 +104,45 @@ fn view(s: &GatewayAdmin, name: &str, with_context: bool) -> Option<TenantView> 
         serving_since_unix_ms: served.as_ref().map(|x| x.migrator.router().route().since_unix_ms),
         migration: served.and_then(|x| x.migrator.snapshot().migration),
         keys: None,
+        size_bytes: None,
     })
 }
 
-/// `v` with its key count, read where the tenant lives now.
-async fn with_keys(s: &GatewayAdmin, mut v: TenantView) -> TenantView {
+/// What a tenant view may add on request.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ViewQuery {
+    /// Read the tenant's keys whole to tell its size.
+    #[serde(default)]
+    size: bool,
+}
+
+/// `v` with its key count (and, when asked, its size), read where the tenant lives now.
+async fn with_keys(s: &GatewayAdmin, mut v: TenantView, size: bool) -> TenantView {
     let at = v.serving_from.clone().unwrap_or_else(|| v.home.clone());
     v.keys = s.gateway.count_keys(&at, &v.prefix).await.ok();
+    if size {
+        v.size_bytes = s.gateway.measure_bytes(&at, &v.prefix).await.ok();
+    }
     v
 }
 
-async fn tenants(State(s): State<Arc<GatewayAdmin>>) -> Response {
+async fn tenants(State(s): State<Arc<GatewayAdmin>>, Query(q): Query<ViewQuery>) -> Response {
     use futures::StreamExt;
     let snapshot = s.gateway.catalog().snapshot();
     let views: Vec<TenantView> = snapshot.0.tenants.keys().filter_map(|n| view(&s, n, false)).collect();
     // A count per tenant, a few at a time.
     let all: Vec<TenantView> = futures::stream::iter(views)
-        .map(|v| with_keys(&s, v))
+        .map(|v| with_keys(&s, v, q.size))
         .buffered(8)
         .collect()
         .await;
     Json(all).into_response()
 }
 
-async fn tenant(State(s): State<Arc<GatewayAdmin>>, Path(name): Path<String>) -> Response {
+async fn tenant(State(s): State<Arc<GatewayAdmin>>, Path(name): Path<String>, Query(q): Query<ViewQuery>) -> Response {
     match view(&s, &name, true) {
-        Some(v) => Json(with_keys(&s, v).await).into_response(),
+        Some(v) => Json(with_keys(&s, v, q.size).await).into_response(),
         None => refuse(StatusCode::NOT_FOUND, format!("no tenant {name:?}")),
     }
 }

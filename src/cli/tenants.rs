@@ -12,13 +12,35 @@ use crate::admin::gateway::{DatastoreView, TenantView};
 const POLL: Duration = Duration::from_millis(250);
 
 async fn tenants(admin: &Admin) -> Result<Vec<TenantView>, CliError> {
-    let json = admin.get("/v1/tenants").await?;
+    tenants_sized(admin, false).await
+}
+
+async fn tenants_sized(admin: &Admin, size: bool) -> Result<Vec<TenantView>, CliError> {
+    let json = admin
+        .get(if size { "/v1/tenants?size=true" } else { "/v1/tenants" })
+        .await?;
     serde_json::from_value(json).map_err(|e| CliError::Refused(format!("the admin API sent no tenant list: {e}")))
 }
 
 async fn tenant(admin: &Admin, name: &str) -> Result<TenantView, CliError> {
     let json = admin.get(&format!("/v1/tenants/{name}")).await?;
     serde_json::from_value(json).map_err(|e| CliError::Refused(format!("the admin API sent no tenant: {e}")))
+}
+
+/// A size in bytes, as people read it.
+fn human(bytes: i64) -> String {
+    const UNITS: [&str; 4] = ["B", "KiB", "MiB", "GiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
 }
 
 /// One line of `tenants` / `status --tenant`.
@@ -35,7 +57,10 @@ fn line(t: &TenantView) -> String {
         t.home,
         t.serving_from.as_deref().unwrap_or("-"),
         t.keys.map_or("?".to_string(), |k| k.to_string()),
-        migration
+        match t.size_bytes {
+            Some(b) => format!("{:>10} {migration}", human(b)),
+            None => migration,
+        }
     )
 }
 
@@ -46,13 +71,17 @@ fn header() -> String {
     )
 }
 
-/// `cutover tenants`.
-pub async fn list(admin: &Admin, json: bool) -> Result<(), CliError> {
-    let all = tenants(admin).await?;
+/// `cutover tenants [--size]`.
+pub async fn list(admin: &Admin, json: bool, size: bool) -> Result<(), CliError> {
+    let all = tenants_sized(admin, size).await?;
     if json {
         return say(serde_json::to_string(&all).unwrap_or_default());
     }
-    say(header())?;
+    say(if size {
+        header().replacen("MIGRATION", &format!("{:>10} MIGRATION", "SIZE"), 1)
+    } else {
+        header()
+    })?;
     for t in &all {
         say(line(t))?;
     }

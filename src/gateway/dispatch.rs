@@ -317,6 +317,59 @@ impl Gateway {
         Ok(before + after)
     }
 
+    /// How many bytes (keys and values) tenant `prefix` holds on datastore `name`
+    /// (cutover's own keys under the prefix not counted). etcd tells a range's size only
+    /// by reading it: the keys are read in pages at one revision, and only summed.
+    pub async fn measure_bytes(&self, name: &str, prefix: &str) -> Result<i64, ProxyError> {
+        /// Keys per page: a few MiB at most with kube-apiserver's objects.
+        const PAGE: i64 = 100;
+        let ds = self
+            .shared
+            .datastores
+            .get(name)
+            .ok_or_else(|| ProxyError::Catalog(format!("no datastore {name:?} in the pool")))?;
+        let p = bytes::Bytes::copy_from_slice(prefix.as_bytes());
+        let reserved = crate::keys::reserved_prefix(&p);
+        let mut revision = 0;
+        let mut total = 0i64;
+        for (start, end) in [
+            (p.clone(), reserved.clone()),
+            (crate::keys::prefix_end(&reserved), crate::keys::prefix_end(&p)),
+        ] {
+            let mut from = start;
+            loop {
+                let page = crate::migrate::ops::range(
+                    ds,
+                    crate::proto::etcdserverpb::RangeRequest {
+                        key: from.clone(),
+                        range_end: end.clone(),
+                        limit: PAGE,
+                        revision,
+                        ..Default::default()
+                    },
+                )
+                .await?;
+                if revision == 0 {
+                    revision = page.header.as_ref().map_or(0, |h| h.revision);
+                }
+                total += page
+                    .kvs
+                    .iter()
+                    .map(|kv| (kv.key.len() + kv.value.len()) as i64)
+                    .sum::<i64>();
+                match page.kvs.last() {
+                    Some(last) if page.more => {
+                        let mut next = last.key.to_vec();
+                        next.push(0);
+                        from = next.into();
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Ok(total)
+    }
+
     /// The datastores of the pool.
     pub fn datastore_names(&self) -> Vec<String> {
         self.shared.datastores.keys().cloned().collect()

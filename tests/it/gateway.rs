@@ -1448,9 +1448,10 @@ async fn a_deleted_tenant_leaves_nothing_behind_and_comes_back_afresh() {
         let out = run(&gateway.endpoint, &tls, &tls.client_cert, &tls.client_key, args);
         assert!(out.starts_with("ok"), "{args:?}: {out}");
     };
-    for i in 0..5 {
-        let out = as_a(&["put", &format!("/a/pods/p{i}"), "v"]);
-        assert!(out.starts_with("ok"), "{out}");
+    // More keys than the size's page (100): it is read in pages.
+    let mut a_client = client_as(&gateway, &tls, &tls.tenant_cert, &tls.tenant_key).await;
+    for i in 0..250 {
+        a_client.put(format!("/a/pods/p{i:03}"), "v", None).await.unwrap();
     }
     let out = run(
         &gateway.endpoint,
@@ -1481,6 +1482,28 @@ async fn a_deleted_tenant_leaves_nothing_behind_and_comes_back_afresh() {
         "a move leaves a marker: {:?}",
         keys_of_a(&east)
     );
+    // `cutover tenants --size`: 250 keys of twelve bytes, each with a one-byte value, on
+    // west.
+    let listed = std::process::Command::new(env!("CARGO_BIN_EXE_cutover"))
+        .args(["tenants", "--size", "--admin", &gateway.admin])
+        .output()
+        .expect("cutover tenants runs");
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    let line_of_a = listed.lines().find(|l| l.starts_with("a ")).unwrap_or_default();
+    let columns: Vec<&str> = line_of_a.split_whitespace().collect();
+    assert_eq!(
+        columns[..7],
+        ["a", "/a/", "west", "west", "250", "3.2", "KiB"],
+        "{listed}"
+    );
+    assert!(listed.lines().next().unwrap_or_default().contains("SIZE"), "{listed}");
+    let view: serde_json::Value = reqwest::get(format!("{}/v1/tenants/a?size=true", gateway.admin))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(view["sizeBytes"], 250 * 13, "{view}");
 
     // Kamaji's deletion of tenant a.
     root(&["role", "delete", "a"]);
