@@ -23,6 +23,7 @@ use super::stream::{Answers, Driven, Reconnect, UpstreamStream};
 use super::{client, no_connection, Context, Forwarded, HeldGuard};
 use crate::config::FenceMode;
 use crate::error::ProxyError;
+use crate::proto::authpb::permission::Type as PermType;
 use crate::proto::etcdserverpb::lease_client::LeaseClient;
 use crate::proto::etcdserverpb::lease_server::Lease;
 use crate::proto::etcdserverpb::*;
@@ -87,13 +88,24 @@ pub(super) async fn check_keys_writable(
     permits: Option<&Arc<crate::rbac::Permits>>,
     id: i64,
 ) -> Result<(), Status> {
+    check_keys(ctx, permits, id, PermType::Write).await
+}
+
+/// The caller may read (`Read`) or write (`Write`) every key on lease `id`; looked up only
+/// when it may not do so with every key the context serves.
+async fn check_keys(
+    ctx: &Context,
+    permits: Option<&Arc<crate::rbac::Permits>>,
+    id: i64,
+    wanted: PermType,
+) -> Result<(), Status> {
     let Some(p) = permits else { return Ok(()) };
-    if super::permits::writes_all(p, ctx.router.scope().tenant_range()) {
+    if super::permits::may_all(p, ctx.router.scope().tenant_range(), wanted) {
         return Ok(());
     }
     let on_lease = lease_keys(ctx, id).await.map_err(|e| e.to_status())?;
     for key in &on_lease.keys {
-        p.check_range(key, b"", crate::proto::authpb::permission::Type::Write)
+        p.check_range(key, b"", wanted)
             .map_err(|e| ProxyError::from(e).to_status())?;
     }
     Ok(())
@@ -275,6 +287,17 @@ impl Lease for LeaseService {
             "LeaseTimeToLive",
         )
         .await?;
+        // etcd (3.4.26 on, 3.5.9 on) lists a lease's keys only to a caller that may read
+        // every one of them.
+        if request.get_ref().keys {
+            check_keys(
+                &self.ctx,
+                super::permits::of(&request),
+                request.get_ref().id,
+                PermType::Read,
+            )
+            .await?;
+        }
         let scope = self.ctx.router.scope().clone();
         self.ctx
             .unary_translated(

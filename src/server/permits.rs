@@ -84,10 +84,11 @@ pub(crate) fn watch(permits: Option<&Arc<Permits>>, key: &[u8], range_end: &[u8]
     permits.is_none_or(|p| p.check_range(key, range_end, PermType::Read).is_ok())
 }
 
-/// Whether every key a lease can hold in this context may be written by the caller: then
-/// the keys on its leases need not be looked up (etcd lets a key be put on a lease, or a
-/// lease be revoked, only by a caller that may write every key already on it).
-pub(crate) fn writes_all(permits: &Permits, (key, end): (&[u8], &[u8])) -> bool {
+/// Whether the caller may read or write (`wanted`) every key a lease can hold in this
+/// context: then the keys on its leases need not be looked up (etcd lets a key be put on a
+/// lease, or a lease be revoked, only by a caller that may write every key already on it,
+/// and shows a lease only to one that may read them).
+pub(crate) fn may_all(permits: &Permits, (key, end): (&[u8], &[u8]), wanted: PermType) -> bool {
     let key = if key.is_empty() { b"\0" } else { key };
-    permits.check_range(key, end, PermType::Write).is_ok()
+    permits.check_range(key, end, wanted).is_ok()
 }

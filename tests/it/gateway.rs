@@ -1136,6 +1136,22 @@ async fn every_request_as_tenant_a(channel: &tonic::transport::Channel, lease: i
         drop(tx);
         out.push((what.to_string(), shown(r)));
     }
+    // etcd lists a lease's keys only to a caller that may read every one of them from
+    // 3.4.26 and 3.5.9 on (cutover does so whatever the datastore); Debian's 3.4.23 lists
+    // them to all.
+    for keys in [false, true] {
+        if keys && crate::support::wanted_etcd_version().as_deref() != Some("3.5") {
+            continue;
+        }
+        let r = LeaseClient::new(channel.clone())
+            .lease_time_to_live(LeaseTimeToLiveRequest { id: lease, keys })
+            .await
+            .map(|r| {
+                let r = r.into_inner();
+                format!("{} {}", r.ttl > 0, r.keys.len())
+            });
+        out.push((format!("look into the lease holding a key of a, keys {keys}"), shown(r)));
+    }
     let r = LeaseClient::new(channel.clone())
         .lease_revoke(LeaseRevokeRequest { id: lease })
         .await
