@@ -116,6 +116,16 @@ impl Callers {
     }
 }
 
+/// A tenant's keys without cutover's own: the parts of its prefix before and after them.
+fn around_reserved(prefix: &str) -> [(bytes::Bytes, bytes::Bytes); 2] {
+    let p = bytes::Bytes::copy_from_slice(prefix.as_bytes());
+    let reserved = crate::keys::reserved_prefix(&p);
+    [
+        (p.clone(), reserved.clone()),
+        (crate::keys::prefix_end(&reserved), crate::keys::prefix_end(&p)),
+    ]
+}
+
 /// The one tenant whose prefix holds every key `permits` reach, if there is one.
 fn reach_of(catalog: &super::catalog::Catalog, permits: &Permits) -> Reach {
     let mut tenant: Option<&String> = None;
@@ -304,17 +314,19 @@ impl Gateway {
     /// How many keys tenant `prefix` has on datastore `name` (cutover's own keys under the
     /// prefix not counted).
     pub async fn count_keys(&self, name: &str, prefix: &str) -> Result<i64, ProxyError> {
-        let ds = self
-            .shared
+        let ds = self.pool_member(name)?;
+        let mut n = 0;
+        for (start, end) in around_reserved(prefix) {
+            n += crate::upstream::calls::count(ds, start, end).await?;
+        }
+        Ok(n)
+    }
+
+    fn pool_member(&self, name: &str) -> Result<&Arc<Datastore>, ProxyError> {
+        self.shared
             .datastores
             .get(name)
-            .ok_or_else(|| ProxyError::Catalog(format!("no datastore {name:?} in the pool")))?;
-        let p = bytes::Bytes::copy_from_slice(prefix.as_bytes());
-        let reserved = crate::keys::reserved_prefix(&p);
-        let reserved_end = crate::keys::prefix_end(&reserved);
-        let before = crate::upstream::calls::count(ds, p.clone(), reserved.clone()).await?;
-        let after = crate::upstream::calls::count(ds, reserved_end, crate::keys::prefix_end(&p)).await?;
-        Ok(before + after)
+            .ok_or_else(|| ProxyError::Catalog(format!("no datastore {name:?} in the pool")))
     }
 
     /// How many bytes (keys and values) tenant `prefix` holds on datastore `name`
@@ -323,19 +335,10 @@ impl Gateway {
     pub async fn measure_bytes(&self, name: &str, prefix: &str) -> Result<i64, ProxyError> {
         /// Keys per page: a few MiB at most with kube-apiserver's objects.
         const PAGE: i64 = 100;
-        let ds = self
-            .shared
-            .datastores
-            .get(name)
-            .ok_or_else(|| ProxyError::Catalog(format!("no datastore {name:?} in the pool")))?;
-        let p = bytes::Bytes::copy_from_slice(prefix.as_bytes());
-        let reserved = crate::keys::reserved_prefix(&p);
+        let ds = self.pool_member(name)?;
         let mut revision = 0;
         let mut total = 0i64;
-        for (start, end) in [
-            (p.clone(), reserved.clone()),
-            (crate::keys::prefix_end(&reserved), crate::keys::prefix_end(&p)),
-        ] {
+        for (start, end) in around_reserved(prefix) {
             let mut from = start;
             loop {
                 let page = crate::migrate::ops::range(

@@ -24,6 +24,16 @@ fn gateway_config(tls: &TlsFiles, extra: &str, pool: &[(&str, &Etcd)]) -> String
     c
 }
 
+/// An etcd serving TLS that takes its users from client certificates, as a Kamaji
+/// DataStore's clusters do: what the gateway is compared with.
+async fn etcd_with_client_certificates(tls: &TlsFiles) -> Etcd {
+    Etcd::start_with(EtcdOptions {
+        tls: Some((tls.server_cert.clone(), tls.server_key.clone(), tls.ca.clone())),
+        client_auth: true,
+    })
+    .await
+}
+
 /// etcdctl as the holder of `cert`: what it printed and whether it succeeded.
 fn run(endpoint: &str, tls: &TlsFiles, cert: &Path, key: &Path, args: &[&str]) -> String {
     let mut all = vec![
@@ -51,11 +61,7 @@ fn run(endpoint: &str, tls: &TlsFiles, cert: &Path, key: &Path, args: &[&str]) -
 #[tokio::test]
 async fn kamajis_calls_through_the_gateway_answer_as_etcd_and_each_tenant_keeps_to_its_prefix() {
     let tls = TlsFiles::generate();
-    let direct = Etcd::start_with(EtcdOptions {
-        tls: Some((tls.server_cert.clone(), tls.server_key.clone(), tls.ca.clone())),
-        client_auth: true,
-    })
-    .await;
+    let direct = etcd_with_client_certificates(&tls).await;
     let east = Etcd::start().await;
     let west = Etcd::start().await;
     let gateway = Proxy::start(&gateway_config(&tls, "", &[("east", &east), ("west", &west)])).await;
@@ -153,6 +159,16 @@ async fn client_as(gateway: &Proxy, tls: &TlsFiles, cert: &Path, key: &Path) -> 
         .expect("a tenant connects to the gateway")
 }
 
+/// A gateway over two clusters, east (the catalog's, where new tenants go) and west, with
+/// Kamaji's tenants a and b set up through it.
+async fn gateway_with_kamajis_tenants(tls: &TlsFiles) -> (Etcd, Etcd, Proxy) {
+    let east = Etcd::start().await;
+    let west = Etcd::start().await;
+    let gateway = Proxy::start(&gateway_config(tls, "", &[("east", &east), ("west", &west)])).await;
+    kamaji_setup(&gateway.endpoint, tls);
+    (east, west, gateway)
+}
+
 /// Kamaji's setup of tenants a (user tenant-a) and b (tenant-b), as root with etcdctl.
 fn kamaji_setup(endpoint: &str, tls: &TlsFiles) {
     let root = |args: &[&str]| {
@@ -186,10 +202,7 @@ async fn a_tenant_moves_to_another_cluster_live_and_the_other_sees_nothing() {
     use std::time::{Duration, Instant};
 
     let tls = TlsFiles::generate();
-    let east = Etcd::start().await;
-    let west = Etcd::start().await;
-    let gateway = Proxy::start(&gateway_config(&tls, "", &[("east", &east), ("west", &west)])).await;
-    kamaji_setup(&gateway.endpoint, &tls);
+    let (east, west, gateway) = gateway_with_kamajis_tenants(&tls).await;
     let mut a = client_as(&gateway, &tls, &tls.tenant_cert, &tls.tenant_key).await;
     let mut b = client_as(&gateway, &tls, &tls.tenant_b_cert, &tls.tenant_b_key).await;
     for i in 0..20 {
@@ -539,6 +552,24 @@ async fn drain_moves_ten_tenants_off_a_datastore_two_at_a_time_with_no_client_er
     assert!(said.contains("deleted 1 keys of tenant c from east"), "{said}");
 }
 
+/// Moves tenant `name` to datastore `to` through the gateway's admin API and waits until
+/// the catalog has it there.
+async fn move_tenant(gateway: &Proxy, name: &str, to: &str) {
+    let (code, started) = gateway
+        .admin_post(
+            &format!("/v1/tenants/{name}/migrations"),
+            serde_json::json!({ "to": to }),
+        )
+        .await;
+    assert_eq!(code, 202, "{started}");
+    crate::support::eventually(
+        &format!("tenant {name} lives on {to}"),
+        std::time::Duration::from_secs(60),
+        || async { tenant_view(gateway, name).await["home"] == to },
+    )
+    .await;
+}
+
 async fn tenant_view(gateway: &Proxy, name: &str) -> serde_json::Value {
     reqwest::get(format!("{}/v1/tenants/{name}", gateway.admin))
         .await
@@ -809,11 +840,7 @@ async fn password_users_authenticate_as_on_etcd_and_their_tokens_work_on_every_r
     use etcd_client::{Certificate, ConnectOptions, Identity, TlsOptions};
 
     let tls = TlsFiles::generate();
-    let direct = Etcd::start_with(EtcdOptions {
-        tls: Some((tls.server_cert.clone(), tls.server_key.clone(), tls.ca.clone())),
-        client_auth: true,
-    })
-    .await;
+    let direct = etcd_with_client_certificates(&tls).await;
     let east = Etcd::start().await;
     let config = gateway_config(&tls, "", &[("east", &east)]);
     let one = Proxy::start(&config).await;
@@ -1175,14 +1202,10 @@ async fn any_users_roles_decide_its_requests_through_the_gateway_as_on_etcd() {
     use cutover::proto::etcdserverpb::{LeaseGrantRequest, PutRequest};
 
     let tls = TlsFiles::generate();
-    let direct = Etcd::start_with(EtcdOptions {
-        tls: Some((tls.server_cert.clone(), tls.server_key.clone(), tls.ca.clone())),
-        client_auth: true,
-    })
-    .await;
+    let direct = etcd_with_client_certificates(&tls).await;
     let east = Etcd::start().await;
     let west = Etcd::start().await;
-    // Tenant b is placed on west by hand below, so that a user of both reaches two clusters.
+    // Tenant b moves to west below, so that a user of both reaches two clusters.
     let gateway = Proxy::start(&gateway_config(&tls, "", &[("east", &east), ("west", &west)])).await;
     let endpoints = [direct.endpoint.clone(), gateway.endpoint.clone()];
     let mut leases = Vec::new();
@@ -1232,14 +1255,7 @@ async fn any_users_roles_decide_its_requests_through_the_gateway_as_on_etcd() {
         assert!(out.starts_with("ok"), "{out}");
         leases.push(lease);
     }
-    let (code, started) = gateway
-        .admin_post("/v1/tenants/b/migrations", serde_json::json!({"to": "west"}))
-        .await;
-    assert_eq!(code, 202, "{started}");
-    crate::support::eventually("tenant b lives on west", std::time::Duration::from_secs(60), || async {
-        tenant_view(&gateway, "b").await["home"] == "west"
-    })
-    .await;
+    move_tenant(&gateway, "b", "west").await;
 
     // tenant-a's roles, one shape after another (Kamaji's last: with the lease's key
     // writable again, its revoke passes).
@@ -1344,10 +1360,7 @@ async fn watches_of_root_follow_the_tenant_and_the_catalog_is_nobodys_key() {
     use cutover::proto::etcdserverpb::*;
 
     let tls = TlsFiles::generate();
-    let east = Etcd::start().await;
-    let west = Etcd::start().await;
-    let gateway = Proxy::start(&gateway_config(&tls, "", &[("east", &east), ("west", &west)])).await;
-    kamaji_setup(&gateway.endpoint, &tls);
+    let (_east, _west, gateway) = gateway_with_kamajis_tenants(&tls).await;
     let out = run(
         &gateway.endpoint,
         &tls,
@@ -1356,14 +1369,7 @@ async fn watches_of_root_follow_the_tenant_and_the_catalog_is_nobodys_key() {
         &["put", "/b/pods/z", "1"],
     );
     assert!(out.starts_with("ok"), "{out}");
-    let (code, started) = gateway
-        .admin_post("/v1/tenants/b/migrations", serde_json::json!({"to": "west"}))
-        .await;
-    assert_eq!(code, 202, "{started}");
-    crate::support::eventually("tenant b lives on west", std::time::Duration::from_secs(60), || async {
-        tenant_view(&gateway, "b").await["home"] == "west"
-    })
-    .await;
+    move_tenant(&gateway, "b", "west").await;
 
     let root = channel_to(&gateway.endpoint, &tls, &tls.client_cert, &tls.client_key).await;
     async fn next(stream: &mut tonic::Streaming<WatchResponse>) -> WatchResponse {
@@ -1455,10 +1461,7 @@ async fn a_deleted_tenant_leaves_nothing_behind_and_comes_back_afresh() {
     use std::time::Duration;
 
     let tls = TlsFiles::generate();
-    let east = Etcd::start().await;
-    let west = Etcd::start().await;
-    let gateway = Proxy::start(&gateway_config(&tls, "", &[("east", &east), ("west", &west)])).await;
-    kamaji_setup(&gateway.endpoint, &tls);
+    let (east, west, gateway) = gateway_with_kamajis_tenants(&tls).await;
     let as_a = |args: &[&str]| run(&gateway.endpoint, &tls, &tls.tenant_cert, &tls.tenant_key, args);
     let root = |args: &[&str]| {
         let out = run(&gateway.endpoint, &tls, &tls.client_cert, &tls.client_key, args);
@@ -1477,14 +1480,7 @@ async fn a_deleted_tenant_leaves_nothing_behind_and_comes_back_afresh() {
         &["put", "/b/pods/z", "1"],
     );
     assert!(out.starts_with("ok"), "{out}");
-    let (code, started) = gateway
-        .admin_post("/v1/tenants/a/migrations", serde_json::json!({"to": "west"}))
-        .await;
-    assert_eq!(code, 202, "{started}");
-    eventually("tenant a lives on west", Duration::from_secs(60), || async {
-        tenant_view(&gateway, "a").await["home"] == "west"
-    })
-    .await;
+    move_tenant(&gateway, "a", "west").await;
     let keys_of_a = |etcd: &Etcd| {
         let out = etcdctl(&etcd.endpoint, &["get", "/a/", "--prefix", "--keys-only"]);
         String::from_utf8_lossy(&out.stdout)
