@@ -73,7 +73,7 @@ enum Reach {
     Keys,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct CallerView {
     permits: Arc<Permits>,
     reach: Reach,
@@ -525,18 +525,21 @@ impl Dispatch for Gateway {
         .map_err(refused)?;
         let user_name = who.ok_or_else(|| refused(AuthError::UserEmpty))?;
         let callers = self.callers();
-        // A user etcd does not know may still call what needs no permission (the member
-        // list); every key is refused to it.
-        let view = callers.users.get(&user_name).cloned().unwrap_or_else(|| CallerView {
-            permits: Arc::new(Permits::default()),
-            reach: Reach::Keys,
-        });
+        let Some(view) = callers.users.get(&user_name) else {
+            // A user etcd does not know may still call what needs no permission (the
+            // member list); every key is refused to it.
+            request.extensions.insert(Arc::new(Permits::default()));
+            return Ok(Some(self.others.routes.clone()));
+        };
         if view.reach == Reach::Everything {
             return Ok(Some(self.root.routes.clone()));
         }
-        request.extensions.insert(view.permits);
-        match view.reach {
-            Reach::Tenant(name) => self.tenant(&name).map(|s| Some(s.routes)).map_err(|e| e.to_status()),
+        request.extensions.insert(view.permits.clone());
+        match &view.reach {
+            Reach::Tenant(name) => match self.tenants.get(name) {
+                Some(served) => Ok(Some(served.routes.clone())),
+                None => self.tenant(name).map(|s| Some(s.routes)).map_err(|e| e.to_status()),
+            },
             Reach::Keys | Reach::Everything => Ok(Some(self.others.routes.clone())),
         }
     }

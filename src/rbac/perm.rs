@@ -87,26 +87,34 @@ impl Grants {
     /// Whether the request's keys, `[key, range_end)` as etcd reads a request's range
     /// (empty: the one key; `"\0"`: every key from `key` on), are all covered.
     pub fn covers(&self, key: &[u8], range_end: &[u8]) -> bool {
-        let end = match range_end {
+        // `None`: past every key.
+        let end: Option<&[u8]> = match range_end {
             [] => return self.intervals.iter().any(|i| i.contains(key)),
-            [0] => End::Unbounded,
+            [0] => None,
             // An empty range: etcd looks only at the intervals holding its first key.
             end if end <= key => return self.intervals.iter().any(|i| i.contains(key)),
-            end => End::Key(Bytes::copy_from_slice(end)),
+            end => Some(end),
         };
         // Walk the intervals in order of their start, extending what is covered from `key`
-        // until the request's end is reached or a gap shows.
-        let mut covered_to = End::Key(Bytes::copy_from_slice(key));
+        // until the request's end is reached or a gap shows (borrowed: checked on every
+        // request of a gateway's caller).
+        let mut covered_to: Option<&[u8]> = Some(key);
         for i in &self.intervals {
-            let End::Key(reached) = &covered_to else { break };
-            if i.begin[..] > reached[..] {
+            let Some(reached) = covered_to else { break };
+            if i.begin[..] > *reached {
                 break;
             }
-            if i.end > covered_to {
-                covered_to = i.end.clone();
+            match &i.end {
+                End::Unbounded => covered_to = None,
+                End::Key(e) if e[..] > *reached => covered_to = Some(e),
+                End::Key(_) => {}
             }
         }
-        covered_to >= end
+        match (covered_to, end) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(reached), Some(end)) => reached >= end,
+        }
     }
 }
 
