@@ -79,40 +79,36 @@ struct CallerView {
     reach: Reach,
 }
 
-/// Every user's view, worked out from one catalog (rebuilt when it changes).
+/// The users' views worked out from one catalog, each the first time the user calls (a
+/// table started afresh when the catalog changes; at most one entry per user it has).
 #[derive(Default)]
 struct Callers {
     from: Option<Arc<(super::catalog::Catalog, i64)>>,
-    users: std::collections::HashMap<String, CallerView>,
+    users: DashMap<String, Arc<CallerView>>,
 }
 
 impl Callers {
-    fn of(snapshot: &Arc<(super::catalog::Catalog, i64)>) -> Callers {
-        let catalog = &snapshot.0;
-        let users = catalog
-            .auth
-            .users
-            .keys()
-            .filter_map(|name| {
-                let permits = catalog.auth.permits(Some(name)).ok()?;
-                let reach = if permits.is_everything() {
-                    Reach::Everything
-                } else {
-                    reach_of(catalog, &permits)
-                };
-                Some((
-                    name.clone(),
-                    CallerView {
-                        permits: Arc::new(permits),
-                        reach,
-                    },
-                ))
-            })
-            .collect();
-        Callers {
-            from: Some(snapshot.clone()),
-            users,
+    /// User `name`'s view, or `None` if the catalog has no such user.
+    fn view(&self, name: &str) -> Option<Arc<CallerView>> {
+        if let Some(v) = self.users.get(name) {
+            return Some(v.clone());
         }
+        let catalog = &self.from.as_ref()?.0;
+        if !catalog.auth.users.contains_key(name) {
+            return None;
+        }
+        let permits = catalog.auth.permits(Some(name)).ok()?;
+        let reach = if permits.is_everything() {
+            Reach::Everything
+        } else {
+            reach_of(catalog, &permits)
+        };
+        let view = Arc::new(CallerView {
+            permits: Arc::new(permits),
+            reach,
+        });
+        self.users.insert(name.to_string(), view.clone());
+        Some(view)
     }
 }
 
@@ -168,14 +164,17 @@ impl Gateway {
         }))
     }
 
-    /// Each user's view, from the catalog as this replica knows it now.
+    /// The users' views, from the catalog as this replica knows it now.
     fn callers(&self) -> Arc<Callers> {
         let snapshot = self.catalog.snapshot();
         let current = self.callers.load_full();
         if current.from.as_ref().is_some_and(|from| Arc::ptr_eq(from, &snapshot)) {
             return current;
         }
-        let fresh = Arc::new(Callers::of(&snapshot));
+        let fresh = Arc::new(Callers {
+            from: Some(snapshot),
+            users: DashMap::new(),
+        });
         self.callers.store(fresh.clone());
         fresh
     }
@@ -525,7 +524,7 @@ impl Dispatch for Gateway {
         .map_err(refused)?;
         let user_name = who.ok_or_else(|| refused(AuthError::UserEmpty))?;
         let callers = self.callers();
-        let Some(view) = callers.users.get(&user_name) else {
+        let Some(view) = callers.view(&user_name) else {
             // A user etcd does not know may still call what needs no permission (the
             // member list); every key is refused to it.
             request.extensions.insert(Arc::new(Permits::default()));
