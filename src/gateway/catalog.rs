@@ -23,6 +23,10 @@ use crate::upstream::{client, own_request, Datastore, Retry};
 /// client reads, watches or writes (it holds the users and the key tokens are signed with).
 pub const CATALOG_KEY: &[u8] = b"\0cutover/gateway-catalog";
 
+/// Where gateways before the catalog became a reserved key kept it: moved to
+/// [`CATALOG_KEY`] when found (a gateway reading none would start with auth off).
+pub const LEGACY_CATALOG_KEY: &[u8] = b"\0cutover-gateway/catalog";
+
 /// How many times a change is tried again when another replica changed the catalog first.
 const MAX_CONFLICTS: usize = 32;
 
@@ -34,6 +38,10 @@ pub struct Tenant {
     pub prefix: String,
     /// The datastore of the pool that holds them.
     pub home: String,
+    /// The auth revision when it was placed: tells this tenant from an earlier one of the
+    /// same name (Kamaji deletes and creates control planes under the same name).
+    #[serde(default)]
+    pub placed_at: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -60,8 +68,9 @@ fn prefix_of(perm: &crate::proto::authpb::Permission) -> Option<String> {
 }
 
 impl Catalog {
-    /// The roles that are tenants the catalog has not placed yet: a role granted
-    /// read-write on exactly one prefix is a tenant.
+    /// The roles that are tenants the catalog has not placed yet: a role `S` granted
+    /// read-write on exactly one prefix, `/S/` (Kamaji's shape). Another role granted the
+    /// same prefix (an operator's) is a user's role: a prefix is one tenant's.
     pub fn unplaced(&self) -> Vec<(String, String)> {
         self.auth
             .roles
@@ -70,7 +79,7 @@ impl Catalog {
             .filter_map(|(name, role)| {
                 let prefixes: Vec<String> = role.perms.iter().filter_map(prefix_of).collect();
                 match prefixes.as_slice() {
-                    [prefix] => Some((name.clone(), prefix.clone())),
+                    [prefix] if *prefix == format!("/{name}/") => Some((name.clone(), prefix.clone())),
                     _ => None,
                 }
             })
@@ -87,6 +96,7 @@ impl Catalog {
                 Tenant {
                     prefix,
                     home: home.to_string(),
+                    placed_at: self.auth.revision,
                 },
             );
         }
@@ -274,6 +284,90 @@ impl CatalogStore {
 
     /// The catalog now (a linearizable read).
     pub async fn read(&self) -> Result<Read, ProxyError> {
+        let read = self.read_key().await?;
+        if read.mod_revision == 0 && self.move_legacy().await? {
+            return self.read_key().await;
+        }
+        Ok(read)
+    }
+
+    /// Moves a catalog kept under [`LEGACY_CATALOG_KEY`] to [`CATALOG_KEY`] (in one Txn,
+    /// only while the new key does not exist). Whether there was one.
+    async fn move_legacy(&self) -> Result<bool, ProxyError> {
+        let txn = TxnRequest {
+            compare: vec![
+                Compare {
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Version as i32,
+                    key: Bytes::from_static(CATALOG_KEY),
+                    range_end: Bytes::new(),
+                    target_union: Some(compare::TargetUnion::Version(0)),
+                },
+                Compare {
+                    result: compare::CompareResult::Greater as i32,
+                    target: compare::CompareTarget::Version as i32,
+                    key: Bytes::from_static(LEGACY_CATALOG_KEY),
+                    range_end: Bytes::new(),
+                    target_union: Some(compare::TargetUnion::Version(0)),
+                },
+            ],
+            success: vec![RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: Bytes::from_static(LEGACY_CATALOG_KEY),
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![],
+        };
+        let found = crate::migrate::ops::txn(&self.ds, txn).await?;
+        let value = found.responses.first().and_then(|r| match &r.response {
+            Some(crate::proto::etcdserverpb::response_op::Response::ResponseRange(r)) => {
+                r.kvs.first().map(|kv| (kv.value.clone(), kv.mod_revision))
+            }
+            _ => None,
+        });
+        let Some((value, legacy_rev)) = value.filter(|_| found.succeeded) else {
+            return Ok(false);
+        };
+        let put_and_delete = TxnRequest {
+            compare: vec![
+                Compare {
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Version as i32,
+                    key: Bytes::from_static(CATALOG_KEY),
+                    range_end: Bytes::new(),
+                    target_union: Some(compare::TargetUnion::Version(0)),
+                },
+                Compare {
+                    result: compare::CompareResult::Equal as i32,
+                    target: compare::CompareTarget::Mod as i32,
+                    key: Bytes::from_static(LEGACY_CATALOG_KEY),
+                    range_end: Bytes::new(),
+                    target_union: Some(compare::TargetUnion::ModRevision(legacy_rev)),
+                },
+            ],
+            success: vec![
+                crate::migrate::ops::put_op(Bytes::from_static(CATALOG_KEY), value, 0),
+                RequestOp {
+                    request: Some(request_op::Request::RequestDeleteRange(
+                        crate::proto::etcdserverpb::DeleteRangeRequest {
+                            key: Bytes::from_static(LEGACY_CATALOG_KEY),
+                            ..Default::default()
+                        },
+                    )),
+                },
+            ],
+            failure: vec![],
+        };
+        let moved = crate::migrate::ops::txn(&self.ds, put_and_delete).await?;
+        if moved.succeeded {
+            tracing::info!("moved the gateway's catalog to its reserved key");
+        }
+        // (Another replica may have moved it first: either way there is one now.)
+        Ok(true)
+    }
+
+    async fn read_key(&self) -> Result<Read, ProxyError> {
         let resp = self
             .ds
             .unary(Retry::Idempotent, |ch, token| {
@@ -378,7 +472,7 @@ mod tests {
     #[test]
     fn a_role_with_one_read_write_prefix_is_a_tenant_placed_once() {
         let mut c = Catalog::default();
-        for name in ["a", "b", "odd", "two", "a-pods"] {
+        for name in ["a", "b", "odd", "two", "a-pods", "a-admin"] {
             c.auth.role_add(None, name).unwrap();
         }
         c.auth
@@ -397,7 +491,11 @@ mod tests {
         c.auth
             .role_grant_permission(None, "two", Some(perm(PermType::Readwrite, "/y/", "/y0")))
             .unwrap();
-        // A prefix inside a tenant's is a narrower user's role.
+        // A prefix inside a tenant's is a narrower user's role; a tenant's own prefix under
+        // another role's name, an operator's.
+        c.auth
+            .role_grant_permission(None, "a-admin", Some(perm(PermType::Readwrite, "/a/", "/a0")))
+            .unwrap();
         c.auth
             .role_grant_permission(None, "a-pods", Some(perm(PermType::Readwrite, "/a/pods/", "/a/pods0")))
             .unwrap();

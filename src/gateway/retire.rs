@@ -18,32 +18,42 @@ use crate::migrate::ops;
 use crate::route::fence::Guard;
 use crate::upstream::Datastore;
 
-/// Whether the tenant under `prefix` may go: none of its keys is left on `home`, and no
-/// migration of it holds its lock there.
-pub async fn is_gone(home: &Datastore, prefix: &[u8]) -> Result<bool, ProxyError> {
+/// Whether the tenant under `prefix` may go: no datastore of `pool` where it may live
+/// (any without its "moved" marker: a store it left keeps only an old copy) holds a key of
+/// it, and no migration of it holds its lock. Asked of every datastore, not of the home the
+/// catalog records, which a move may have changed since.
+pub async fn is_gone(pool: &BTreeMap<String, Arc<Datastore>>, prefix: &[u8]) -> Result<bool, ProxyError> {
     let range = crate::keys::KeyRange::prefix(prefix);
-    if ops::count_tenant(home, &range, &reserved_prefix(prefix), 0).await? > 0 {
-        return Ok(false);
+    let reserved = reserved_prefix(prefix);
+    let guard = Guard::new(prefix);
+    for ds in pool.values() {
+        if marker::read_value(ds, &marker::lock_key(prefix)).await?.is_some() {
+            return Ok(false);
+        }
+        if left(ds, &guard).await? {
+            continue;
+        }
+        if ops::count_tenant(ds, &range, &reserved, 0).await? > 0 {
+            return Ok(false);
+        }
     }
-    Ok(marker::read_value(home, &marker::lock_key(prefix)).await?.is_none())
+    Ok(true)
+}
+
+/// Whether the tenant has left `ds` (its "moved" marker there).
+async fn left(ds: &Datastore, guard: &Guard) -> Result<bool, ProxyError> {
+    Ok(matches!(marker::read(ds, guard).await?, Some(Marker::Moved { .. })))
 }
 
 /// Deletes what cutover keeps of the tenant under `prefix` from every datastore of `pool`:
 /// its own keys everywhere, and on a datastore the tenant left (its "moved" marker there)
-/// the old copy as well. A datastore that is `home` under another name keeps everything
-/// but cutover's keys. Returns how many keys went.
-pub async fn forget(pool: &BTreeMap<String, Arc<Datastore>>, home: &str, prefix: &[u8]) -> Result<i64, ProxyError> {
-    let home_ds = pool
-        .get(home)
-        .ok_or_else(|| ProxyError::Catalog(format!("the tenant's home {home:?} is not in the pool")))?;
+/// the old copy as well. Returns how many keys went.
+pub async fn forget(pool: &BTreeMap<String, Arc<Datastore>>, prefix: &[u8]) -> Result<i64, ProxyError> {
     let reserved = reserved_prefix(prefix);
     let guard = Guard::new(prefix);
     let mut deleted = 0;
-    for (name, ds) in pool {
-        let left = name != home
-            && !ops::same_cluster(ds, home_ds, &reserved).await?
-            && matches!(marker::read(ds, &guard).await?, Some(Marker::Moved { .. }));
-        let (start, end) = if left {
+    for ds in pool.values() {
+        let (start, end) = if left(ds, &guard).await? {
             (Bytes::copy_from_slice(prefix), prefix_end(prefix))
         } else {
             (reserved.clone(), prefix_end(&reserved))

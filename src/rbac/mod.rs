@@ -455,6 +455,21 @@ impl Store {
     }
 }
 
+/// A caller's permits as they are at each moment: a watch stream checks each watch it
+/// creates with the roles of that moment, as etcd does.
+#[derive(Clone)]
+pub struct LivePermits(std::sync::Arc<dyn Fn() -> std::sync::Arc<Permits> + Send + Sync>);
+
+impl LivePermits {
+    pub fn new(now: impl Fn() -> std::sync::Arc<Permits> + Send + Sync + 'static) -> Self {
+        LivePermits(std::sync::Arc::new(now))
+    }
+
+    pub fn now(&self) -> std::sync::Arc<Permits> {
+        (self.0)()
+    }
+}
+
 /// What one caller may do with keys, compiled once from its roles: each of its requests
 /// is checked against it as etcd checks a request against the caller's permissions.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -288,18 +288,11 @@ impl Lease for LeaseService {
         )
         .await?;
         // etcd (3.4.26 on, 3.5.9 on) lists a lease's keys only to a caller that may read
-        // every one of them.
-        if request.get_ref().keys {
-            check_keys(
-                &self.ctx,
-                super::permits::of(&request),
-                request.get_ref().id,
-                PermType::Read,
-            )
-            .await?;
-        }
+        // every one of them: judged by the keys of the answer itself.
+        let reader = super::permits::of(&request).filter(|_| request.get_ref().keys).cloned();
         let scope = self.ctx.router.scope().clone();
-        self.ctx
+        let answer = self
+            .ctx
             .unary_translated(
                 "Lease",
                 "LeaseTimeToLive",
@@ -318,7 +311,14 @@ impl Lease for LeaseService {
                 },
                 |ch, req| async move { client!(LeaseClient, ch).lease_time_to_live(req).await },
             )
-            .await
+            .await?;
+        if let Some(p) = reader {
+            for key in &answer.get_ref().keys {
+                p.check_range(key, b"", PermType::Read)
+                    .map_err(|e| ProxyError::from(e).to_status())?;
+            }
+        }
+        Ok(answer)
     }
 
     async fn lease_leases(

@@ -64,9 +64,10 @@ impl Watch for WatchService {
         let own = self.ctx.clone();
         let fwd = self.ctx.forwarded(&metadata);
         let permits = super::permits::of_extensions(&extensions).cloned();
+        let live = extensions.get::<crate::rbac::LivePermits>().cloned();
         let Some(owner) = self.owner.clone() else {
             return Ok(Response::new(Driven::new(|down| {
-                WatchSession::new(own, fwd, permits, None, down).run(None, inbound)
+                WatchSession::new(own, fwd, permits, live, None, down).run(None, inbound)
             })));
         };
         // The stream's context is known once its first watch is: read it first (a client
@@ -76,14 +77,18 @@ impl Watch for WatchService {
                 Ok(Some(first)) => first,
                 Ok(None) | Err(_) => return,
             };
+            // (A watch the caller may not make is refused by the caller's own context: no
+            // tenant's context is built for it.)
             let ctx = match &first.request_union {
-                Some(RequestUnion::CreateRequest(c)) => {
+                Some(RequestUnion::CreateRequest(c))
+                    if super::permits::watch(permits.as_ref(), &c.key, &c.range_end) =>
+                {
                     let key: &[u8] = if c.key.is_empty() { b"\0" } else { &c.key };
                     owner.context_of(&[(key, &c.range_end)]).unwrap_or(own)
                 }
                 _ => own,
             };
-            WatchSession::new(ctx, fwd, permits, Some(owner), down)
+            WatchSession::new(ctx, fwd, permits, live, Some(owner), down)
                 .run(Some(first), inbound)
                 .await
         })))
@@ -118,8 +123,10 @@ type Upstream = UpstreamStream<WatchRequest, WatchResponse>;
 struct WatchSession {
     ctx: Arc<Context>,
     fwd: Forwarded,
-    /// (Gateway) what the caller may read: each watch it creates is checked against it.
+    /// (Gateway) what the caller may read: each watch it creates is checked against it
+    /// (against `live`, what it may read now, when the gateway gives it).
     permits: Option<Arc<crate::rbac::Permits>>,
+    live: Option<crate::rbac::LivePermits>,
     /// (Gateway) which context holds which keys: every watch of a routed stream must name
     /// keys of the context serving it.
     owner: Option<Arc<dyn KeyOwner>>,
@@ -158,6 +165,7 @@ impl WatchSession {
         ctx: Arc<Context>,
         fwd: Forwarded,
         permits: Option<Arc<crate::rbac::Permits>>,
+        live: Option<crate::rbac::LivePermits>,
         owner: Option<Arc<dyn KeyOwner>>,
         down: Down,
     ) -> Self {
@@ -167,6 +175,7 @@ impl WatchSession {
             ctx,
             fwd,
             permits,
+            live,
             owner,
             down,
             route,
@@ -347,7 +356,8 @@ impl WatchSession {
     /// caller's to read (etcd's refusal), or (a routed stream) they are served elsewhere.
     fn refusal(&self, c: &WatchCreateRequest) -> Option<String> {
         let denied = || Some(messages::WATCH_PERMISSION_DENIED.to_string());
-        if !super::permits::watch(self.permits.as_ref(), &c.key, &c.range_end) {
+        let now = self.live.as_ref().map(|l| l.now());
+        if !super::permits::watch(now.as_ref().or(self.permits.as_ref()), &c.key, &c.range_end) {
             return denied();
         }
         let Some(owner) = self.owner.as_ref() else {

@@ -1220,6 +1220,8 @@ async fn any_users_roles_decide_its_requests_through_the_gateway_as_on_etcd() {
             ("b-read", vec!["read", "/b/", "--prefix"]),
             ("a-pods", vec!["readwrite", "/a/pods/", "--prefix"]),
             ("a-cfg-y", vec!["read", "/a/cfg/y"]),
+            // Kamaji's shape, under another name: a user's role, not a second tenant.
+            ("a-admin", vec!["readwrite", "/a/", "--prefix"]),
         ] {
             root(&["role", "add", role]);
             let mut args = vec!["role", "grant-permission", role];
@@ -1259,11 +1261,12 @@ async fn any_users_roles_decide_its_requests_through_the_gateway_as_on_etcd() {
 
     // tenant-a's roles, one shape after another (Kamaji's last: with the lease's key
     // writable again, its revoke passes).
-    let shapes: [(&str, &[&str]); 5] = [
+    let shapes: [(&str, &[&str]); 6] = [
         ("read-only on a", &["a-read"]),
         ("read-write on a's pods, read on one key", &["a-pods", "a-cfg-y"]),
         ("read on a and on b", &["a-read", "b-read"]),
         ("no role", &[]),
+        ("another role read-write on a", &["a-admin"]),
         ("Kamaji's role", &["a"]),
     ];
     let mut differing = Vec::new();
@@ -1275,7 +1278,7 @@ async fn any_users_roles_decide_its_requests_through_the_gateway_as_on_etcd() {
                 let out = run(endpoint, &tls, &tls.client_cert, &tls.client_key, args);
                 assert!(out.starts_with("ok"), "{endpoint} {args:?}: {out}");
             };
-            for role in ["a", "a-read", "b-read", "a-pods", "a-cfg-y"] {
+            for role in ["a", "a-read", "b-read", "a-pods", "a-cfg-y", "a-admin"] {
                 let out = run(
                     endpoint,
                     &tls,
@@ -1462,6 +1465,10 @@ async fn a_deleted_tenant_leaves_nothing_behind_and_comes_back_afresh() {
 
     let tls = TlsFiles::generate();
     let (east, west, gateway) = gateway_with_kamajis_tenants(&tls).await;
+    // A second replica that serves tenant a too, and never clears deleted tenants itself
+    // (so it still holds its context of the old tenant a when the new one comes).
+    let other = Proxy::start(&gateway_config(&tls, "", &[("east", &east), ("west", &west)])).await;
+    other.failpoint("gateway.retire", "return").await;
     let as_a = |args: &[&str]| run(&gateway.endpoint, &tls, &tls.tenant_cert, &tls.tenant_key, args);
     let root = |args: &[&str]| {
         let out = run(&gateway.endpoint, &tls, &tls.client_cert, &tls.client_key, args);
@@ -1481,6 +1488,14 @@ async fn a_deleted_tenant_leaves_nothing_behind_and_comes_back_afresh() {
     );
     assert!(out.starts_with("ok"), "{out}");
     move_tenant(&gateway, "a", "west").await;
+    let out = run(
+        &other.endpoint,
+        &tls,
+        &tls.tenant_cert,
+        &tls.tenant_key,
+        &["get", "/a/pods/p000"],
+    );
+    assert!(out.starts_with("ok") && out.contains("/a/pods/p000"), "{out}");
     let keys_of_a = |etcd: &Etcd| {
         let out = etcdctl(&etcd.endpoint, &["get", "/a/", "--prefix", "--keys-only"]);
         String::from_utf8_lossy(&out.stdout)
@@ -1551,11 +1566,131 @@ async fn a_deleted_tenant_leaves_nothing_behind_and_comes_back_afresh() {
     root(&["role", "add", "a"]);
     root(&["role", "grant-permission", "a", "readwrite", "/a/", "--prefix"]);
     root(&["user", "grant-role", "tenant-a", "a"]);
-    let out = as_a(&["put", "/a/pods/again", "v"]);
+    // Through the replica that served the old tenant a from west.
+    let out = run(
+        &other.endpoint,
+        &tls,
+        &tls.tenant_cert,
+        &tls.tenant_key,
+        &["put", "/a/pods/again", "v"],
+    );
     assert!(out.starts_with("ok"), "{out}");
     let out = as_a(&["get", "/a/", "--prefix", "--keys-only"]);
     assert_eq!(out, "ok | /a/pods/again ", "only the new tenant's key");
     assert_eq!(tenant_view(&gateway, "a").await["home"], "east");
     assert_eq!(keys_of_a(&east), vec!["/a/pods/again".to_string()]);
     assert!(keys_of_a(&west).is_empty(), "{:?}", keys_of_a(&west));
+}
+
+/// A catalog left under the key gateways used before it was a reserved one is moved there
+/// at start, and decides as before: auth stays on (a gateway that found none would serve
+/// everyone as root).
+#[tokio::test]
+async fn a_catalog_under_the_old_key_is_moved_and_auth_stays_on() {
+    use cutover::gateway::catalog::{Catalog, CATALOG_KEY, LEGACY_CATALOG_KEY};
+    use cutover::proto::authpb::{permission::Type as PermType, Permission};
+
+    let tls = TlsFiles::generate();
+    let east = Etcd::start().await;
+    let mut catalog = Catalog::default();
+    let auth = &mut catalog.auth;
+    auth.user_add(None, "root", true).unwrap();
+    auth.user_grant_role(None, "root", "root").unwrap();
+    auth.user_add(None, "tenant-a", true).unwrap();
+    auth.role_add(None, "a").unwrap();
+    let prefix = Permission {
+        perm_type: PermType::Readwrite as i32,
+        key: "/a/".into(),
+        range_end: "/a0".into(),
+    };
+    auth.role_grant_permission(None, "a", Some(prefix)).unwrap();
+    auth.user_grant_role(None, "tenant-a", "a").unwrap();
+    auth.auth_enable(None).unwrap();
+    catalog.place_tenants("east");
+    let mut direct = crate::support::client(&east.endpoint).await;
+    direct
+        .put(LEGACY_CATALOG_KEY.to_vec(), serde_json::to_vec(&catalog).unwrap(), None)
+        .await
+        .unwrap();
+
+    let gateway = Proxy::start(&gateway_config(&tls, "", &[("east", &east)])).await;
+    let out = run(
+        &gateway.endpoint,
+        &tls,
+        &tls.tenant_cert,
+        &tls.tenant_key,
+        &["put", "/a/x", "1"],
+    );
+    assert!(out.starts_with("ok"), "tenant a is served: {out}");
+    let out = run(
+        &gateway.endpoint,
+        &tls,
+        &tls.tenant_b_cert,
+        &tls.tenant_b_key,
+        &["get", "/a/x"],
+    );
+    assert!(out.contains("permission denied"), "auth is still on: {out}");
+    let stored = |key: &[u8]| {
+        let mut direct = direct.clone();
+        let key = key.to_vec();
+        async move { direct.get(key, None).await.unwrap().kvs().len() }
+    };
+    assert_eq!(stored(LEGACY_CATALOG_KEY).await, 0, "the old key is gone");
+    assert_eq!(stored(CATALOG_KEY).await, 1, "the catalog is under its reserved key");
+}
+
+/// A watch stream outlives the roles it was opened with: a watch created after the user
+/// lost its role is refused, through the gateway as by etcd.
+#[tokio::test]
+async fn a_watch_stream_meets_the_roles_of_the_moment() {
+    use cutover::proto::etcdserverpb::watch_client::WatchClient;
+    use cutover::proto::etcdserverpb::*;
+
+    let tls = TlsFiles::generate();
+    let direct = etcd_with_client_certificates(&tls).await;
+    let (_east, _west, gateway) = gateway_with_kamajis_tenants(&tls).await;
+    kamaji_setup(&direct.endpoint, &tls);
+    let create = |key: &str| WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(WatchCreateRequest {
+            key: key.as_bytes().to_vec().into(),
+            range_end: Default::default(),
+            ..Default::default()
+        })),
+    };
+    let mut seen = Vec::new();
+    for endpoint in [&direct.endpoint, &gateway.endpoint] {
+        let a = channel_to(endpoint, &tls, &tls.tenant_cert, &tls.tenant_key).await;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tx.send(create("/a/one")).await.unwrap();
+        let mut stream = WatchClient::new(a)
+            .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .expect("tenant a opens a watch stream")
+            .into_inner();
+        let mut next = async || {
+            let r = tokio::time::timeout(std::time::Duration::from_secs(10), stream.message())
+                .await
+                .expect("the watch is answered")
+                .expect("the stream stays up")
+                .expect("the stream goes on");
+            format!(
+                "created {} canceled {} reason {:?}",
+                r.created, r.canceled, r.cancel_reason
+            )
+        };
+        let first = next().await;
+        let out = run(
+            endpoint,
+            &tls,
+            &tls.client_cert,
+            &tls.client_key,
+            &["user", "revoke-role", "tenant-a", "a"],
+        );
+        assert!(out.starts_with("ok"), "{out}");
+        tx.send(create("/a/two")).await.unwrap();
+        let second = next().await;
+        seen.push((first, second));
+    }
+    assert_eq!(seen[0], seen[1], "etcd, then the gateway");
+    assert!(seen[0].1.contains("canceled true"), "{:?}", seen[0]);
 }
