@@ -23,10 +23,6 @@ use crate::upstream::{client, own_request, Datastore, Retry};
 /// client reads, watches or writes (it holds the users and the key tokens are signed with).
 pub const CATALOG_KEY: &[u8] = b"\0cutover/gateway-catalog";
 
-/// Where gateways before the catalog became a reserved key kept it: moved to
-/// [`CATALOG_KEY`] when found (a gateway reading none would start with auth off).
-pub const LEGACY_CATALOG_KEY: &[u8] = b"\0cutover-gateway/catalog";
-
 /// How many times a change is tried again when another replica changed the catalog first.
 const MAX_CONFLICTS: usize = 32;
 
@@ -49,6 +45,10 @@ pub struct Catalog {
     pub auth: rbac::Store,
     /// By role name (Kamaji's schema).
     pub tenants: BTreeMap<String, Tenant>,
+    /// Deleted tenants whose keys cutover has still to clear (`home`: where each lived
+    /// last). Until then no tenant of the name is placed, and no request reaches its prefix.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub leftovers: BTreeMap<String, Tenant>,
     /// The key Authenticate's tokens are signed with (hex; empty until the first one).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub token_secret: String,
@@ -75,7 +75,7 @@ impl Catalog {
         self.auth
             .roles
             .iter()
-            .filter(|(name, _)| !self.tenants.contains_key(*name))
+            .filter(|(name, _)| !self.tenants.contains_key(*name) && !self.leftovers.contains_key(*name))
             .filter_map(|(name, role)| {
                 let prefixes: Vec<String> = role.perms.iter().filter_map(prefix_of).collect();
                 match prefixes.as_slice() {
@@ -105,6 +105,14 @@ impl Catalog {
     /// Whose keys the range `[key, range_end)` names (etcd's reading of a range: an empty
     /// end is the one key, `"\0"` every key from `key` on).
     pub fn owner_of_range(&self, key: &[u8], range_end: &[u8]) -> RangeOwner<'_> {
+        // (A deleted tenant's prefix is nobody's until its keys are cleared.)
+        let clearing = self.leftovers.values().any(|t| {
+            let p = t.prefix.as_bytes();
+            crate::keys::overlaps(key, range_end, p, &crate::keys::prefix_end(p))
+        });
+        if clearing {
+            return RangeOwner::Several;
+        }
         let mut found = None;
         for (name, t) in &self.tenants {
             let p = t.prefix.as_bytes();
@@ -284,90 +292,6 @@ impl CatalogStore {
 
     /// The catalog now (a linearizable read).
     pub async fn read(&self) -> Result<Read, ProxyError> {
-        let read = self.read_key().await?;
-        if read.mod_revision == 0 && self.move_legacy().await? {
-            return self.read_key().await;
-        }
-        Ok(read)
-    }
-
-    /// Moves a catalog kept under [`LEGACY_CATALOG_KEY`] to [`CATALOG_KEY`] (in one Txn,
-    /// only while the new key does not exist). Whether there was one.
-    async fn move_legacy(&self) -> Result<bool, ProxyError> {
-        let txn = TxnRequest {
-            compare: vec![
-                Compare {
-                    result: compare::CompareResult::Equal as i32,
-                    target: compare::CompareTarget::Version as i32,
-                    key: Bytes::from_static(CATALOG_KEY),
-                    range_end: Bytes::new(),
-                    target_union: Some(compare::TargetUnion::Version(0)),
-                },
-                Compare {
-                    result: compare::CompareResult::Greater as i32,
-                    target: compare::CompareTarget::Version as i32,
-                    key: Bytes::from_static(LEGACY_CATALOG_KEY),
-                    range_end: Bytes::new(),
-                    target_union: Some(compare::TargetUnion::Version(0)),
-                },
-            ],
-            success: vec![RequestOp {
-                request: Some(request_op::Request::RequestRange(RangeRequest {
-                    key: Bytes::from_static(LEGACY_CATALOG_KEY),
-                    ..Default::default()
-                })),
-            }],
-            failure: vec![],
-        };
-        let found = crate::migrate::ops::txn(&self.ds, txn).await?;
-        let value = found.responses.first().and_then(|r| match &r.response {
-            Some(crate::proto::etcdserverpb::response_op::Response::ResponseRange(r)) => {
-                r.kvs.first().map(|kv| (kv.value.clone(), kv.mod_revision))
-            }
-            _ => None,
-        });
-        let Some((value, legacy_rev)) = value.filter(|_| found.succeeded) else {
-            return Ok(false);
-        };
-        let put_and_delete = TxnRequest {
-            compare: vec![
-                Compare {
-                    result: compare::CompareResult::Equal as i32,
-                    target: compare::CompareTarget::Version as i32,
-                    key: Bytes::from_static(CATALOG_KEY),
-                    range_end: Bytes::new(),
-                    target_union: Some(compare::TargetUnion::Version(0)),
-                },
-                Compare {
-                    result: compare::CompareResult::Equal as i32,
-                    target: compare::CompareTarget::Mod as i32,
-                    key: Bytes::from_static(LEGACY_CATALOG_KEY),
-                    range_end: Bytes::new(),
-                    target_union: Some(compare::TargetUnion::ModRevision(legacy_rev)),
-                },
-            ],
-            success: vec![
-                crate::migrate::ops::put_op(Bytes::from_static(CATALOG_KEY), value, 0),
-                RequestOp {
-                    request: Some(request_op::Request::RequestDeleteRange(
-                        crate::proto::etcdserverpb::DeleteRangeRequest {
-                            key: Bytes::from_static(LEGACY_CATALOG_KEY),
-                            ..Default::default()
-                        },
-                    )),
-                },
-            ],
-            failure: vec![],
-        };
-        let moved = crate::migrate::ops::txn(&self.ds, put_and_delete).await?;
-        if moved.succeeded {
-            tracing::info!("moved the gateway's catalog to its reserved key");
-        }
-        // (Another replica may have moved it first: either way there is one now.)
-        Ok(true)
-    }
-
-    async fn read_key(&self) -> Result<Read, ProxyError> {
         let resp = self
             .ds
             .unary(Retry::Idempotent, |ch, token| {

@@ -169,14 +169,13 @@ impl Gateway {
         }))
     }
 
-    /// What `user` may do now (nothing if the catalog has no such user, everything while
-    /// auth is off).
-    fn permits_now(&self, user: &str) -> Arc<Permits> {
+    /// What `user` may do now (nothing if the catalog has no such user or there is no user,
+    /// everything while auth is off).
+    fn permits_now(&self, user: Option<&str>) -> Arc<Permits> {
         if !self.catalog.snapshot().0.auth.enabled {
             return Arc::new(Permits::everything());
         }
-        self.callers()
-            .view(user)
+        user.and_then(|u| self.callers().view(u))
             .map_or_else(|| Arc::new(Permits::default()), |v| v.permits.clone())
     }
 
@@ -307,7 +306,8 @@ impl Gateway {
             .tenants
             .get(name)
             .ok_or_else(|| ProxyError::Catalog(format!("no tenant {name:?}")))?;
-        if let Some(s) = self.tenants.get(name).filter(|s| s.placed_at == t.placed_at) {
+        // (A context newer than this snapshot of the catalog is the one to use.)
+        if let Some(s) = self.tenants.get(name).filter(|s| s.placed_at >= t.placed_at) {
             return Ok(s.clone());
         }
         let build = || {
@@ -319,12 +319,11 @@ impl Gateway {
             Ok::<_, ProxyError>(served)
         };
         let served = match self.tenants.entry(name.to_string()) {
-            dashmap::Entry::Occupied(o) if o.get().placed_at == t.placed_at => o.get().clone(),
+            dashmap::Entry::Occupied(o) if o.get().placed_at >= t.placed_at => o.get().clone(),
             dashmap::Entry::Occupied(mut o) => {
                 tracing::info!(tenant = %name, "the tenant was deleted and created again; serving the new one");
-                o.get().tasks.stop();
                 let served = build()?;
-                o.insert(served.clone());
+                o.insert(served.clone()).tasks.stop();
                 served
             }
             dashmap::Entry::Vacant(v) => {
@@ -460,60 +459,54 @@ impl Gateway {
     }
 
     /// Clears what is left of the tenants Kamaji deleted (see `super::retire`): a tenant
-    /// whose role is gone and none of whose keys is left where it may live leaves the
-    /// catalog, then cutover's keys of it go from every datastore. A replica drops its
-    /// context of a tenant the catalog no longer has.
+    /// whose role is gone and whose keys are gone from where it lives moves to the
+    /// catalog's leftovers, whose keys then go from every datastore (tried again on every
+    /// pass until they are gone). A replica drops its context of a tenant the catalog no
+    /// longer has.
     pub async fn retire_deleted_tenants(&self) {
         // Where a test keeps a replica from doing it (and from dropping its contexts).
         if crate::failpoint!("gateway.retire").is_err() {
             return;
         }
         let snapshot = self.catalog.snapshot();
-        let catalog = &snapshot.0;
-        let gone: Vec<(String, super::catalog::Tenant)> = catalog
+        let gone: Vec<(String, super::catalog::Tenant)> = snapshot
+            .0
             .tenants
             .iter()
-            .filter(|(name, _)| !catalog.auth.roles.contains_key(*name))
+            .filter(|(name, _)| !snapshot.0.auth.roles.contains_key(*name))
             .map(|(n, t)| (n.clone(), t.clone()))
             .collect();
         for (name, tenant) in gone {
-            if self
-                .served(&name)
-                .is_some_and(|s| s.migrator.snapshot().phase != crate::migrate::Phase::Ready)
-            {
-                continue;
-            }
-            let prefix = tenant.prefix.as_bytes();
-            let result = async {
-                if !super::retire::is_gone(&self.shared.datastores, prefix).await? {
-                    return Ok(None);
+            match self.set_aside(&name, &tenant).await {
+                Ok(true) => tracing::info!(tenant = %name, "the tenant was deleted; clearing cutover's keys of it"),
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(tenant = %name, error = %e, "cannot tell yet whether a tenant without its role is gone")
                 }
-                // Out of the catalog first (if it is still the same tenant, still without
-                // its role): from then on no replica serves it, and a tenant created again
-                // under the name is a new one.
-                let (removed, _) = self
-                    .catalog
+            }
+        }
+        let snapshot = self.catalog.snapshot();
+        for (name, t) in &snapshot.0.leftovers {
+            let cleared = async {
+                let deleted = super::retire::forget(&self.shared.datastores, &t.home, t.prefix.as_bytes()).await?;
+                self.catalog
                     .update(|c| {
-                        let same = c.tenants.get(&name).is_some_and(|t| t.placed_at == tenant.placed_at);
-                        let remove = same && !c.auth.roles.contains_key(&name);
-                        if remove {
-                            c.tenants.remove(&name);
+                        if c.leftovers.get(name).is_some_and(|x| x.placed_at == t.placed_at) {
+                            c.leftovers.remove(name);
                         }
-                        Ok(remove)
+                        Ok(())
                     })
                     .await?;
-                if !removed {
-                    return Ok(None);
-                }
-                super::retire::forget(&self.shared.datastores, prefix).await.map(Some)
+                Ok::<_, ProxyError>(deleted)
             }
             .await;
-            match result {
-                Ok(Some(deleted)) => {
-                    tracing::info!(tenant = %name, keys = deleted, "the tenant was deleted; cutover's keys of it are gone too")
+            match cleared {
+                Ok(deleted) => {
+                    tracing::info!(tenant = %name, keys = deleted, "a deleted tenant's keys are gone from every datastore")
                 }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(tenant = %name, error = %e, "cannot clear a deleted tenant's keys yet"),
+                Err(e) => {
+                    tracing::warn!(tenant = %name, error = %e, "cannot clear a deleted tenant's keys yet; trying again later")
+                }
             }
         }
         let snapshot = self.catalog.snapshot();
@@ -529,6 +522,39 @@ impl Gateway {
             .metrics
             .gateway_tenants_served
             .set(self.tenants.len() as i64);
+    }
+
+    /// Moves tenant `name` (as `tenant` was placed) to the catalog's leftovers if it is
+    /// gone: still without its role, no migration of it running here, and none of its keys
+    /// left where its markers say it lives. Whether it moved.
+    async fn set_aside(&self, name: &str, tenant: &super::catalog::Tenant) -> Result<bool, ProxyError> {
+        let served = self.tenant(name)?;
+        if served.migrator.snapshot().phase != crate::migrate::Phase::Ready {
+            return Ok(false);
+        }
+        let router = served.migrator.router();
+        crate::migrate::marker::follow_markers(router)
+            .await
+            .map_err(|e| ProxyError::Catalog(format!("cannot find where tenant {name:?} lives: {e}")))?;
+        let home = router.route().datastore_name.clone();
+        if !super::retire::is_gone(self.pool_member(&home)?, tenant.prefix.as_bytes()).await? {
+            return Ok(false);
+        }
+        let (moved, _) = self
+            .catalog
+            .update(|c| {
+                let same = c.tenants.get(name).is_some_and(|t| t.placed_at == tenant.placed_at);
+                if !same || c.auth.roles.contains_key(name) {
+                    return Ok(false);
+                }
+                if let Some(mut t) = c.tenants.remove(name) {
+                    t.home = home.clone();
+                    c.leftovers.insert(name.to_string(), t);
+                }
+                Ok(true)
+            })
+            .await?;
+        Ok(moved)
     }
 
     /// How many tenants have a context built on this replica.
@@ -554,17 +580,26 @@ impl Dispatch for Gateway {
         }
         let snapshot = self.catalog.snapshot();
         let catalog = &snapshot.0;
+        let watch_stream = request.uri.path() == "/etcdserverpb.Watch/Watch";
+        let who = super::token::caller(
+            |name| request.headers.get(name).and_then(|v| v.to_str().ok()),
+            || {
+                // (While auth is off only a watch stream needs to know: the roles may come
+                // on while it lasts.)
+                (catalog.auth.enabled || watch_stream)
+                    .then(|| common_name_in(&request.extensions))
+                    .flatten()
+            },
+            catalog,
+        );
         if !catalog.auth.enabled {
+            if watch_stream {
+                self.watch_with_roles_of_the_moment(request, who.ok().flatten());
+            }
             return Ok(Some(self.root.routes.clone()));
         }
         let refused = |e: AuthError| ProxyError::from(e).to_status();
-        let who = super::token::caller(
-            |name| request.headers.get(name).and_then(|v| v.to_str().ok()),
-            || common_name_in(&request.extensions),
-            catalog,
-        )
-        .map_err(refused)?;
-        let user_name = who.ok_or_else(|| refused(AuthError::UserEmpty))?;
+        let user_name = who.map_err(refused)?.ok_or_else(|| refused(AuthError::UserEmpty))?;
         let callers = self.callers();
         let Some(view) = callers.view(&user_name) else {
             // A user etcd does not know may still call what needs no permission (the
@@ -572,23 +607,29 @@ impl Dispatch for Gateway {
             request.extensions.insert(Arc::new(Permits::default()));
             return Ok(Some(self.others.routes.clone()));
         };
+        if watch_stream {
+            self.watch_with_roles_of_the_moment(request, Some(user_name));
+        }
         if view.reach == Reach::Everything {
             return Ok(Some(self.root.routes.clone()));
         }
         request.extensions.insert(view.permits.clone());
-        if request.uri.path() == "/etcdserverpb.Watch/Watch" {
-            // A stream outlives the roles it started with: each watch it creates is checked
-            // with the user's roles of that moment.
-            let me = self.me.clone();
-            request.extensions.insert(crate::rbac::LivePermits::new(move || {
-                me.upgrade()
-                    .map_or_else(|| Arc::new(Permits::default()), |g| g.permits_now(&user_name))
-            }));
-        }
         match &view.reach {
             Reach::Tenant(name) => self.tenant(name).map(|s| Some(s.routes)).map_err(|e| e.to_status()),
             Reach::Keys | Reach::Everything => Ok(Some(self.others.routes.clone())),
         }
+    }
+}
+
+impl Gateway {
+    /// A stream outlives the roles it started with (and auth may come on while it lasts):
+    /// each watch it creates is checked with `user`'s roles of that moment, as etcd does.
+    fn watch_with_roles_of_the_moment(&self, request: &mut http::request::Parts, user: Option<String>) {
+        let me = self.me.clone();
+        request.extensions.insert(crate::rbac::LivePermits::new(move || {
+            me.upgrade()
+                .map_or_else(|| Arc::new(Permits::default()), |g| g.permits_now(user.as_deref()))
+        }));
     }
 }
 

@@ -1582,63 +1582,6 @@ async fn a_deleted_tenant_leaves_nothing_behind_and_comes_back_afresh() {
     assert!(keys_of_a(&west).is_empty(), "{:?}", keys_of_a(&west));
 }
 
-/// A catalog left under the key gateways used before it was a reserved one is moved there
-/// at start, and decides as before: auth stays on (a gateway that found none would serve
-/// everyone as root).
-#[tokio::test]
-async fn a_catalog_under_the_old_key_is_moved_and_auth_stays_on() {
-    use cutover::gateway::catalog::{Catalog, CATALOG_KEY, LEGACY_CATALOG_KEY};
-    use cutover::proto::authpb::{permission::Type as PermType, Permission};
-
-    let tls = TlsFiles::generate();
-    let east = Etcd::start().await;
-    let mut catalog = Catalog::default();
-    let auth = &mut catalog.auth;
-    auth.user_add(None, "root", true).unwrap();
-    auth.user_grant_role(None, "root", "root").unwrap();
-    auth.user_add(None, "tenant-a", true).unwrap();
-    auth.role_add(None, "a").unwrap();
-    let prefix = Permission {
-        perm_type: PermType::Readwrite as i32,
-        key: "/a/".into(),
-        range_end: "/a0".into(),
-    };
-    auth.role_grant_permission(None, "a", Some(prefix)).unwrap();
-    auth.user_grant_role(None, "tenant-a", "a").unwrap();
-    auth.auth_enable(None).unwrap();
-    catalog.place_tenants("east");
-    let mut direct = crate::support::client(&east.endpoint).await;
-    direct
-        .put(LEGACY_CATALOG_KEY.to_vec(), serde_json::to_vec(&catalog).unwrap(), None)
-        .await
-        .unwrap();
-
-    let gateway = Proxy::start(&gateway_config(&tls, "", &[("east", &east)])).await;
-    let out = run(
-        &gateway.endpoint,
-        &tls,
-        &tls.tenant_cert,
-        &tls.tenant_key,
-        &["put", "/a/x", "1"],
-    );
-    assert!(out.starts_with("ok"), "tenant a is served: {out}");
-    let out = run(
-        &gateway.endpoint,
-        &tls,
-        &tls.tenant_b_cert,
-        &tls.tenant_b_key,
-        &["get", "/a/x"],
-    );
-    assert!(out.contains("permission denied"), "auth is still on: {out}");
-    let stored = |key: &[u8]| {
-        let mut direct = direct.clone();
-        let key = key.to_vec();
-        async move { direct.get(key, None).await.unwrap().kvs().len() }
-    };
-    assert_eq!(stored(LEGACY_CATALOG_KEY).await, 0, "the old key is gone");
-    assert_eq!(stored(CATALOG_KEY).await, 1, "the catalog is under its reserved key");
-}
-
 /// A watch stream outlives the roles it was opened with: a watch created after the user
 /// lost its role is refused, through the gateway as by etcd.
 #[tokio::test]
