@@ -442,5 +442,19 @@ mod tests {
         c.auth.role_delete(None, "a").unwrap();
         c.place_tenants("east");
         assert!(c.tenants.contains_key("a"));
+        // Set aside while its keys are cleared: its prefix is nobody's, and the same role
+        // again is not placed until then.
+        let a = c.tenants.remove("a").unwrap();
+        c.leftovers.insert("a".into(), a);
+        assert_eq!(c.owner_of_range(b"/a/x", b""), RangeOwner::Several);
+        c.auth.role_add(None, "a").unwrap();
+        c.auth
+            .role_grant_permission(None, "a", Some(perm(PermType::Readwrite, "/a/", "/a0")))
+            .unwrap();
+        c.place_tenants("east");
+        assert!(!c.tenants.contains_key("a"), "not placed while left over");
+        c.leftovers.clear();
+        c.place_tenants("east");
+        assert!(c.tenants.contains_key("a"), "placed afresh once cleared");
     }
 }
