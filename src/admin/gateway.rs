@@ -84,6 +84,9 @@ pub struct TenantView {
     pub size_bytes: Option<i64>,
     /// Its latest migration seen by this replica.
     pub migration: Option<MigrationView>,
+    /// Its role is gone: it is being deleted (its keys go, and it leaves the catalog).
+    #[serde(default)]
+    pub deleting: bool,
 }
 
 fn view(s: &GatewayAdmin, name: &str, with_context: bool) -> Option<TenantView> {
@@ -105,6 +108,7 @@ fn view(s: &GatewayAdmin, name: &str, with_context: bool) -> Option<TenantView> 
         migration: served.and_then(|x| x.migrator.snapshot().migration),
         keys: None,
         size_bytes: None,
+        deleting: !snapshot.0.auth.roles.contains_key(name),
     })
 }
 
@@ -154,6 +158,13 @@ pub struct MigrateBody {
 }
 
 async fn migrate(State(s): State<Arc<GatewayAdmin>>, Path(name): Path<String>, body: Json<MigrateBody>) -> Response {
+    // A tenant whose role is gone is being deleted: its keys are about to go, not to move.
+    if !s.gateway.catalog().snapshot().0.auth.roles.contains_key(&name) {
+        return refuse(
+            StatusCode::CONFLICT,
+            format!("tenant {name:?} has no role any more: it is being deleted, not moved"),
+        );
+    }
     let served = match s.gateway.tenant(&name) {
         Ok(x) => x,
         Err(e) => return refuse(StatusCode::NOT_FOUND, e),

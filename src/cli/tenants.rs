@@ -207,7 +207,8 @@ pub async fn drain(admin: &Admin, datastore: &str, parallel: usize, cleanup_afte
     let leaving: Vec<String> = tenants(admin)
         .await?
         .into_iter()
-        .filter(|t| t.home == datastore)
+        // (One being deleted is not moved: its keys are about to go.)
+        .filter(|t| t.home == datastore && !t.deleting)
         .map(|t| t.name)
         .collect();
     say(format_args!(
@@ -243,7 +244,7 @@ pub async fn drain(admin: &Admin, datastore: &str, parallel: usize, cleanup_afte
     let left: Vec<Value> = tenants(admin)
         .await?
         .into_iter()
-        .filter(|t| t.serving_from.as_deref() == Some(datastore))
+        .filter(|t| t.serving_from.as_deref() == Some(datastore) && !t.deleting)
         .map(|t| Value::String(t.name))
         .collect();
     if left.is_empty() {

@@ -1534,6 +1534,12 @@ async fn a_deleted_tenant_leaves_nothing_behind_and_comes_back_afresh() {
 
     // Kamaji's deletion of tenant a.
     root(&["role", "delete", "a"]);
+    // Without its role it is being deleted: it is not moved any more.
+    let (code, refused) = gateway
+        .admin_post("/v1/tenants/a/migrations", serde_json::json!({"to": "east"}))
+        .await;
+    assert_eq!(code, 409, "{refused}");
+    assert_eq!(tenant_view(&gateway, "a").await["deleting"], true);
     root(&["del", "/a/", "--prefix"]);
     root(&["user", "delete", "tenant-a"]);
     eventually(
